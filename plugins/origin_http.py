@@ -1,0 +1,162 @@
+"""Built-in origin ``http``: fetch ``http://`` and ``https://`` links safely.
+
+Each hop (the first URL and every redirect) is checked the same way: scheme,
+``allowed_hosts``, then the resolved addresses; the connection goes to the
+address that was checked, with the original name in ``Host`` and TLS SNI, so
+certificates are still verified against the name. Redirects are followed by
+hand, at most ``max_redirects``. Connect and read timeouts come from httpx; a
+deadline over the whole fetch stops a server that trickles bytes forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urljoin
+
+import anyio
+import httpx
+
+from plugins.http_policy import HostPolicy, normalize_host
+from registry import __version__
+from registry.errors import (
+    PackageDownloadFailed,
+    PackageDownloadTimeout,
+    SourceOriginForbidden,
+    ValidationError,
+)
+from registry.hookspecs import hookimpl
+from registry.origins import Download, Origin
+from registry.redact import redact_url
+from registry.settings import Setting, Settings
+
+NAME = "http"
+SCHEMES = ("http", "https")
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+USER_AGENT = f"source-package-registry/{__version__}"
+
+
+class HttpOrigin(Origin):
+    name = NAME
+
+    def __init__(
+        self,
+        policy: HostPolicy,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        max_redirects: int,
+    ) -> None:
+        self.policy = policy
+        self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
+        self.total_timeout = total_timeout
+        self.max_redirects = max_redirects
+
+    def accepts(self, url: str) -> bool:
+        scheme = url.split(":", 1)[0].lower()
+        return scheme in SCHEMES
+
+    @asynccontextmanager
+    async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
+        try:
+            with anyio.fail_after(self.total_timeout):
+                async with httpx.AsyncClient(
+                    timeout=self.timeout, follow_redirects=False, trust_env=False
+                ) as client:
+                    response = await self._follow(client, url)
+                    try:
+                        yield Download(chunks=response.aiter_raw(), size=_content_length(response))
+                    finally:
+                        await response.aclose()
+        except TimeoutError:
+            raise PackageDownloadTimeout(f"no complete answer within {self.total_timeout:g} s") from None
+        except httpx.TimeoutException as exc:
+            raise PackageDownloadTimeout(_describe(exc)) from None
+        except httpx.HTTPError as exc:
+            raise PackageDownloadFailed(_describe(exc)) from None
+
+    async def _follow(self, client: httpx.AsyncClient, url: str) -> httpx.Response:
+        current = url
+        for _ in range(self.max_redirects + 1):
+            request = await self._request(client, current)
+            response = await client.send(request, stream=True)
+            if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
+                await response.aclose()
+                current = urljoin(current, response.headers["location"])
+                continue
+            if response.status_code != 200:
+                await response.aclose()
+                raise PackageDownloadFailed(f"{redact_url(current)} answered HTTP {response.status_code}")
+            return response
+        raise PackageDownloadFailed(f"more than {self.max_redirects} redirects")
+
+    async def _request(self, client: httpx.AsyncClient, url: str) -> httpx.Request:
+        """A request for one hop, aimed at the checked address."""
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise ValidationError.single("package_url", "不是合法的 URL", "is not a valid URL") from None
+        scheme = target.scheme.lower()
+        if scheme not in SCHEMES:
+            raise SourceOriginForbidden(f"redirect to a {scheme or 'relative'!r} URL")
+        host = normalize_host(target.host)
+        if not host:
+            raise ValidationError.single("package_url", "缺少主机名", "has no host")
+        self.policy.check_host(scheme, host, target.port)
+        address = await self.policy.resolve(host, target.port or (443 if scheme == "https" else 80))
+        pinned = target.copy_with(host=str(address))
+        host_header = host if ":" not in host else f"[{host}]"
+        if target.port is not None:
+            host_header = f"{host_header}:{target.port}"
+        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        return client.build_request(
+            "GET",
+            pinned,
+            headers={"Host": host_header, "Accept-Encoding": "identity", "User-Agent": USER_AGENT},
+            extensions=extensions,
+        )
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    try:
+        where = redact_url(str(exc.request.url))
+    except RuntimeError:
+        return text[:300]
+    return f"{where}: {text}"[:300]
+
+
+@hookimpl
+def registry_settings() -> list[Setting]:
+    return [
+        Setting("origins.http.allowed_hosts", "list[str]", [],
+                "Hosts (`host` or `host:port`) links may point to; empty: any public host."),
+        Setting("origins.http.allow_private_networks", "bool", False,
+                "Allow loopback, private, link-local and other non-public addresses."),
+        Setting("origins.http.connect_timeout", "float", 10, "Seconds to connect."),
+        Setting("origins.http.read_timeout", "float", 60, "Seconds allowed between two reads."),
+        Setting("origins.http.total_timeout", "float", 600, "Seconds for the whole fetch."),
+        Setting("origins.http.max_redirects", "int", 5, "Redirects followed, each checked like the first URL."),
+    ]
+
+
+@hookimpl
+def registry_origins(settings: Settings) -> list[Origin]:
+    policy = HostPolicy(
+        allowed_hosts=tuple(settings["origins.http.allowed_hosts"]),
+        allow_private_networks=settings["origins.http.allow_private_networks"],
+    )
+    return [
+        HttpOrigin(
+            policy,
+            connect_timeout=settings["origins.http.connect_timeout"],
+            read_timeout=settings["origins.http.read_timeout"],
+            total_timeout=settings["origins.http.total_timeout"],
+            max_redirects=settings["origins.http.max_redirects"],
+        )
+    ]

@@ -1,0 +1,122 @@
+"""Built-in storage ``filesystem``: one file per blob under ``[storage.filesystem] root``.
+
+Uploads are staged in ``<root>/.staging`` (the same file system, so committing
+is a rename), fsynced, then renamed into place and the folder fsynced: a blob
+under its final name is always complete. The root holds nothing but blob files
+and that staging folder, which is emptied at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from registry.errors import ObjectStoreException
+from registry.hookspecs import hookimpl
+from registry.settings import Setting, Settings
+from registry.storage import BlobMissing, Storage
+
+NAME = "filesystem"
+STAGING_FOLDER = ".staging"
+READ_SIZE = 1024 * 1024
+
+
+class FilesystemStorage(Storage):
+    name = NAME
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / STAGING_FOLDER
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def startup(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(lambda: self.staging_dir.mkdir(parents=True, exist_ok=True))
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot create {self.root}: {exc.strerror}") from exc
+
+    async def check(self) -> None:
+        def probe() -> None:
+            if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+                raise ObjectStoreException(f"{self.root} is not a writable folder")
+
+        await anyio.to_thread.run_sync(probe)
+
+    async def put(self, staged: Path, key: str) -> None:
+        target = self._path(key)
+
+        def move() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+            _fsync_dir(target.parent)
+
+        try:
+            await anyio.to_thread.run_sync(move)
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot store blob: {exc.strerror}") from exc
+
+    async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            f = await anyio.to_thread.run_sync(path.open, "rb")
+        except FileNotFoundError:
+            raise BlobMissing(key) from None
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot read blob: {exc.strerror}") from exc
+        try:
+            await anyio.to_thread.run_sync(f.seek, start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
+                chunk = await anyio.to_thread.run_sync(f.read, size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(f.close)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot delete blob: {exc.strerror}") from exc
+
+    async def exists(self, key: str) -> bool:
+        path = self._path(key)
+        return await anyio.to_thread.run_sync(path.is_file)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@hookimpl
+def registry_settings() -> list[Setting]:
+    return [Setting("storage.filesystem.root", "str", "var/packages", "Folder holding the package blobs.", path=True)]
+
+
+@hookimpl
+def registry_storage(backend: str, settings: Settings) -> Storage | None:
+    if backend != NAME:
+        return None
+    return FilesystemStorage(Path(settings["storage.filesystem.root"]))

@@ -1,0 +1,35 @@
+"""``create_app(registry)``: the Starlette application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from registry.api.errors import EXCEPTION_HANDLERS
+from registry.api.paths import KeepEncodedSlashes
+from registry.api.routes import build_routes
+from registry.service import Registry
+
+
+def create_app(registry: Registry) -> Starlette:
+    """The ASGI app serving ``registry``; its lifespan starts and stops it."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await registry.startup()
+        try:
+            yield
+        finally:
+            await registry.shutdown()
+
+    app = Starlette(
+        routes=build_routes(),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+        middleware=[Middleware(KeepEncodedSlashes)],
+    )
+    app.state.registry = registry
+    return app

@@ -1,0 +1,200 @@
+"""Credentials: made by the operator's CLI, stored as hashes, checked per request.
+
+Two kinds exist, matching the platform's gateway headers:
+
+- access tokens, sent as ``X-BKAPI-AUTHORIZATION: {"access_token": "…"}`` or
+  ``Authorization: Bearer …``; the record's ``operator`` is the token's name;
+- app secrets, sent as ``{"bk_app_code": "…", "bk_app_secret": "…"}``; the
+  operator is the app code.
+
+Secrets are random 256-bit strings, so a plain SHA-256 is the right hash: it
+cannot be brute-forced and lets a token be found by its hash alone. Only the
+hash and a short hint (the first characters) are stored; comparison uses
+:func:`hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from registry.db import Database
+from registry.errors import PermissionDenied, Unauthenticated
+from registry.records import utc_now
+
+TOKEN_PREFIX = "spr_"
+HINT_LENGTH = 8
+MAX_HEADER_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, and what they may touch.
+
+    :param apps: application codes this credential may use; empty means all.
+    """
+
+    operator: str
+    apps: frozenset[str]
+    read_only: bool
+    credential_id: int | None
+
+    def require(self, code: str, write: bool) -> None:
+        """Raise ``PermissionDenied`` unless this principal may read/write ``code``."""
+        if self.apps and code not in self.apps:
+            raise PermissionDenied(f"credential is not allowed for application {code!r}")
+        if write and self.read_only:
+            raise PermissionDenied("credential is read-only")
+
+
+ANONYMOUS = Principal(operator="anonymous", apps=frozenset(), read_only=True, credential_id=None)
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """A credential as ``token list`` shows it: never the secret."""
+
+    id: int
+    kind: str
+    name: str
+    hint: str
+    apps: list[str]
+    read_only: bool
+    created: str
+    revoked_at: str | None
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class CredentialStore:
+    """The ``credentials`` table. Every method blocks; call from a worker thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, name, _digest(secret), secret[:HINT_LENGTH], json.dumps(sorted(set(apps))),
+                 int(read_only), utc_now()),
+            )
+
+    def create_token(self, operator: str, apps: list[str], read_only: bool) -> str:
+        """Make an access token; the returned string is its only copy."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._create("token", operator, token, apps, read_only)
+        return token
+
+    def create_app_secret(self, app_code: str, apps: list[str], read_only: bool = False) -> str:
+        """Make an app secret for ``app_code``; the returned string is its only copy."""
+        secret = secrets.token_urlsafe(32)
+        self._create("app_secret", app_code, secret, apps, read_only)
+        return secret
+
+    def _principal(self, row: Mapping[str, object]) -> Principal:
+        return Principal(
+            operator=str(row["name"]),
+            apps=frozenset(json.loads(str(row["apps"]))),
+            read_only=bool(row["read_only"]),
+            credential_id=int(row["id"]),  # type: ignore[call-overload]
+        )
+
+    def by_token(self, token: str) -> Principal | None:
+        digest = _digest(token)
+        row = self.db.connection().execute(
+            "SELECT * FROM credentials WHERE secret_hash = ? AND kind = 'token' AND revoked_at IS NULL",
+            (digest,),
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row["secret_hash"], digest):
+            return None
+        return self._principal(row)
+
+    def by_app_secret(self, app_code: str, secret: str) -> Principal | None:
+        digest = _digest(secret)
+        rows = self.db.connection().execute(
+            "SELECT * FROM credentials WHERE name = ? AND kind = 'app_secret' AND revoked_at IS NULL",
+            (app_code,),
+        ).fetchall()
+        match = None
+        for row in rows:  # compare against every candidate: no early exit to time
+            if hmac.compare_digest(row["secret_hash"], digest):
+                match = row
+        return self._principal(match) if match is not None else None
+
+    def list(self) -> list[CredentialInfo]:
+        rows = self.db.connection().execute("SELECT * FROM credentials ORDER BY id").fetchall()
+        return [
+            CredentialInfo(
+                id=row["id"], kind=row["kind"], name=row["name"], hint=row["hint"],
+                apps=json.loads(row["apps"]), read_only=bool(row["read_only"]),
+                created=row["created"], revoked_at=row["revoked_at"],
+            )
+            for row in rows
+        ]
+
+    def revoke(self, credential_id: int) -> bool:
+        """Revoke a credential; False when no live credential has that id."""
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (utc_now(), credential_id),
+            )
+            return cursor.rowcount == 1
+
+
+def parse_credentials(headers: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The credential a request carries, without checking it.
+
+    Returns ``("token", token)``, ``("app", code, secret)`` or None when the
+    request carries none.
+
+    :raises Unauthenticated: a header is present but malformed.
+    """
+    gateway = headers.get("x-bkapi-authorization")
+    if gateway is not None and gateway.strip():
+        if len(gateway) > MAX_HEADER_LENGTH:
+            raise Unauthenticated("X-BKAPI-AUTHORIZATION is too long")
+        try:
+            data = json.loads(gateway)
+        except ValueError:
+            raise Unauthenticated("X-BKAPI-AUTHORIZATION is not JSON") from None
+        if not isinstance(data, dict):
+            raise Unauthenticated("X-BKAPI-AUTHORIZATION is not a JSON object")
+        token = data.get("access_token")
+        if isinstance(token, str) and token:
+            return ("token", token)
+        code, secret = data.get("bk_app_code"), data.get("bk_app_secret")
+        if isinstance(code, str) and code and isinstance(secret, str) and secret:
+            return ("app", code, secret)
+        raise Unauthenticated("X-BKAPI-AUTHORIZATION holds no access_token or bk_app_code/bk_app_secret")
+    authorization = headers.get("authorization")
+    if authorization is not None and authorization.strip():
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip() or len(value) > MAX_HEADER_LENGTH:
+            raise Unauthenticated("Authorization must be 'Bearer <token>'")
+        return ("token", value.strip())
+    return None
+
+
+def authenticate(store: CredentialStore, credentials: tuple[str, ...] | None) -> Principal | None:
+    """The principal for parsed ``credentials``; None when there are none.
+
+    Blocks (SQLite). :raises Unauthenticated: unknown or revoked credential.
+    """
+    if credentials is None:
+        return None
+    if credentials[0] == "token":
+        principal = store.by_token(credentials[1])
+    else:
+        principal = store.by_app_secret(credentials[1], credentials[2])
+    if principal is None:
+        raise Unauthenticated("unknown or revoked credential")
+    return principal

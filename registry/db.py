@@ -1,0 +1,135 @@
+"""The SQLite database: connections, WAL mode, schema migrations.
+
+One connection per worker thread (SQLite connections must not be shared
+across threads), all in WAL mode with a generous busy timeout, so concurrent
+writers queue instead of failing with "database is locked". Callers run every
+method of the stores in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    db["packages"].create(
+        {
+            "id": int,
+            "code": str,
+            "module": str,
+            "version": str,
+            "package_name": str,
+            "package_size": int,
+            "sha256": str,
+            "blob_key": str,
+            "format": str,
+            "file_name": str,
+            "origin": str,
+            "source_url": str,
+            "is_deleted": int,
+            "revived": int,
+            "deleted_at": str,
+            "created": str,
+            "updated": str,
+            "operator": str,
+        },
+        pk="id",
+        not_null={"code", "module", "version", "package_name", "package_size", "sha256",
+                  "blob_key", "format", "is_deleted", "created", "updated", "operator"},
+        defaults={"is_deleted": 0, "revived": 0, "origin": "", "source_url": "", "file_name": ""},
+    )
+    # The guard that lets only one of two concurrent uploads of a version win.
+    db["packages"].create_index(["code", "module", "version"], unique=True)
+    db["packages"].create_index(["code", "module", "created"])
+    db["packages"].create_index(["blob_key"], unique=True)
+    db["credentials"].create(
+        {
+            "id": int,
+            "kind": str,
+            "name": str,
+            "secret_hash": str,
+            "hint": str,
+            "apps": str,
+            "read_only": int,
+            "created": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"kind", "name", "secret_hash", "apps", "read_only", "created"},
+        defaults={"read_only": 0, "apps": "[]", "hint": ""},
+    )
+    db["credentials"].create_index(["secret_hash"], unique=True)
+
+
+#: Migrations in order; PRAGMA user_version records how many have run.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1]
+
+
+class Database:
+    """Thread-local SQLite connections to one file, migrated on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._migrate_lock = threading.Lock()
+        self._migrated = False
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use :meth:`transaction` to write)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+        if not self._migrated:
+            self._migrate(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with self._migrate_lock:
+            if self._migrated:
+                return
+            with self.transaction(conn):
+                done = conn.execute("PRAGMA user_version").fetchone()[0]
+                db = sqlite_utils.Database(conn)
+                for number, migration in enumerate(MIGRATIONS[done:], start=done + 1):
+                    migration(db)
+                    conn.execute(f"PRAGMA user_version = {number}")
+            self._migrated = True
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: the write lock is taken up front,
+        so a read-then-write inside cannot race another writer."""
+        conn = conn or self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def check(self) -> None:
+        """Raise ``sqlite3.Error`` unless the database answers."""
+        self.connection().execute("SELECT 1 FROM packages LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,78 @@
+"""Hook specifications: everything a plugin can provide.
+
+Built-in origins (``http``, ``file``) and storages (``filesystem``) implement
+these hooks exactly like a third-party plugin does, and are found the same
+way: the ``registry`` entry-point group, then ``[plugins] modules``.
+
+Hooks may be implemented as plain functions; where a hook says it may return
+an awaitable, the core awaits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from registry.events import PackageEvent
+    from registry.origins import Origin
+    from registry.settings import Setting, Settings
+    from registry.storage import Storage
+
+PROJECT = "registry"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def registry_settings() -> list[Setting]:
+    """Declare the configuration keys this plugin reads.
+
+    Keys live under the plugin's own table, e.g. ``origins.http.*`` or
+    ``storage.s3.*``. A key no plugin declares stops start-up.
+
+    :return: the plugin's :class:`registry.settings.Setting` entries.
+    """
+
+
+@hookspec
+def registry_origins(settings: Settings) -> list[Origin] | None:
+    """Provide origins: things that fetch a ``package_url``.
+
+    Called once at start-up. The core keeps the origins whose ``name`` is in
+    ``[origins] enabled`` and, for each link upload, uses the first one (in
+    hook call order, last registered first) whose ``accepts(url)`` is true.
+    When none accepts, the upload fails with ``UNSUPPORTED_SOURCE_ORIGIN``.
+
+    :param settings: the validated configuration.
+    :return: a list of :class:`registry.origins.Origin`, or None.
+    """
+
+
+@hookspec(firstresult=True)
+def registry_storage(backend: str, settings: Settings) -> Storage | None:
+    """Build the storage selected by ``[storage] backend``.
+
+    Stops at the first non-None result. A plugin returns its
+    :class:`registry.storage.Storage` when ``backend`` is its own name and None
+    otherwise.
+
+    :param backend: the configured backend name.
+    :param settings: the validated configuration.
+    """
+
+
+@hookspec
+def registry_package_event(event: PackageEvent) -> Awaitable[None] | None:
+    """A package was stored, overwritten, deleted or restored.
+
+    Called after the change is committed, once per implementation; may return
+    an awaitable. An exception raised here is logged and does not undo the
+    change or fail the request, so audit logs, webhooks and metrics cannot
+    break uploads.
+
+    :param event: what happened, to which record, by whom.
+    """

@@ -1,0 +1,259 @@
+"""Package records: the versioning and overwrite rules, as SQL transactions.
+
+Every method blocks (SQLite); the service calls them in worker threads.
+Times are stored as UTC ``YYYY-MM-DD HH:MM:SS.ffffff`` strings, which sort
+correctly as text, and formatted in the configured time zone on output.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from registry.db import Database
+from registry.errors import PackageAlreadyExists, PackageNotFound
+
+#: ``order_by`` values and the SQL they mean; ties are broken by id.
+ORDERINGS: dict[str, str] = {
+    "created": "created ASC, id ASC",
+    "-created": "created DESC, id DESC",
+    "version": "version ASC, id ASC",
+    "-version": "version DESC, id DESC",
+    "package_size": "package_size ASC, id ASC",
+    "-package_size": "package_size DESC, id DESC",
+    "updated": "updated ASC, id ASC",
+    "-updated": "updated DESC, id DESC",
+}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored version of a module's package."""
+
+    id: int
+    code: str
+    module: str
+    version: str
+    package_name: str
+    package_size: int
+    sha256: str
+    blob_key: str
+    format: str
+    file_name: str
+    origin: str
+    source_url: str
+    is_deleted: bool
+    revived: bool
+    deleted_at: str | None
+    created: str
+    updated: str
+    operator: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Record:
+        data = dict(row)
+        data["is_deleted"] = bool(data["is_deleted"])
+        data["revived"] = bool(data["revived"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class NewPackage:
+    """A verified, stored blob waiting for its record."""
+
+    code: str
+    module: str
+    version: str
+    package_name: str
+    package_size: int
+    sha256: str
+    blob_key: str
+    format: str
+    file_name: str
+    origin: str
+    source_url: str
+    operator: str
+
+
+class Outcome(Enum):
+    CREATED = "created"
+    REVIVED = "revived"
+    OVERWRITTEN = "overwritten"
+    IDENTICAL = "identical"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What :meth:`RecordStore.commit` did.
+
+    :param unused_blob_key: a blob the caller must now delete: the replaced
+        one after an overwrite or revive, or the new one when nothing changed.
+    """
+
+    outcome: Outcome
+    record: Record
+    unused_blob_key: str | None
+
+
+class RecordStore:
+    """Queries and transactions on the ``packages`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Record | None:
+        row = self.db.connection().execute(sql, params).fetchone()
+        return Record.from_row(row) if row else None
+
+    def get(self, code: str, module: str, package_id: int) -> Record | None:
+        return self._one(
+            "SELECT * FROM packages WHERE id = ? AND code = ? AND module = ?",
+            (package_id, code, module),
+        )
+
+    def find_version(self, code: str, module: str, version: str) -> Record | None:
+        return self._one(
+            "SELECT * FROM packages WHERE code = ? AND module = ? AND version = ?",
+            (code, module, version),
+        )
+
+    def commit(self, new: NewPackage, allow_overwrite: bool) -> CommitResult:
+        """Record ``new`` under the versioning rules, in one write transaction.
+
+        - no such version: insert (CREATED);
+        - soft-deleted version: revive it with the new bytes, same id (REVIVED);
+        - live version, same sha256: nothing changes (IDENTICAL);
+        - live version, other bytes: replace them if ``allow_overwrite``
+          (OVERWRITTEN), else raise ``PackageAlreadyExists``.
+
+        The lookup and the write happen under SQLite's write lock, and the
+        unique index on (code, module, version) backs it up, so two concurrent
+        commits of one version can never both create it.
+        """
+        now = utc_now()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM packages WHERE code = ? AND module = ? AND version = ?",
+                (new.code, new.module, new.version),
+            ).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    "INSERT INTO packages (code, module, version, package_name, package_size, sha256,"
+                    " blob_key, format, file_name, origin, source_url, is_deleted, revived, created,"
+                    " updated, operator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)",
+                    (new.code, new.module, new.version, new.package_name, new.package_size, new.sha256,
+                     new.blob_key, new.format, new.file_name, new.origin, new.source_url, now, now,
+                     new.operator),
+                )
+                record = self._by_id(conn, cursor.lastrowid)
+                return CommitResult(Outcome.CREATED, record, None)
+            existing = Record.from_row(row)
+            if not existing.is_deleted and existing.sha256 == new.sha256:
+                return CommitResult(Outcome.IDENTICAL, existing, new.blob_key)
+            if not existing.is_deleted and not allow_overwrite:
+                raise PackageAlreadyExists(
+                    f"version {new.version!r}", data={"sha256_signature": existing.sha256}
+                )
+            conn.execute(
+                "UPDATE packages SET package_name = ?, package_size = ?, sha256 = ?, blob_key = ?,"
+                " format = ?, file_name = ?, origin = ?, source_url = ?, is_deleted = 0,"
+                " revived = ?, deleted_at = NULL, updated = ?, operator = ? WHERE id = ?",
+                (new.package_name, new.package_size, new.sha256, new.blob_key, new.format,
+                 new.file_name, new.origin, new.source_url, int(existing.is_deleted or existing.revived),
+                 now, new.operator, existing.id),
+            )
+            outcome = Outcome.REVIVED if existing.is_deleted else Outcome.OVERWRITTEN
+            return CommitResult(outcome, self._by_id(conn, existing.id), existing.blob_key)
+
+    @staticmethod
+    def _by_id(conn: sqlite3.Connection, package_id: int | None) -> Record:
+        row = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
+        return Record.from_row(row)
+
+    def soft_delete(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
+        """Mark a record deleted; returns it and whether this call changed it.
+
+        Deleting an already deleted record changes nothing (DELETE is idempotent).
+        """
+        with self.db.transaction() as conn:
+            record = self._get_for_update(conn, code, module, package_id)
+            if record.is_deleted:
+                return record, False
+            now = utc_now()
+            conn.execute(
+                "UPDATE packages SET is_deleted = 1, revived = 0, deleted_at = ?, updated = ?"
+                " WHERE id = ?",
+                (now, now, record.id),
+            )
+            return self._by_id(conn, record.id), True
+
+    def restore(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
+        """Undo a soft delete; returns the record and whether this call changed it.
+
+        :raises PackageAlreadyExists: the version was uploaded again after the
+            delete (the record is live with those newer bytes).
+        """
+        with self.db.transaction() as conn:
+            record = self._get_for_update(conn, code, module, package_id)
+            if not record.is_deleted:
+                if record.revived:
+                    raise PackageAlreadyExists(
+                        f"version {record.version!r} was uploaded again after it was deleted",
+                        data={"sha256_signature": record.sha256},
+                    )
+                return record, False
+            conn.execute(
+                "UPDATE packages SET is_deleted = 0, deleted_at = NULL, updated = ? WHERE id = ?",
+                (utc_now(), record.id),
+            )
+            return self._by_id(conn, record.id), True
+
+    def _get_for_update(self, conn: sqlite3.Connection, code: str, module: str, package_id: int) -> Record:
+        row = conn.execute(
+            "SELECT * FROM packages WHERE id = ? AND code = ? AND module = ?",
+            (package_id, code, module),
+        ).fetchone()
+        if row is None:
+            raise PackageNotFound(f"id {package_id}")
+        return Record.from_row(row)
+
+    def list(
+        self,
+        code: str,
+        module: str,
+        *,
+        search_term: str = "",
+        order_by: str = "-created",
+        limit: int = 100,
+        offset: int = 0,
+        include_deleted: bool = False,
+    ) -> tuple[int, list[Record]]:
+        """One page of a module's records and the total count matching the filters."""
+        where = ["code = ?", "module = ?"]
+        params: list[Any] = [code, module]
+        if not include_deleted:
+            where.append("is_deleted = 0")
+        if search_term:
+            pattern = "%" + search_term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(version LIKE ? ESCAPE '\\' OR package_name LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
+        clause = " AND ".join(where)
+        conn = self.db.connection()
+        count = conn.execute(f"SELECT COUNT(*) FROM packages WHERE {clause}", params).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT * FROM packages WHERE {clause} ORDER BY {ORDERINGS[order_by]} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
+        return count, [Record.from_row(row) for row in rows]
+
+    def all_blob_keys(self) -> set[str]:
+        """Every blob key a record points to."""
+        rows = self.db.connection().execute("SELECT blob_key FROM packages").fetchall()
+        return {row[0] for row in rows}

@@ -1,0 +1,273 @@
+"""The upload pipeline and the other package operations; nothing HTTP-specific.
+
+    resolve origin ─▶ stream bytes (size limit + sha256, one pass) ─▶ staging
+    ─▶ inspect archive ─▶ version ─▶ conflict check ─▶ put blob ─▶ commit record
+
+Both upload routes and every origin and storage go through :meth:`Registry.ingest`.
+Blocking work (SQLite, archive inspection) runs in worker threads. A failure
+at any step leaves no record, no blob and no staging file behind: the staging
+file is removed on exit, and a blob that did not end up referenced is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import anyio
+import anyio.to_thread
+import pluggy
+
+from registry import events
+from registry.archive import ArchiveLimits, inspect_archive, version_from_app_desc
+from registry.auth import CredentialStore
+from registry.db import Database
+from registry.errors import (
+    ChecksumMismatch,
+    InvalidPackage,
+    MissingVersionInfo,
+    PackageAlreadyExists,
+    PackageDownloadFailed,
+    PackageNotFound,
+    PackageTooLarge,
+    RegistryError,
+    UnsupportedSourceOrigin,
+    ValidationError,
+)
+from registry.origins import Origin
+from registry.records import CommitResult, NewPackage, Outcome, Record, RecordStore
+from registry.redact import redact_url
+from registry.settings import Settings
+from registry.staging import StagingFile, sweep_staging
+from registry.storage import Storage, new_blob_key
+from registry.validation import check_version, derive_package_name, url_file_name
+
+logger = logging.getLogger("registry.service")
+
+_EVENT_KINDS = {
+    Outcome.CREATED: events.STORED,
+    Outcome.REVIVED: events.STORED,
+    Outcome.OVERWRITTEN: events.OVERWRITTEN,
+}
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """The validated fields of an upload.
+
+    :param version: None to read it from the package's ``app_desc.yaml``.
+    :param sha256: the client's digest to verify, or None.
+    """
+
+    code: str
+    module: str
+    version: str | None
+    allow_overwrite: bool
+    sha256: str | None
+    operator: str
+
+
+class Registry:
+    """The service: owns the stores, the storage and the enabled origins."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pm: pluggy.PluginManager,
+        storage: Storage,
+        origins: list[Origin],
+    ) -> None:
+        self.settings = settings
+        self.pm = pm
+        self.storage = storage
+        self.origins = origins
+        self.enabled_origins = set(settings["origins.enabled"])
+        self.time_zone = ZoneInfo(settings["server.time_zone"])
+        self.db = Database(Path(settings["database.path"]))
+        self.records = RecordStore(self.db)
+        self.credentials = CredentialStore(self.db)
+        self.max_package_size: int = settings["limits.max_package_size"]
+        self.archive_limits = ArchiveLimits(
+            max_members=settings["limits.max_members"],
+            max_unpacked_size=settings["limits.max_unpacked_size"],
+            max_compression_ratio=settings["limits.max_compression_ratio"],
+        )
+
+    # -- life cycle -------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Migrate the database, prepare the storage, sweep stale staging files."""
+        await anyio.to_thread.run_sync(self.db.check)
+        await self.storage.startup()
+        removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
+        if removed:
+            logger.info("removed %d stale staging file(s)", removed)
+
+    async def shutdown(self) -> None:
+        await self.storage.shutdown()
+
+    async def check_ready(self) -> None:
+        """Raise unless the database and the storage answer now."""
+        await anyio.to_thread.run_sync(self.db.check)
+        await self.storage.check()
+
+    # -- uploads ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def staging(self) -> AsyncIterator[StagingFile]:
+        """A fresh staging file, enforcing the package size limit; always removed."""
+        async with StagingFile(self.storage.staging_dir, self.max_package_size) as staged:
+            yield staged
+
+    def resolve_origin(self, url: str) -> Origin:
+        """The enabled origin that accepts ``url``.
+
+        :raises UnsupportedSourceOrigin: none does (unknown scheme or disabled).
+        """
+        disabled = None
+        for origin in self.origins:
+            if origin.accepts(url):
+                if origin.name in self.enabled_origins:
+                    return origin
+                disabled = origin.name
+        scheme = url.split(":", 1)[0].lower()
+        if disabled is not None:
+            raise UnsupportedSourceOrigin(f"origin '{disabled}' is disabled")
+        raise UnsupportedSourceOrigin(f"no origin accepts '{scheme}:' URLs")
+
+    async def upload_link(self, upload: UploadRequest, package_url: str) -> CommitResult:
+        """Fetch ``package_url`` through its origin and ingest it."""
+        origin = self.resolve_origin(package_url)
+        if upload.version is not None:
+            await self._precheck(upload, upload.version, upload.sha256)
+        async with self.staging() as staged:
+            async with origin.open(package_url, self.max_package_size) as download:
+                if download.size is not None and download.size > self.max_package_size:
+                    raise PackageTooLarge(f"the origin announces {download.size} bytes")
+                await staged.write_all(download.chunks)
+            if download.size is not None and staged.size != download.size:
+                raise PackageDownloadFailed(
+                    f"received {staged.size} bytes, the origin announced {download.size}"
+                )
+            return await self.ingest(
+                upload,
+                staged,
+                file_name=url_file_name(package_url),
+                origin=origin.name,
+                source_url=redact_url(package_url),
+            )
+
+    async def _precheck(self, upload: UploadRequest, version: str, sha256: str | None) -> Record | None:
+        """Decide what can be decided before storing bytes.
+
+        Returns the live record when ``sha256`` shows the upload is identical
+        to it (nothing to store). Raises ``PackageAlreadyExists`` when the
+        version is live with other bytes and overwriting is not allowed, and
+        the bytes are known to differ (``sha256`` given). Without a digest the
+        bytes must be received first: an identical re-upload is not a conflict.
+        """
+        existing = await anyio.to_thread.run_sync(
+            self.records.find_version, upload.code, upload.module, version
+        )
+        if existing is None or existing.is_deleted or sha256 is None:
+            return None
+        if existing.sha256 == sha256:
+            return existing
+        if not upload.allow_overwrite:
+            raise PackageAlreadyExists(f"version {version!r}", data={"sha256_signature": existing.sha256})
+        return None
+
+    async def ingest(
+        self,
+        upload: UploadRequest,
+        staged: StagingFile,
+        *,
+        file_name: str,
+        origin: str,
+        source_url: str = "",
+    ) -> CommitResult:
+        """Verify, inspect, version and commit a fully received staging file."""
+        await staged.finish()
+        assert staged.path is not None
+        if staged.size == 0:
+            raise InvalidPackage("the package is empty")
+        if upload.sha256 is not None and upload.sha256 != staged.sha256:
+            raise ChecksumMismatch(f"expected {upload.sha256}, received {staged.sha256}")
+        info = await anyio.to_thread.run_sync(inspect_archive, staged.path, self.archive_limits)
+        version = upload.version
+        if version is None:
+            found = version_from_app_desc(info.app_desc) if info.app_desc is not None else None
+            if found is None:
+                raise MissingVersionInfo("no version given and none in app_desc.yaml")
+            try:
+                version = check_version("version", found)
+            except ValidationError as exc:
+                exc.fields = {"app_desc.yaml": exc.fields["version"]}
+                raise
+        identical = await self._precheck(upload, version, staged.sha256)
+        if identical is not None:
+            return CommitResult(Outcome.IDENTICAL, identical, None)
+        new = NewPackage(
+            code=upload.code,
+            module=upload.module,
+            version=version,
+            package_name=derive_package_name(file_name, version, upload.module),
+            package_size=staged.size,
+            sha256=staged.sha256,
+            blob_key=new_blob_key(upload.code, upload.module),
+            format=info.format,
+            file_name=file_name,
+            origin=origin,
+            source_url=source_url,
+            operator=upload.operator,
+        )
+        result = await self._store_and_commit(staged.path, new, upload.allow_overwrite)
+        kind = _EVENT_KINDS.get(result.outcome)
+        if kind is not None:
+            await events.dispatch(self.pm, events.PackageEvent(kind, result.record, upload.operator))
+        return result
+
+    async def _store_and_commit(self, staged: Path, new: NewPackage, allow_overwrite: bool) -> CommitResult:
+        """Put the blob, then switch the record to it; clean up whichever blob lost."""
+        await self.storage.put(staged, new.blob_key)
+        try:
+            result = await anyio.to_thread.run_sync(self.records.commit, new, allow_overwrite)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._delete_quietly(new.blob_key)
+            raise
+        if result.unused_blob_key is not None:
+            with anyio.CancelScope(shield=True):
+                await self._delete_quietly(result.unused_blob_key)
+        return result
+
+    async def _delete_quietly(self, key: str) -> None:
+        """Delete a blob no record points to; ``registry gc`` retries failures."""
+        try:
+            await self.storage.delete(key)
+        except (RegistryError, OSError):
+            logger.warning("could not delete unreferenced blob %s", key, exc_info=True)
+
+    # -- reads and record changes -------------------------------------------
+
+    async def get(self, code: str, module: str, package_id: int) -> Record:
+        record = await anyio.to_thread.run_sync(self.records.get, code, module, package_id)
+        if record is None:
+            raise PackageNotFound(f"id {package_id}")
+        return record
+
+    async def delete(self, code: str, module: str, package_id: int, operator: str) -> Record:
+        record, changed = await anyio.to_thread.run_sync(self.records.soft_delete, code, module, package_id)
+        if changed:
+            await events.dispatch(self.pm, events.PackageEvent(events.DELETED, record, operator))
+        return record
+
+    async def restore(self, code: str, module: str, package_id: int, operator: str) -> Record:
+        record, changed = await anyio.to_thread.run_sync(self.records.restore, code, module, package_id)
+        if changed:
+            await events.dispatch(self.pm, events.PackageEvent(events.RESTORED, record, operator))
+        return record

@@ -1,0 +1,210 @@
+"""Settings: one table of keys, loaded from one TOML file.
+
+Every key the registry reads is declared once as a :class:`Setting` (name,
+type, default, help). The core declares its own in :data:`CORE_SETTINGS`;
+plugins add theirs through the ``registry_settings`` hook, so a third-party
+storage can own ``[storage.mystore]`` without touching the core. Loading rejects
+any key nobody declared and any value of the wrong type, naming the key, so a
+typo stops start-up instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "REGISTRY_CONFIG"
+DEFAULT_CONFIG_NAME = "registry.toml"
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number (0-65535)"
+
+
+def _time_zone(value: Any) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {value!r}"
+    return None
+
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key.
+
+    :param key: dotted name, e.g. ``limits.max_package_size`` for
+        ``[limits] max_package_size``.
+    :param type: one of ``str``, ``int``, ``float``, ``bool``, ``list[str]``.
+    :param default: the value when the file does not set it.
+    :param help: one sentence for the README table and error messages.
+    :param path: a path (or list of paths) resolved against the config file's
+        folder when relative.
+    :param check: returns an error message for a value of the right type that
+        is still unusable, or None.
+    """
+
+    key: str
+    type: str
+    default: Any
+    help: str
+    path: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPE_CHECKS:
+            raise ValueError(f"setting {self.key}: unknown type {self.type!r}")
+
+
+CORE_SETTINGS: tuple[Setting, ...] = (
+    Setting("server.host", "str", "127.0.0.1", "Address `registry serve` listens on."),
+    Setting("server.port", "int", 8000, "Port `registry serve` listens on.", check=_port),
+    Setting("server.time_zone", "str", "UTC", "Time zone of `created`/`updated` in records.", check=_time_zone),
+    Setting("database.path", "str", "var/registry.db", "SQLite database file.", path=True),
+    Setting("storage.backend", "str", "filesystem", "Name of the storage plugin that keeps the blobs."),
+    Setting("storage.staging_dir", "str", "var/staging",
+            "Local folder for uploads in flight, for backends that keep no local files (the filesystem backend stages inside its root).",
+            path=True),
+    Setting("origins.enabled", "list[str]", ["http", "s3", "file"], "Origin plugins that may serve `package_url`."),
+    Setting("limits.max_package_size", "int", 2 * 1024**3, "Largest package accepted, in bytes as received.", check=_positive),
+    Setting("limits.max_unpacked_size", "int", 8 * 1024**3, "Largest total size of all archive members, in bytes.", check=_positive),
+    Setting("limits.max_compression_ratio", "int", 100,
+            "Largest unpacked/packed ratio, checked once the unpacked total passes 64 MiB.", check=_positive),
+    Setting("limits.max_members", "int", 100_000, "Most members an archive may hold.", check=_positive),
+    Setting("auth.anonymous_read", "bool", False, "Allow reads without a credential."),
+    Setting("plugins.modules", "list[str]", [], "Extra plugin modules to import and register."),
+)
+
+
+class Settings(Mapping[str, Any]):
+    """Validated configuration values by dotted key; read-only.
+
+    :param values: every declared key with its final value.
+    :param source: the file the values came from, or None for pure defaults.
+    """
+
+    def __init__(self, values: dict[str, Any], source: Path | None) -> None:
+        self._values = dict(values)
+        self.source = source
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some keys changed; keys use ``__`` for dots (``server__port``)."""
+        values = dict(self._values)
+        for name, value in changes.items():
+            key = name.replace("__", ".")
+            if key not in values:
+                raise KeyError(key)
+            values[key] = value
+        return Settings(values, self.source)
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """The file to read: ``--config``, then ``$REGISTRY_CONFIG``, then ``./registry.toml``.
+
+    Returns None when none was named and ``./registry.toml`` does not exist, so
+    the registry runs on its defaults.
+    """
+    named = explicit or os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"config file not found: {path}")
+        return path.resolve()
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default.resolve() if default.is_file() else None
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The raw TOML tables of ``path`` (empty when None)."""
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def plugin_modules(raw: dict[str, Any]) -> list[str]:
+    """``[plugins] modules`` read before validation: plugins declare the other keys."""
+    modules = raw.get("plugins", {}).get("modules", []) if isinstance(raw.get("plugins"), dict) else []
+    if not _TYPE_CHECKS["list[str]"](modules):
+        raise SettingsError("plugins.modules: expected a list of strings")
+    return list(modules)
+
+
+def _flatten(table: dict[str, Any], declared: set[str], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and key not in declared:
+            yield from _flatten(value, declared, key + ".")
+        else:
+            yield key, value
+
+
+def build_settings(raw: dict[str, Any], specs: Iterable[Setting], source: Path | None) -> Settings:
+    """Validate ``raw`` against ``specs`` and fill in defaults.
+
+    Relative path settings are resolved against ``source``'s folder (the
+    current directory when there is no file).
+
+    :raises SettingsError: naming the first unknown key or badly typed value.
+    """
+    table = {spec.key: spec for spec in specs}
+    base = source.parent if source is not None else Path.cwd()
+    values = {key: spec.default for key, spec in table.items()}
+    for key, value in _flatten(raw, set(table)):
+        spec = table.get(key)
+        if spec is None:
+            raise SettingsError(f"unknown configuration key '{key}'")
+        if not _TYPE_CHECKS[spec.type](value):
+            raise SettingsError(f"configuration key '{key}' must be of type {spec.type}, got {value!r}")
+        if spec.check is not None and (problem := spec.check(value)):
+            raise SettingsError(f"configuration key '{key}': {problem}")
+        values[key] = value
+    for key, spec in table.items():
+        if spec.path:
+            values[key] = _resolve_paths(values[key], base)
+    return Settings(values, source)
+
+
+def _resolve_paths(value: Any, base: Path) -> Any:
+    if isinstance(value, list):
+        return [_resolve_paths(v, base) for v in value]
+    if value == "":
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())

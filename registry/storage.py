@@ -1,0 +1,83 @@
+"""What a storage plugin provides: a place that keeps package blobs.
+
+The core never builds paths or object keys itself beyond :func:`new_blob_key`;
+everything else about where and how bytes live belongs to the plugin.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+class BlobMissing(Exception):
+    """The key names no blob (raised by :meth:`Storage.open`)."""
+
+
+def new_blob_key(code: str, module: str) -> str:
+    """A fresh, never reused key for one upload's bytes.
+
+    Every upload (overwrites included) gets a new key, so a record is switched
+    to a complete blob in one transaction and the old blob removed afterwards:
+    no reader ever sees a half-written object under a key a record names.
+    ``code`` and ``module`` are validated slugs, safe as path segments.
+    """
+    return f"{code}/{module}/{uuid.uuid4().hex}"
+
+
+class Storage(ABC):
+    """A blob store. All methods may block only inside worker threads.
+
+    Failures of the backend itself (disk full, endpoint down, access denied)
+    must be raised as :class:`registry.errors.ObjectStoreException`.
+    """
+
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def staging_dir(self) -> Path:
+        """A local folder where the core stages incoming uploads.
+
+        Staged files are passed to :meth:`put`; a backend that can rename
+        (the filesystem) returns a folder on the same file system as its blobs.
+        """
+
+    @abstractmethod
+    async def startup(self) -> None:
+        """Prepare the store (create folders, check the bucket); idempotent.
+
+        Called once before the service takes requests and by ``check-config``.
+        """
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise ``ObjectStoreException`` unless the store is reachable now."""
+
+    @abstractmethod
+    async def put(self, staged: Path, key: str) -> None:
+        """Store the complete file ``staged`` under ``key``, atomically.
+
+        On return the blob is durable and readable under ``key``; on failure
+        nothing is visible under ``key``. ``staged`` may be moved or consumed.
+        """
+
+    @abstractmethod
+    def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes ``start`` to ``end`` (exclusive; None: to the end) of a blob.
+
+        :raises BlobMissing: no blob under ``key`` (on first iteration).
+        """
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove a blob; a missing one is not an error."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool:
+        """True when a complete blob is stored under ``key``."""
+
+    async def shutdown(self) -> None:
+        """Release clients and pools. The default does nothing."""
