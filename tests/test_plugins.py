@@ -1,0 +1,187 @@
+"""Plugins: a throwaway origin registered without touching the core, in-process and via config."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry.app import create_app
+from registry.bootstrap import build_registry, load_settings
+from registry.errors import PackageDownloadFailed
+from registry.hookspecs import hookimpl
+from registry.origins import Download, Origin
+from registry.settings import Setting, Settings
+from tests.helpers import Api, base_config, package, start_registry, to_toml
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class MemoryOrigin(Origin):
+    """``memory://name``: packages held in a dict, declared sizes included."""
+
+    name = "memory"
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+
+    def accepts(self, url: str) -> bool:
+        return url.startswith("memory://")
+
+    @asynccontextmanager
+    async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
+        key = url.removeprefix("memory://")
+        if key not in self.blobs:
+            raise PackageDownloadFailed(f"no blob {key!r}")
+        data = self.blobs[key]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), 7):
+                yield data[start:start + 7]
+
+        yield Download(chunks=chunks(), size=len(data))
+
+
+class MemoryPlugin:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.events: list[tuple[str, int, str]] = []
+
+    @hookimpl
+    def registry_settings(self) -> list[Setting]:
+        return [Setting("origins.memory.label", "str", "", "A key only this plugin knows.")]
+
+    @hookimpl
+    def registry_origins(self, settings: Settings) -> list[Origin]:
+        return [MemoryOrigin(self.blobs)]
+
+    @hookimpl
+    async def registry_package_event(self, event) -> None:  # type: ignore[no-untyped-def]
+        self.events.append((event.kind, event.record.id, event.operator))
+
+
+@pytest.fixture
+async def inprocess(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, MemoryPlugin, str]]:
+    """The ASGI app in-process, with the memory plugin registered at build time."""
+    tables = base_config(tmp_path)
+    tables["origins"]["enabled"] = ["http", "memory"]
+    tables["origins.memory"] = {"label": "test"}
+    config = tmp_path / "registry.toml"
+    config.write_text(to_toml(tables))
+    plugin = MemoryPlugin()
+    settings, pm = load_settings(config, extra_plugins=[plugin])
+    registry = build_registry(settings, pm)
+    token = registry.credentials.create_token("plugin-tester", [], False)
+    await registry.startup()
+    transport = httpx.ASGITransport(app=create_app(registry))
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry",
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client, plugin, token
+    await registry.shutdown()
+
+
+async def test_memory_origin_upload_and_events(inprocess: tuple[httpx.AsyncClient, MemoryPlugin, str]) -> None:
+    client, plugin, _ = inprocess
+    data = package("4.5.6", salt="memory")
+    plugin.blobs["pkgs/mem.tar.gz"] = data
+    path = Api.path("mem")
+    response = await client.post(path + "link/", json={"package_url": "memory://pkgs/mem.tar.gz"})
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert record["version"] == "4.5.6"
+    assert record["package_name"] == "mem:4.5.6"
+    assert record["sha256_signature"] == hashlib.sha256(data).hexdigest()
+    download = await client.get(f"{path}{record['id']}/download/")
+    assert download.content == data
+    deleted = await client.delete(f"{path}{record['id']}/")
+    assert deleted.status_code == 204
+    restored = await client.post(f"{path}{record['id']}/restore/")
+    assert restored.status_code == 200
+    assert plugin.events == [("stored", record["id"], "plugin-tester"), ("deleted", record["id"], "plugin-tester"),
+                             ("restored", record["id"], "plugin-tester")]
+
+
+async def test_plugin_errors_reach_the_client(inprocess: tuple[httpx.AsyncClient, MemoryPlugin, str]) -> None:
+    client, _, _ = inprocess
+    response = await client.post(Api.path("mem") + "link/", json={"package_url": "memory://absent", "version": "1"})
+    assert response.status_code == 502
+    assert response.json()["code"] == "PACKAGE_DOWNLOAD_FAILED"
+
+
+async def test_unknown_scheme_still_unsupported(inprocess: tuple[httpx.AsyncClient, MemoryPlugin, str]) -> None:
+    client, _, _ = inprocess
+    response = await client.post(Api.path("mem") + "link/", json={"package_url": "gopher://x/y", "version": "1"})
+    assert response.status_code == 400
+    assert response.json()["code"] == "UNSUPPORTED_SOURCE_ORIGIN"
+
+
+PLUGIN_MODULE = textwrap.dedent('''
+    """A third-party origin loaded through [plugins] modules."""
+    from contextlib import asynccontextmanager
+    from registry.hookspecs import hookimpl
+    from registry.origins import Download, Origin
+
+    PAYLOADS = {}
+
+    class EchoOrigin(Origin):
+        name = "echo"
+
+        def accepts(self, url):
+            return url.startswith("echo://")
+
+        @asynccontextmanager
+        async def open(self, url, max_size):
+            path = url.removeprefix("echo://")
+            with open(path, "rb") as f:
+                data = f.read()
+
+            async def chunks():
+                yield data
+
+            yield Download(chunks=chunks(), size=len(data))
+
+    @hookimpl
+    def registry_origins(settings):
+        return [EchoOrigin()]
+''')
+
+
+def test_plugin_module_loaded_from_config(tmp_path: Path) -> None:
+    """A module named in [plugins] modules provides an origin to a real server."""
+    (tmp_path / "plugin_src").mkdir()
+    (tmp_path / "plugin_src" / "echo_origin.py").write_text(PLUGIN_MODULE)
+    data = package("7.0.0", salt="echo")
+    (tmp_path / "echo.tar.gz").write_bytes(data)
+    tables = base_config(tmp_path / "srv")
+    tables["plugins"] = {"modules": ["echo_origin"]}
+    tables["origins"]["enabled"] = ["echo"]
+    server = start_registry(tmp_path / "srv", tables, env={"PYTHONPATH": str(tmp_path / "plugin_src")})
+    try:
+        api = Api(server.url, server.token())
+        response = api.link("echo", f"echo://{tmp_path / 'echo.tar.gz'}")
+        assert response.status_code == 201, response.text
+        assert response.json()["version"] == "7.0.0"
+        assert api.download("echo", response.json()["id"]).content == data
+        disabled = api.link("echo", "http://127.0.0.1:1/x.tar.gz", version="1")
+        assert disabled.status_code == 400
+        assert disabled.json()["code"] == "UNSUPPORTED_SOURCE_ORIGIN"
+        api.close()
+    finally:
+        server.stop()
+
+
+def test_builtin_plugins_come_from_the_entry_point_group() -> None:
+    from registry.plugins import make_plugin_manager
+
+    names = {name for name, _ in make_plugin_manager().list_name_plugin()}
+    assert {"origin_http", "origin_file", "storage_filesystem"} <= names

@@ -1,0 +1,146 @@
+"""Settings: one table, unknown keys and wrong types stop start-up, paths relative to the file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry.bootstrap import load_settings
+from registry.settings import CORE_SETTINGS, SettingsError, find_config_file
+from tests.helpers import base_config, free_port, registry_command, to_toml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "registry.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*registry_command(), *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REGISTRY_CONFIG", raising=False)
+    assert find_config_file(None) is None
+    settings, _ = load_settings(None)
+    assert settings["server.port"] == 8000
+    assert settings["limits.max_package_size"] == 2147483648
+    assert settings["origins.http.allow_private_networks"] is False
+    assert settings["database.path"] == str(tmp_path / "var" / "registry.db")
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    config = write(tmp_path, '[database]\npath = "data/r.db"\n[storage.filesystem]\nroot = "blobs"\n'
+                             '[origins.file]\nallowed_roots = ["in", "/abs"]\n')
+    settings, _ = load_settings(config)
+    assert settings["database.path"] == str(tmp_path / "data" / "r.db")
+    assert settings["storage.filesystem.root"] == str(tmp_path / "blobs")
+    assert settings["origins.file.allowed_roots"] == [str(tmp_path / "in"), "/abs"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[server]\nprot = 1\n", "server.prot"),
+        ("[limits]\nmax_package_size = \"big\"\n", "limits.max_package_size"),
+        ("[auth]\nanonymous_read = 1\n", "auth.anonymous_read"),
+        ("[origins.http]\nallowed_hosts = \"example.com\"\n", "origins.http.allowed_hosts"),
+        ("[origins.http]\nmax_redirects = true\n", "origins.http.max_redirects"),
+        ("[nonsense]\nx = 1\n", "nonsense.x"),
+        ("[server]\ntime_zone = \"Mars/Olympus\"\n", "server.time_zone"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[limits]\nmax_members = 0\n", "limits.max_members"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    config = write(tmp_path, text)
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        load_settings(config)
+    result = run_cli("--config", str(config), "serve", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert key in result.stderr
+
+
+def test_every_key_is_documented_in_the_readme() -> None:
+    """The README's configuration table lists the core's keys and every built-in plugin's."""
+    from registry.plugins import make_plugin_manager
+
+    specs = list(CORE_SETTINGS)
+    for contributed in make_plugin_manager().hook.registry_settings():
+        specs.extend(contributed)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [s.key for s in specs if f"| `{s.key}` |" not in readme]
+    assert missing == []
+
+
+def test_check_config(tmp_path: Path) -> None:
+    config = write(tmp_path, to_toml(base_config(tmp_path)))
+    ok = run_cli("--config", str(config), "check-config")
+    assert ok.returncode == 0, ok.stderr
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    tables = base_config(tmp_path)
+    tables["storage.filesystem"]["root"] = str(blocker / "packages")
+    bad = write(tmp_path, to_toml(tables))
+    failed = run_cli("--config", str(bad), "check-config")
+    assert failed.returncode == 1
+    assert "OBJECT_STORE_EXCEPTION" in failed.stderr
+    missing = run_cli("--config", str(tmp_path / "absent.toml"), "check-config")
+    assert missing.returncode == 1
+    assert "absent.toml" in missing.stderr
+
+
+def test_config_from_environment(tmp_path: Path) -> None:
+    config = write(tmp_path, "[server]\nport = 1\nbogus = 2\n")
+    result = run_cli("check-config", cwd=tmp_path.parent, env={"REGISTRY_CONFIG": str(config)})
+    assert result.returncode == 1
+    assert "server.bogus" in result.stderr
+
+
+def test_fresh_checkout_serves_on_the_shipped_defaults(tmp_path: Path) -> None:
+    """The repository's registry.toml, found as ./registry.toml, runs with data under var/."""
+    shutil.copy(REPO / "registry.toml", tmp_path / "registry.toml")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REGISTRY_CONFIG"}
+    process = subprocess.Popen([*registry_command(), "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "registry serve exited"
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "registry serve never answered"
+                time.sleep(0.05)
+        assert response.status_code == 200
+        assert (tmp_path / "var" / "registry.db").is_file()
+        assert (tmp_path / "var" / "packages" / ".staging").is_dir()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_stale_staging_files_are_swept_at_startup(tmp_path: Path) -> None:
+    from tests.helpers import start_registry
+
+    staging = tmp_path / "packages" / ".staging"
+    staging.mkdir(parents=True)
+    (staging / "upload-stale.part").write_bytes(b"half an upload")
+    server = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        assert list(staging.iterdir()) == []
+    finally:
+        server.stop()
