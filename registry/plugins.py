@@ -38,6 +38,8 @@ def make_plugin_manager(modules: Iterable[str] = (), extra: Iterable[object] = (
             module = importlib.import_module(name)
         except ImportError as exc:
             raise SettingsError(f"plugins.modules: cannot import {name!r}: {exc}") from exc
+        if pm.is_registered(module):  # already loaded through its entry point
+            continue
         pm.register(module, name=name)
     for plugin in extra:
         pm.register(plugin)
