@@ -8,8 +8,10 @@ and that staging folder, which is emptied at start-up.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import anyio
@@ -18,11 +20,12 @@ import anyio.to_thread
 from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
-from registry.storage import BlobMissing, Storage
+from registry.storage import BlobInfo, BlobMissing, Storage
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
 READ_SIZE = 1024 * 1024
+LIST_BATCH = 512
 
 
 class FilesystemStorage(Storage):
@@ -100,6 +103,43 @@ class FilesystemStorage(Storage):
     async def exists(self, key: str) -> bool:
         path = self._path(key)
         return await anyio.to_thread.run_sync(path.is_file)
+
+    async def iter_blobs(self) -> AsyncIterator[BlobInfo]:
+        # The walk blocks, so it runs in worker threads a batch at a time:
+        # a store of millions of blobs is never listed into memory at once.
+        walk = _walk(self.root, "")
+        while True:
+            try:
+                batch = await anyio.to_thread.run_sync(lambda: list(itertools.islice(walk, LIST_BATCH)))
+            except OSError as exc:
+                raise ObjectStoreException(f"cannot list blobs: {exc.strerror}") from exc
+            if not batch:
+                return
+            for info in batch:
+                yield info
+
+
+def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
+    """Regular files under ``folder`` as blobs, skipping dot-names (the staging
+    folder; :meth:`FilesystemStorage._path` never makes such keys) and symlinks."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        key = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), key + "/")
+        elif entry.is_file(follow_symlinks=False):
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # deleted while we walk
+                continue
+            modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+            yield BlobInfo(key=key, size=stat.st_size, modified=modified)
 
 
 def _fsync_dir(folder: Path) -> None:

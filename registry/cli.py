@@ -1,8 +1,15 @@
-"""The ``registry`` command: run the service and manage its credentials.
+"""The ``registry`` command: run the service, operate it, and talk to it.
 
-``registry [--config FILE] serve | check-config | token … | app-secret …``.
-``--config`` defaults to ``$REGISTRY_CONFIG``, then ``./registry.toml``, then
-the built-in defaults.
+Operator commands read the config file (``--config``, defaulting to
+``$REGISTRY_CONFIG``, then ``./registry.toml``, then the built-in defaults):
+``serve``, ``check-config``, ``token …``, ``app-secret …``, ``fsck``, ``gc``.
+
+Client commands talk HTTP to a running registry and read no config file: the
+server and token come from ``--url``/``--token`` or ``$REGISTRY_URL``/
+``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``.
+
+Exit status: 0 on success, 1 on any failure (the registry's ``code: detail``,
+a connection or checksum failure, a problem ``fsck`` found), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -11,13 +18,31 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
 
 from registry.bootstrap import build_registry, load_settings
+from registry.client import ClientError, RegistryClient, file_sha256
 from registry.errors import RegistryError
+from registry.fsck import Problem, fsck
+from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, collect_garbage
+from registry.logs import configure_logging
 from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
+from registry.terminal import human_size, print_table, progress_bar
+
+URL_ENV = "REGISTRY_URL"
+TOKEN_ENV = "REGISTRY_TOKEN"
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """The command line is incomplete or contradictory (exit status 2)."""
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
@@ -37,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         create_app(registry),
         host=host,
         port=port,
-        log_level="info",
+        log_config=None,  # keep configure_logging's handlers
+        access_log=False,  # registry.access writes one JSON line per request instead
         lifespan="on",
         timeout_graceful_shutdown=10,
         proxy_headers=False,
@@ -108,6 +134,231 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- operator: fsck and gc ------------------------------------------------------------
+
+
+def _run_with_storage(registry: Registry, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` with the storage started, as the server would have it.
+
+    Only the storage is started: :meth:`Registry.startup` would also empty the
+    staging folder, killing the uploads of a server running beside us.
+    """
+
+    async def run() -> T:
+        await registry.storage.startup()
+        try:
+            return await work()
+        finally:
+            await registry.storage.shutdown()
+
+    return asyncio.run(run())
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    _, registry = _load(args)
+
+    def show(problem: Problem) -> None:
+        print(problem.describe(), flush=True)
+
+    with progress_bar("checking blobs") as progress:
+        report = _run_with_storage(
+            registry, lambda: fsck(registry, repair=args.repair, on_problem=show, on_progress=progress)
+        )
+    summary = (f"fsck: {report.checked} blob(s) checked ({human_size(report.bytes_read)}),"
+               f" {len(report.problems)} problem(s)")
+    if report.purged:
+        summary += f", {report.purged} purged record(s) skipped"
+    if args.repair:
+        summary += f"; marked {report.marked} record(s) broken, cleared {report.cleared}"
+    print(summary)
+    return 1 if report.problems else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    settings, registry = _load(args)
+    options = GcOptions(
+        dry_run=args.dry_run,
+        retention=timedelta(days=args.deleted_older_than),
+        grace=timedelta(hours=args.grace_hours),
+        keep_last=settings["retention.keep_last"] if args.keep_last is None else args.keep_last,
+    )
+    prefix = "would " if options.dry_run else ""
+
+    def show(action: GcAction) -> None:
+        if action.error is not None:
+            print(f"failed {action.kind} {action.target}: {action.error}", flush=True)
+        else:
+            size = f" ({human_size(action.size)})" if action.size else ""
+            print(f"{prefix}{action.kind} {action.target}{size}", flush=True)
+
+    report = _run_with_storage(registry, lambda: collect_garbage(registry, options, show))
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    counts = ", ".join(f"{report.count(kind)} {kind}" for kind in ("expire", "purge", "orphan", "staging"))
+    verb = "would free" if options.dry_run else "freed"
+    print(f"gc{' (dry run)' if options.dry_run else ''}: {counts}; {verb} {human_size(report.freed)}")
+    if report.errors:
+        print(f"error: {len(report.errors)} action(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- client commands -------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> RegistryClient:
+    """A client for ``--url``/``$REGISTRY_URL`` with ``--token``/``$REGISTRY_TOKEN``."""
+    url = args.url or os.environ.get(URL_ENV, "")
+    if not url:
+        raise UsageError(f"no registry URL: pass --url or set {URL_ENV}")
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
+    return RegistryClient(url, args.token or os.environ.get(TOKEN_ENV) or None)
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"{value}: not a file")
+    return path
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    path = _existing_file(args.file)
+    with _client(args) as client:
+        with progress_bar(f"hashing {path.name}") as progress:
+            digest = file_sha256(path, progress)
+        with progress_bar(f"uploading {path.name}") as progress:
+            result = client.push(path, args.app, args.module, version=args.version,
+                                 overwrite=args.overwrite, sha256=digest, progress=progress)
+    _print_record(result.record)
+    _report_upload(args, result.record, result.created)
+    return 0
+
+
+def cmd_push_link(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.push_link(args.url_to_fetch, args.app, args.module,
+                                  version=args.version, overwrite=args.overwrite)
+    _print_record(result.record)
+    _report_upload(args, result.record, result.created)
+    return 0
+
+
+def _report_upload(args: argparse.Namespace, record: dict[str, Any], created: bool) -> None:
+    what = "stored" if created else "already stored or overwritten"
+    print(f"{args.app}/{args.module} version {record.get('version')}: {what}, id {record.get('id')}",
+          file=sys.stderr)
+
+
+LS_HEADERS = ("ID", "VERSION", "PACKAGE NAME", "SIZE", "SHA256", "CREATED", "OPERATOR")
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        records = client.list(args.app, args.module, include_deleted=args.include_deleted)
+    if args.json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+        return 0
+    # a terminal gets a short digest to fit the screen; a pipe gets all of it
+    digest_length = 12 if sys.stdout.isatty() else 64
+    headers = [*LS_HEADERS, "DELETED"] if args.include_deleted else list(LS_HEADERS)
+    rows = []
+    for r in records:
+        row = [str(r["id"]), r["version"], r["package_name"], str(r["package_size"]),
+               r["sha256_signature"][:digest_length], r["created"], r["operator"]]
+        if args.include_deleted:
+            row.append("yes" if r["is_deleted"] else "no")
+        rows.append(row)
+    print_table(headers, rows, right=("ID", "SIZE"))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    dest = Path(args.output)
+    if dest.is_dir():
+        raise UsageError(f"-o {args.output}: is a folder; name the file to write")
+    if not dest.parent.is_dir():
+        raise UsageError(f"-o {args.output}: folder {dest.parent} does not exist")
+    with _client(args) as client, progress_bar(f"downloading {dest.name}") as progress:
+        result = client.pull(args.id, args.app, args.module, dest, progress=progress)
+    print(f"{result.path}: {result.size} bytes, sha256 {result.sha256} verified")
+    return 0
+
+
+# -- the parser --------------------------------------------------------------------------
+
+
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, not {value!r}")
+    return int(value)
+
+
+def _add_maintenance_commands(commands: Any) -> None:
+    check = commands.add_parser("fsck", help="re-hash every stored blob against its record")
+    check.add_argument("--repair", action="store_true",
+                       help="mark bad records broken (download then answers 503); clear marks of good ones")
+    check.set_defaults(func=cmd_fsck)
+
+    gc = commands.add_parser("gc", help="remove blobs of old deleted records, orphan blobs and stale staging files")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
+    gc.add_argument("--deleted-older-than", type=_non_negative, default=DEFAULT_RETENTION.days, metavar="DAYS",
+                    help=f"purge blobs of records deleted this many days ago (default {DEFAULT_RETENTION.days})")
+    gc.add_argument("--grace-hours", type=_non_negative, default=DEFAULT_GRACE.total_seconds() / 3600,
+                    metavar="H", help="leave unreferenced blobs and staging files younger than this (default 1)")
+    gc.add_argument("--keep-last", type=_non_negative_int, metavar="N",
+                    help="override [retention] keep_last: live versions kept per module (0: all)")
+    gc.set_defaults(func=cmd_gc)
+
+
+def _add_client_commands(commands: Any) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", help=f"the registry's base URL (default: ${URL_ENV})")
+    connection.add_argument("--token", help=f"access token (default: ${TOKEN_ENV})")
+    module = argparse.ArgumentParser(add_help=False)
+    module.add_argument("--app", required=True, metavar="CODE", help="application code")
+    module.add_argument("--module", required=True, metavar="NAME", help="module name")
+    upload = argparse.ArgumentParser(add_help=False)
+    upload.add_argument("--version", help="version (default: from the package's app_desc.yaml)")
+    upload.add_argument("--overwrite", action="store_true", help="replace that version if it holds other bytes")
+
+    push = commands.add_parser("push", parents=[connection, module, upload],
+                               help="upload a package file (streamed, sha256-verified)")
+    push.add_argument("file", metavar="FILE")
+    push.set_defaults(func=cmd_push)
+
+    push_link = commands.add_parser("push-link", parents=[connection, module, upload],
+                                    help="have the registry fetch a package from a URL")
+    push_link.add_argument("url_to_fetch", metavar="URL")
+    push_link.set_defaults(func=cmd_push_link)
+
+    ls = commands.add_parser("ls", parents=[connection, module], help="list a module's packages, newest first")
+    ls.add_argument("--include-deleted", action="store_true", help="show soft-deleted packages too")
+    ls.add_argument("--json", action="store_true", help="print the records as JSON")
+    ls.set_defaults(func=cmd_ls)
+
+    pull = commands.add_parser("pull", parents=[connection, module],
+                               help="download a package, verified against its sha256")
+    pull.add_argument("id", type=int, metavar="ID")
+    pull.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    pull.set_defaults(func=cmd_pull)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="registry", description="Source Package Registry")
     parser.add_argument("--config", help="TOML file (default: $REGISTRY_CONFIG, then ./registry.toml)")
@@ -142,17 +393,33 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     secret_create.add_argument("--read-only", action="store_true", help="allow reads only")
     secret_create.set_defaults(func=cmd_app_secret_create)
+
+    _add_maintenance_commands(commands)
+    _add_client_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    configure_logging()
+    # httpx logs every request at INFO: noise in a client command's output
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except SettingsError as exc:
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (SettingsError, ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RegistryError as exc:
+        print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -69,8 +69,21 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     db["credentials"].create_index(["secret_hash"], unique=True)
 
 
+def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
+    """The marks ``registry fsck --repair`` and ``registry gc`` leave on records.
+
+    - ``broken``: NULL, or why the record's blob failed ``fsck`` (missing,
+      wrong size, wrong sha256); download of a broken record answers 503.
+    - ``purged_at``: NULL, or when ``gc`` removed a soft-deleted record's blob;
+      such a record can no longer be restored, only uploaded again.
+    """
+    db["packages"].add_column("broken", str)
+    db["packages"].add_column("purged_at", str)
+
+
 #: Migrations in order; PRAGMA user_version records how many have run.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1]
+#: Append only: a database records how many of these it has applied.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _integrity_marks_v2]
 
 
 class Database:

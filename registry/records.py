@@ -7,6 +7,7 @@ correctly as text, and formatted in the configured time zone on output.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,6 +56,10 @@ class Record:
     created: str
     updated: str
     operator: str
+    #: why ``fsck --repair`` found the blob bad, or None (see ``db._integrity_marks_v2``)
+    broken: str | None = None
+    #: when ``gc`` removed this deleted record's blob, or None
+    purged_at: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Record:
@@ -129,7 +134,8 @@ class RecordStore:
 
         - no such version: insert (CREATED);
         - soft-deleted version: revive it with the new bytes, same id (REVIVED);
-        - live version, same sha256: nothing changes (IDENTICAL);
+        - live version, same sha256: nothing changes (IDENTICAL), unless the
+          record is marked broken: then the blob is replaced (OVERWRITTEN);
         - live version, other bytes: replace them if ``allow_overwrite``
           (OVERWRITTEN), else raise ``PackageAlreadyExists``.
 
@@ -155,16 +161,21 @@ class RecordStore:
                 record = self._by_id(conn, cursor.lastrowid)
                 return CommitResult(Outcome.CREATED, record, None)
             existing = Record.from_row(row)
-            if not existing.is_deleted and existing.sha256 == new.sha256:
+            same_bytes = existing.sha256 == new.sha256
+            # A broken record (fsck --repair) is healed by uploading its bytes
+            # again: identical content then replaces the blob, no overwrite
+            # permission needed, instead of being a no-op.
+            if not existing.is_deleted and same_bytes and not existing.broken:
                 return CommitResult(Outcome.IDENTICAL, existing, new.blob_key)
-            if not existing.is_deleted and not allow_overwrite:
+            if not existing.is_deleted and not same_bytes and not allow_overwrite:
                 raise PackageAlreadyExists(
                     f"version {new.version!r}", data={"sha256_signature": existing.sha256}
                 )
             conn.execute(
                 "UPDATE packages SET package_name = ?, package_size = ?, sha256 = ?, blob_key = ?,"
                 " format = ?, file_name = ?, origin = ?, source_url = ?, is_deleted = 0,"
-                " revived = ?, deleted_at = NULL, updated = ?, operator = ? WHERE id = ?",
+                " revived = ?, deleted_at = NULL, broken = NULL, purged_at = NULL, updated = ?,"
+                " operator = ? WHERE id = ?",
                 (new.package_name, new.package_size, new.sha256, new.blob_key, new.format,
                  new.file_name, new.origin, new.source_url, int(existing.is_deleted or existing.revived),
                  now, new.operator, existing.id),
@@ -199,6 +210,7 @@ class RecordStore:
 
         :raises PackageAlreadyExists: the version was uploaded again after the
             delete (the record is live with those newer bytes).
+        :raises PackageNotFound: ``gc`` has purged the deleted record's bytes.
         """
         with self.db.transaction() as conn:
             record = self._get_for_update(conn, code, module, package_id)
@@ -209,6 +221,8 @@ class RecordStore:
                         data={"sha256_signature": record.sha256},
                     )
                 return record, False
+            if record.purged_at is not None:
+                raise PackageNotFound(f"id {package_id}: its bytes were removed by gc")
             conn.execute(
                 "UPDATE packages SET is_deleted = 0, deleted_at = NULL, updated = ? WHERE id = ?",
                 (utc_now(), record.id),
@@ -253,7 +267,79 @@ class RecordStore:
         ).fetchall()
         return count, [Record.from_row(row) for row in rows]
 
+    # -- maintenance (registry fsck / gc) -------------------------------------
+
     def all_blob_keys(self) -> set[str]:
-        """Every blob key a record points to."""
-        rows = self.db.connection().execute("SELECT blob_key FROM packages").fetchall()
+        """Every blob key a record points to, except records whose blob gc purged."""
+        rows = self.db.connection().execute("SELECT blob_key FROM packages WHERE purged_at IS NULL").fetchall()
         return {row[0] for row in rows}
+
+    def is_blob_referenced(self, key: str) -> bool:
+        """True when a record not purged points to ``key`` (checked again by gc
+        just before it deletes a blob it found unreferenced)."""
+        row = self.db.connection().execute(
+            "SELECT 1 FROM packages WHERE blob_key = ? AND purged_at IS NULL", (key,)
+        ).fetchone()
+        return row is not None
+
+    def page_by_id(self, after_id: int, limit: int) -> builtins.list[Record]:
+        """Up to ``limit`` records with ids above ``after_id``, deleted ones
+        included, by id: walk every record with ``after_id`` = the last id seen."""
+        rows = self.db.connection().execute(
+            "SELECT * FROM packages WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ).fetchall()
+        return [Record.from_row(row) for row in rows]
+
+    def blob_totals(self) -> tuple[int, int]:
+        """(records, bytes) whose blob should exist: every record not purged."""
+        row = self.db.connection().execute(
+            "SELECT COUNT(*), COALESCE(SUM(package_size), 0) FROM packages WHERE purged_at IS NULL"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def set_broken(self, package_id: int, blob_key: str, reason: str | None) -> bool:
+        """Mark a record's blob bad (``reason``), or clear the mark (None).
+
+        Only while the record still points to ``blob_key`` (the blob that was
+        checked): an upload that replaced it meanwhile is left alone.
+        Returns whether the record was changed.
+        """
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE packages SET broken = ? WHERE id = ? AND blob_key = ?", (reason, package_id, blob_key)
+            )
+            return cursor.rowcount == 1
+
+    def modules_with_more_live_than(self, count: int) -> builtins.list[tuple[str, str]]:
+        """(code, module) of every module holding more than ``count`` live records."""
+        rows = self.db.connection().execute(
+            "SELECT code, module FROM packages WHERE is_deleted = 0 GROUP BY code, module"
+            " HAVING COUNT(*) > ? ORDER BY code, module",
+            (count,),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def purgeable(self, deleted_before: str) -> builtins.list[Record]:
+        """Soft-deleted records, not yet purged, deleted at or before ``deleted_before``
+        (a stored UTC time string, see :func:`utc_now`), oldest first."""
+        rows = self.db.connection().execute(
+            "SELECT * FROM packages WHERE is_deleted = 1 AND purged_at IS NULL AND deleted_at <= ?"
+            " ORDER BY deleted_at, id",
+            (deleted_before,),
+        ).fetchall()
+        return [Record.from_row(row) for row in rows]
+
+    def mark_purged(self, record: Record) -> bool:
+        """Mark ``record`` purged if it is still deleted with the same blob.
+
+        The caller deletes the blob only after this returns True: marking
+        first means a concurrent restore either ran before (and this returns
+        False) or is refused afterwards, so no live record ever loses its blob.
+        """
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE packages SET purged_at = ? WHERE id = ? AND is_deleted = 1"
+                " AND blob_key = ? AND purged_at IS NULL",
+                (utc_now(), record.id, record.blob_key),
+            )
+            return cursor.rowcount == 1

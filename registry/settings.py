@@ -30,6 +30,10 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
 def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number (0-65535)"
 
@@ -94,6 +98,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Largest unpacked/packed ratio, checked once the unpacked total passes 64 MiB.", check=_positive),
     Setting("limits.max_members", "int", 100_000, "Most members an archive may hold.", check=_positive),
     Setting("auth.anonymous_read", "bool", False, "Allow reads without a credential."),
+    Setting("retention.keep_last", "int", 0,
+            "Live versions `registry gc` keeps per module, newest first; older ones are soft-deleted (0: keep all).",
+            check=_not_negative),
     Setting("plugins.modules", "list[str]", [], "Extra plugin modules to import and register."),
 )
 

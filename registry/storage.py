@@ -6,14 +6,31 @@ everything else about where and how bytes live belongs to the plugin.
 
 from __future__ import annotations
 
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 
 class BlobMissing(Exception):
     """The key names no blob (raised by :meth:`Storage.open`)."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One stored blob, as :meth:`Storage.iter_blobs` lists it.
+
+    :param key: the key the blob is stored under (as given to :meth:`Storage.put`).
+    :param size: its length in bytes.
+    :param modified: when it was last written, time-zone aware (UTC).
+    """
+
+    key: str
+    size: int
+    modified: datetime
 
 
 def new_blob_key(code: str, module: str) -> str:
@@ -25,6 +42,11 @@ def new_blob_key(code: str, module: str) -> str:
     ``code`` and ``module`` are validated slugs, safe as path segments.
     """
     return f"{code}/{module}/{uuid.uuid4().hex}"
+
+
+#: What :func:`new_blob_key` makes; ``registry gc`` deletes nothing else, so
+#: foreign objects in a shared bucket or folder are never taken for orphans.
+BLOB_KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}/[a-z0-9][a-z0-9_-]{0,31}/[0-9a-f]{32}")
 
 
 class Storage(ABC):
@@ -78,6 +100,19 @@ class Storage(ABC):
     @abstractmethod
     async def exists(self, key: str) -> bool:
         """True when a complete blob is stored under ``key``."""
+
+    def iter_blobs(self) -> AsyncIterator[BlobInfo]:
+        """Every complete blob in the store, in no particular order (optional).
+
+        Used by ``registry gc`` to find blobs no record points to. Only blobs
+        under their final keys are listed: never staging files or uploads in
+        progress. Blobs put or deleted while the listing runs may or may not
+        appear. Implement it as an async generator.
+
+        :raises NotImplementedError: the backend cannot list its blobs (the
+            default); ``gc`` then skips orphan collection and says so.
+        """
+        raise NotImplementedError(f"storage {self.name or type(self).__name__!r} cannot list its blobs")
 
     async def shutdown(self) -> None:
         """Release clients and pools. The default does nothing."""

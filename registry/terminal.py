@@ -1,0 +1,100 @@
+"""What the CLI shows a person: progress bars and tables.
+
+Progress goes to stderr and only when stderr is a terminal, so piped or
+logged output never fills with bar redraws. Tables go to stdout: a rich table
+on a terminal, plain space-aligned columns otherwise (stable for ``awk`` and
+tests).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+
+class ProgressSink(Protocol):
+    """Receives progress of one task: bytes (or items) done so far, and the total."""
+
+    def __call__(self, done: int, total: int | None) -> None: ...
+
+
+def _silent(done: int, total: int | None) -> None:
+    """The sink used off a terminal: shows nothing."""
+
+
+@contextmanager
+def progress_bar(description: str, *, unit: str = "bytes") -> Iterator[ProgressSink]:
+    """A progress bar on stderr for the duration of the block, if stderr is a terminal.
+
+    Yields a :class:`ProgressSink`; call it as work advances. ``unit`` is
+    ``bytes`` (sizes and speed shown) or ``items`` (a plain count).
+    The bar is removed when the block ends, leaving the command's own output.
+    """
+    if not sys.stderr.isatty():
+        yield _silent
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    if unit == "bytes":
+        columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+    else:
+        columns += [MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = ()) -> None:
+    """Print ``rows`` under ``headers`` on stdout.
+
+    :param right: headers of columns to align right (numbers).
+    """
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for header in headers:
+            table.add_column(header, justify="right" if header in right else "left", no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if header in right else cell.ljust(width)
+            for cell, width, header in zip(cells, widths, headers)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(headers))
+    for row in rows:
+        print(line(row))
+
+
+def human_size(size: int) -> str:
+    """``1536`` -> ``1.5 KiB``: sizes for people (machine output keeps bytes)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
