@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from registry.api.errors import EXCEPTION_HANDLERS
+from registry.api.observe import ObserveRequests
 from registry.api.paths import KeepEncodedSlashes
 from registry.api.routes import build_routes
 from registry.service import Registry
@@ -29,7 +30,7 @@ def create_app(registry: Registry) -> Starlette:
         routes=build_routes(),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        middleware=[Middleware(KeepEncodedSlashes)],
+        middleware=[Middleware(ObserveRequests, metrics=registry.metrics), Middleware(KeepEncodedSlashes)],
     )
     app.state.registry = registry
     return app

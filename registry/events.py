@@ -7,9 +7,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import pluggy
+from typing import TYPE_CHECKING, Any
 
 from registry.records import Record
+
+if TYPE_CHECKING:
+    from registry.service import Registry
 
 logger = logging.getLogger("registry.events")
 
@@ -34,12 +37,29 @@ class PackageEvent:
     operator: str
     time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
+    def to_json(self) -> dict[str, Any]:
+        """The event as webhooks and the audit log see it."""
+        return {
+            "event": self.kind,
+            "time": self.time.isoformat(timespec="seconds"),
+            "operator": self.operator,
+            "application": self.record.code,
+            "module": self.record.module,
+            "id": self.record.id,
+            "version": self.record.version,
+            "package_name": self.record.package_name,
+            "package_size": self.record.package_size,
+            "sha256": self.record.sha256,
+        }
 
-async def dispatch(pm: pluggy.PluginManager, event: PackageEvent) -> None:
+
+async def dispatch(registry: Registry, event: PackageEvent) -> None:
     """Call each implementation in turn; one that fails is logged and skipped."""
-    for impl in reversed(pm.hook.registry_package_event.get_hookimpls()):
+    caller = registry.pm.hook.registry_package_event
+    for impl in reversed(caller.get_hookimpls()):
+        kwargs = {"event": event, "registry": registry}
         try:
-            result = impl.function(event=event)
+            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
             if inspect.isawaitable(result):
                 await result
         except Exception:

@@ -18,6 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from registry.events import PackageEvent
     from registry.origins import Origin
+    from registry.service import Registry
     from registry.settings import Setting, Settings
     from registry.storage import Storage
 
@@ -66,13 +67,35 @@ def registry_storage(backend: str, settings: Settings) -> Storage | None:
 
 
 @hookspec
-def registry_package_event(event: PackageEvent) -> Awaitable[None] | None:
+def registry_package_event(event: PackageEvent, registry: Registry) -> Awaitable[None] | None:
     """A package was stored, overwritten, deleted or restored.
 
     Called after the change is committed, once per implementation; may return
-    an awaitable. An exception raised here is logged and does not undo the
-    change or fail the request, so audit logs, webhooks and metrics cannot
-    break uploads.
+    an awaitable, which is awaited before the request answers, so keep it
+    short (hand slow work such as network calls to a task started in
+    :func:`registry_startup`). An exception raised here is logged and does not
+    undo the change or fail the request, so audit logs, webhooks and metrics
+    cannot break uploads.
 
     :param event: what happened, to which record, by whom.
+    :param registry: the service, for its database and settings.
+    """
+
+
+@hookspec
+def registry_startup(registry: Registry) -> Awaitable[None] | None:
+    """The service is starting, after its database and storage are ready.
+
+    May return an awaitable. Start background workers here; an exception stops
+    start-up.
+
+    :param registry: the service being started.
+    """
+
+
+@hookspec
+def registry_shutdown(registry: Registry) -> Awaitable[None] | None:
+    """The service is stopping; finish or drop background work. May be async.
+
+    :param registry: the service being stopped.
     """

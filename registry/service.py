@@ -11,11 +11,13 @@ file is removed on exit, and a blob that did not end up referenced is deleted.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -38,6 +40,7 @@ from registry.errors import (
     UnsupportedSourceOrigin,
     ValidationError,
 )
+from registry.metrics import Metrics
 from registry.origins import Origin
 from registry.records import CommitResult, NewPackage, Outcome, Record, RecordStore
 from registry.redact import redact_url
@@ -89,6 +92,9 @@ class Registry:
         self.time_zone = ZoneInfo(settings["server.time_zone"])
         self.db = Database(Path(settings["database.path"]))
         self.records = RecordStore(self.db)
+        self.metrics = Metrics()
+        #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
+        self.extensions: dict[str, Any] = {}
         self.credentials = CredentialStore(self.db)
         self.max_package_size: int = settings["limits.max_package_size"]
         self.archive_limits = ArchiveLimits(
@@ -106,8 +112,14 @@ class Registry:
         removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
         if removed:
             logger.info("removed %d stale staging file(s)", removed)
+        for result in self.pm.hook.registry_startup(registry=self):
+            if inspect.isawaitable(result):
+                await result
 
     async def shutdown(self) -> None:
+        for result in self.pm.hook.registry_shutdown(registry=self):
+            if inspect.isawaitable(result):
+                await result
         await self.storage.shutdown()
 
     async def check_ready(self) -> None:
@@ -140,14 +152,24 @@ class Registry:
         raise UnsupportedSourceOrigin(f"no origin accepts '{scheme}:' URLs")
 
     async def upload_link(self, upload: UploadRequest, package_url: str) -> CommitResult:
-        """Fetch ``package_url`` through its origin and ingest it."""
+        """Fetch ``package_url`` through its origin and ingest it.
+
+        When the version is given, conflicts are decided before the body is
+        read where the bytes are already known to differ: by the client's
+        ``sha256``, or by the size the origin announces.
+        """
         origin = self.resolve_origin(package_url)
+        existing = None
         if upload.version is not None:
-            await self._precheck(upload, upload.version, upload.sha256)
+            existing = await self._live_version(upload, upload.version)
+            identical = _early_decision(existing, upload, sha256=upload.sha256, size=None)
+            if identical is not None:
+                return CommitResult(Outcome.IDENTICAL, identical, None)
         async with self.staging() as staged:
             async with origin.open(package_url, self.max_package_size) as download:
                 if download.size is not None and download.size > self.max_package_size:
                     raise PackageTooLarge(f"the origin announces {download.size} bytes")
+                _early_decision(existing, upload, sha256=upload.sha256, size=download.size)
                 await staged.write_all(download.chunks)
             if download.size is not None and staged.size != download.size:
                 raise PackageDownloadFailed(
@@ -161,25 +183,12 @@ class Registry:
                 source_url=redact_url(package_url),
             )
 
-    async def _precheck(self, upload: UploadRequest, version: str, sha256: str | None) -> Record | None:
-        """Decide what can be decided before storing bytes.
-
-        Returns the live record when ``sha256`` shows the upload is identical
-        to it (nothing to store). Raises ``PackageAlreadyExists`` when the
-        version is live with other bytes and overwriting is not allowed, and
-        the bytes are known to differ (``sha256`` given). Without a digest the
-        bytes must be received first: an identical re-upload is not a conflict.
-        """
+    async def _live_version(self, upload: UploadRequest, version: str) -> Record | None:
+        """The record of ``version`` unless it is absent or soft-deleted."""
         existing = await anyio.to_thread.run_sync(
             self.records.find_version, upload.code, upload.module, version
         )
-        if existing is None or existing.is_deleted or sha256 is None:
-            return None
-        if existing.sha256 == sha256:
-            return existing
-        if not upload.allow_overwrite:
-            raise PackageAlreadyExists(f"version {version!r}", data={"sha256_signature": existing.sha256})
-        return None
+        return None if existing is None or existing.is_deleted else existing
 
     async def ingest(
         self,
@@ -208,7 +217,8 @@ class Registry:
             except ValidationError as exc:
                 exc.fields = {"app_desc.yaml": exc.fields["version"]}
                 raise
-        identical = await self._precheck(upload, version, staged.sha256)
+        existing = await self._live_version(upload, version)
+        identical = _early_decision(existing, upload, sha256=staged.sha256, size=staged.size)
         if identical is not None:
             return CommitResult(Outcome.IDENTICAL, identical, None)
         new = NewPackage(
@@ -228,7 +238,7 @@ class Registry:
         result = await self._store_and_commit(staged.path, new, upload.allow_overwrite)
         kind = _EVENT_KINDS.get(result.outcome)
         if kind is not None:
-            await events.dispatch(self.pm, events.PackageEvent(kind, result.record, upload.operator))
+            await events.dispatch(self, events.PackageEvent(kind, result.record, upload.operator))
         return result
 
     async def _store_and_commit(self, staged: Path, new: NewPackage, allow_overwrite: bool) -> CommitResult:
@@ -263,11 +273,32 @@ class Registry:
     async def delete(self, code: str, module: str, package_id: int, operator: str) -> Record:
         record, changed = await anyio.to_thread.run_sync(self.records.soft_delete, code, module, package_id)
         if changed:
-            await events.dispatch(self.pm, events.PackageEvent(events.DELETED, record, operator))
+            await events.dispatch(self, events.PackageEvent(events.DELETED, record, operator))
         return record
 
     async def restore(self, code: str, module: str, package_id: int, operator: str) -> Record:
         record, changed = await anyio.to_thread.run_sync(self.records.restore, code, module, package_id)
         if changed:
-            await events.dispatch(self.pm, events.PackageEvent(events.RESTORED, record, operator))
+            await events.dispatch(self, events.PackageEvent(events.RESTORED, record, operator))
         return record
+
+
+def _early_decision(existing: Record | None, upload: UploadRequest, *, sha256: str | None,
+                    size: int | None) -> Record | None:
+    """Decide what the bytes known so far decide, before storing anything.
+
+    Returns ``existing`` when ``sha256`` shows the upload is identical to it
+    (nothing to store, unless it heals a blob ``fsck`` marked broken). Raises
+    ``PackageAlreadyExists`` when the live version's bytes are known to differ
+    (other digest or other size) and overwriting is not allowed. Otherwise the
+    bytes must be received first: an identical re-upload is not a conflict.
+    The committing transaction decides again; this only saves work.
+    """
+    if existing is None:
+        return None
+    if sha256 is not None and existing.sha256 == sha256:
+        return None if existing.broken else existing
+    differs = (sha256 is not None) or (size is not None and size != existing.package_size)
+    if differs and not upload.allow_overwrite:
+        raise PackageAlreadyExists(f"version {existing.version!r}", data={"sha256_signature": existing.sha256})
+    return None

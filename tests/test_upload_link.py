@@ -186,3 +186,61 @@ def test_every_prefix_serves_the_link_route(api: Api, code: str, file_server: Fi
     no_slash = api.http.get(api.path(code, prefix=prefix).rstrip("/"))
     assert no_slash.status_code == 200
     assert no_slash.json()["count"] == 1
+
+
+class HeadersOnlyServer:
+    """Answers every request with a 200 and a Content-Length, then sends no body."""
+
+    def __init__(self, announced: int) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.announced = announced
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/pkg.tar.gz"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.announced)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def test_conflict_decided_from_announced_size_before_the_body(api: Api, code: str, file_server: FileServer) -> None:
+    """Version known, bytes of another size: 409 without waiting for the body,
+    which this origin never sends (reading it would end in a 504 instead)."""
+    data = package(salt=code)
+    assert api.link(code, file_server.add(f"{code}/a.tar.gz", data), version="1").status_code == 201
+    server = HeadersOnlyServer(announced=len(data) + 1)
+    try:
+        response = api.link(code, server.url, version="1")
+    finally:
+        server.close()
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "PACKAGE_ALREADY_EXISTS"
+    assert response.json()["data"]["sha256_signature"] == hashlib.sha256(data).hexdigest()
+
+
+def test_identical_digest_answers_without_fetching(api: Api, code: str, file_server: FileServer) -> None:
+    data = package(salt=code)
+    first = api.link(code, file_server.add(f"{code}/a.tar.gz", data), version="1")
+    assert first.status_code == 201
+    server = HeadersOnlyServer(announced=len(data))
+    try:
+        again = api.link(code, server.url, version="1", sha256=hashlib.sha256(data).hexdigest())
+    finally:
+        server.close()
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert server.connections == []

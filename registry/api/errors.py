@@ -64,7 +64,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (no route, wrong method) in the contract's shape."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(request, MethodNotAllowed())
+        error = MethodNotAllowed()
+        error.headers = dict(exc.headers or {})  # keep Allow (RFC 9110 requires it on a 405)
+        return error_response(request, error)
     if exc.status_code == 404:
         return error_response(request, NotFound())
     generic = RegistryError(str(exc.detail))

@@ -8,20 +8,23 @@ Every route is served at the root, under ``/{stag,prod}`` and under
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import quote
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from registry.api.docs import DOCS_HTML
 from registry.api.forms import parse_multipart, read_fields
+from registry.api.openapi import build_openapi
 from registry.api.serialize import record_json
 from registry.archive import FORMATS
 from registry.auth import ANONYMOUS, Principal, authenticate, parse_credentials
 from registry.errors import (
+    MethodNotAllowed,
     ObjectStoreException,
     PackageNotFound,
     PackageTooLarge,
@@ -30,7 +33,7 @@ from registry.errors import (
     Unauthenticated,
     ValidationError,
 )
-from registry.records import ORDERINGS, Outcome
+from registry.records import ORDERINGS, CommitResult, Outcome
 from registry.service import Registry, UploadRequest
 from registry.storage import BlobMissing
 from registry.validation import parse_bool, parse_package_url, parse_sha256, parse_slug, parse_version
@@ -80,6 +83,11 @@ def _module_path(request: Request) -> tuple[str, str]:
 
 def _package_id(request: Request) -> int:
     raw = request.path_params["package_id"]
+    if raw == "link" and request.url.path.rstrip("/").endswith("/source_package/link"):
+        # ``P/link/`` with a method other than POST lands on ``P/{id}/``: a wrong method, not a bad id.
+        error = MethodNotAllowed()
+        error.headers = {"Allow": "POST"}
+        raise error
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise ValidationError.single("id", "须为正整数", "must be a positive integer")
     return int(raw)
@@ -101,6 +109,24 @@ def _upload_request(fields: dict[str, Any], code: str, module: str, operator: st
     if errors:
         raise ValidationError(errors)
     return UploadRequest(code=code, module=module, operator=operator, **values)
+
+
+def _origin_label(registry: Registry, package_url: str) -> str:
+    try:
+        return registry.resolve_origin(package_url).name
+    except RegistryError:
+        return "none"
+
+
+async def _counted(registry: Registry, origin: str, upload: Awaitable[CommitResult]) -> CommitResult:
+    """Await an upload, counting its outcome or error code by origin."""
+    try:
+        result = await upload
+    except RegistryError as exc:
+        registry.metrics.uploads.labels(origin, exc.code).inc()
+        raise
+    registry.metrics.uploads.labels(origin, result.outcome.value).inc()
+    return result
 
 
 def _upload_response(request: Request, result_outcome: Outcome, record_data: dict[str, Any]) -> Response:
@@ -125,7 +151,7 @@ async def upload_link(request: Request) -> Response:
     if errors:
         raise ValidationError(errors)
     registry = _registry(request)
-    result = await registry.upload_link(upload, package_url)
+    result = await _counted(registry, _origin_label(registry, package_url), registry.upload_link(upload, package_url))
     return _upload_response(request, result.outcome, record_json(result.record, registry.time_zone))
 
 
@@ -141,12 +167,15 @@ async def upload_file(request: Request) -> Response:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > registry.max_package_size + MULTIPART_OVERHEAD:
         raise PackageTooLarge(f"the request announces {declared} bytes")
-    async with registry.staging() as staged:
-        form = await parse_multipart(request, "package", staged)
-        if not form.file_seen:
-            raise ValidationError.single("package", "该字段是必填项", "this field is required")
-        upload = _upload_request(form.fields, code, module, principal.operator)
-        result = await registry.ingest(upload, staged, file_name=form.file_name, origin="upload")
+    async def receive_and_ingest() -> CommitResult:
+        async with registry.staging() as staged:
+            form = await parse_multipart(request, "package", staged)
+            if not form.file_seen:
+                raise ValidationError.single("package", "该字段是必填项", "this field is required")
+            upload = _upload_request(form.fields, code, module, principal.operator)
+            return await registry.ingest(upload, staged, file_name=form.file_name, origin="upload")
+
+    result = await _counted(registry, "upload", receive_and_ingest())
     return _upload_response(request, result.outcome, record_json(result.record, registry.time_zone))
 
 
@@ -264,6 +293,7 @@ def _content_disposition(file_name: str) -> str:
 
 def _download_name(file_name: str, module: str, version: str, fmt: str) -> str:
     extension = FORMATS[fmt][0]
+    file_name = file_name.replace("\\", "/").rsplit("/", 1)[-1]  # a client's folders are not part of the name
     if file_name.endswith("." + extension):
         return file_name
     return f"{module}-{version}.{extension}"
@@ -282,6 +312,9 @@ async def download_package(request: Request) -> Response:
     record = await registry.get(code, module, package_id)
     if record.is_deleted:
         raise PackageNotFound(f"id {package_id} is deleted")
+    if record.broken:
+        # fsck --repair found the stored bytes bad: refuse rather than serve them
+        raise ObjectStoreException(f"id {package_id}: the stored blob failed its integrity check ({record.broken})")
     etag = f'"{record.sha256}"'
     headers = {
         "ETag": etag,
@@ -331,6 +364,19 @@ async def _open_blob(registry: Registry, key: str, start: int, end: int) -> Asyn
     return body()
 
 
+async def metrics(request: Request) -> Response:
+    registry = _registry(request)
+    return Response(registry.metrics.render(), media_type=registry.metrics.content_type)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(build_openapi())
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -368,6 +414,9 @@ def build_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
     ]
     for path, handlers in by_path.items():
         routes.append(Route(path, _dispatch(handlers), methods=list(handlers), name=None))

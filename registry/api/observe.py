@@ -1,0 +1,103 @@
+"""Per-request observability: request ids, JSON access log lines, HTTP metrics.
+
+A pure ASGI middleware (no response buffering, so downloads stay streamed).
+Each request gets an ``X-Request-ID``: the client's, when it sent a sane one,
+or a new one; it is echoed in the response and logged with the access line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.api.routes import STAGE_PREFIXES
+from registry.metrics import Metrics
+
+access_logger = logging.getLogger("registry.access")
+REQUEST_ID_HEADER = b"x-request-id"
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path without its stage prefix, or ``unmatched``."""
+    route = scope.get("route")
+    if not isinstance(route, Route):
+        return "unmatched"
+    path = route.path
+    for prefix in sorted(STAGE_PREFIXES, key=len, reverse=True):
+        if prefix and path.startswith(prefix + "/"):
+            path = path[len(prefix):]
+            break
+    return path if path.endswith("/") or path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs") else path + "/"
+
+
+class ObserveRequests:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        state = {"status": 500, "sent": 0, "received": 0}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+            return message
+
+        async def tagging_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            elif message["type"] == "http.response.body":
+                state["sent"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tagging_send)
+        finally:
+            self._record(scope, request_id, state, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, request_id: str, state: dict[str, int], duration: float) -> None:
+        route = route_template(scope)
+        method = scope["method"]
+        self.metrics.requests.labels(method, route, str(state["status"])).inc()
+        self.metrics.latency.labels(method, route).observe(duration)
+        self.metrics.bytes_in.inc(state["received"])
+        self.metrics.bytes_out.inc(state["sent"])
+        if state["status"] == 503:
+            self.metrics.storage_errors.inc()
+        operator = scope.get("state", {}).get("operator")
+        access_logger.info(json.dumps({
+            "request_id": request_id,
+            "method": method,
+            "path": scope["path"],
+            "route": route,
+            "status": state["status"],
+            "bytes_in": state["received"],
+            "bytes_out": state["sent"],
+            "duration_ms": round(duration * 1000, 2),
+            "operator": operator,
+            "client": (scope.get("client") or ("", 0))[0],
+        }, ensure_ascii=False))
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER:
+            candidate = value.decode("latin-1").strip()
+            if SANE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex

@@ -1,0 +1,110 @@
+"""Package events: the audit table and webhooks, through a live server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Api, base_config, package, start_registry
+
+
+class Receiver:
+    """A local webhook receiver that fails the first ``failures`` deliveries."""
+
+    def __init__(self, failures: int) -> None:
+        self.bodies: list[tuple[bytes, str]] = []
+        self.attempts = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.attempts += 1
+                if receiver.attempts <= failures:
+                    self.send_response(500)
+                else:
+                    receiver.bodies.append((body, self.headers.get("X-Registry-Signature", "")))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait_for(self, count: int) -> list[tuple[bytes, str]]:
+        deadline = time.monotonic() + 20
+        while len(self.bodies) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.bodies
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(failures=1)
+    yield r
+    r.close()
+
+
+def test_audit_table_and_webhooks(tmp_path: Path, receiver: Receiver) -> None:
+    tables = base_config(tmp_path)
+    tables["webhooks"] = {"urls": [receiver.url], "max_attempts": 3, "secret": "s3cret"}
+    server = start_registry(tmp_path, tables)
+    try:
+        api = Api(server.url, server.token("carol"))
+        first = api.upload("evt", package("1.0.0", salt="a"))
+        assert first.status_code == 201
+        package_id = first.json()["id"]
+        assert api.upload("evt", package("1.0.0", salt="b"), allow_overwrite="true").status_code == 200
+        assert api.delete("evt", package_id).status_code == 204
+        assert api.restore("evt", package_id).status_code == 200
+        api.close()
+
+        delivered = receiver.wait_for(4)
+        assert receiver.attempts == 5  # the first delivery failed once and was retried
+        kinds = [json.loads(body)["event"] for body, _ in delivered]
+        assert kinds == ["stored", "overwritten", "deleted", "restored"]
+        for body, signature in delivered:
+            assert signature == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        stored = json.loads(delivered[0][0])
+        assert stored["operator"] == "carol"
+        assert stored["application"] == "evt"
+        assert stored["id"] == package_id
+
+        with sqlite3.connect(tmp_path / "registry.db") as db:
+            rows = db.execute("SELECT kind, operator, package_id, sha256 FROM events ORDER BY id").fetchall()
+        assert [row[0] for row in rows] == ["stored", "overwritten", "deleted", "restored"]
+        assert {row[1] for row in rows} == {"carol"}
+        assert rows[0][3] == hashlib.sha256(package("1.0.0", salt="a")).hexdigest()
+        assert rows[1][3] == hashlib.sha256(package("1.0.0", salt="b")).hexdigest()
+    finally:
+        server.stop()
+
+
+def test_dead_webhook_never_fails_an_upload(tmp_path: Path) -> None:
+    from tests.helpers import free_port
+
+    tables = base_config(tmp_path)
+    tables["webhooks"] = {"urls": [f"http://127.0.0.1:{free_port()}/gone"], "max_attempts": 2, "timeout": 1}
+    server = start_registry(tmp_path, tables)
+    try:
+        api = Api(server.url, server.token())
+        assert api.upload("dead", package("1.0.0")).status_code == 201
+        api.close()
+    finally:
+        server.stop()
