@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -77,14 +78,19 @@ def app_desc(version: str, spec: int = 3) -> bytes:
 
 
 def make_tar(files: Mapping[str, bytes], compression: str = "gz") -> bytes:
+    """A tar archive; the same files always give the same bytes."""
     buffer = io.BytesIO()
-    mode = f"w:{compression}" if compression else "w"
+    mode = f"w:{compression}" if compression not in ("", "gz") else "w"
     with tarfile.open(fileobj=buffer, mode=mode) as tar:  # type: ignore[call-overload]
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
+    if compression == "gz":
+        # tarfile's gzip header carries the current time; a fixed one keeps
+        # package() deterministic across a second boundary.
+        return gzip.compress(buffer.getvalue(), mtime=0)
     return buffer.getvalue()
 
 
