@@ -45,7 +45,7 @@ from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
-from registry.storage import BlobMissing, Storage
+from registry.storage import BlobInfo, BlobMissing, Storage
 
 NAME = "s3"
 MiB = 1024 * 1024
@@ -311,6 +311,26 @@ class S3Storage(Storage):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(body.close)
 
+    async def iter_blobs(self) -> AsyncIterator[BlobInfo]:
+        """Every object under the prefix, a listing page at a time.
+
+        Multipart uploads in progress are not objects yet, so they never
+        appear; neither do keys that :meth:`object_key` would not produce.
+        """
+        token: str | None = None
+        while True:
+            page = await self._call("list blobs", lambda client: _list_page(client, self.bucket, self.prefix, token))
+            for entry in page.get("Contents", []):
+                key = entry["Key"][len(self.prefix):]
+                try:
+                    self.object_key(key)
+                except ValueError:
+                    continue
+                yield BlobInfo(key=key, size=entry["Size"], modified=entry["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
     async def delete(self, key: str) -> None:
         """``DeleteObject``; S3 answers success for a missing key too."""
         target = self.object_key(key)
@@ -342,6 +362,14 @@ class S3Storage(Storage):
 #: Sentinels returned by :func:`_get_body` instead of a body.
 _MISSING: Any = object()
 _PAST_END: Any = object()
+
+
+def _list_page(client: BaseClient, bucket: str, prefix: str, token: str | None) -> dict[str, Any]:
+    """One ``ListObjectsV2`` page (blocking)."""
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+    if token is not None:
+        request["ContinuationToken"] = token
+    return client.list_objects_v2(**request)  # type: ignore[no-any-return]
 
 
 def _get_body(client: BaseClient, bucket: str, key: str, start: int, end: int | None) -> Any:

@@ -309,7 +309,31 @@ def _non_negative_int(value: str) -> int:
     return int(value)
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    """The audit trail the ``audit`` plugin keeps, newest first."""
+    from plugins.audit import recent_events
+
+    _, registry = _load(args)
+    events = recent_events(registry.db, limit=args.limit, code=args.app)
+    if args.json:
+        print(json.dumps(events, indent=2, ensure_ascii=False))
+        return 0
+    print_table(
+        ["ID", "TIME", "EVENT", "OPERATOR", "APP/MODULE", "PACKAGE", "VERSION", "SHA256"],
+        [[str(e["id"]), e["time"], e["kind"], e["operator"], f"{e['code']}/{e['module']}", str(e["package_id"]),
+          e["version"], e["sha256"][:16]] for e in events],
+        right=["ID", "PACKAGE"],
+    )
+    return 0
+
+
 def _add_maintenance_commands(commands: Any) -> None:
+    events = commands.add_parser("events", help="list package events (stored, overwritten, deleted, restored)")
+    events.add_argument("--app", metavar="CODE", help="only this application's events")
+    events.add_argument("--limit", type=_non_negative_int, default=100, help="newest N events (default 100)")
+    events.add_argument("--json", action="store_true", help="print JSON")
+    events.set_defaults(func=cmd_events)
+
     check = commands.add_parser("fsck", help="re-hash every stored blob against its record")
     check.add_argument("--repair", action="store_true",
                        help="mark bad records broken (download then answers 503); clear marks of good ones")

@@ -166,6 +166,23 @@ class StorageConformance:
         with pytest.raises(BlobMissing):
             await read_blob(store, key)
 
+    async def test_listing_shows_blobs_and_never_staging(self, store: Storage) -> None:
+        """``iter_blobs`` (optional) lists put blobs with their sizes, not staged files."""
+        key, data = _key(), b"listed" * 50
+        await put_bytes(store, key, data)
+        in_flight = await stage(store, b"an upload still arriving")
+        try:
+            listed = {info.key: info async for info in store.iter_blobs()}
+        except NotImplementedError:
+            pytest.skip(f"{type(store).__name__} does not list its blobs")
+        finally:
+            in_flight.unlink(missing_ok=True)
+        assert listed[key].size == len(data)
+        assert listed[key].modified.tzinfo is not None
+        assert all(in_flight.name not in listed_key for listed_key in listed)
+        await store.delete(key)
+        assert key not in {info.key async for info in store.iter_blobs()}
+
     async def test_delete_of_a_missing_key_is_not_an_error(self, store: Storage) -> None:
         key = _key()
         await store.delete(key)

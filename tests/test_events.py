@@ -92,6 +92,13 @@ def test_audit_table_and_webhooks(tmp_path: Path, receiver: Receiver) -> None:
         assert {row[1] for row in rows} == {"carol"}
         assert rows[0][3] == hashlib.sha256(package("1.0.0", salt="a")).hexdigest()
         assert rows[1][3] == hashlib.sha256(package("1.0.0", salt="b")).hexdigest()
+
+        listed = json.loads(server.cli("events", "--json").stdout)
+        assert [e["kind"] for e in listed] == ["restored", "deleted", "overwritten", "stored"]
+        assert listed[-1]["sha256"] == rows[0][3]
+        table = server.cli("events", "--app", "evt").stdout
+        assert "overwritten" in table and "carol" in table
+        assert server.cli("events", "--app", "other", "--json").stdout.strip() == "[]"
     finally:
         server.stop()
 

@@ -148,6 +148,21 @@ def test_overwrite_leaves_only_the_new_object(s3_api: Api, code: str, moto: Moto
 
 # -- fetching s3:// links --------------------------------------------------------------
 
+def test_gc_and_fsck_work_on_s3(s3_api: Api, s3_registry: RegistryProcess, code: str, moto: MotoServer,
+                                 bucket: str) -> None:
+    """The operator tools go through the storage plugin, so they work on S3 too."""
+    data = package("1.0.0", salt=code)
+    assert s3_api.upload(code, data).status_code == 201
+    orphan = f"{PREFIX}{code}/default/{'0' * 32}"
+    moto.client().put_object(Bucket=bucket, Key=orphan, Body=b"left over by a crash")
+    assert s3_registry.cli("fsck").returncode == 0
+    dry = s3_registry.cli("gc", "--dry-run", "--grace-hours", "0")
+    assert orphan.removeprefix(PREFIX) in dry.stdout
+    assert orphan in stored_objects(moto, bucket, code)
+    s3_registry.cli("gc", "--grace-hours", "0")
+    assert list(stored_objects(moto, bucket, code).values()) == [data]
+
+
 def test_upload_by_s3_link(s3_api: Api, code: str, moto: MotoServer) -> None:
     source = moto.create_bucket("sources")
     data = package(salt=code)
