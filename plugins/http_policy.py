@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -42,39 +42,106 @@ def literal_address(host: str) -> IPAddress | None:
     return None
 
 
+#: IPv6 global unicast: everything routable on the internet lives here today.
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+#: NAT64: the well-known prefix (judged by the IPv4 address it embeds) and the
+#: local-use prefix (RFC 8215), which translates to whatever the operator chose.
+_NAT64_V6 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64_V6 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public(address: IPAddress) -> bool:
     """True for globally routable unicast addresses only.
 
     Refuses loopback, RFC 1918, CGNAT, link-local (cloud metadata), multicast,
     unspecified, reserved and documentation ranges, IPv6 ULA and link-local,
-    and IPv4 addresses hidden in IPv6 (mapped, 6to4, NAT64) that are not public.
+    IPv6 outside global unicast (``2000::/3``: this also refuses the
+    IPv4-compatible ``::a.b.c.d`` and IPv4-translated ``::ffff:0:a.b.c.d``
+    forms), scoped addresses, and IPv4 addresses hidden in IPv6 (mapped,
+    6to4, NAT64) that are not public.
     """
     if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            return False
         embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in ipaddress.IPv6Network("64:ff9b::/96"):
+        if embedded is None and address in _NAT64_V6:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public(embedded)
-    return address.is_global and not address.is_multicast
+        if address not in _GLOBAL_UNICAST_V6 or address in _LOCAL_NAT64_V6:
+            return False
+        return address.is_global and not address.is_multicast and not address.is_reserved
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """One parsed ``allowed_hosts`` entry; ``port`` None means the scheme's default."""
+
+    host: str
+    port: int | None
+
+    def matches(self, scheme: str, host: str, port: int | None) -> bool:
+        default = DEFAULT_PORTS[scheme]
+        return self.host == host and (self.port or default) == (port or default)
+
+
+def parse_entry(entry: str) -> HostEntry:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``, normalised.
+
+    :raises ValueError: not one of those forms (a URL, an empty host, a bad port).
+    """
+    text = entry.strip()
+    port_text = ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"malformed host entry {entry!r}")
+        port_text = rest[1:] if rest else ""
+        if rest and not port_text:
+            raise ValueError(f"malformed host entry {entry!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text:
+            raise ValueError(f"malformed host entry {entry!r}")
+    else:
+        host = text
+    host = normalize_host(host)
+    if not host or any(c in host for c in "/@?#\\ \t") or (":" in host and literal_address(host) is None):
+        raise ValueError(f"malformed host entry {entry!r} (expected host or host:port)")
+    port: int | None = None
+    if port_text:
+        if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in host entry {entry!r}")
+        port = int(port_text)
+    return HostEntry(host, port)
 
 
 @dataclass(frozen=True)
 class HostPolicy:
-    """The ``[origins.http]`` rules for one fetch hop."""
+    """The ``[origins.http]`` rules for one fetch hop.
+
+    :raises ValueError: an ``allowed_hosts`` entry is malformed.
+    """
 
     allowed_hosts: tuple[str, ...]
     allow_private_networks: bool
+    entries: tuple[HostEntry, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(parse_entry(e) for e in self.allowed_hosts))
 
     def check_host(self, scheme: str, host: str, port: int | None) -> None:
-        """Refuse a host not in ``allowed_hosts`` (when that is set)."""
-        if not self.allowed_hosts:
+        """Refuse a host not in ``allowed_hosts`` (when that is set).
+
+        ``host`` is compared normalised (lower case, no brackets or trailing
+        dot); an entry without a port matches only the scheme's default port.
+        """
+        if not self.entries:
             return
-        effective = port or DEFAULT_PORTS[scheme]
-        for entry in self.allowed_hosts:
-            name, _, entry_port = normalize_entry(entry)
-            wanted = int(entry_port) if entry_port else DEFAULT_PORTS[scheme]
-            if name == host and wanted == effective:
-                return
+        host = normalize_host(host)
+        if any(entry.matches(scheme, host, port) for entry in self.entries):
+            return
         raise SourceOriginForbidden(f"host {host!r} is not in origins.http.allowed_hosts")
 
     async def resolve(self, host: str, port: int) -> IPAddress:
@@ -84,6 +151,7 @@ class HostPolicy:
             ``allow_private_networks`` is false).
         :raises PackageDownloadFailed: the name does not resolve.
         """
+        host = normalize_host(host)
         if host == "localhost" or host.endswith(".localhost"):
             addresses: list[IPAddress] = [ipaddress.IPv4Address("127.0.0.1")]
         elif (literal := literal_address(host)) is not None:
@@ -101,15 +169,3 @@ class HostPolicy:
                 if not is_public(address):
                     raise SourceOriginForbidden(f"host {host!r} resolves to a non-public address")
         return addresses[0]
-
-
-def normalize_entry(entry: str) -> tuple[str, str, str]:
-    """An ``allowed_hosts`` entry as (host, ':', port) with the host normalised."""
-    entry = entry.strip()
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return normalize_host(host), ":", rest.lstrip(":")
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return normalize_host(host), ":", port
-    return normalize_host(entry), "", ""

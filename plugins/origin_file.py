@@ -34,6 +34,9 @@ class FileOrigin(Origin):
     def accepts(self, url: str) -> bool:
         return url[:7].lower() == "file://"
 
+    def _within_roots(self, resolved: Path) -> bool:
+        return any(resolved == root or root in resolved.parents for root in self.allowed_roots)
+
     def _allowed_path(self, url: str) -> Path:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
@@ -42,25 +45,44 @@ class FileOrigin(Origin):
         if "\x00" in raw or not raw.startswith("/"):
             raise SourceOriginForbidden("file URLs must hold an absolute path")
         resolved = Path(os.path.realpath(raw))
-        if not any(resolved == root or root in resolved.parents for root in self.allowed_roots):
+        if not self._within_roots(resolved):
             raise SourceOriginForbidden("the path is outside the allowed roots")
         return resolved
 
-    @asynccontextmanager
-    async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
-        path = self._allowed_path(url)
+    def _open_regular(self, path: Path) -> int:
+        """Open ``path`` for reading, refusing anything but a regular file.
+
+        ``O_NONBLOCK`` keeps a FIFO from blocking the open until a writer
+        comes; ``O_NOFOLLOW`` refuses a final component swapped for a link
+        after the check. Where ``/proc/self/fd`` exists, the file actually
+        opened is checked against the roots once more, so a folder swapped for
+        a link between check and open cannot lead outside them either.
+        """
         try:
-            fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise PackageDownloadFailed(f"no such file: {path}") from None
         except OSError as exc:
             raise PackageDownloadFailed(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PackageDownloadFailed(f"not a regular file: {path}")
+            proc_link = f"/proc/self/fd/{fd}"
+            if os.path.islink(proc_link) and not self._within_roots(Path(os.readlink(proc_link))):
+                raise SourceOriginForbidden("the path is outside the allowed roots")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @asynccontextmanager
+    async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
+        path = self._allowed_path(url)
+        fd = await anyio.to_thread.run_sync(self._open_regular, path)
         f = os.fdopen(fd, "rb")
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise PackageDownloadFailed(f"not a regular file: {path}")
-            yield Download(chunks=_read(f), size=info.st_size)
+            yield Download(chunks=_read(f), size=os.fstat(fd).st_size)
         finally:
             f.close()
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urljoin
+from typing import NoReturn
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import httpx
 
-from plugins.http_policy import HostPolicy, normalize_host
+from plugins.http_policy import HostPolicy, normalize_host, parse_entry
 from registry import __version__
 from registry.errors import (
     PackageDownloadFailed,
@@ -27,7 +28,7 @@ from registry.errors import (
 )
 from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
-from registry.redact import redact_url
+from registry.redact import install_log_redaction, redact_text, redact_url
 from registry.settings import Setting, Settings
 
 NAME = "http"
@@ -77,12 +78,27 @@ class HttpOrigin(Origin):
 
     async def _follow(self, client: httpx.AsyncClient, url: str) -> httpx.Response:
         current = url
-        for _ in range(self.max_redirects + 1):
-            request = await self._request(client, current)
-            response = await client.send(request, stream=True)
+        locations: list[str] = []
+
+        async def remember(response: httpx.Response) -> None:
+            locations.append(response.headers.get("location", ""))
+
+        client.event_hooks = {"request": [], "response": [remember]}
+        for hop in range(self.max_redirects + 1):
+            request = await self._request(client, current, redirected=hop > 0)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.InvalidURL:
+                # httpx prepares the next request of a redirect even when not
+                # following it, and a Location it cannot build one from
+                # (``file:x``) raises this rather than an ``HTTPError``.
+                self._refuse_redirect(current, locations[-1] if locations else "")
             if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
                 await response.aclose()
-                current = urljoin(current, response.headers["location"])
+                try:
+                    current = urljoin(current, response.headers["location"])
+                except ValueError:
+                    raise PackageDownloadFailed("the origin redirected to an invalid URL") from None
                 continue
             if response.status_code != 200:
                 await response.aclose()
@@ -90,17 +106,37 @@ class HttpOrigin(Origin):
             return response
         raise PackageDownloadFailed(f"more than {self.max_redirects} redirects")
 
-    async def _request(self, client: httpx.AsyncClient, url: str) -> httpx.Request:
-        """A request for one hop, aimed at the checked address."""
+    @staticmethod
+    def _refuse_redirect(current: str, location: str) -> NoReturn:
+        """Refuse a redirect httpx could not even parse: a scheme other than
+        http(s) is a policy refusal like any other, the rest the origin's fault."""
+        try:
+            scheme = urlsplit(urljoin(current, location)).scheme.lower()
+        except ValueError:
+            scheme = ""
+        if scheme and scheme not in SCHEMES:
+            raise SourceOriginForbidden(f"redirect to a {scheme!r} URL")
+        raise PackageDownloadFailed("the origin redirected to an invalid URL")
+
+    async def _request(self, client: httpx.AsyncClient, url: str, *, redirected: bool = False) -> httpx.Request:
+        """A request for one hop, aimed at the checked address.
+
+        A malformed first URL is the client's mistake (``VALIDATION_ERROR``);
+        a malformed redirect target is the origin's (``PACKAGE_DOWNLOAD_FAILED``).
+        """
         try:
             target = httpx.URL(url)
         except httpx.InvalidURL:
+            if redirected:
+                raise PackageDownloadFailed("the origin redirected to an invalid URL") from None
             raise ValidationError.single("package_url", "不是合法的 URL", "is not a valid URL") from None
         scheme = target.scheme.lower()
         if scheme not in SCHEMES:
             raise SourceOriginForbidden(f"redirect to a {scheme or 'relative'!r} URL")
         host = normalize_host(target.host)
         if not host:
+            if redirected:
+                raise PackageDownloadFailed("the origin redirected to a URL without a host")
             raise ValidationError.single("package_url", "缺少主机名", "has no host")
         self.policy.check_host(scheme, host, target.port)
         address = await self.policy.resolve(host, target.port or (443 if scheme == "https" else 80))
@@ -119,11 +155,11 @@ class HttpOrigin(Origin):
 
 def _content_length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length", "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _describe(exc: httpx.HTTPError) -> str:
-    text = str(exc) or type(exc).__name__
+    text = redact_text(str(exc) or type(exc).__name__)
     try:
         where = redact_url(str(exc.request.url))
     except RuntimeError:
@@ -135,7 +171,8 @@ def _describe(exc: httpx.HTTPError) -> str:
 def registry_settings() -> list[Setting]:
     return [
         Setting("origins.http.allowed_hosts", "list[str]", [],
-                "Hosts (`host` or `host:port`) links may point to; empty: any public host."),
+                "Hosts (`host` or `host:port`) links may point to; empty: any public host.",
+                check=_check_allowed_hosts),
         Setting("origins.http.allow_private_networks", "bool", False,
                 "Allow loopback, private, link-local and other non-public addresses."),
         Setting("origins.http.connect_timeout", "float", 10, "Seconds to connect."),
@@ -145,8 +182,20 @@ def registry_settings() -> list[Setting]:
     ]
 
 
+def _check_allowed_hosts(entries: list[str]) -> str | None:
+    for entry in entries:
+        try:
+            parse_entry(entry)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 @hookimpl
 def registry_origins(settings: Settings) -> list[Origin]:
+    # httpx logs every request URL at INFO, query string and user:password@
+    # included; the server's log must never hold those.
+    install_log_redaction("httpx", "httpcore")
     policy = HostPolicy(
         allowed_hosts=tuple(settings["origins.http.allowed_hosts"]),
         allow_private_networks=settings["origins.http.allow_private_networks"],

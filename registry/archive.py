@@ -4,10 +4,20 @@ Runs on the staged file before anything is committed, in a worker thread
 (it is CPU- and I/O-bound). Nothing is extracted to disk: tar archives are read
 as a stream, zip members are read through and discarded, so a bomb costs at
 most the configured limits in CPU time and nothing in disk space.
+
+Refused: absolute or ``..`` member paths (``\\`` counts as a separator),
+links that resolve outside the archive (following the archive's own links),
+device, fifo and socket members, more members or unpacked bytes than the
+limits, a compression ratio above the limit (members' data and the whole
+decompressed stream alike), oversized extended headers, a compressed stream
+that is truncated or fails its checksum, a tar without its end-of-archive
+marker or with data after it.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import lzma
 import posixpath
 import stat
@@ -16,7 +26,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -26,6 +36,22 @@ READ_SIZE = 1024 * 1024
 RATIO_CHECK_FLOOR = 64 * 1024 * 1024
 APP_DESC_NAMES = frozenset({"app_desc.yaml", "app_desc.yml"})
 APP_DESC_MAX_SIZE = 1024 * 1024
+BLOCK_SIZE = tarfile.BLOCKSIZE
+#: Decompressed bytes kept to look at the block where tarfile stopped.
+TAIL_SIZE = 128 * 1024
+#: Largest pax or GNU long-name header accepted (tarfile reads one whole).
+MAX_EXTENDED_HEADER = 1024 * 1024
+_EXTENDED_HEADER_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+#: Symbolic links followed while resolving one link before calling it a loop.
+MAX_LINK_HOPS = 40
+#: Longest link target accepted (a system's PATH_MAX; it could not create a longer one).
+MAX_LINK_TARGET = 4096
+#: Steps all link resolutions of one archive may take together.
+MAX_LINK_STEPS = 2_000_000
+#: Longest member name quoted in an error message.
+MAX_SHOWN_NAME = 300
 
 #: Format name -> (file extension, media type).
 FORMATS: dict[str, tuple[str, str]] = {
@@ -85,20 +111,26 @@ def inspect_archive(path: Path, limits: ArchiveLimits) -> ArchiveInfo:
         f.seek(0)
         if fmt is None:
             raise InvalidPackage("not a tar.gz, tar.bz2, tar.xz, tar or zip archive")
-        checker = _Budget(limits, packed_size)
+        budget = _Budget(limits, packed_size)
         try:
             if fmt == "zip":
-                info = _inspect_zip(f, checker)
+                info = _inspect_zip(f, budget)
             else:
-                info = _inspect_tar(f, fmt, checker)
+                info = _inspect_tar(f, fmt, budget)
         except InvalidPackage:
             raise
         except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
                 zlib.error, lzma.LZMAError, ValueError, NotImplementedError, RuntimeError) as exc:
-            raise InvalidPackage(f"unreadable {fmt} archive ({_reason(exc)})") from exc
+            raise InvalidPackage(f"unreadable {fmt} archive ({_reason(exc)}){budget.where()}") from exc
     if info.members == 0:
         raise InvalidPackage("the archive holds no files")
     return info
+
+
+def _show(name: object) -> str:
+    """A member name for an error message: quoted, escaped, and cut if huge."""
+    text = repr(name)
+    return text if len(text) <= MAX_SHOWN_NAME else text[: MAX_SHOWN_NAME - 4] + "...'"
 
 
 def _reason(exc: BaseException) -> str:
@@ -107,56 +139,173 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Budget:
-    """Counts members and unpacked bytes against the limits."""
+    """Counts members, unpacked bytes and decompressed bytes against the limits."""
 
     def __init__(self, limits: ArchiveLimits, packed_size: int) -> None:
         self.limits = limits
         self.packed_size = max(packed_size, 1)
         self.members = 0
         self.unpacked = 0
+        self.decompressed = 0
+        #: the last member seen, named in errors that have no member of their own
+        self.last_name: str | None = None
+
+    def where(self) -> str:
+        return f" after member {_show(self.last_name)}" if self.last_name is not None else ""
 
     def add_member(self, name: str) -> None:
         self.members += 1
         if self.members > self.limits.max_members:
-            raise InvalidPackage(f"more than {self.limits.max_members} members (at {name!r})")
+            raise InvalidPackage(f"more than {self.limits.max_members} members (at {_show(name)})")
+        self.last_name = name
+
+    def ratio_exceeded(self, unpacked: int) -> bool:
+        return (
+            unpacked > RATIO_CHECK_FLOOR
+            and unpacked / self.packed_size > self.limits.max_compression_ratio
+        )
 
     def add_bytes(self, count: int, name: str) -> None:
+        """Charge ``count`` unpacked bytes of member ``name``."""
         self.unpacked += count
         if self.unpacked > self.limits.max_unpacked_size:
             raise InvalidPackage(
-                f"unpacked size exceeds {self.limits.max_unpacked_size} bytes (at {name!r})"
+                f"unpacked size exceeds {self.limits.max_unpacked_size} bytes (at {_show(name)})"
             )
-        if (
-            self.unpacked > RATIO_CHECK_FLOOR
-            and self.unpacked / self.packed_size > self.limits.max_compression_ratio
-        ):
+        if self.ratio_exceeded(self.unpacked):
             raise InvalidPackage(
-                f"compression ratio exceeds {self.limits.max_compression_ratio} (at {name!r})"
+                f"compression ratio exceeds {self.limits.max_compression_ratio} (at {_show(name)})"
+            )
+
+    def add_decompressed(self, count: int) -> None:
+        """Charge ``count`` bytes of the decompressed stream (headers, padding
+        and anything after the archive's end included): a bomb hidden outside
+        the members' data is caught by the same ratio."""
+        self.decompressed += count
+        if self.ratio_exceeded(self.decompressed):
+            raise InvalidPackage(
+                f"compression ratio exceeds {self.limits.max_compression_ratio}{self.where()}"
             )
 
 
 def _clean_member_name(name: str) -> str:
     """The member's path, normalised; refuses absolute paths and ``..``."""
     if not name or "\x00" in name:
-        raise InvalidPackage(f"member with an empty or invalid name {name!r}")
+        raise InvalidPackage(f"member with an empty or invalid name {_show(name)}")
     unified = name.replace("\\", "/")
     if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
-        raise InvalidPackage(f"absolute path in member {name!r}")
+        raise InvalidPackage(f"absolute path in member {_show(name)}")
     parts = [p for p in unified.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise InvalidPackage(f"'..' in member {name!r}")
+        raise InvalidPackage(f"'..' in member {_show(name)}")
     return "/".join(parts)
 
 
-def _check_link_target(member: str, target: str, *, relative_to_member: bool) -> None:
-    """Refuse a link whose target is absolute or leaves the archive."""
+def _check_link_target(member: str, target: str) -> None:
+    """Refuse a link target that is empty, absolute or longer than a system
+    allows; where a relative one leads is decided by :class:`_LinkTree` once
+    every link is known."""
     unified = target.replace("\\", "/")
-    if not unified or unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
-        raise InvalidPackage(f"link {member!r} points outside the archive ({target!r})")
-    base = posixpath.dirname(member) if relative_to_member else ""
-    resolved = posixpath.normpath(posixpath.join(base, unified))
-    if resolved == ".." or resolved.startswith("../"):
-        raise InvalidPackage(f"link {member!r} points outside the archive ({target!r})")
+    if not unified or "\x00" in unified or unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
+        raise InvalidPackage(f"link {_show(member)} points outside the archive ({_show(target)})")
+    if len(target) > MAX_LINK_TARGET:
+        raise InvalidPackage(f"link {_show(member)} has a target longer than {MAX_LINK_TARGET} characters")
+
+
+class _LinkTree:
+    """The archive's links, checked together once every member is known.
+
+    Checking each link on its own, lexically, is not enough: with ``x -> .``
+    a later ``x/y -> ..`` reads as ``x/..`` (inside) but lands one level above
+    the extraction folder. So every link is resolved the way extraction would
+    meet it, component by component, following the archive's own symbolic
+    links, and refused when the walk leaves the archive or loops. A name that
+    is a link must not appear twice either (which entry wins depends on the
+    tool), and no member may be stored under a symbolic link.
+    The symbolic links are kept in a tree of path components, so each step of
+    a walk costs the same however deep the path, and the walks of one archive
+    share a budget of steps.
+    """
+
+    #: In the component tree, the key holding a symbolic link's target (no
+    #: component of a cleaned name is empty, so it cannot clash).
+    _TARGET = ""
+
+    def __init__(self) -> None:
+        self.symlinks: dict[str, str] = {}
+        self.hardlinks: dict[str, str] = {}
+        self.display: dict[str, str] = {}
+        self.names: set[str] = set()
+        self._tree: dict[str, Any] = {}
+        self._steps = 0
+
+    def add_member(self, name: str, raw_name: str) -> None:
+        if name in self.symlinks or name in self.hardlinks:
+            raise InvalidPackage(f"member {_show(raw_name)} appears twice, once as a link")
+        self.names.add(name)
+
+    def add_link(self, name: str, raw_name: str, target: str, *, symbolic: bool) -> None:
+        _check_link_target(raw_name, target)
+        if name in self.names or name in self.symlinks or name in self.hardlinks:
+            raise InvalidPackage(f"link {_show(raw_name)} appears twice in the archive")
+        (self.symlinks if symbolic else self.hardlinks)[name] = target.replace("\\", "/")
+        self.display[name] = raw_name
+        self.names.add(name)
+
+    def check(self) -> None:
+        for name, target in self.symlinks.items():
+            node = self._tree
+            for part in name.split("/"):
+                node = node.setdefault(part, {})
+            node[self._TARGET] = target
+        # A member stored under a symbolic link would be written wherever the
+        # link leads (tar itself never archives a path through a link), and
+        # its name would no longer say where it is: refused.
+        for name in self.names:
+            node = self._tree
+            parts = name.split("/")
+            for depth, part in enumerate(parts[:-1]):
+                node = node.get(part)
+                if node is None:
+                    break
+                if self._TARGET in node:
+                    raise InvalidPackage(
+                        f"member {_show(self.display.get(name, name))} is placed under the link "
+                        f"{_show('/'.join(parts[: depth + 1]))}"
+                    )
+        for name, target in self.symlinks.items():
+            self._walk(name.split("/")[:-1] + target.split("/"), name, target)
+        for name, target in self.hardlinks.items():
+            self._walk(target.split("/"), name, target)
+
+    def _walk(self, parts: list[str], name: str, target: str) -> None:
+        pending = list(reversed(parts))
+        nodes: list[dict[str, Any] | None] = [self._tree]  # the tree node of each folder walked into
+        hops = 0
+        while pending:
+            self._steps += 1
+            if self._steps > MAX_LINK_STEPS:
+                raise InvalidPackage(f"links too intricate to check (at {_show(self.display[name])})")
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(nodes) == 1:
+                    raise InvalidPackage(
+                        f"link {_show(self.display[name])} points outside the archive ({_show(target)})"
+                    )
+                nodes.pop()
+                continue
+            parent = nodes[-1]
+            node = parent.get(part) if parent is not None else None
+            followed = node.get(self._TARGET) if node is not None else None
+            if followed is None:
+                nodes.append(node)
+                continue
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise InvalidPackage(f"link {_show(self.display[name])} loops ({_show(target)})")
+            pending.extend(reversed(followed.split("/")))
 
 
 class _AppDescPicker:
@@ -179,65 +328,159 @@ class _AppDescPicker:
         self.name, self.depth, self.content = name, name.count("/"), content
 
 
+class _DecompressedStream:
+    """The tar stream inside the archive, decompressed as tarfile reads it.
+
+    Decompression goes through :mod:`gzip`, :mod:`bz2` and :mod:`lzma` rather
+    than tarfile's own stream, because those check the trailer (CRC and
+    length) and notice a truncated or corrupted file, and every byte handed
+    out is charged to the budget. The last bytes handed out are kept so the
+    block tarfile stopped at can be looked at afterwards.
+    """
+
+    def __init__(self, f: IO[bytes], fmt: str, budget: _Budget) -> None:
+        self.raw: IO[bytes]
+        if fmt == "tar.gz":
+            self.raw = gzip.GzipFile(fileobj=f, mode="rb")
+        elif fmt == "tar.bz2":
+            self.raw = bz2.BZ2File(f, "rb")
+        elif fmt == "tar.xz":
+            self.raw = lzma.LZMAFile(f, "rb")
+        else:
+            self.raw = f
+        self.budget = budget
+        self.delivered = 0
+        self._tail = bytearray()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size if size is not None and size > 0 else READ_SIZE)
+        if data:
+            self.delivered += len(data)
+            self.budget.add_decompressed(len(data))
+            self._tail += data
+            if len(self._tail) > 2 * TAIL_SIZE:
+                del self._tail[: len(self._tail) - TAIL_SIZE]
+        return data
+
+    def since(self, offset: int) -> bytes | None:
+        """Bytes from stream ``offset`` to what was handed out, if still kept."""
+        start = self.delivered - len(self._tail)
+        if offset < start:
+            return None
+        return bytes(self._tail[offset - start:])
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses oversized extended headers before tarfile reads them into memory.
+
+    tarfile loads a pax or GNU long-name header whole; a compressed archive
+    could otherwise make it allocate gigabytes for a few kilobytes sent.
+    """
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER:
+            raise InvalidPackage(
+                f"extended header of {self.size} bytes (limit {MAX_EXTENDED_HEADER}) at {_show(self.name)}"
+            )
+        return super()._proc_member(tar)  # type: ignore[misc, no-any-return]
+
+
 def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
-    mode = {"tar.gz": "r|gz", "tar.bz2": "r|bz2", "tar.xz": "r|xz", "tar": "r|"}[fmt]
     picker = _AppDescPicker()
-    with tarfile.open(fileobj=f, mode=mode) as tar:  # type: ignore[call-overload]
+    links = _LinkTree()
+    stream = _DecompressedStream(f, fmt, budget)
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[call-overload]
         for member in tar:
             name = _clean_member_name(member.name)
             budget.add_member(member.name)
             if member.ischr() or member.isblk() or member.isfifo():
-                raise InvalidPackage(f"device or fifo member {member.name!r}")
+                raise InvalidPackage(f"device or fifo member {_show(member.name)}")
             if member.issym():
-                _check_link_target(name, member.linkname, relative_to_member=True)
+                links.add_link(name, member.name, member.linkname, symbolic=True)
             elif member.islnk():
-                _check_link_target(name, member.linkname, relative_to_member=False)
+                links.add_link(name, member.name, member.linkname, symbolic=False)
             elif member.isfile():
+                links.add_member(name, member.name)
                 budget.add_bytes(member.size, member.name)
                 if picker.wants(name, member.size):
                     extracted = tar.extractfile(member)
                     assert extracted is not None
                     picker.take(name, extracted.read())
-        # Read the compressed stream to its end so truncation or trailing
-        # corruption is noticed now rather than by whoever unpacks it later.
-        stream = tar.fileobj
-        assert stream is not None
-        while stream.read(READ_SIZE):
-            pass
+            elif member.isdir():
+                links.add_member(name, member.name)
+            else:
+                raise InvalidPackage(f"member {_show(member.name)} has an unsupported type {_show(member.type)}")
+        end = tar.offset
+    # tarfile stops quietly at the first block it cannot read as a header, as
+    # well as at the end-of-archive marker; only the marker is a proper end.
+    # After it, only zero padding may follow: a second archive or garbage
+    # there is something another tool could unpack without it being checked.
+    rest = stream.since(end)
+    if rest is None or len(rest) < BLOCK_SIZE:
+        raise InvalidPackage(f"the archive is truncated (no end-of-archive marker){budget.where()}")
+    if rest[:BLOCK_SIZE].strip(b"\0"):
+        raise InvalidPackage(f"unreadable header{budget.where()}")
+    if rest[BLOCK_SIZE:].strip(b"\0"):
+        raise InvalidPackage(f"data after the end of the archive{budget.where()}")
+    while chunk := stream.read(READ_SIZE):
+        if chunk.strip(b"\0"):
+            raise InvalidPackage(f"data after the end of the archive{budget.where()}")
+    links.check()
     return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name)
 
 
 def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
     picker = _AppDescPicker()
+    links = _LinkTree()
     with zipfile.ZipFile(f) as archive:
         infos = archive.infolist()
         if len(infos) > budget.limits.max_members:
-            raise InvalidPackage(f"more than {budget.limits.max_members} members")
-        declared = sum(info.file_size for info in infos)
-        if declared > budget.limits.max_unpacked_size:
-            raise InvalidPackage(f"unpacked size exceeds {budget.limits.max_unpacked_size} bytes")
+            raise InvalidPackage(
+                f"more than {budget.limits.max_members} members (at {_show(infos[budget.limits.max_members].filename)})"
+            )
+        declared = 0
+        for info in infos:
+            declared += info.file_size
+            if declared > budget.limits.max_unpacked_size:
+                raise InvalidPackage(
+                    f"unpacked size exceeds {budget.limits.max_unpacked_size} bytes (at {_show(info.filename)})"
+                )
+            if budget.ratio_exceeded(declared):
+                raise InvalidPackage(
+                    f"compression ratio exceeds {budget.limits.max_compression_ratio} (at {_show(info.filename)})"
+                )
         for info in infos:
             name = _clean_member_name(info.filename)
             budget.add_member(info.filename)
             mode = info.external_attr >> 16
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-                raise InvalidPackage(f"device or fifo member {info.filename!r}")
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                raise InvalidPackage(f"device or fifo member {_show(info.filename)}")
             if info.is_dir():
+                links.add_member(name, info.filename)
                 continue
             is_link = stat.S_ISLNK(mode)
             if is_link and info.file_size > 4096:
-                raise InvalidPackage(f"link {info.filename!r} has an oversized target")
+                raise InvalidPackage(f"link {_show(info.filename)} has an oversized target")
             keep = is_link or picker.wants(name, info.file_size)
             content = bytearray()
-            with archive.open(info) as member:
-                while chunk := member.read(READ_SIZE):
-                    budget.add_bytes(len(chunk), info.filename)
-                    if keep:
-                        content += chunk
+            try:
+                with archive.open(info) as member:
+                    while chunk := member.read(READ_SIZE):
+                        budget.add_bytes(len(chunk), info.filename)
+                        if keep:
+                            content += chunk
+            except InvalidPackage:
+                raise
+            except (zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError,
+                    NotImplementedError, RuntimeError) as exc:
+                raise InvalidPackage(f"member {_show(info.filename)} is unreadable ({_reason(exc)})") from exc
             if is_link:
-                _check_link_target(name, content.decode("utf-8", "replace"), relative_to_member=True)
-            elif keep:
-                picker.take(name, bytes(content))
+                links.add_link(name, info.filename, content.decode("utf-8", "replace"), symbolic=True)
+            else:
+                links.add_member(name, info.filename)
+                if keep:
+                    picker.take(name, bytes(content))
+    links.check()
     return ArchiveInfo("zip", budget.members, budget.unpacked, picker.content, picker.name)
 
 

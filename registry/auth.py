@@ -164,7 +164,7 @@ def parse_credentials(headers: Mapping[str, str]) -> tuple[str, ...] | None:
             raise Unauthenticated("X-BKAPI-AUTHORIZATION is too long")
         try:
             data = json.loads(gateway)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
             raise Unauthenticated("X-BKAPI-AUTHORIZATION is not JSON") from None
         if not isinstance(data, dict):
             raise Unauthenticated("X-BKAPI-AUTHORIZATION is not a JSON object")

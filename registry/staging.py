@@ -1,8 +1,11 @@
 """Receive a package into a staging file: size limit and sha256 in one pass.
 
 The bytes are hashed and written as they arrive; nothing reads the file again
-to checksum it. Writes and hashing run in worker threads, batched to about
-1 MiB, so the event loop only moves buffers around.
+to checksum it. Writes and hashing run in a writer thread of the file's own,
+batched to about 1 MiB, so the event loop only moves buffers around. One batch
+is written while the next is being received: receiving and writing overlap,
+and an upload takes the longer of the two rather than their sum, with at most
+two batches (2 MiB) held per upload.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
+import anyio
 import anyio.to_thread
 
 from registry.errors import PackageTooLarge
@@ -40,6 +45,8 @@ class StagingFile:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._fd: int | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     async def __aenter__(self) -> StagingFile:
         def create() -> tuple[int, str]:
@@ -48,14 +55,22 @@ class StagingFile:
 
         self._fd, name = await anyio.to_thread.run_sync(create)
         self.path = Path(name)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-writer")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await anyio.to_thread.run_sync(self._close_and_remove, abandon_on_cancel=False)
+        # Shielded: in a cancelled scope run_sync would raise before starting,
+        # leaving the file (and the writer thread) behind.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close_and_remove)
 
     def _close_and_remove(self) -> None:
+        if self._writer is not None:
+            # Let a batch still being written end before its file is closed.
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -85,13 +100,29 @@ class StagingFile:
             await self.write(chunk)
 
     async def _flush(self) -> None:
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        """Hand the buffered chunks to the writer thread once the previous batch is written."""
+        if not self._buffer:
+            return
+        chunks = self._buffer
+        self._buffer = []
         self._buffered = 0
-        await anyio.to_thread.run_sync(self._write_blocking, data)
+        await self._wait_for_writer()
+        assert self._writer is not None
+        self._pending = self._writer.submit(self._write_blocking, chunks)
 
-    def _write_blocking(self, data: bytes) -> None:
+    async def _wait_for_writer(self) -> None:
+        """Wait for the batch in flight, if any; raise its error (``OSError``)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if not pending.done():
+            await anyio.to_thread.run_sync(pending.result)
+        pending.result()
+
+    def _write_blocking(self, chunks: list[bytes]) -> None:
+        """In the writer thread: hash and append one batch."""
         assert self._fd is not None
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._hash.update(data)
         view = memoryview(data)
         while view:
@@ -101,17 +132,23 @@ class StagingFile:
     async def finish(self) -> None:
         """Flush and fsync: the file then holds exactly the bytes written."""
         await self._flush()
+        await self._wait_for_writer()
         assert self._fd is not None
         await anyio.to_thread.run_sync(os.fsync, self._fd)
 
 
 def sweep_staging(folder: Path) -> int:
-    """Delete every file in a staging folder (at start-up); return how many."""
+    """Delete every file in a staging folder (at start-up); return how many.
+
+    Links are removed, never followed. Folders are left alone: the core never
+    makes any, and a staging folder configured somewhere shared must not
+    cost anyone a directory tree.
+    """
     if not folder.is_dir():
         return 0
     removed = 0
     for entry in folder.iterdir():
-        if entry.is_file() or entry.is_symlink():
+        if entry.is_symlink() or entry.is_file():
             entry.unlink(missing_ok=True)
             removed += 1
     return removed

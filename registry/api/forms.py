@@ -73,7 +73,7 @@ async def read_fields(request: Request) -> dict[str, Any]:
             return {}
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
             raise _body_error("请求体不是合法的 JSON", "request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise _body_error("请求体须为 JSON 对象", "request body must be a JSON object")

@@ -1,0 +1,548 @@
+"""Archive inspection against hostile archives, built in memory.
+
+Every unsafe archive is refused with ``INVALID_PACKAGE`` and the offending
+member named in the detail; nothing is ever extracted (the tests check that
+no file appears beside the archive and that the working folder is untouched).
+A few cases go through a live registry as well.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.archive import ArchiveLimits, inspect_archive
+from registry.errors import InvalidPackage
+from tests.helpers import Api, RegistryProcess, app_desc, blob_files
+
+MiB = 1024 * 1024
+LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=512 * MiB, max_compression_ratio=100)
+
+
+# -- building archives -------------------------------------------------------------
+
+def tar_bytes(add: Callable[[tarfile.TarFile], None], compression: str = "gz",
+              fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buffer = io.BytesIO()
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(fileobj=buffer, mode=mode, format=fmt) as tar:  # type: ignore[call-overload]
+        add(tar)
+    return buffer.getvalue()
+
+
+def add_file(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 1_700_000_000
+    tar.addfile(info, io.BytesIO(data))
+
+
+def add_special(tar: tarfile.TarFile, name: str, kind: bytes, linkname: str = "") -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mtime = 1_700_000_000
+    tar.addfile(info)
+
+
+def tar_of(*members: tuple[str, bytes, str], compression: str = "gz") -> bytes:
+    """Members as (name, tar type, link target); regular files hold b"x"."""
+    def add(tar: tarfile.TarFile) -> None:
+        for name, kind, link in members:
+            if kind == tarfile.REGTYPE:
+                add_file(tar, name)
+            else:
+                add_special(tar, name, kind, link)
+    return tar_bytes(add, compression)
+
+
+def zip_of(*members: tuple[str, bytes], mode: int | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if mode is not None:
+                info.create_system = 3
+                info.external_attr = mode << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def zip_symlink(name: str, target: str, extra: tuple[tuple[str, bytes], ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for member, data in extra:
+            archive.writestr(member, data)
+        info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+        info.create_system = 3
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, target)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def inspect(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Inspect bytes as a staged file; afterwards the folder holds only that file."""
+    path = tmp_path / "staged.part"
+
+    def run(data: bytes, limits: ArchiveLimits = LIMITS) -> object:
+        path.write_bytes(data)
+        return inspect_archive(path, limits)
+
+    yield run
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["staged.part"] if path.exists() else [])
+
+
+def refused(inspect: Callable[..., object], data: bytes, *fragments: str,
+            limits: ArchiveLimits = LIMITS) -> str:
+    with pytest.raises(InvalidPackage) as caught:
+        inspect(data, limits)
+    detail = caught.value.detail("en")
+    for fragment in fragments:
+        assert fragment in detail, detail
+    assert caught.value.code == "INVALID_PACKAGE" and caught.value.status == 400
+    return detail
+
+
+# -- sanity: good archives pass ----------------------------------------------------
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
+def test_good_tar_accepted(inspect: Callable[..., object], compression: str) -> None:
+    def add(tar: tarfile.TarFile) -> None:
+        add_file(tar, "app/src/main.py", b"print(1)\n")
+        add_file(tar, "app/app_desc.yaml", app_desc("1.2.3"))
+        add_special(tar, "app/docs", tarfile.DIRTYPE)
+        add_special(tar, "app/link", tarfile.SYMTYPE, "src/main.py")
+        add_special(tar, "app/up", tarfile.SYMTYPE, "../app/src")
+        add_special(tar, "app/hard", tarfile.LNKTYPE, "app/src/main.py")
+    info = inspect(tar_bytes(add, compression))
+    assert info.members == 6  # type: ignore[attr-defined]
+    assert info.app_desc == app_desc("1.2.3")  # type: ignore[attr-defined]
+
+
+def test_good_zip_accepted(inspect: Callable[..., object]) -> None:
+    info = inspect(zip_of(("a/b.txt", b"hello"), ("a/app_desc.yaml", app_desc("2.0"))))
+    assert info.format == "zip"  # type: ignore[attr-defined]
+    assert info.app_desc == app_desc("2.0")  # type: ignore[attr-defined]
+
+
+def test_zip_symlink_inside_accepted(inspect: Callable[..., object]) -> None:
+    inspect(zip_symlink("dir/link", "../file.txt", extra=(("file.txt", b"x"),)))
+
+
+# -- paths ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["/etc/cron.d/evil", "//etc/passwd", "C:/Windows/evil.dll", "c:evil"])
+def test_absolute_paths(inspect: Callable[..., object], name: str) -> None:
+    refused(inspect, tar_of(("ok.txt", tarfile.REGTYPE, ""), (name, tarfile.REGTYPE, "")), "absolute", repr(name))
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/../../evil", "a/b/../../../evil", "./../evil", "a/.."])
+def test_dot_dot_paths_tar(inspect: Callable[..., object], name: str) -> None:
+    refused(inspect, tar_of((name, tarfile.REGTYPE, "")), "'..'", repr(name))
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/../../evil", "/abs/evil"])
+def test_dot_dot_and_absolute_paths_zip(inspect: Callable[..., object], name: str) -> None:
+    refused(inspect, zip_of(("ok.txt", b"x"), (name, b"evil")), repr(name))
+
+
+@pytest.mark.parametrize("name", ["..\\evil.txt", "a\\..\\..\\evil.txt", "\\abs\\evil.txt", "C:\\evil.txt"])
+def test_backslash_traversal_in_zip(inspect: Callable[..., object], name: str) -> None:
+    # ZipInfo turns "\" into "/" only on Windows; build the raw name by hand.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        info = zipfile.ZipInfo("placeholder", date_time=(2024, 1, 1, 0, 0, 0))
+        info.filename = info.orig_filename = name
+        archive.writestr(info, b"evil")
+    refused(inspect, buffer.getvalue(), name.replace("\\", "\\\\"))
+
+
+def test_backslash_traversal_in_tar(inspect: Callable[..., object]) -> None:
+    refused(inspect, tar_of(("..\\..\\evil", tarfile.REGTYPE, "")), "'..'")
+
+
+def test_nul_in_pax_path(inspect: Callable[..., object]) -> None:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("safe.txt")
+        info.pax_headers = {"path": "safe.txt\x00/../../evil"}
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    refused(inspect, tar_bytes(add), "invalid name")
+
+
+def test_pax_path_overrides_checked(inspect: Callable[..., object]) -> None:
+    """A pax header can rename the member that follows: the real name is checked."""
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("innocent.txt")
+        info.pax_headers = {"path": "../../etc/evil"}
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    refused(inspect, tar_bytes(add), "'..'", "../../etc/evil")
+
+
+# -- links ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("link", "/etc/passwd"),
+        ("link", "../outside"),
+        ("a/b/link", "../../../outside"),
+        ("link", "a/../../outside"),
+        ("link", "C:\\Windows"),
+        ("link", "..\\outside"),
+        ("link", ""),
+    ],
+)
+def test_symlink_escaping(inspect: Callable[..., object], name: str, target: str) -> None:
+    refused(inspect, tar_of((name, tarfile.SYMTYPE, target)), "link", repr(name))
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../outside", "a/../../outside"])
+def test_hardlink_escaping(inspect: Callable[..., object], target: str) -> None:
+    refused(inspect, tar_of(("hard", tarfile.LNKTYPE, target)), "link", "'hard'")
+
+
+def test_symlink_chain_escaping_through_another_link(inspect: Callable[..., object]) -> None:
+    """``x -> .`` then ``x/y -> ..``: lexically ``x/..`` is inside, on disk it is the parent."""
+    data = tar_of(("x", tarfile.SYMTYPE, "."), ("x/y", tarfile.SYMTYPE, ".."))
+    refused(inspect, data, "'x/y'")
+
+
+def test_symlink_chain_defined_in_reverse_order(inspect: Callable[..., object]) -> None:
+    """The link that makes the other escape comes later in the archive."""
+    data = tar_of(("x/y", tarfile.SYMTYPE, ".."), ("x", tarfile.SYMTYPE, "."))
+    refused(inspect, data, "'x/y'")
+
+
+def test_link_chain_through_real_folders_escaping(inspect: Callable[..., object]) -> None:
+    """Each link alone stays inside, the chain does not: ``up -> a/b/..``
+    (inside) and ``a/b -> ../..`` (from ``a``: the root's parent)."""
+    data = tar_of(("a", tarfile.DIRTYPE, ""), ("a/b", tarfile.SYMTYPE, "../.."), ("up", tarfile.SYMTYPE, "a/b/x"))
+    refused(inspect, data, "points outside")
+    data = tar_of(("a", tarfile.DIRTYPE, ""), ("a/self", tarfile.SYMTYPE, "."),
+                  ("up", tarfile.SYMTYPE, "a/self/self/self/../../.."))
+    refused(inspect, data, "link 'up' points outside")
+
+
+def test_file_stored_under_a_link(inspect: Callable[..., object]) -> None:
+    """tar never archives a path through a link; such an entry is written
+    wherever the link leads."""
+    data = tar_of(("inside", tarfile.DIRTYPE, ""), ("x", tarfile.SYMTYPE, "inside"), ("x/f", tarfile.REGTYPE, ""))
+    refused(inspect, data, "'x/f'", "under the link 'x'")
+
+
+def test_long_link_target(inspect: Callable[..., object]) -> None:
+    data = tar_of(("l", tarfile.SYMTYPE, "a/" * 3000))
+    refused(inspect, data, "longer than")
+
+
+def test_many_links_are_checked_quickly(inspect: Callable[..., object]) -> None:
+    """Each link resolving through a chain of others: bounded work, accepted."""
+    members = [("d0", tarfile.DIRTYPE, "")] + [(f"l{i}", tarfile.SYMTYPE, f"l{i - 1}" if i else "d0")
+                                                for i in range(30)]
+    inspect(tar_of(*members))
+
+
+def test_link_through_a_deeper_link_stays_inside(inspect: Callable[..., object]) -> None:
+    """Links into folders, and back up as far as the archive root, are fine."""
+    inspect(tar_of(("a/b/c/f", tarfile.REGTYPE, ""), ("deep", tarfile.SYMTYPE, "a/b/c"),
+                   ("back", tarfile.SYMTYPE, "deep/../../.."), ("file", tarfile.SYMTYPE, "deep/f")))
+
+
+def test_hardlink_through_a_symlinked_folder(inspect: Callable[..., object]) -> None:
+    data = tar_of(("x", tarfile.SYMTYPE, "."), ("h", tarfile.LNKTYPE, "x/../etc/passwd"))
+    refused(inspect, data, "link 'h' points outside")
+
+
+def test_symlink_loop(inspect: Callable[..., object]) -> None:
+    data = tar_of(("a", tarfile.SYMTYPE, "b"), ("b", tarfile.SYMTYPE, "a"))
+    refused(inspect, data, "loops")
+
+
+def test_file_written_over_a_link(inspect: Callable[..., object]) -> None:
+    """A link, then a file of the same name: some tools write through the link."""
+    data = tar_of(("dir", tarfile.DIRTYPE, ""), ("f", tarfile.SYMTYPE, "dir"), ("f", tarfile.REGTYPE, ""))
+    refused(inspect, data, "'f'", "twice")
+
+
+def test_zip_symlink_escaping(inspect: Callable[..., object]) -> None:
+    refused(inspect, zip_symlink("evil", "../../../etc/passwd"), "link 'evil'")
+    refused(inspect, zip_symlink("evil", "/etc/passwd"), "link 'evil'")
+
+
+# -- special members -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_device_and_fifo_members(inspect: Callable[..., object], kind: bytes) -> None:
+    refused(inspect, tar_of(("ok.txt", tarfile.REGTYPE, ""), ("dev/thing", kind, "")), "device or fifo", "'dev/thing'")
+
+
+@pytest.mark.parametrize("mode", [stat.S_IFCHR | 0o666, stat.S_IFBLK | 0o660, stat.S_IFIFO | 0o644,
+                                  stat.S_IFSOCK | 0o644])
+def test_zip_device_fifo_socket_members(inspect: Callable[..., object], mode: int) -> None:
+    refused(inspect, zip_of(("dev/thing", b""), mode=mode), "'dev/thing'")
+
+
+def test_unknown_tar_member_type(inspect: Callable[..., object]) -> None:
+    refused(inspect, tar_of(("volume", b"V", "")), "unsupported type", "'volume'")
+
+
+# -- limits and bombs ----------------------------------------------------------------------
+
+def test_more_than_max_members_tar(inspect: Callable[..., object]) -> None:
+    limits = ArchiveLimits(max_members=10, max_unpacked_size=MiB, max_compression_ratio=100)
+    data = tar_of(*[(f"f{i}", tarfile.REGTYPE, "") for i in range(11)])
+    refused(inspect, data, "more than 10 members", "'f10'", limits=limits)
+    inspect(tar_of(*[(f"f{i}", tarfile.REGTYPE, "") for i in range(10)]), limits)
+
+
+def test_more_than_max_members_zip(inspect: Callable[..., object]) -> None:
+    limits = ArchiveLimits(max_members=10, max_unpacked_size=MiB, max_compression_ratio=100)
+    refused(inspect, zip_of(*[(f"f{i}", b"x") for i in range(11)]), "more than 10 members", "'f10'", limits=limits)
+
+
+def test_unpacked_total_above_limit_tar(inspect: Callable[..., object]) -> None:
+    limits = ArchiveLimits(max_members=100, max_unpacked_size=10_000, max_compression_ratio=100)
+    data = tar_bytes(lambda t: [add_file(t, f"part{i}", b"a" * 4000) for i in range(3)])
+    refused(inspect, data, "unpacked size exceeds 10000", "'part2'", limits=limits)
+
+
+def test_unpacked_total_above_limit_zip(inspect: Callable[..., object]) -> None:
+    limits = ArchiveLimits(max_members=100, max_unpacked_size=10_000, max_compression_ratio=100)
+    refused(inspect, zip_of(*[(f"part{i}", b"a" * 4000) for i in range(3)]), "'part2'", limits=limits)
+
+
+BOMB_SIZE = 80 * MiB
+
+
+@pytest.fixture(scope="module")
+def zeros_tar() -> bytes:
+    """An uncompressed tar holding one member of 80 MiB of zeros."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("bomb.bin")
+        info.size = BOMB_SIZE
+        tar.addfile(info, io.BytesIO(bytes(BOMB_SIZE)))
+    return buffer.getvalue()
+
+
+def test_gzip_bomb_by_ratio(inspect: Callable[..., object], zeros_tar: bytes) -> None:
+    data = gzip.compress(zeros_tar, 1)
+    assert len(data) * 100 < BOMB_SIZE
+    refused(inspect, data, "compression ratio exceeds 100", "'bomb.bin'")
+
+
+@pytest.mark.parametrize("compress", [bz2.compress, lambda d: lzma.compress(d, preset=0)], ids=["bz2", "xz"])
+def test_other_compression_bombs(inspect: Callable[..., object], zeros_tar: bytes,
+                                 compress: Callable[[bytes], bytes]) -> None:
+    refused(inspect, compress(zeros_tar[: 66 * MiB]), "compression ratio exceeds 100")
+
+
+def test_zip_bomb_by_ratio(inspect: Callable[..., object]) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("bomb.bin", "w", force_zip64=True) as member:
+            block = bytes(MiB)
+            for _ in range(BOMB_SIZE // MiB):
+                member.write(block)
+    refused(inspect, buffer.getvalue(), "compression ratio exceeds 100", "'bomb.bin'")
+
+
+def test_zip_bomb_with_lying_sizes(inspect: Callable[..., object]) -> None:
+    """Declared sizes say "tiny", the data says 80 MiB: what is read is counted."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb.bin", bytes(BOMB_SIZE))
+    data = bytearray(buffer.getvalue())
+    # Patch the declared uncompressed size (local header and central directory) to 10.
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.find(signature)
+        data[at + offset: at + offset + 4] = (10).to_bytes(4, "little")
+    refused(inspect, bytes(data), "'bomb.bin'")
+
+
+def test_zip_overlapping_members_bomb(inspect: Callable[..., object]) -> None:
+    """Many central-directory entries sharing one compressed block (a "quine" style bomb)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a0", bytes(8 * MiB))
+    data = buffer.getvalue()
+    central = data.find(b"PK\x01\x02")
+    end = data.find(b"PK\x05\x06")
+    entry = data[central:end]
+    copies = [entry[:46] + f"a{i}".encode()[:2] + entry[48:] for i in range(10)]
+    count = len(copies).to_bytes(2, "little")
+    eocd = bytearray(data[end:])
+    eocd[8:10] = count
+    eocd[10:12] = count
+    eocd[12:16] = len(b"".join(copies)).to_bytes(4, "little")
+    bomb = data[:central] + b"".join(copies) + bytes(eocd)
+    refused(inspect, bomb, "compression ratio exceeds 100", limits=ArchiveLimits(1000, 512 * MiB, 100))
+
+
+def test_bomb_hidden_after_the_end_of_the_tar(inspect: Callable[..., object], zeros_tar: bytes) -> None:
+    """Zeros past the end-of-archive marker are no member, but still decompressed."""
+    small = tar_of(("a.txt", tarfile.REGTYPE, ""), compression="")
+    data = gzip.compress(small + bytes(70 * MiB), 1)
+    refused(inspect, data, "compression ratio exceeds 100")
+
+
+def test_pax_header_memory_bomb(inspect: Callable[..., object]) -> None:
+    """A huge pax header: tarfile would load it whole; refused before that."""
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("a.txt")
+        info.pax_headers = {"comment": "A" * (4 * MiB)}
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    refused(inspect, tar_bytes(add), "extended header")
+
+
+def test_gnu_long_name_memory_bomb(inspect: Callable[..., object]) -> None:
+    header = tarfile.TarInfo("././@LongLink")
+    header.type = tarfile.GNUTYPE_LONGNAME
+    header.size = 2 * MiB
+    raw = header.tobuf(tarfile.GNU_FORMAT) + b"a" * (2 * MiB)
+    raw += tar_of(("x", tarfile.REGTYPE, ""), compression="")
+    refused(inspect, gzip.compress(raw, 1), "extended header")
+
+
+# -- broken files -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def good_tgz() -> bytes:
+    return tar_bytes(lambda t: [add_file(t, "app/main.py", b"print('hello')\n" * 200),
+                                add_file(t, "app/last.txt", b"the end\n")])
+
+
+@pytest.mark.parametrize("keep", [0.98, 0.9, 0.5, 0.1])
+def test_truncated_gzip(inspect: Callable[..., object], good_tgz: bytes, keep: float) -> None:
+    refused(inspect, good_tgz[: int(len(good_tgz) * keep)], "tar.gz")
+
+
+def test_gzip_trailer_cut_off(inspect: Callable[..., object], good_tgz: bytes) -> None:
+    """Only the CRC and length trailer missing: every member still reads fine."""
+    refused(inspect, good_tgz[:-8], "Compressed file ended", "after member 'app/last.txt'")
+
+
+def test_gzip_crc_mismatch(inspect: Callable[..., object], good_tgz: bytes) -> None:
+    data = bytearray(good_tgz)
+    data[-8] ^= 0xFF
+    refused(inspect, bytes(data), "CRC")
+
+
+def test_garbage_after_gzip(inspect: Callable[..., object], good_tgz: bytes) -> None:
+    refused(inspect, good_tgz + b"trailing garbage", "tar.gz")
+
+
+@pytest.mark.parametrize("compress", [bz2.compress, lzma.compress], ids=["bz2", "xz"])
+def test_truncated_bz2_and_xz(inspect: Callable[..., object], compress: Callable[[bytes], bytes]) -> None:
+    data = compress(tar_of(("a.txt", tarfile.REGTYPE, ""), ("b.txt", tarfile.REGTYPE, ""), compression=""))
+    refused(inspect, data[:-10])
+
+
+def test_truncated_plain_tar(inspect: Callable[..., object]) -> None:
+    raw = tar_of(("a.txt", tarfile.REGTYPE, ""), ("b.txt", tarfile.REGTYPE, ""), compression="")
+    refused(inspect, raw[: 3 * 512], "'b.txt'")  # cut inside b.txt's data
+    refused(inspect, raw[: 4 * 512], "truncated", "'b.txt'")  # cut before the end marker
+
+
+def test_second_archive_hidden_after_the_end_marker(inspect: Callable[..., object]) -> None:
+    """``tar -i`` would unpack the second archive: it must not go unchecked."""
+    first = tar_of(("a.txt", tarfile.REGTYPE, ""), compression="")
+    second = tar_of(("/etc/evil", tarfile.REGTYPE, ""), compression="")
+    refused(inspect, gzip.compress(first + second), "data after the end of the archive")
+
+
+def test_garbage_header_between_members(inspect: Callable[..., object]) -> None:
+    first = tar_of(("a.txt", tarfile.REGTYPE, ""), compression="")
+    body = first[:1024]  # header + data block of a.txt, without the end marker
+    refused(inspect, gzip.compress(body + b"\xff" * 512 + bytes(1024)), "unreadable header", "'a.txt'")
+
+
+def test_zip_crc_mismatch_names_member(inspect: Callable[..., object]) -> None:
+    data = bytearray(zip_of(("good.txt", b"fine"), ("bad.txt", b"hello world " * 100)))
+    local = data.find(b"PK\x03\x04", 10)
+    data[local + 14] ^= 0xFF  # the CRC of bad.txt in its local header
+    central = data.find(b"PK\x01\x02", data.find(b"PK\x01\x02") + 4)
+    data[central + 16] ^= 0xFF  # and in the central directory
+    refused(inspect, bytes(data), "'bad.txt'")
+
+
+def test_zip_encrypted_member(inspect: Callable[..., object]) -> None:
+    data = bytearray(zip_of(("secret.txt", b"data")))
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        data[at + offset] |= 0x01  # the "encrypted" flag
+    refused(inspect, bytes(data), "secret.txt")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00" * 1024, b"just some text\n", b"PK\x03\x04" + b"\x00" * 100, b"\x1f\x8b" + b"\x00" * 50,
+     b"BZh9garbage", b"\xfd7zXZ\x00garbage", b"%PDF-1.7\n"],
+    ids=["zeros", "text", "zip-header-only", "gzip-magic-only", "bz2-magic", "xz-magic", "pdf"],
+)
+def test_garbage(inspect: Callable[..., object], data: bytes) -> None:
+    refused(inspect, data)
+
+
+@pytest.mark.parametrize(("maker", "reason"), [
+    (lambda: tar_bytes(lambda t: None, "gz"), "no files"),
+    (lambda: tar_bytes(lambda t: None, "bz2"), "no files"),
+    (lambda: tar_bytes(lambda t: None, ""), "not a tar.gz"),  # all zeros: nothing to recognise
+    (lambda: zip_of(), "no files"),
+], ids=["tar.gz", "tar.bz2", "tar", "zip"])
+def test_empty_archive(inspect: Callable[..., object], maker: Callable[[], bytes], reason: str) -> None:
+    refused(inspect, maker(), reason)
+
+
+def test_zlib_error_is_invalid_package(inspect: Callable[..., object], good_tgz: bytes) -> None:
+    data = bytearray(good_tgz)
+    for i in range(30, 60):
+        data[i] ^= 0x55
+    with pytest.raises(InvalidPackage):
+        inspect(bytes(data))
+
+
+# -- through a live registry ------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("data", "member"),
+    [
+        (tar_of(("/etc/cron.d/evil", tarfile.REGTYPE, "")), "/etc/cron.d/evil"),
+        (tar_of(("../../evil", tarfile.REGTYPE, "")), "../../evil"),
+        (tar_of(("x", tarfile.SYMTYPE, "."), ("x/y", tarfile.SYMTYPE, "..")), "x/y"),
+        (tar_of(("dev/null", tarfile.CHRTYPE, "")), "dev/null"),
+        (zip_symlink("evil", "/etc/shadow"), "evil"),
+    ],
+    ids=["absolute", "dotdot", "link-chain", "device", "zip-symlink"],
+)
+def test_unsafe_archives_over_http(api: Api, code: str, registry: RegistryProcess,
+                                   data: bytes, member: str) -> None:
+    response = api.upload(code, data, version="1.0.0")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_PACKAGE"
+    assert member in response.json()["detail"]
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    root = registry.config.parent / "packages"
+    assert list(blob_files(root / code)) == []
+    assert not any((root / ".staging").iterdir())
+
+
+def test_truncated_gzip_over_http(api: Api, code: str, good_tgz: bytes) -> None:
+    response = api.upload(code, good_tgz[:-8], version="1.0.0")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_PACKAGE"
+    assert "app/last.txt" in response.json()["detail"]
