@@ -24,9 +24,10 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import yaml
 
@@ -100,6 +101,21 @@ def detect_format(head: bytes) -> str | None:
     return None
 
 
+class FollowedUpload(Protocol):
+    """An upload still being written, read by :func:`inspect_following`.
+
+    ``read`` blocks until bytes arrive or the upload is complete (then it
+    returns ``b""``); ``consumed`` counts the bytes read so far; ``complete``
+    waits for the end of the upload and returns the finished file's path.
+    """
+
+    consumed: int
+
+    def read(self, size: int = -1) -> bytes: ...
+
+    def complete(self) -> Path: ...
+
+
 def inspect_archive(path: Path, limits: ArchiveLimits) -> ArchiveInfo:
     """Check that ``path`` is a safe, complete archive of a supported format.
 
@@ -109,22 +125,60 @@ def inspect_archive(path: Path, limits: ArchiveLimits) -> ArchiveInfo:
     with path.open("rb") as f:
         fmt = detect_format(f.read(512))
         f.seek(0)
-        if fmt is None:
-            raise InvalidPackage("not a tar.gz, tar.bz2, tar.xz, tar or zip archive")
-        budget = _Budget(limits, packed_size)
-        try:
-            if fmt == "zip":
-                info = _inspect_zip(f, budget)
-            else:
-                info = _inspect_tar(f, fmt, budget)
-        except InvalidPackage:
-            raise
-        except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
-                zlib.error, lzma.LZMAError, ValueError, NotImplementedError, RuntimeError) as exc:
-            raise InvalidPackage(f"unreadable {fmt} archive ({_reason(exc)}){budget.where()}") from exc
+        return _inspect(f, fmt, _Budget(limits, lambda: packed_size))
+
+
+def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveInfo:
+    """Inspect an upload while it is being received, as far as the format allows.
+
+    Compressed and plain tar archives are a stream: they are checked as the
+    bytes arrive, so the check costs no second read and a bomb or an unsafe
+    member stops the upload early. The compression ratio is then taken over
+    the bytes received so far. A zip keeps its directory at the end, so it is
+    checked once complete, exactly like :func:`inspect_archive`.
+
+    :raises InvalidPackage: as :func:`inspect_archive`.
+    """
+    head = b""
+    while len(head) < 512 and (more := upload.read(512 - len(head))):
+        head += more
+    fmt = detect_format(head)
+    if fmt == "zip":
+        return inspect_archive(upload.complete(), limits)
+    return _inspect(_Prepended(head, upload), fmt, _Budget(limits, lambda: upload.consumed))
+
+
+def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
+    if fmt is None:
+        raise InvalidPackage("not a tar.gz, tar.bz2, tar.xz, tar or zip archive")
+    try:
+        if fmt == "zip":
+            info = _inspect_zip(f, budget)
+        else:
+            info = _inspect_tar(f, fmt, budget)
+    except InvalidPackage:
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+            zlib.error, lzma.LZMAError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise InvalidPackage(f"unreadable {fmt} archive ({_reason(exc)}){budget.where()}") from exc
     if info.members == 0:
         raise InvalidPackage("the archive holds no files")
     return info
+
+
+class _Prepended:
+    """``head`` (already read to detect the format), then the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: FollowedUpload) -> None:
+        self.head = head
+        self.rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            data = self.head if size < 0 else self.head[:size]
+            self.head = self.head[len(data):]
+            return data
+        return self.rest.read(size)
 
 
 def _show(name: object) -> str:
@@ -141,9 +195,10 @@ def _reason(exc: BaseException) -> str:
 class _Budget:
     """Counts members, unpacked bytes and decompressed bytes against the limits."""
 
-    def __init__(self, limits: ArchiveLimits, packed_size: int) -> None:
+    def __init__(self, limits: ArchiveLimits, packed: Callable[[], int]) -> None:
+        """:param packed: the compressed bytes the ratio is taken against."""
         self.limits = limits
-        self.packed_size = max(packed_size, 1)
+        self.packed = packed
         self.members = 0
         self.unpacked = 0
         self.decompressed = 0
@@ -162,17 +217,23 @@ class _Budget:
     def ratio_exceeded(self, unpacked: int) -> bool:
         return (
             unpacked > RATIO_CHECK_FLOOR
-            and unpacked / self.packed_size > self.limits.max_compression_ratio
+            and unpacked / max(self.packed(), 1) > self.limits.max_compression_ratio
         )
 
-    def add_bytes(self, count: int, name: str) -> None:
-        """Charge ``count`` unpacked bytes of member ``name``."""
+    def add_bytes(self, count: int, name: str, *, declared: bool = False) -> None:
+        """Charge ``count`` unpacked bytes of member ``name``.
+
+        :param declared: ``count`` is a size announced by a tar header, not yet
+            decompressed: it counts toward the unpacked total, but the ratio is
+            left to :meth:`add_decompressed`, which sees the bytes as they come
+            (while an upload streams in, few packed bytes have arrived yet).
+        """
         self.unpacked += count
         if self.unpacked > self.limits.max_unpacked_size:
             raise InvalidPackage(
                 f"unpacked size exceeds {self.limits.max_unpacked_size} bytes (at {_show(name)})"
             )
-        if self.ratio_exceeded(self.unpacked):
+        if not declared and self.ratio_exceeded(self.unpacked):
             raise InvalidPackage(
                 f"compression ratio exceeds {self.limits.max_compression_ratio} (at {_show(name)})"
             )
@@ -401,7 +462,7 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
                 links.add_link(name, member.name, member.linkname, symbolic=False)
             elif member.isfile():
                 links.add_member(name, member.name)
-                budget.add_bytes(member.size, member.name)
+                budget.add_bytes(member.size, member.name, declared=True)
                 if picker.wants(name, member.size):
                     extracted = tar.extractfile(member)
                     assert extracted is not None

@@ -11,6 +11,7 @@ file is removed on exit, and a blob that did not end up referenced is deleted.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ import anyio.to_thread
 import pluggy
 
 from registry import events
-from registry.archive import ArchiveLimits, inspect_archive, version_from_app_desc
+from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
 from registry.db import Database
 from registry.errors import (
@@ -131,8 +132,10 @@ class Registry:
 
     @asynccontextmanager
     async def staging(self) -> AsyncIterator[StagingFile]:
-        """A fresh staging file, enforcing the package size limit; always removed."""
-        async with StagingFile(self.storage.staging_dir, self.max_package_size) as staged:
+        """A fresh staging file, enforcing the package size limit and inspected
+        as it arrives (see :func:`registry.archive.inspect_following`); always removed."""
+        inspect = functools.partial(inspect_following, limits=self.archive_limits)
+        async with StagingFile(self.storage.staging_dir, self.max_package_size, follower=inspect) as staged:
             yield staged
 
     def resolve_origin(self, url: str) -> Origin:
@@ -206,7 +209,7 @@ class Registry:
             raise InvalidPackage("the package is empty")
         if upload.sha256 is not None and upload.sha256 != staged.sha256:
             raise ChecksumMismatch(f"expected {upload.sha256}, received {staged.sha256}")
-        info = await anyio.to_thread.run_sync(inspect_archive, staged.path, self.archive_limits)
+        info: ArchiveInfo = await staged.followed()
         version = upload.version
         if version is None:
             found = version_from_app_desc(info.app_desc) if info.app_desc is not None else None
@@ -235,6 +238,7 @@ class Registry:
             source_url=source_url,
             operator=upload.operator,
         )
+        await staged.synced()  # the fsync started by finish() ran during inspection
         result = await self._store_and_commit(staged.path, new, upload.allow_overwrite)
         kind = _EVENT_KINDS.get(result.outcome)
         if kind is not None:

@@ -6,6 +6,11 @@ batched to about 1 MiB, so the event loop only moves buffers around. One batch
 is written while the next is being received: receiving and writing overlap,
 and an upload takes the longer of the two rather than their sum, with at most
 two batches (2 MiB) held per upload.
+
+A *follower* (the archive inspection) may read the file while it is being
+written: it runs in a thread of its own, reading from the page cache what the
+writer has written and waiting for more, so the upload is checked without a
+second pass, and a follower that fails stops the upload at the next batch.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -26,6 +33,70 @@ from registry.errors import PackageTooLarge
 FLUSH_SIZE = 1024 * 1024
 
 
+class UploadAbandoned(Exception):
+    """Raised to a follower when the upload it reads ends without completing."""
+
+
+class _Progress:
+    """What the writer has made visible to the follower, under one condition."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.written = 0
+        self.state = "receiving"  # then "complete" or "abandoned"
+
+    def advance(self, count: int) -> None:
+        with self.condition:
+            self.written += count
+            self.condition.notify_all()
+
+    def end(self, state: str) -> None:
+        with self.condition:
+            if self.state == "receiving":
+                self.state = state
+            self.condition.notify_all()
+
+
+class _Follower:
+    """The reading side handed to a follower (see ``FollowedUpload`` in archive.py)."""
+
+    def __init__(self, path: Path, progress: _Progress) -> None:
+        self.path = path
+        self.progress = progress
+        self.consumed = 0
+        self._file = path.open("rb", buffering=0)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; waits for the writer; ``b""`` once complete."""
+        size = size if size is not None and size > 0 else FLUSH_SIZE
+        progress = self.progress
+        while True:
+            with progress.condition:
+                while progress.written <= self.consumed and progress.state == "receiving":
+                    progress.condition.wait()
+                if progress.state == "abandoned":
+                    raise UploadAbandoned()
+                available = progress.written - self.consumed
+            if available <= 0:
+                return b""
+            data = self._file.read(min(size, available))
+            if data:
+                self.consumed += len(data)
+                return data
+
+    def complete(self) -> Path:
+        """Wait for the end of the upload; the path of the finished file."""
+        with self.progress.condition:
+            while self.progress.state == "receiving":
+                self.progress.condition.wait()
+            if self.progress.state == "abandoned":
+                raise UploadAbandoned()
+        return self.path
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class StagingFile:
     """An upload in flight in ``folder``, always removed on exit.
 
@@ -33,12 +104,18 @@ class StagingFile:
     place) leaves nothing for the exit to remove; any other storage copies it.
 
     Use as ``async with StagingFile(folder, max_size) as staged:``, then
-    ``await staged.write(chunk)`` for each chunk and ``await staged.finish()``.
+    ``await staged.write(chunk)`` for each chunk, ``await staged.finish()``
+    and, before committing the file, ``await staged.synced()``.
     """
 
-    def __init__(self, folder: Path, max_size: int) -> None:
+    def __init__(self, folder: Path, max_size: int, follower: Callable[[_Follower], Any] | None = None) -> None:
+        """:param follower: called in a thread of its own with a reader of the
+            upload as it is written; its result is :meth:`followed`'s."""
         self.folder = folder
         self.max_size = max_size
+        self._follow = follower
+        self._following: Future[Any] | None = None
+        self._progress = _Progress()
         self.size = 0
         self.path: Path | None = None
         self._hash = hashlib.sha256()
@@ -55,8 +132,18 @@ class StagingFile:
 
         self._fd, name = await anyio.to_thread.run_sync(create)
         self.path = Path(name)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-writer")
+        self._writer = ThreadPoolExecutor(max_workers=2 if self._follow else 1, thread_name_prefix="staging")
+        if self._follow is not None:
+            reader = _Follower(self.path, self._progress)
+            self._following = self._writer.submit(self._run_follower, self._follow, reader)
         return self
+
+    @staticmethod
+    def _run_follower(follow: Callable[[_Follower], Any], reader: _Follower) -> Any:
+        try:
+            return follow(reader)
+        finally:
+            reader.close()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -67,6 +154,7 @@ class StagingFile:
             await anyio.to_thread.run_sync(self._close_and_remove)
 
     def _close_and_remove(self) -> None:
+        self._progress.end("abandoned")  # wakes a follower still waiting for bytes
         if self._writer is not None:
             # Let a batch still being written end before its file is closed.
             self._writer.shutdown(wait=True)
@@ -92,6 +180,7 @@ class StagingFile:
         self._buffer.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= FLUSH_SIZE:
+            self._raise_if_follower_failed()
             await self._flush()
 
     async def write_all(self, chunks: AsyncIterator[bytes]) -> None:
@@ -128,13 +217,41 @@ class StagingFile:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        self._progress.advance(len(data))
 
     async def finish(self) -> None:
-        """Flush and fsync: the file then holds exactly the bytes written."""
+        """Write out every byte and start the fsync; :attr:`sha256` is then final.
+
+        The fsync runs in the writer thread while the caller goes on (archive
+        inspection reads the file from the page cache meanwhile); call
+        :meth:`synced` before the file is committed anywhere.
+        """
         await self._flush()
         await self._wait_for_writer()
-        assert self._fd is not None
-        await anyio.to_thread.run_sync(os.fsync, self._fd)
+        self._progress.end("complete")
+        assert self._writer is not None and self._fd is not None
+        self._pending = self._writer.submit(os.fsync, self._fd)
+
+    async def synced(self) -> None:
+        """Wait until the file is durable on disk (raise the fsync's ``OSError``)."""
+        await self._wait_for_writer()
+
+    async def followed(self) -> Any:
+        """The follower's result once it has read the whole upload (or its error).
+
+        Call after :meth:`finish`.
+        """
+        assert self._following is not None, "no follower was given"
+        following = self._following
+        if not following.done():
+            await anyio.to_thread.run_sync(following.result)
+        return following.result()
+
+    def _raise_if_follower_failed(self) -> None:
+        """Stop receiving once the follower has refused the upload."""
+        following = self._following
+        if following is not None and following.done() and following.exception() is not None:
+            raise following.exception()  # type: ignore[misc]
 
 
 def sweep_staging(folder: Path) -> int:
