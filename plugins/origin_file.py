@@ -12,6 +12,7 @@ import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
@@ -76,18 +77,22 @@ class FileOrigin(Origin):
             raise
         return fd
 
+    def _open_allowed(self, url: str) -> tuple[BinaryIO, int]:
+        """The file ``url`` names, open, and its size (blocking: resolving
+        the path and opening it touch the disk)."""
+        fd = self._open_regular(self._allowed_path(url))
+        return os.fdopen(fd, "rb"), os.fstat(fd).st_size
+
     @asynccontextmanager
     async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
-        path = self._allowed_path(url)
-        fd = await anyio.to_thread.run_sync(self._open_regular, path)
-        f = os.fdopen(fd, "rb")
+        f, size = await anyio.to_thread.run_sync(self._open_allowed, url)
         try:
-            yield Download(chunks=_read(f), size=os.fstat(fd).st_size)
+            yield Download(chunks=_read(f), size=size)
         finally:
             f.close()
 
 
-async def _read(f) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+async def _read(f: BinaryIO) -> AsyncIterator[bytes]:
     while chunk := await anyio.to_thread.run_sync(f.read, READ_SIZE):
         yield chunk
 

@@ -52,6 +52,9 @@ class HttpOrigin(Origin):
         self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
         self.total_timeout = total_timeout
         self.max_redirects = max_redirects
+        # Built once, here at start-up: building one reads the CA bundle from
+        # disk, which each fetch would otherwise do on the event loop.
+        self.ssl_context = httpx.create_ssl_context(trust_env=False)
 
     def accepts(self, url: str) -> bool:
         scheme = url.split(":", 1)[0].lower()
@@ -62,7 +65,7 @@ class HttpOrigin(Origin):
         try:
             with anyio.fail_after(self.total_timeout):
                 async with httpx.AsyncClient(
-                    timeout=self.timeout, follow_redirects=False, trust_env=False
+                    timeout=self.timeout, follow_redirects=False, trust_env=False, verify=self.ssl_context
                 ) as client:
                     response = await self._follow(client, url)
                     try:
@@ -88,10 +91,11 @@ class HttpOrigin(Origin):
             request = await self._request(client, current, redirected=hop > 0)
             try:
                 response = await client.send(request, stream=True)
-            except httpx.InvalidURL:
+            except (httpx.InvalidURL, UnicodeError):
                 # httpx prepares the next request of a redirect even when not
                 # following it, and a Location it cannot build one from
-                # (``file:x``) raises this rather than an ``HTTPError``.
+                # (``file:x``, or ``http://xn--/``: an ``idna.IDNAError``)
+                # raises this rather than an ``HTTPError``.
                 self._refuse_redirect(current, locations[-1] if locations else "")
             if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
                 await response.aclose()
@@ -133,18 +137,25 @@ class HttpOrigin(Origin):
         scheme = target.scheme.lower()
         if scheme not in SCHEMES:
             raise SourceOriginForbidden(f"redirect to a {scheme or 'relative'!r} URL")
-        host = normalize_host(target.host)
+        try:
+            host = normalize_host(target.host)  # an IDN decoded, as allowed_hosts may list it
+        except ValueError:  # idna.IDNAError: a malformed "xn--" label
+            if redirected:
+                raise PackageDownloadFailed("the origin redirected to an invalid host name") from None
+            raise ValidationError.single("package_url", "不是合法的 URL", "is not a valid URL") from None
         if not host:
             if redirected:
                 raise PackageDownloadFailed("the origin redirected to a URL without a host")
             raise ValidationError.single("package_url", "缺少主机名", "has no host")
         self.policy.check_host(scheme, host, target.port)
-        address = await self.policy.resolve(host, target.port or (443 if scheme == "https" else 80))
+        # DNS, the Host header and TLS SNI take the ASCII (punycode) form of an IDN.
+        wire_host = normalize_host(target.raw_host.decode("ascii"))
+        address = await self.policy.resolve(wire_host, target.port or (443 if scheme == "https" else 80))
         pinned = target.copy_with(host=str(address))
-        host_header = host if ":" not in host else f"[{host}]"
+        host_header = wire_host if ":" not in wire_host else f"[{wire_host}]"
         if target.port is not None:
             host_header = f"{host_header}:{target.port}"
-        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        extensions = {"sni_hostname": wire_host} if scheme == "https" else {}
         return client.build_request(
             "GET",
             pinned,

@@ -23,6 +23,7 @@ import httpx
 
 from registry.events import PackageEvent
 from registry.hookspecs import hookimpl
+from registry.redact import redact_url
 from registry.service import Registry
 from registry.settings import Setting
 
@@ -85,11 +86,11 @@ class WebhookSender:
                 problem = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 problem = type(exc).__name__
-            logger.warning("webhook %s attempt %d/%d failed: %s", url, attempt, self.max_attempts, problem)
+            logger.warning("webhook %s attempt %d/%d failed: %s", redact_url(url), attempt, self.max_attempts, problem)
             if attempt < self.max_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2
-        logger.error("webhook %s gave up after %d attempts", url, self.max_attempts)
+        logger.error("webhook %s gave up after %d attempts", redact_url(url), self.max_attempts)
 
 
 @hookimpl

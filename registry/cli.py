@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings, registry = _load(args)
     host = args.host or settings["server.host"]
     port = args.port if args.port is not None else settings["server.port"]
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(registry),
         host=host,
         port=port,
@@ -68,7 +68,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         proxy_headers=False,
     )
-    return 0
+    # Bind before the app starts (uvicorn.run binds after): start-up empties
+    # the staging folder, so a second ``serve`` started by mistake on a port in
+    # use must exit before it can delete the running server's uploads.
+    sock = config.bind_socket()  # exits with status 3 when the port is taken
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -316,6 +316,35 @@ def test_kill_with_many_uploads_in_flight(crashable: Callable[..., Crashable]) -
     assert sorted(r["version"] for r in records) == ["0.0", "0.1", "0.2"]
 
 
+def test_second_serve_on_a_taken_port_spares_uploads_in_flight(crashable: Callable[..., Crashable]) -> None:
+    """A ``registry serve`` started by mistake on the running server's port
+    fails to bind before its start-up could empty the shared staging folder,
+    so the upload in flight still completes."""
+    registry = crashable()
+    data = big_package("second-serve")
+    registry.known.add(hashlib.sha256(data).hexdigest())
+    body, content_type = multipart(data, "1.0.0")
+    head = (
+        f"POST /bkapps/applications/crash/modules/default/source_package/ HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {registry.token}\r\nConnection: close\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", registry.process.port), timeout=WAIT) as client:
+        client.sendall(head + body[: len(body) // 2])
+        wait_for(lambda: staged_bytes(registry) > 0, "part of the upload to reach the staging file")
+        second = registry.process.cli("serve", "--port", str(registry.process.port), check=False)
+        assert second.returncode != 0
+        assert "address already in use" in second.stderr.lower()
+        assert staged_bytes(registry) > 0, "the second serve emptied the running server's staging folder"
+        client.sendall(body[len(body) // 2:])
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:300]
+    (record,) = registry.check_consistent()
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 def test_sweep_empties_the_staging_folder(tmp_path: Path) -> None:
     """Whatever a crash left in staging goes at start-up, and nothing outside it."""
     from registry.staging import sweep_staging

@@ -104,14 +104,20 @@ def test_audit_table_and_webhooks(tmp_path: Path, receiver: Receiver) -> None:
 
 
 def test_dead_webhook_never_fails_an_upload(tmp_path: Path) -> None:
+    """... and the log lines about it name the URL without its secrets."""
     from tests.helpers import free_port
 
+    url = f"http://hookuser:HOOKPASSx@127.0.0.1:{free_port()}/gone?token=HOOKTOKENx&sig=HOOKSIGx"
     tables = base_config(tmp_path)
-    tables["webhooks"] = {"urls": [f"http://127.0.0.1:{free_port()}/gone"], "max_attempts": 2, "timeout": 1}
+    tables["webhooks"] = {"urls": [url], "max_attempts": 2, "timeout": 1}
     server = start_registry(tmp_path, tables)
     try:
         api = Api(server.url, server.token())
         assert api.upload("dead", package("1.0.0")).status_code == 201
         api.close()
     finally:
-        server.stop()
+        server.stop()  # drains the webhook queue: every attempt is logged by now
+    log = server.log.read_text()
+    assert "gave up after 2 attempts" in log
+    for secret in ("hookuser", "HOOKPASSx", "HOOKTOKENx", "HOOKSIGx"):
+        assert secret not in log

@@ -276,7 +276,7 @@ def test_redirect_without_location(faulty: tuple[RegistryProcess, Api], server: 
 
 
 @pytest.mark.parametrize("location", ["http://[::1/", "http://exa mple.com:99999/x", "http:///x", "file:x",
-                                      "javascript:alert(1)"])
+                                      "javascript:alert(1)", "http://xn--/x"])
 def test_redirect_to_unusable_location(faulty: tuple[RegistryProcess, Api], server: HostileServer, code: str,
                                        location: str) -> None:
     process, api = faulty

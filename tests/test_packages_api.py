@@ -321,6 +321,36 @@ def test_head_download(api: Api, code: str, stored: tuple[dict[str, Any], bytes]
     assert response.headers["etag"] == f'"{record["sha256_signature"]}"'
 
 
+def test_head_download_does_not_stream_the_blob(api: Api, registry: RegistryProcess, code: str,
+                                                stored: tuple[dict[str, Any], bytes]) -> None:
+    """A HEAD answers from the record: the access log shows no body bytes
+    sent (streaming the blob to throw it away used to count them all)."""
+    import time
+
+    record, _ = stored
+    request_id = f"head-{code}"
+    response = api.http.head(api.path(code, suffix=f"{record['id']}/download/"), headers={"X-Request-ID": request_id})
+    assert response.status_code == 200
+    deadline = time.monotonic() + 20
+    while True:  # the line is written once the server has finished the request
+        lines = [json.loads(line) for line in registry.log.read_text().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line["request_id"] == request_id]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert [line["bytes_out"] for line in mine] == [0]
+
+
+def test_head_download_of_a_missing_blob(api: Api, registry: RegistryProcess, code: str) -> None:
+    record = upload(api, code, "1.0.0")
+    for blob in storage_root(registry).joinpath(code).rglob("*"):
+        if blob.is_file():
+            blob.unlink()
+    response = api.http.head(api.path(code, suffix=f"{record['id']}/download/"))
+    assert response.status_code == 503
+    assert response.headers["bkapi-error-code"] == "OBJECT_STORE_EXCEPTION"
+
+
 def test_if_range_mismatch_sends_everything(api: Api, code: str, stored: tuple[dict[str, Any], bytes]) -> None:
     record, data = stored
     response = api.download(code, record["id"], Range="bytes=0-1", **{"If-Range": '"stale"'})

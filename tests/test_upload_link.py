@@ -124,6 +124,60 @@ def test_origin_error_is_download_failed(api: Api, code: str, file_server: FileS
     assert response.json()["code"] == "PACKAGE_DOWNLOAD_FAILED"
 
 
+@pytest.mark.parametrize("host", ["bücher.localhost", "xn--bcher-kva.localhost", "例子.localhost"])
+def test_internationalized_host_name(api: Api, code: str, file_server: FileServer, host: str) -> None:
+    """An IDN is fetched by its punycode name (``*.localhost`` is loopback
+    without DNS), not refused with a 500 for a non-ASCII Host header."""
+    data = package(salt=code)
+    file_server.add(f"{code}/idn.tar.gz", data)
+    port = file_server.url.rsplit(":", 1)[1]
+    response = api.link(code, f"http://{host}:{port}/{code}/idn.tar.gz", version="1.0.0")
+    assert response.status_code == 201, response.text
+    assert response.json()["sha256_signature"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("url", ["http://xn--/pkg.tar.gz", "http://xn--a.localhost/pkg.tar.gz"])
+def test_malformed_punycode_host_is_validation_error(api: Api, code: str, url: str) -> None:
+    response = api.link(code, url, version="1")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "VALIDATION_ERROR"
+    assert "package_url" in response.json()["fields_detail"]
+
+
+def test_fetch_reads_no_ca_bundle_on_the_event_loop(file_server: FileServer, code: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS context (CA bundle read from disk) is built once with the
+    origin, not by every fetch on the event loop."""
+    import ssl
+
+    import anyio
+
+    from plugins.http_policy import HostPolicy
+    from plugins.origin_http import HttpOrigin
+
+    origin = HttpOrigin(HostPolicy((), True), connect_timeout=5, read_timeout=5, total_timeout=30, max_redirects=0)
+    loads: list[object] = []
+    real_load = ssl.SSLContext.load_verify_locations
+
+    def spy(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args)
+        real_load(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", spy)
+    data = package(salt=code)
+    url = file_server.add(f"{code}/ctx.tar.gz", data)
+
+    async def fetch_twice() -> list[bytes]:
+        bodies = []
+        for _ in range(2):
+            async with origin.open(url, len(data)) as download:
+                bodies.append(b"".join([chunk async for chunk in download.chunks]))
+        return bodies
+
+    assert anyio.run(fetch_twice) == [data, data]
+    assert loads == []
+
+
 def test_connection_refused_is_download_failed(api: Api, code: str) -> None:
     from tests.helpers import free_port
 
@@ -166,6 +220,37 @@ def test_file_origin_outside_allowed_roots(api: Api, code: str, file_server: Fil
         assert response.status_code == 403, (url, response.text)
         assert response.json()["code"] == "SOURCE_ORIGIN_FORBIDDEN"
     assert api.list(code).json()["count"] == 0
+
+
+def test_file_origin_resolves_paths_off_the_event_loop(file_server: FileServer, code: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolving the path (``realpath`` walks the disk) runs in a worker thread."""
+    import os
+    import threading
+
+    import anyio
+
+    from plugins import origin_file
+
+    data = package(salt=code)
+    file_server.add(f"{code}/thread.tar.gz", data)
+    origin = origin_file.FileOrigin([str(file_server.root)])
+    callers: list[int] = []
+    real_realpath = os.path.realpath
+
+    def spy(path: str) -> str:
+        callers.append(threading.get_ident())
+        return real_realpath(path)
+
+    monkeypatch.setattr(origin_file.os.path, "realpath", spy)
+
+    async def fetch() -> tuple[int, bytes]:
+        async with origin.open(f"file://{file_server.root}/{code}/thread.tar.gz", len(data)) as download:
+            return threading.get_ident(), b"".join([chunk async for chunk in download.chunks])
+
+    loop_thread, body = anyio.run(fetch)
+    assert body == data
+    assert callers and loop_thread not in callers
 
 
 def test_validation_errors_name_each_field(api: Api, code: str) -> None:

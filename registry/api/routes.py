@@ -339,6 +339,11 @@ async def download_package(request: Request) -> Response:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        # Headers only: streaming the blob would read it whole for nothing.
+        if not await registry.storage.exists(record.blob_key):
+            raise ObjectStoreException("the package's blob is missing from storage")
+        return Response(status_code=status, headers=headers, media_type=FORMATS[record.format][1])
     body = await _open_blob(registry, record.blob_key, start, end)
     return StreamingResponse(body, status_code=status, headers=headers, media_type=FORMATS[record.format][1])
 
