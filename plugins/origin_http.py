@@ -29,7 +29,7 @@ from registry.errors import (
 from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
 from registry.redact import install_log_redaction, redact_text, redact_url
-from registry.settings import Setting, Settings
+from registry.settings import Setting, Settings, not_negative, positive
 
 NAME = "http"
 SCHEMES = ("http", "https")
@@ -186,10 +186,11 @@ def registry_settings() -> list[Setting]:
                 check=_check_allowed_hosts),
         Setting("origins.http.allow_private_networks", "bool", False,
                 "Allow loopback, private, link-local and other non-public addresses."),
-        Setting("origins.http.connect_timeout", "float", 10, "Seconds to connect."),
-        Setting("origins.http.read_timeout", "float", 60, "Seconds allowed between two reads."),
-        Setting("origins.http.total_timeout", "float", 600, "Seconds for the whole fetch."),
-        Setting("origins.http.max_redirects", "int", 5, "Redirects followed, each checked like the first URL."),
+        Setting("origins.http.connect_timeout", "float", 10, "Seconds to connect.", check=positive),
+        Setting("origins.http.read_timeout", "float", 60, "Seconds allowed between two reads.", check=positive),
+        Setting("origins.http.total_timeout", "float", 600, "Seconds for the whole fetch.", check=positive),
+        Setting("origins.http.max_redirects", "int", 5, "Redirects followed, each checked like the first URL.",
+                check=not_negative),
     ]
 
 

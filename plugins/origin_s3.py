@@ -27,7 +27,14 @@ import anyio.to_thread
 from botocore.client import BaseClient
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
-from plugins.storage_s3 import BOTO_ERRORS, brief_error, describe_error, error_code, make_s3_client
+from plugins.storage_s3 import (
+    BOTO_ERRORS,
+    brief_error,
+    check_endpoint_url,
+    describe_error,
+    error_code,
+    make_s3_client,
+)
 from registry.errors import (
     PackageDownloadFailed,
     PackageDownloadTimeout,
@@ -152,7 +159,7 @@ def download_error(location: S3Object, exc: BaseException) -> RegistryError:
 def registry_settings() -> list[Setting]:
     return [
         Setting("origins.s3.endpoint_url", "str", "",
-                "S3-compatible endpoint `s3://` links are fetched from; empty for AWS."),
+                "S3-compatible endpoint `s3://` links are fetched from; empty for AWS.", check=check_endpoint_url),
         Setting("origins.s3.region", "str", "us-east-1", "Region requests are signed for."),
         Setting("origins.s3.allowed_buckets", "list[str]", [],
                 "Buckets `s3://` links may name; empty: any bucket the credentials can read."),

@@ -61,9 +61,12 @@ class FilesystemStorage(Storage):
         target = self._path(key)
 
         def move() -> None:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            created = _make_folders(target.parent)
             os.replace(staged, target)
-            _fsync_dir(target.parent)
+            # The rename is durable once its folder is synced, and a folder
+            # made just now is durable once its own parent is synced too.
+            for folder in [target.parent, *(f.parent for f in created)]:
+                _fsync_dir(folder)
 
         try:
             await anyio.to_thread.run_sync(move)
@@ -140,6 +143,17 @@ def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
                 continue
             modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
             yield BlobInfo(key=key, size=stat.st_size, modified=modified)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; the folders that did not exist, deepest first."""
+    missing: list[Path] = []
+    current = folder
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -30,6 +30,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -77,6 +78,24 @@ _DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKey
 
 logger = logging.getLogger("registry.storage.s3")
 T = TypeVar("T")
+
+
+def check_endpoint_url(value: str) -> str | None:
+    """A settings ``check``: empty (AWS) or an ``http(s)://host[:port]`` URL.
+
+    boto3 only complains when the first request is made, as a ``ValueError``
+    that would otherwise surface as a 500.
+    """
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be empty (AWS) or an http(s)://host[:port] URL"
+    return None
 
 
 def make_s3_client(endpoint_url: str, region: str) -> BaseClient:
@@ -400,7 +419,8 @@ def registry_settings() -> list[Setting]:
         Setting("storage.s3.bucket", "str", "source-packages", "Bucket holding the package blobs; must exist."),
         Setting("storage.s3.prefix", "str", "", "Key prefix for every blob, e.g. `registry/`; empty for none."),
         Setting("storage.s3.endpoint_url", "str", "",
-                "S3-compatible endpoint (MinIO, Ceph, moto); empty for AWS. Credentials come from boto3's usual chain."),
+                "S3-compatible endpoint (MinIO, Ceph, moto); empty for AWS. Credentials come from boto3's usual chain.",
+                check=check_endpoint_url),
         Setting("storage.s3.region", "str", "us-east-1", "Region requests are signed for."),
     ]
 

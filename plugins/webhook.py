@@ -25,7 +25,7 @@ from registry.events import PackageEvent
 from registry.hookspecs import hookimpl
 from registry.redact import redact_url
 from registry.service import Registry
-from registry.settings import Setting
+from registry.settings import Setting, positive
 
 logger = logging.getLogger("registry.webhook")
 NAME = "webhook"
@@ -84,7 +84,7 @@ class WebhookSender:
                 if response.is_success:
                     return
                 problem = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad URL must not end the sender task
                 problem = type(exc).__name__
             logger.warning("webhook %s attempt %d/%d failed: %s", redact_url(url), attempt, self.max_attempts, problem)
             if attempt < self.max_attempts:
@@ -96,11 +96,25 @@ class WebhookSender:
 @hookimpl
 def registry_settings() -> list[Setting]:
     return [
-        Setting("webhooks.urls", "list[str]", [], "URLs that receive each package event as a JSON POST; empty: off."),
-        Setting("webhooks.max_attempts", "int", 5, "Tries per event and URL, with exponential back-off."),
-        Setting("webhooks.timeout", "float", 10, "Seconds per delivery attempt."),
+        Setting("webhooks.urls", "list[str]", [], "URLs that receive each package event as a JSON POST; empty: off.",
+                check=_check_urls),
+        Setting("webhooks.max_attempts", "int", 5, "Tries per event and URL, with exponential back-off.",
+                check=positive),
+        Setting("webhooks.timeout", "float", 10, "Seconds per delivery attempt.", check=positive),
         Setting("webhooks.secret", "str", "", "Key for the X-Registry-Signature HMAC header; empty: unsigned."),
     ]
+
+
+def _check_urls(urls: list[str]) -> str | None:
+    for url in urls:
+        try:
+            parsed = httpx.URL(url)
+            usable = parsed.scheme in ("http", "https") and bool(parsed.host)  # .host decodes IDNA labels
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            usable = False
+        if not usable:
+            return f"{redact_url(url)!r} is not an http(s) URL"
+    return None
 
 
 @hookimpl

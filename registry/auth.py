@@ -9,7 +9,9 @@ Two kinds exist, matching the platform's gateway headers:
 
 Secrets are random 256-bit strings, so a plain SHA-256 is the right hash: it
 cannot be brute-forced and lets a token be found by its hash alone. Only the
-hash and a short hint (the first characters) are stored; comparison uses
+hash is stored, plus, for tokens, a hint of their first characters
+(``spr_`` and four random ones) that ``token list`` shows; app secrets are
+compared against every live hash of their app code with
 :func:`hmac.compare_digest`.
 """
 
@@ -68,6 +70,13 @@ class CredentialInfo:
     revoked_at: str | None
 
 
+def _hint(kind: str, secret: str) -> str:
+    """What ``token list`` shows to tell tokens apart: the ``spr_`` prefix and
+    four random characters (24 of 256 bits). App secrets get none: their
+    owner is named by the app code."""
+    return secret[:HINT_LENGTH] if kind == "token" else ""
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -83,7 +92,7 @@ class CredentialStore:
             conn.execute(
                 "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, name, _digest(secret), secret[:HINT_LENGTH], json.dumps(sorted(set(apps))),
+                (kind, name, _digest(secret), _hint(kind, secret), json.dumps(sorted(set(apps))),
                  int(read_only), utc_now()),
             )
 
@@ -108,14 +117,17 @@ class CredentialStore:
         )
 
     def by_token(self, token: str) -> Principal | None:
-        digest = _digest(token)
+        """The live token's principal, found by the token's hash.
+
+        An index lookup on the hash is safe here: timing can at most reveal
+        something about a hash the caller chose the preimage of, never about
+        a stored token.
+        """
         row = self.db.connection().execute(
             "SELECT * FROM credentials WHERE secret_hash = ? AND kind = 'token' AND revoked_at IS NULL",
-            (digest,),
+            (_digest(token),),
         ).fetchone()
-        if row is None or not hmac.compare_digest(row["secret_hash"], digest):
-            return None
-        return self._principal(row)
+        return self._principal(row) if row is not None else None
 
     def by_app_secret(self, app_code: str, secret: str) -> Principal | None:
         digest = _digest(secret)

@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 
 from registry.bootstrap import build_registry, load_settings
 from registry.client import ClientError, RegistryClient, file_sha256
-from registry.errors import RegistryError
+from registry.errors import RegistryError, ValidationError
 from registry.fsck import Problem, fsck
 from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, collect_garbage
 from registry.logs import configure_logging
 from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
 from registry.terminal import human_size, print_table, progress_bar
+from registry.validation import parse_slug
 
 URL_ENV = "REGISTRY_URL"
 TOKEN_ENV = "REGISTRY_TOKEN"
@@ -98,7 +99,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_scope(args: argparse.Namespace) -> None:
+    """Refuse application codes no request could ever use (exit 2 via argparse)."""
+    for code in args.app or []:
+        try:
+            parse_slug("app", code)
+        except ValidationError:
+            args.parser.error(f"--app {code!r}: 1-32 characters of a-z, 0-9, '-' and '_', starting alphanumeric")
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
+    _check_scope(args)
+    if not args.operator.strip() or len(args.operator) > 64 or not args.operator.isprintable():
+        args.parser.error("--operator: a printable name of 1-64 characters")
     _, registry = _load(args)
     token = registry.credentials.create_token(args.operator, args.app or [], args.read_only)
     scope = ", ".join(args.app) if args.app else "all applications"
@@ -108,6 +121,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_app_secret_create(args: argparse.Namespace) -> int:
+    _check_scope(args)
+    try:
+        parse_slug("app_code", args.app_code)
+    except ValidationError:
+        args.parser.error(f"--app-code {args.app_code!r}: 1-32 characters of a-z, 0-9, '-' and '_'")
     _, registry = _load(args)
     secret = registry.credentials.create_app_secret(args.app_code, args.app or [], args.read_only)
     scope = ", ".join(args.app) if args.app else "all applications"
@@ -408,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--operator", required=True, help="name recorded as the operator of its writes")
     create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     create.add_argument("--read-only", action="store_true", help="allow reads only")
-    create.set_defaults(func=cmd_token_create)
+    create.set_defaults(func=cmd_token_create, parser=create)
     listing = token.add_parser("list", help="list tokens and app secrets (never the secrets)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_token_list)
@@ -422,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.add_argument("--app-code", required=True, help="the bk_app_code that sends the secret")
     secret_create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     secret_create.add_argument("--read-only", action="store_true", help="allow reads only")
-    secret_create.set_defaults(func=cmd_app_secret_create)
+    secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)
     _add_client_commands(commands)

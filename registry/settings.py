@@ -26,8 +26,14 @@ class SettingsError(Exception):
     """The configuration cannot be used; the message names the key."""
 
 
-def _positive(value: Any) -> str | None:
+def positive(value: Any) -> str | None:
+    """A ``check`` for numbers that must be greater than 0 (for plugins too)."""
     return None if value > 0 else "must be greater than 0"
+
+
+def not_negative(value: Any) -> str | None:
+    """A ``check`` for numbers that must be 0 or more (for plugins too)."""
+    return None if value >= 0 else "must be 0 or more"
 
 
 def _not_negative(value: Any) -> str | None:
@@ -92,11 +98,11 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Local folder for uploads in flight, for backends that keep no local files (the filesystem backend stages inside its root).",
             path=True),
     Setting("origins.enabled", "list[str]", ["http", "s3", "file"], "Origin plugins that may serve `package_url`."),
-    Setting("limits.max_package_size", "int", 2 * 1024**3, "Largest package accepted, in bytes as received.", check=_positive),
-    Setting("limits.max_unpacked_size", "int", 8 * 1024**3, "Largest total size of all archive members, in bytes.", check=_positive),
+    Setting("limits.max_package_size", "int", 2 * 1024**3, "Largest package accepted, in bytes as received.", check=positive),
+    Setting("limits.max_unpacked_size", "int", 8 * 1024**3, "Largest total size of all archive members, in bytes.", check=positive),
     Setting("limits.max_compression_ratio", "int", 100,
-            "Largest unpacked/packed ratio, checked once the unpacked total passes 64 MiB.", check=_positive),
-    Setting("limits.max_members", "int", 100_000, "Most members an archive may hold.", check=_positive),
+            "Largest unpacked/packed ratio, checked once the unpacked total passes 64 MiB.", check=positive),
+    Setting("limits.max_members", "int", 100_000, "Most members an archive may hold.", check=positive),
     Setting("auth.anonymous_read", "bool", False, "Allow reads without a credential."),
     Setting("retention.keep_last", "int", 0,
             "Live versions `registry gc` keeps per module, newest first; older ones are soft-deleted (0: keep all).",

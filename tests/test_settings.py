@@ -144,3 +144,22 @@ def test_stale_staging_files_are_swept_at_startup(tmp_path: Path) -> None:
         assert list(staging.iterdir()) == []
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[origins.http]\nconnect_timeout = -1\n", "origins.http.connect_timeout"),
+        ("[origins.http]\ntotal_timeout = 0\n", "origins.http.total_timeout"),
+        ("[origins.http]\nmax_redirects = -1\n", "origins.http.max_redirects"),
+        ("[webhooks]\nmax_attempts = 0\n", "webhooks.max_attempts"),
+        ("[webhooks]\nurls = [\"ftp://example.com/hook\"]\n", "webhooks.urls"),
+        ("[webhooks]\nurls = [\"http://xn--/\"]\n", "webhooks.urls"),
+        ("[storage.s3]\nendpoint_url = \"localhost:9000\"\n", "storage.s3.endpoint_url"),
+        ("[origins.s3]\nendpoint_url = \"http://host:port\"\n", "origins.s3.endpoint_url"),
+    ],
+)
+def test_plugin_values_are_checked_at_start_up(tmp_path: Path, text: str, key: str) -> None:
+    """Values of the right type that could only fail later, at request time, stop start-up."""
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        load_settings(write(tmp_path, text))

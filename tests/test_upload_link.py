@@ -329,3 +329,15 @@ def test_identical_digest_answers_without_fetching(api: Api, code: str, file_ser
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
     assert server.connections == []
+
+
+def test_link_route_multipart_body_is_capped(api: Api, code: str, file_server: FileServer) -> None:
+    """File parts on the link route are discarded, and the body is not read on without end."""
+    url = file_server.add(f"{code}/p.tar.gz", package(salt=code))
+    response = api.http.post(api.path(code, suffix="link/"), data={"package_url": url, "version": "1"},
+                             files={"junk": ("junk.bin", b"\0" * (2 * 1024 * 1024))})
+    assert response.status_code == 400
+    assert response.json()["code"] == "VALIDATION_ERROR"
+    small = api.http.post(api.path(code, suffix="link/"), data={"package_url": url, "version": "1"},
+                          files={"junk": ("junk.bin", b"ignored")})
+    assert small.status_code == 201, small.text

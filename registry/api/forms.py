@@ -24,6 +24,9 @@ from registry.staging import StagingFile
 MAX_FIELDS_BODY = 64 * 1024
 MAX_FIELD_SIZE = 16 * 1024
 MAX_PARTS = 64
+#: a multipart body that carries fields only (the link route): the fields'
+#: own limits plus room for parts that are discarded
+MAX_FIELDS_ONLY_MULTIPART = 1024 * 1024
 
 
 def _body_error(zh: str, en: str) -> ValidationError:
@@ -133,9 +136,15 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
     )
     part = _Part()
     parts = 0
+    received = 0
     finished = False
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if sink is None and received > MAX_FIELDS_ONLY_MULTIPART:
+                # No package goes anywhere on this route: do not read on and on.
+                raise _body_error(f"请求体不能超过 {MAX_FIELDS_ONLY_MULTIPART} 字节",
+                                  f"request body exceeds {MAX_FIELDS_ONLY_MULTIPART} bytes")
             try:
                 parser.write(chunk)
             except MultipartParseError:
