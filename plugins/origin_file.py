@@ -27,6 +27,15 @@ READ_SIZE = 1024 * 1024
 
 
 class FileOrigin(Origin):
+    """Reads ``file://`` URLs naming a regular file under ``allowed_roots``
+    (compared after resolving links and ``..``; no roots: nothing allowed).
+
+    :meth:`open` raises ``SourceOriginForbidden`` for a remote host, a
+    relative path or one outside the roots, and ``PackageDownloadFailed``
+    when the file is missing, unreadable or not a regular file. The
+    download's ``size`` is the file's size.
+    """
+
     name = NAME
 
     def __init__(self, allowed_roots: list[str]) -> None:

@@ -38,6 +38,17 @@ USER_AGENT = f"source-package-registry/{__version__}"
 
 
 class HttpOrigin(Origin):
+    """Fetches ``http://`` and ``https://`` URLs, every hop checked by ``policy``.
+
+    :meth:`open` raises ``ValidationError`` for a malformed first URL,
+    ``SourceOriginForbidden`` for a host, address or redirect scheme the
+    policy refuses, ``PackageDownloadTimeout`` when a connect/read timeout or
+    the ``total_timeout`` deadline passes, and ``PackageDownloadFailed`` for
+    a status other than 200, too many or malformed redirects, a name that
+    does not resolve, or any other transport failure. The download's
+    ``size`` is the response's ``Content-Length``, when it sent one.
+    """
+
     name = NAME
 
     def __init__(

@@ -130,6 +130,9 @@ class CredentialStore:
         return self._principal(row) if row is not None else None
 
     def by_app_secret(self, app_code: str, secret: str) -> Principal | None:
+        """The principal of ``app_code``'s live app secret equal to ``secret``,
+        or None. Every live secret of the app is compared in constant time, with
+        no early exit, so timing does not tell which (or whether one) matched."""
         digest = _digest(secret)
         rows = self.db.connection().execute(
             "SELECT * FROM credentials WHERE name = ? AND kind = 'app_secret' AND revoked_at IS NULL",
@@ -142,6 +145,7 @@ class CredentialStore:
         return self._principal(match) if match is not None else None
 
     def list(self) -> list[CredentialInfo]:
+        """Every credential, revoked ones included, by id: hints, never secrets or hashes."""
         rows = self.db.connection().execute("SELECT * FROM credentials ORDER BY id").fetchall()
         return [
             CredentialInfo(

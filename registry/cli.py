@@ -6,7 +6,8 @@ Operator commands read the config file (``--config``, defaulting to
 
 Client commands talk HTTP to a running registry and read no config file: the
 server and token come from ``--url``/``--token`` or ``$REGISTRY_URL``/
-``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``.
+``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``. They live in
+:mod:`registry.cli_client`.
 
 Exit status: 0 on success, 1 on any failure (the registry's ``code: detail``,
 a connection or checksum failure, a problem ``fsck`` found), 2 on a usage error.
@@ -18,15 +19,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from registry.bootstrap import build_registry, load_settings
-from registry.client import ClientError, RegistryClient, file_sha256
+from registry.cli_client import UsageError, add_client_commands
+from registry.client import ClientError
 from registry.errors import RegistryError, ValidationError
 from registry.fsck import Problem, fsck
 from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, collect_garbage
@@ -36,14 +36,7 @@ from registry.settings import Settings, SettingsError, find_config_file
 from registry.terminal import human_size, print_table, progress_bar
 from registry.validation import parse_slug
 
-URL_ENV = "REGISTRY_URL"
-TOKEN_ENV = "REGISTRY_TOKEN"
-
 T = TypeVar("T")
-
-
-class UsageError(Exception):
-    """The command line is incomplete or contradictory (exit status 2)."""
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
@@ -134,18 +127,23 @@ def cmd_app_secret_create(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_LIST_HEADERS = ("ID", "KIND", "NAME", "HINT", "APPS", "MODE", "STATUS")
+
+
 def cmd_token_list(args: argparse.Namespace) -> int:
+    """Every token and app secret as a table (never the secrets), or ``--json``."""
     _, registry = _load(args)
     rows = registry.credentials.list()
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return 0
-    print(f"{'ID':>4}  {'KIND':<10}  {'NAME':<24}  {'HINT':<10}  {'APPS':<24}  {'MODE':<5}  STATUS")
-    for row in rows:
-        apps = ",".join(row.apps) or "*"
-        status = f"revoked {row.revoked_at[:19]}" if row.revoked_at else "active"
-        mode = "read" if row.read_only else "write"
-        print(f"{row.id:>4}  {row.kind:<10}  {row.name:<24}  {row.hint + '…':<10}  {apps:<24}  {mode:<5}  {status}")
+    print_table(
+        TOKEN_LIST_HEADERS,
+        [[str(row.id), row.kind, row.name, row.hint + "…", ",".join(row.apps) or "*",
+          "read" if row.read_only else "write",
+          f"revoked {row.revoked_at[:19]}" if row.revoked_at else "active"] for row in rows],
+        right=["ID"],
+    )
     return 0
 
 
@@ -227,93 +225,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- client commands -------------------------------------------------------------------
-
-
-def _client(args: argparse.Namespace) -> RegistryClient:
-    """A client for ``--url``/``$REGISTRY_URL`` with ``--token``/``$REGISTRY_TOKEN``."""
-    url = args.url or os.environ.get(URL_ENV, "")
-    if not url:
-        raise UsageError(f"no registry URL: pass --url or set {URL_ENV}")
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
-    return RegistryClient(url, args.token or os.environ.get(TOKEN_ENV) or None)
-
-
-def _print_record(record: dict[str, Any]) -> None:
-    print(json.dumps(record, indent=2, ensure_ascii=False))
-
-
-def _existing_file(value: str) -> Path:
-    path = Path(value)
-    if not path.is_file():
-        raise UsageError(f"{value}: not a file")
-    return path
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    path = _existing_file(args.file)
-    with _client(args) as client:
-        with progress_bar(f"hashing {path.name}") as progress:
-            digest = file_sha256(path, progress)
-        with progress_bar(f"uploading {path.name}") as progress:
-            result = client.push(path, args.app, args.module, version=args.version,
-                                 overwrite=args.overwrite, sha256=digest, progress=progress)
-    _print_record(result.record)
-    _report_upload(args, result.record, result.created)
-    return 0
-
-
-def cmd_push_link(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        result = client.push_link(args.url_to_fetch, args.app, args.module,
-                                  version=args.version, overwrite=args.overwrite)
-    _print_record(result.record)
-    _report_upload(args, result.record, result.created)
-    return 0
-
-
-def _report_upload(args: argparse.Namespace, record: dict[str, Any], created: bool) -> None:
-    what = "stored" if created else "already stored or overwritten"
-    print(f"{args.app}/{args.module} version {record.get('version')}: {what}, id {record.get('id')}",
-          file=sys.stderr)
-
-
-LS_HEADERS = ("ID", "VERSION", "PACKAGE NAME", "SIZE", "SHA256", "CREATED", "OPERATOR")
-
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        records = client.list(args.app, args.module, include_deleted=args.include_deleted)
-    if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
-        return 0
-    # a terminal gets a short digest to fit the screen; a pipe gets all of it
-    digest_length = 12 if sys.stdout.isatty() else 64
-    headers = [*LS_HEADERS, "DELETED"] if args.include_deleted else list(LS_HEADERS)
-    rows = []
-    for r in records:
-        row = [str(r["id"]), r["version"], r["package_name"], str(r["package_size"]),
-               r["sha256_signature"][:digest_length], r["created"], r["operator"]]
-        if args.include_deleted:
-            row.append("yes" if r["is_deleted"] else "no")
-        rows.append(row)
-    print_table(headers, rows, right=("ID", "SIZE"))
-    return 0
-
-
-def cmd_pull(args: argparse.Namespace) -> int:
-    dest = Path(args.output)
-    if dest.is_dir():
-        raise UsageError(f"-o {args.output}: is a folder; name the file to write")
-    if not dest.parent.is_dir():
-        raise UsageError(f"-o {args.output}: folder {dest.parent} does not exist")
-    with _client(args) as client, progress_bar(f"downloading {dest.name}") as progress:
-        result = client.pull(args.id, args.app, args.module, dest, progress=progress)
-    print(f"{result.path}: {result.size} bytes, sha256 {result.sha256} verified")
-    return 0
-
-
 # -- the parser --------------------------------------------------------------------------
 
 
@@ -374,39 +285,6 @@ def _add_maintenance_commands(commands: Any) -> None:
     gc.set_defaults(func=cmd_gc)
 
 
-def _add_client_commands(commands: Any) -> None:
-    connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--url", help=f"the registry's base URL (default: ${URL_ENV})")
-    connection.add_argument("--token", help=f"access token (default: ${TOKEN_ENV})")
-    module = argparse.ArgumentParser(add_help=False)
-    module.add_argument("--app", required=True, metavar="CODE", help="application code")
-    module.add_argument("--module", required=True, metavar="NAME", help="module name")
-    upload = argparse.ArgumentParser(add_help=False)
-    upload.add_argument("--version", help="version (default: from the package's app_desc.yaml)")
-    upload.add_argument("--overwrite", action="store_true", help="replace that version if it holds other bytes")
-
-    push = commands.add_parser("push", parents=[connection, module, upload],
-                               help="upload a package file (streamed, sha256-verified)")
-    push.add_argument("file", metavar="FILE")
-    push.set_defaults(func=cmd_push)
-
-    push_link = commands.add_parser("push-link", parents=[connection, module, upload],
-                                    help="have the registry fetch a package from a URL")
-    push_link.add_argument("url_to_fetch", metavar="URL")
-    push_link.set_defaults(func=cmd_push_link)
-
-    ls = commands.add_parser("ls", parents=[connection, module], help="list a module's packages, newest first")
-    ls.add_argument("--include-deleted", action="store_true", help="show soft-deleted packages too")
-    ls.add_argument("--json", action="store_true", help="print the records as JSON")
-    ls.set_defaults(func=cmd_ls)
-
-    pull = commands.add_parser("pull", parents=[connection, module],
-                               help="download a package, verified against its sha256")
-    pull.add_argument("id", type=int, metavar="ID")
-    pull.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
-    pull.set_defaults(func=cmd_pull)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="registry", description="Source Package Registry")
     parser.add_argument("--config", help="TOML file (default: $REGISTRY_CONFIG, then ./registry.toml)")
@@ -443,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)
-    _add_client_commands(commands)
+    add_client_commands(commands)
     return parser
 
 

@@ -14,6 +14,11 @@ HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    """Send logs to stderr: the root logger at ``level`` in the human format,
+    ``registry.access`` as bare lines that do not propagate.
+
+    Idempotent: calling it again only sets the level, never adds a second handler.
+    """
     root = logging.getLogger()
     if not any(getattr(h, "_registry", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)

@@ -12,6 +12,14 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class Metrics:
+    """The counters and histograms of one service instance, in a registry of
+    their own; :meth:`render` exposes them for ``/metrics``.
+
+    ``requests``/``latency`` are labelled by method and route template (see
+    :func:`registry.api.observe.route_template`), ``uploads`` by origin and
+    result (an outcome such as ``created``, or an error code).
+    """
+
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:

@@ -31,6 +31,8 @@ ORDERINGS: dict[str, str] = {
 
 
 def utc_now() -> str:
+    """The current UTC time in the stored form, ``YYYY-MM-DD HH:MM:SS.ffffff``
+    (fixed width, so such strings compare like the times they name)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -88,6 +90,8 @@ class NewPackage:
 
 
 class Outcome(Enum):
+    """What a commit did to the version; the value is the ``result`` label of upload metrics."""
+
     CREATED = "created"
     REVIVED = "revived"
     OVERWRITTEN = "overwritten"
@@ -113,20 +117,34 @@ class RecordStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _one(self, sql: str, params: tuple[Any, ...]) -> Record | None:
-        row = self.db.connection().execute(sql, params).fetchone()
+    def _one(self, sql: str, params: tuple[Any, ...], conn: sqlite3.Connection | None) -> Record | None:
+        """The first row of ``sql`` as a Record, or None; run on ``conn`` when
+        given (inside its transaction), else on this thread's connection."""
+        row = (conn if conn is not None else self.db.connection()).execute(sql, params).fetchone()
         return Record.from_row(row) if row else None
 
-    def get(self, code: str, module: str, package_id: int) -> Record | None:
+    def get(self, code: str, module: str, package_id: int,
+            conn: sqlite3.Connection | None = None) -> Record | None:
+        """The record with this id in this module (deleted or not), or None.
+
+        :param conn: a connection in a transaction to read within, or None.
+        """
         return self._one(
             "SELECT * FROM packages WHERE id = ? AND code = ? AND module = ?",
             (package_id, code, module),
+            conn,
         )
 
-    def find_version(self, code: str, module: str, version: str) -> Record | None:
+    def find_version(self, code: str, module: str, version: str,
+                     conn: sqlite3.Connection | None = None) -> Record | None:
+        """The module's record of ``version`` (deleted or not), or None.
+
+        :param conn: a connection in a transaction to read within, or None.
+        """
         return self._one(
             "SELECT * FROM packages WHERE code = ? AND module = ? AND version = ?",
             (code, module, version),
+            conn,
         )
 
     def commit(self, new: NewPackage, allow_overwrite: bool) -> CommitResult:
@@ -145,11 +163,8 @@ class RecordStore:
         """
         now = utc_now()
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM packages WHERE code = ? AND module = ? AND version = ?",
-                (new.code, new.module, new.version),
-            ).fetchone()
-            if row is None:
+            existing = self.find_version(new.code, new.module, new.version, conn)
+            if existing is None:
                 cursor = conn.execute(
                     "INSERT INTO packages (code, module, version, package_name, package_size, sha256,"
                     " blob_key, format, file_name, origin, source_url, is_deleted, revived, created,"
@@ -160,7 +175,6 @@ class RecordStore:
                 )
                 record = self._by_id(conn, cursor.lastrowid)
                 return CommitResult(Outcome.CREATED, record, None)
-            existing = Record.from_row(row)
             same_bytes = existing.sha256 == new.sha256
             # A broken record (fsck --repair) is healed by uploading its bytes
             # again: identical content then replaces the blob, no overwrite
@@ -230,13 +244,11 @@ class RecordStore:
             return self._by_id(conn, record.id), True
 
     def _get_for_update(self, conn: sqlite3.Connection, code: str, module: str, package_id: int) -> Record:
-        row = conn.execute(
-            "SELECT * FROM packages WHERE id = ? AND code = ? AND module = ?",
-            (package_id, code, module),
-        ).fetchone()
-        if row is None:
+        """:meth:`get` within ``conn``'s write transaction; :raises PackageNotFound: no such record."""
+        record = self.get(code, module, package_id, conn)
+        if record is None:
             raise PackageNotFound(f"id {package_id}")
-        return Record.from_row(row)
+        return record
 
     def list(
         self,

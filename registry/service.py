@@ -118,13 +118,16 @@ class Registry:
                 await result
 
     async def shutdown(self) -> None:
+        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage."""
         for result in self.pm.hook.registry_shutdown(registry=self):
             if inspect.isawaitable(result):
                 await result
         await self.storage.shutdown()
 
     async def check_ready(self) -> None:
-        """Raise unless the database and the storage answer now."""
+        """Return when the database and the storage answer now; raise whatever
+        the failing one raised otherwise (a ``RegistryError`` or any other
+        exception: the caller treats every failure as "not ready")."""
         await anyio.to_thread.run_sync(self.db.check)
         await self.storage.check()
 
@@ -154,14 +157,13 @@ class Registry:
             raise UnsupportedSourceOrigin(f"origin '{disabled}' is disabled")
         raise UnsupportedSourceOrigin(f"no origin accepts '{scheme}:' URLs")
 
-    async def upload_link(self, upload: UploadRequest, package_url: str) -> CommitResult:
-        """Fetch ``package_url`` through its origin and ingest it.
+    async def upload_link(self, upload: UploadRequest, origin: Origin, package_url: str) -> CommitResult:
+        """Fetch ``package_url`` through ``origin`` (from :meth:`resolve_origin`) and ingest it.
 
         When the version is given, conflicts are decided before the body is
         read where the bytes are already known to differ: by the client's
         ``sha256``, or by the size the origin announces.
         """
-        origin = self.resolve_origin(package_url)
         existing = None
         if upload.version is not None:
             existing = await self._live_version(upload, upload.version)
@@ -202,7 +204,17 @@ class Registry:
         origin: str,
         source_url: str = "",
     ) -> CommitResult:
-        """Verify, inspect, version and commit a fully received staging file."""
+        """Verify, inspect, version and commit a fully received staging file.
+
+        Returns what :meth:`RecordStore.commit` did (an identical live version
+        short-circuits to ``IDENTICAL`` without storing anything), after
+        sending the ``stored``/``overwritten`` event for a change.
+
+        :raises InvalidPackage: empty, or not an archive the inspection accepts.
+        :raises ChecksumMismatch: the client's ``sha256`` does not match the bytes.
+        :raises MissingVersionInfo: no version given and none in ``app_desc.yaml``.
+        :raises PackageAlreadyExists: the version holds other bytes and overwriting is off.
+        """
         await staged.finish()
         assert staged.path is not None
         if staged.size == 0:
@@ -269,18 +281,33 @@ class Registry:
     # -- reads and record changes -------------------------------------------
 
     async def get(self, code: str, module: str, package_id: int) -> Record:
+        """The record with this id in this module, soft-deleted or not.
+
+        :raises PackageNotFound: no such id in this module.
+        """
         record = await anyio.to_thread.run_sync(self.records.get, code, module, package_id)
         if record is None:
             raise PackageNotFound(f"id {package_id}")
         return record
 
     async def delete(self, code: str, module: str, package_id: int, operator: str) -> Record:
+        """Soft-delete the record and return it; a ``deleted`` event is sent
+        only when this call changed it (deleting twice is not an error).
+
+        :raises PackageNotFound: no such id in this module.
+        """
         record, changed = await anyio.to_thread.run_sync(self.records.soft_delete, code, module, package_id)
         if changed:
             await events.dispatch(self, events.PackageEvent(events.DELETED, record, operator))
         return record
 
     async def restore(self, code: str, module: str, package_id: int, operator: str) -> Record:
+        """Undo a soft delete and return the record; a ``restored`` event is
+        sent only when this call changed it (restoring a live record is not an error).
+
+        :raises PackageNotFound: no such id in this module, or ``gc`` purged its bytes.
+        :raises PackageAlreadyExists: the version was uploaded again after the delete.
+        """
         record, changed = await anyio.to_thread.run_sync(self.records.restore, code, module, package_id)
         if changed:
             await events.dispatch(self, events.PackageEvent(events.RESTORED, record, operator))

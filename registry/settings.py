@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,21 +125,11 @@ class Settings(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._values)
 
     def __len__(self) -> int:
         return len(self._values)
-
-    def replace(self, **changes: Any) -> Settings:
-        """A copy with some keys changed; keys use ``__`` for dots (``server__port``)."""
-        values = dict(self._values)
-        for name, value in changes.items():
-            key = name.replace("__", ".")
-            if key not in values:
-                raise KeyError(key)
-            values[key] = value
-        return Settings(values, self.source)
 
 
 def find_config_file(explicit: str | None) -> Path | None:

@@ -44,6 +44,8 @@ def parse_slug(field: str, value: str) -> str:
 
 
 def check_version(field: str, version: str) -> str:
+    """``version`` unchanged when it is 1-128 of ``A-Za-z0-9._+-`` starting
+    alphanumeric; :raises ValidationError: naming ``field`` otherwise."""
     if not VERSION.fullmatch(version):
         raise _invalid(
             field,
@@ -62,7 +64,12 @@ def parse_version(value: Any) -> str | None:
 
 
 def parse_bool(field: str, value: Any, default: bool = False) -> bool:
-    """JSON true/false, or the strings true/false/1/0 in any case."""
+    """JSON true/false, or the strings true/false/1/0 in any case, as a bool.
+
+    Returns ``default`` when the value is absent (None) or a blank string.
+
+    :raises ValidationError: naming ``field``, for any other value.
+    """
     if value is None:
         return default
     if isinstance(value, bool):
@@ -79,6 +86,10 @@ def parse_bool(field: str, value: Any, default: bool = False) -> bool:
 
 
 def parse_sha256(value: Any) -> str | None:
+    """The optional ``sha256`` as 64 lowercase hex digits; None when absent or blank.
+
+    :raises ValidationError: not a string, or not 64 hexadecimal characters.
+    """
     if value is None:
         return None
     text = _text("sha256", value)
@@ -90,6 +101,12 @@ def parse_sha256(value: Any) -> str | None:
 
 
 def parse_package_url(value: Any) -> str:
+    """The required ``package_url``, trimmed: at most 4096 characters, no white
+    space or control characters, parseable and with a scheme. Whether an
+    origin takes the scheme is decided later (``UNSUPPORTED_SOURCE_ORIGIN``).
+
+    :raises ValidationError: absent, blank or failing any of those rules.
+    """
     if value is None:
         raise _invalid("package_url", "该字段是必填项", "this field is required")
     text = _text("package_url", value)

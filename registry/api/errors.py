@@ -46,6 +46,9 @@ def preferred_language(accept_language: str | None) -> str:
 
 
 def error_response(request: Request, exc: RegistryError) -> Response:
+    """``exc`` as the contract's JSON body, status and ``bkapi-error-code``
+    header, plus the error's own headers (and ``WWW-Authenticate`` on a 401);
+    ``detail`` in the language :func:`preferred_language` picks."""
     language = preferred_language(request.headers.get("accept-language"))
     headers = {**exc.headers, ERROR_CODE_HEADER: exc.code}
     if exc.status == 401:
@@ -54,6 +57,8 @@ def error_response(request: Request, exc: RegistryError) -> Response:
 
 
 async def handle_registry_error(request: Request, exc: Exception) -> Response:
+    """The exception handler for :class:`RegistryError` (``exc`` must be one):
+    its :func:`error_response`; a 5xx is also logged as a warning."""
     assert isinstance(exc, RegistryError)
     if exc.status >= 500:
         logger.warning("%s %s failed: %s %s", request.method, request.url.path, exc.code, exc.message)

@@ -16,7 +16,7 @@ import uuid
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api.routes import STAGE_PREFIXES
+from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.metrics import Metrics
 
 access_logger = logging.getLogger("registry.access")
@@ -25,7 +25,10 @@ SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path without its stage prefix, or ``unmatched``."""
+    """The ``route`` label: the matched route's path without its stage prefix,
+    package routes always with their trailing slash (both spellings are one
+    route), other routes (``/healthz``, ``/metrics``, …) as they are; or
+    ``unmatched`` when no route matched."""
     route = scope.get("route")
     if not isinstance(route, Route):
         return "unmatched"
@@ -34,10 +37,15 @@ def route_template(scope: Scope) -> str:
         if prefix and path.startswith(prefix + "/"):
             path = path[len(prefix):]
             break
-    return path if path.endswith("/") or path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs") else path + "/"
+    return path + "/" if path.startswith(PACKAGES) and not path.endswith("/") else path
 
 
 class ObserveRequests:
+    """ASGI middleware: gives each HTTP request an ``X-Request-ID`` (echoed in
+    the response), counts it in ``metrics`` by method, route template and
+    status, and writes its JSON access line to ``registry.access``. Bodies
+    pass through unbuffered; other scope types pass through untouched."""
+
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics

@@ -1,17 +1,23 @@
 """The OpenAPI 3.1 description of every route, built from the same tables the
-app uses (routes, orderings, error classes), so it cannot drift silently."""
+app uses (path layout, orderings, error classes), so it cannot drift silently."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from registry import __version__
+from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.errors import RegistryError, all_error_classes
 from registry.records import ORDERINGS
 from registry.validation import SHA256, SLUG, VERSION
 
-STAGE_PATH_PREFIXES = ("", "/{stage}", "/api/bkpaas3/{stage}")
-PACKAGES = "/bkapps/applications/{code}/modules/{module_name}/source_package"
+#: the stages the prefixes end in (``stag``, ``prod``)
+STAGES = tuple(dict.fromkeys(prefix.rsplit("/", 1)[1] for prefix in STAGE_PREFIXES if prefix))
+#: :data:`STAGE_PREFIXES` as path templates, with the stage as a ``{stage}``
+#: parameter: ``""``, ``/{stage}``, ``/api/bkpaas3/{stage}``
+STAGE_PATH_PREFIXES = tuple(
+    dict.fromkeys(prefix.rsplit("/", 1)[0] + "/{stage}" if prefix else "" for prefix in STAGE_PREFIXES)
+)
 
 RECORD_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -188,7 +194,7 @@ def _with_prefix(prefix: str, path: str, item: dict[str, Any]) -> dict[str, Any]
     params = [{"name": "code", "in": "path", "required": True, "schema": slug},
               {"name": "module_name", "in": "path", "required": True, "schema": slug}]
     if "{stage}" in prefix:
-        params.append({"name": "stage", "in": "path", "required": True, "schema": {"type": "string", "enum": ["stag", "prod"]}})
+        params.append({"name": "stage", "in": "path", "required": True, "schema": {"type": "string", "enum": list(STAGES)}})
     result = {key: value for key, value in item.items() if key != "parameters"}
     result["parameters"] = params + item.get("parameters", [])
     suffix = "" if not prefix else "_" + prefix.strip("/").replace("/", "_").replace("{", "").replace("}", "")

@@ -3,48 +3,47 @@
 Handlers translate between HTTP and :class:`registry.service.Registry`:
 authenticate, parse and validate fields, call the service, shape the answer.
 Every route is served at the root, under ``/{stag,prod}`` and under
-``/api/bkpaas3/{stag,prod}``, with or without the trailing slash.
+``/api/bkpaas3/{stag,prod}``, with or without the trailing slash. In the
+handlers' docstrings ``P`` stands for a module's package path,
+:data:`registry.api.paths.PACKAGES`. Download responses are built in
+:mod:`registry.api.download`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import quote
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from registry.api.docs import DOCS_HTML
+from registry.api.download import package_response
 from registry.api.forms import parse_multipart, read_fields
 from registry.api.openapi import build_openapi
+from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.api.serialize import record_json
-from registry.archive import FORMATS
 from registry.auth import ANONYMOUS, Principal, authenticate, parse_credentials
 from registry.errors import (
     MethodNotAllowed,
     ObjectStoreException,
-    PackageNotFound,
     PackageTooLarge,
-    RangeNotSatisfiable,
     RegistryError,
     Unauthenticated,
     ValidationError,
 )
 from registry.records import ORDERINGS, CommitResult, Outcome
 from registry.service import Registry, UploadRequest
-from registry.storage import BlobMissing
 from registry.validation import parse_bool, parse_package_url, parse_sha256, parse_slug, parse_version
 
-STAGE_PREFIXES = ("", "/stag", "/prod", "/api/bkpaas3/stag", "/api/bkpaas3/prod")
-PACKAGES = "/bkapps/applications/{code}/modules/{module_name}/source_package"
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_SEARCH_TERM = 128
 
 
 def _registry(request: Request) -> Registry:
+    """The service this app serves."""
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
@@ -68,6 +67,7 @@ async def authorize(request: Request, code: str, *, write: bool) -> Principal:
 
 
 def _module_path(request: Request) -> tuple[str, str]:
+    """(code, module_name) from the path; :raises ValidationError: naming each bad slug."""
     code = request.path_params["code"]
     module = request.path_params["module_name"]
     errors: dict[str, list[tuple[str, str]]] = {}
@@ -82,6 +82,11 @@ def _module_path(request: Request) -> tuple[str, str]:
 
 
 def _package_id(request: Request) -> int:
+    """The ``package_id`` path segment as an int.
+
+    :raises ValidationError: not a positive integer of at most 18 digits.
+    :raises MethodNotAllowed: the segment is ``link`` (a non-POST ``P/link/``).
+    """
     raw = request.path_params["package_id"]
     if raw == "link" and request.url.path.rstrip("/").endswith("/source_package/link"):
         # ``P/link/`` with a method other than POST lands on ``P/{id}/``: a wrong method, not a bad id.
@@ -94,6 +99,7 @@ def _package_id(request: Request) -> int:
 
 
 def _upload_request(fields: dict[str, Any], code: str, module: str, operator: str) -> UploadRequest:
+    """The upload's common fields, validated; :raises ValidationError: naming every bad field."""
     errors: dict[str, list[tuple[str, str]]] = {}
     values: dict[str, Any] = {}
     parsers = {
@@ -111,13 +117,6 @@ def _upload_request(fields: dict[str, Any], code: str, module: str, operator: st
     return UploadRequest(code=code, module=module, operator=operator, **values)
 
 
-def _origin_label(registry: Registry, package_url: str) -> str:
-    try:
-        return registry.resolve_origin(package_url).name
-    except RegistryError:
-        return "none"
-
-
 async def _counted(registry: Registry, origin: str, upload: Awaitable[CommitResult]) -> CommitResult:
     """Await an upload, counting its outcome or error code by origin."""
     try:
@@ -129,12 +128,14 @@ async def _counted(registry: Registry, origin: str, upload: Awaitable[CommitResu
     return result
 
 
-def _upload_response(request: Request, result_outcome: Outcome, record_data: dict[str, Any]) -> Response:
+def _upload_response(result_outcome: Outcome, record_data: dict[str, Any]) -> Response:
+    """201 for a new (or revived) version, 200 for an overwrite or an identical re-upload."""
     status = 201 if result_outcome in (Outcome.CREATED, Outcome.REVIVED) else 200
     return JSONResponse(record_data, status_code=status)
 
 
 async def upload_link(request: Request) -> Response:
+    """POST ``P/link/``: the registry fetches ``package_url`` and stores it; answers the record."""
     code, module = _module_path(request)
     principal = await authorize(request, code, write=True)
     fields = await read_fields(request)
@@ -151,11 +152,17 @@ async def upload_link(request: Request) -> Response:
     if errors:
         raise ValidationError(errors)
     registry = _registry(request)
-    result = await _counted(registry, _origin_label(registry, package_url), registry.upload_link(upload, package_url))
-    return _upload_response(request, result.outcome, record_json(result.record, registry.time_zone))
+    try:
+        origin = registry.resolve_origin(package_url)
+    except RegistryError as exc:
+        registry.metrics.uploads.labels("none", exc.code).inc()  # no enabled origin takes the URL
+        raise
+    result = await _counted(registry, origin.name, registry.upload_link(upload, origin, package_url))
+    return _upload_response(result.outcome, record_json(result.record, registry.time_zone))
 
 
 async def upload_file(request: Request) -> Response:
+    """POST ``P/``: stores the multipart field ``package``; answers the record."""
     code, module = _module_path(request)
     principal = await authorize(request, code, write=True)
     registry = _registry(request)
@@ -176,10 +183,14 @@ async def upload_file(request: Request) -> Response:
             return await registry.ingest(upload, staged, file_name=form.file_name, origin="upload")
 
     result = await _counted(registry, "upload", receive_and_ingest())
-    return _upload_response(request, result.outcome, record_json(result.record, registry.time_zone))
+    return _upload_response(result.outcome, record_json(result.record, registry.time_zone))
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """Query parameter ``name`` as an int in [low, high], ``default`` when absent or blank.
+
+    :raises ValidationError: anything else.
+    """
     raw = request.query_params.get(name, "").strip()
     if not raw:
         return default
@@ -189,6 +200,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 async def list_packages(request: Request) -> Response:
+    """GET ``P/``: one page of the module's records, with ``count`` and next/previous links."""
     code, module = _module_path(request)
     await authorize(request, code, write=False)
     registry = _registry(request)
@@ -227,6 +239,7 @@ async def list_packages(request: Request) -> Response:
 
 
 async def get_package(request: Request) -> Response:
+    """GET ``P/{id}/``: the record, deleted or not."""
     code, module = _module_path(request)
     package_id = _package_id(request)
     await authorize(request, code, write=False)
@@ -236,6 +249,7 @@ async def get_package(request: Request) -> Response:
 
 
 async def delete_package(request: Request) -> Response:
+    """DELETE ``P/{id}/``: soft-deletes the record; 204, also when it already was."""
     code, module = _module_path(request)
     package_id = _package_id(request)
     principal = await authorize(request, code, write=True)
@@ -244,6 +258,7 @@ async def delete_package(request: Request) -> Response:
 
 
 async def restore_package(request: Request) -> Response:
+    """POST ``P/{id}/restore/``: undoes a soft delete; answers the record."""
     code, module = _module_path(request)
     package_id = _package_id(request)
     principal = await authorize(request, code, write=True)
@@ -252,145 +267,43 @@ async def restore_package(request: Request) -> Response:
     return JSONResponse(record_json(record, registry.time_zone))
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range as (start, end exclusive); None to send everything.
-
-    Several ranges, or a header in another unit or malformed, are ignored (the
-    whole body is sent), as RFC 9110 allows. A syntactically valid range that
-    starts past the end raises ``RangeNotSatisfiable``.
-    """
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-        return None
-    if first == "":
-        if last == "" or int(last) == 0:
-            if last == "":
-                return None
-            raise _unsatisfiable(spec, size)
-        return max(0, size - int(last)), size
-    start = int(first)
-    end = min(size, int(last) + 1) if last else size
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        raise _unsatisfiable(spec, size)
-    return start, end
-
-
-def _unsatisfiable(spec: str, size: int) -> RangeNotSatisfiable:
-    error = RangeNotSatisfiable(f"bytes={spec}, size {size}")
-    error.headers = {"Content-Range": f"bytes */{size}"}
-    return error
-
-
-def _content_disposition(file_name: str) -> str:
-    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in file_name)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
-
-
-def _download_name(file_name: str, module: str, version: str, fmt: str) -> str:
-    extension = FORMATS[fmt][0]
-    file_name = file_name.replace("\\", "/").rsplit("/", 1)[-1]  # a client's folders are not part of the name
-    if file_name.endswith("." + extension):
-        return file_name
-    return f"{module}-{version}.{extension}"
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
-    return "*" in candidates or etag in candidates
-
-
 async def download_package(request: Request) -> Response:
+    """GET or HEAD ``P/{id}/download/``: the package's bytes (see :mod:`registry.api.download`)."""
     code, module = _module_path(request)
     package_id = _package_id(request)
     await authorize(request, code, write=False)
     registry = _registry(request)
     record = await registry.get(code, module, package_id)
-    if record.is_deleted:
-        raise PackageNotFound(f"id {package_id} is deleted")
-    if record.broken:
-        # fsck --repair found the stored bytes bad: refuse rather than serve them
-        raise ObjectStoreException(f"id {package_id}: the stored blob failed its integrity check ({record.broken})")
-    etag = f'"{record.sha256}"'
-    headers = {
-        "ETag": etag,
-        "X-Checksum-Sha256": record.sha256,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": _content_disposition(
-            _download_name(record.file_name, record.module, record.version, record.format)
-        ),
-    }
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers={"ETag": etag, "X-Checksum-Sha256": record.sha256})
-    size = record.package_size
-    status = 200
-    start, end = 0, size
-    range_header = request.headers.get("range")
-    if_range = request.headers.get("if-range")
-    if range_header and (if_range is None or if_range.strip() == etag):
-        selected = _parse_range(range_header, size)
-        if selected is not None:
-            start, end = selected
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    headers["Content-Length"] = str(end - start)
-    if request.method == "HEAD":
-        # Headers only: streaming the blob would read it whole for nothing.
-        if not await registry.storage.exists(record.blob_key):
-            raise ObjectStoreException("the package's blob is missing from storage")
-        return Response(status_code=status, headers=headers, media_type=FORMATS[record.format][1])
-    body = await _open_blob(registry, record.blob_key, start, end)
-    return StreamingResponse(body, status_code=status, headers=headers, media_type=FORMATS[record.format][1])
-
-
-async def _open_blob(registry: Registry, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-    """Open the blob and read its first chunk now, so a missing blob is an
-    error response rather than a cut-off body."""
-    stream = registry.storage.open(key, start, end)
-    try:
-        first = await anext(stream, b"")
-    except BlobMissing:
-        raise ObjectStoreException("the package's blob is missing from storage") from None
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            if first:
-                yield first
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    return body()
+    return await package_response(registry.storage, record, request)
 
 
 async def metrics(request: Request) -> Response:
+    """GET ``/metrics``: this instance's Prometheus metrics, in the text format."""
     registry = _registry(request)
     return Response(registry.metrics.render(), media_type=registry.metrics.content_type)
 
 
 async def openapi(request: Request) -> Response:
+    """GET ``/openapi.json``: the OpenAPI 3.1 description of every route."""
     return JSONResponse(build_openapi())
 
 
 async def docs(request: Request) -> Response:
+    """GET ``/docs``: an HTML page rendering ``/openapi.json``."""
     return HTMLResponse(DOCS_HTML)
 
 
 async def healthz(request: Request) -> Response:
+    """GET ``/healthz``: liveness, always ``{"status": "ok"}`` while the process answers."""
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
+    """GET ``/readyz``: ``{"status": "ready"}`` when the database and the storage answer, else 503."""
     try:
         await _registry(request).check_ready()
     except RegistryError:
-        raise
+        raise  # already in the contract's shape: keep its code and detail, do not wrap it below
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         raise ObjectStoreException(f"not ready: {type(exc).__name__}") from exc
     return JSONResponse({"status": "ready"})

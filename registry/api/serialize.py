@@ -18,6 +18,8 @@ def format_time(stored: str, zone: ZoneInfo) -> str:
 
 
 def record_json(record: Record, zone: ZoneInfo) -> dict[str, Any]:
+    """The record's public JSON object: the contract's fields only (no blob
+    key, origin or source URL), ``package_size`` as a string, times in ``zone``."""
     return {
         "id": record.id,
         "version": record.version,
