@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -342,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, OSError) as exc:
+        # an operator command could not read its database or files: say so, no traceback
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -268,7 +268,10 @@ def test_endpoint_down_is_503_and_records_nothing(tmp_path: Path, code: str) -> 
         assert link.status_code in (502, 504), link.text
         assert link.json()["code"] in ("PACKAGE_DOWNLOAD_FAILED", "PACKAGE_DOWNLOAD_TIMEOUT")
 
-        assert api.http.get("/readyz").status_code == 503
+        ready = api.http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["code"] == "OBJECT_STORE_EXCEPTION"
+        assert bucket not in ready.text  # the unauthenticated route names no bucket or endpoint
         check = registry.cli("check-config", check=False)
         assert check.returncode == 1
         assert "OBJECT_STORE_EXCEPTION" in check.stderr
@@ -276,4 +279,5 @@ def test_endpoint_down_is_503_and_records_nothing(tmp_path: Path, code: str) -> 
         assert secret not in check.stderr + response.text + link.text
     log = registry.log.read_text()
     assert "OBJECT_STORE_EXCEPTION" in log
+    assert "not ready" in log and bucket in log  # ... but the operator's log does
     assert secret not in log

@@ -163,3 +163,12 @@ def test_plugin_values_are_checked_at_start_up(tmp_path: Path, text: str, key: s
     """Values of the right type that could only fail later, at request time, stop start-up."""
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
         load_settings(write(tmp_path, text))
+
+
+def test_operator_command_on_an_unusable_database_says_why(tmp_path: Path) -> None:
+    (tmp_path / "db-is-a-folder").mkdir()
+    config = write(tmp_path, f'[database]\npath = "{tmp_path / "db-is-a-folder"}"\n')
+    result = run_cli("--config", str(config), "token", "list")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: OperationalError")
+    assert "Traceback" not in result.stderr

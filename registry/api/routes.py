@@ -11,6 +11,7 @@ handlers' docstrings ``P`` stands for a module's package path,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import Any
 
@@ -37,6 +38,8 @@ from registry.errors import (
 from registry.records import ORDERINGS, CommitResult, Outcome
 from registry.service import Registry, UploadRequest
 from registry.validation import parse_bool, parse_package_url, parse_sha256, parse_slug, parse_version
+
+logger = logging.getLogger("registry.api")
 
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_SEARCH_TERM = 128
@@ -299,13 +302,17 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """GET ``/readyz``: ``{"status": "ready"}`` when the database and the storage answer, else 503."""
+    """GET ``/readyz``: ``{"status": "ready"}`` when the database and the storage answer, else 503.
+
+    The route needs no credential, so the answer names no bucket, endpoint or
+    path; the reason goes to the log for the operator.
+    """
     try:
         await _registry(request).check_ready()
-    except RegistryError:
-        raise  # already in the contract's shape: keep its code and detail, do not wrap it below
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        raise ObjectStoreException(f"not ready: {type(exc).__name__}") from exc
+        reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("not ready: %s", reason)
+        raise ObjectStoreException("not ready") from exc
     return JSONResponse({"status": "ready"})
 
 
