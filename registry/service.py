@@ -1,7 +1,8 @@
 """The upload pipeline and the other package operations; nothing HTTP-specific.
 
     resolve origin ─▶ stream bytes (size limit + sha256, one pass) ─▶ staging
-    ─▶ inspect archive ─▶ version ─▶ conflict check ─▶ put blob ─▶ commit record
+                     └▶ inspect the archive as it is written (a follower thread)
+    ─▶ version ─▶ conflict check ─▶ put blob ─▶ commit record
 
 Both upload routes and every origin and storage go through :meth:`Registry.ingest`.
 Blocking work (SQLite, archive inspection) runs in worker threads. A failure

@@ -80,9 +80,10 @@ class _Follower:
             if available <= 0:
                 return b""
             data = self._file.read(min(size, available))
-            if data:
-                self.consumed += len(data)
-                return data
+            if not data:  # written bytes are visible to every descriptor at once
+                raise OSError(f"{self.path}: {available} written bytes are not readable")
+            self.consumed += len(data)
+            return data
 
     def complete(self) -> Path:
         """Wait for the end of the upload; the path of the finished file."""
