@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,6 +46,18 @@ def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
     return settings, build_registry(settings, pm)
 
 
+def bind_listening_socket(config: Any) -> socket.socket:
+    """The bound, listening socket for ``config`` (a ``uvicorn.Config``).
+
+    Re-wrapped so Python reads the protocol (TCP) back from the descriptor:
+    uvicorn's socket says proto 0, and asyncio then leaves Nagle's algorithm
+    on for accepted connections, which delays every keep-alive request by the
+    client's delayed ACK (40 ms).
+    """
+    bound = config.bind_socket()
+    return socket.socket(fileno=bound.detach())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -66,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Bind before the app starts (uvicorn.run binds after): start-up empties
     # the staging folder, so a second ``serve`` started by mistake on a port in
     # use must exit before it can delete the running server's uploads.
-    sock = config.bind_socket()  # exits with status 3 when the port is taken
+    sock = bind_listening_socket(config)  # exits with status 3 when the port is taken
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0 if server.started else 3

@@ -2,10 +2,10 @@
 
 The bytes are hashed and written as they arrive; nothing reads the file again
 to checksum it. Writes and hashing run in a writer thread of the file's own,
-batched to about 1 MiB, so the event loop only moves buffers around. One batch
+batched to about 2 MiB, so the event loop only moves buffers around. One batch
 is written while the next is being received: receiving and writing overlap,
 and an upload takes the longer of the two rather than their sum, with at most
-two batches (2 MiB) held per upload.
+two batches (4 MiB) held per upload.
 
 A *follower* (the archive inspection) may read the file while it is being
 written: it runs in a thread of its own, reading from the page cache what the
@@ -30,7 +30,10 @@ import anyio.to_thread
 
 from registry.errors import PackageTooLarge
 
-FLUSH_SIZE = 1024 * 1024
+#: Batch size handed to the writer thread. 2 MiB measured 13% faster uploads
+#: than 1 MiB (fewer thread hand-offs; benchmarks/run.py, 256 MiB) for 7 MB
+#: more peak RSS; larger batches gain little more and cost memory per upload.
+FLUSH_SIZE = 2 * 1024 * 1024
 
 
 class UploadAbandoned(Exception):

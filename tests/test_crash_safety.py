@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.staging import FLUSH_SIZE
 from tests import crash_plugin
 from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry
 from tests.hostile_servers import HostileServer, half_then_wait, serve
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MiB = 1024 * 1024
 WAIT = 20.0
 
 
@@ -41,8 +41,9 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 def big_package(salt: str) -> bytes:
-    """A valid tar.gz of about 3 MiB that does not compress (spans several staging flushes)."""
-    return make_tar({"noise.bin": _noise(3 * MiB, salt), "src/main.py": salt.encode()})
+    """A valid tar.gz that does not compress, of three staging flushes: half of
+    it is more than one flush, so half an upload reaches the staging file."""
+    return make_tar({"noise.bin": _noise(3 * FLUSH_SIZE, salt), "src/main.py": salt.encode()})
 
 
 def _noise(size: int, salt: str) -> bytes:
@@ -191,7 +192,7 @@ def test_kill_during_a_slow_file_upload(crashable: Callable[..., Crashable]) -> 
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", registry.process.port), timeout=WAIT) as client:
-        client.sendall(head + body[: len(body) // 2 + MiB // 2])
+        client.sendall(head + body[: len(body) // 2 + FLUSH_SIZE // 2])
         wait_for(lambda: staged_bytes(registry) > 0, "part of the upload to reach the staging file")
         registry.kill_and_restart()
     records = registry.check_consistent()

@@ -172,3 +172,20 @@ def test_operator_command_on_an_unusable_database_says_why(tmp_path: Path) -> No
     assert result.returncode == 1
     assert result.stderr.startswith("error: OperationalError")
     assert "Traceback" not in result.stderr
+
+
+def test_the_listening_socket_says_it_is_tcp() -> None:
+    """asyncio turns Nagle's algorithm off only on sockets whose proto is TCP;
+    with it on, every keep-alive request waited for a delayed ACK."""
+    import socket
+
+    import uvicorn
+
+    from registry.cli import bind_listening_socket
+
+    sock = bind_listening_socket(uvicorn.Config(app=None, host="127.0.0.1", port=0, log_config=None))
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
