@@ -41,10 +41,9 @@ def ensure_table(db: Database) -> None:
 
 
 def record_event(db: Database, event: PackageEvent) -> None:
-    """Append one event row (blocking)."""
+    """Append one event row (blocking); the table is made at start-up (:func:`ensure_table`)."""
     data = event.to_json()
     with db.transaction() as conn:
-        conn.execute(SCHEMA)
         conn.execute(
             "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
             " package_size, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -225,7 +225,10 @@ class Registry:
         info: ArchiveInfo = await staged.followed()
         version = upload.version
         if version is None:
-            found = version_from_app_desc(info.app_desc) if info.app_desc is not None else None
+            found = None
+            if info.app_desc is not None:
+                # Up to 1 MiB of YAML parsed in pure Python takes seconds: off the event loop.
+                found = await anyio.to_thread.run_sync(version_from_app_desc, info.app_desc)
             if found is None:
                 raise MissingVersionInfo("no version given and none in app_desc.yaml")
             try:

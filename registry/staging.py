@@ -130,15 +130,23 @@ class StagingFile:
         self._pending: Future[None] | None = None
 
     async def __aenter__(self) -> StagingFile:
-        def create() -> tuple[int, str]:
+        def create() -> tuple[int, Path, _Follower | None]:
             self.folder.mkdir(parents=True, exist_ok=True)
-            return tempfile.mkstemp(dir=self.folder, prefix="upload-", suffix=".part")
+            fd, name = tempfile.mkstemp(dir=self.folder, prefix="upload-", suffix=".part")
+            path = Path(name)
+            if self._follow is None:
+                return fd, path, None
+            try:
+                return fd, path, _Follower(path, self._progress)  # opens the file: disk I/O
+            except BaseException:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
 
-        self._fd, name = await anyio.to_thread.run_sync(create)
-        self.path = Path(name)
+        self._fd, self.path, reader = await anyio.to_thread.run_sync(create)
         self._writer = ThreadPoolExecutor(max_workers=2 if self._follow else 1, thread_name_prefix="staging")
         if self._follow is not None:
-            reader = _Follower(self.path, self._progress)
+            assert reader is not None
             self._following = self._writer.submit(self._run_follower, self._follow, reader)
         return self
 

@@ -270,6 +270,20 @@ def test_malformed_multipart_body(api: Api, code: str, registry: RegistryProcess
     assert_nothing_left(api, registry, code)
 
 
+def test_oversized_part_headers(api: Api, code: str, registry: RegistryProcess) -> None:
+    """A part's headers are held in memory until the part starts: capped, whatever the
+    python-multipart release (recent ones cap each line and their count, not the sum)."""
+    boundary = "----registry-test-" + uuid.uuid4().hex
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 4000) for i in range(5))
+    body = (f"--{boundary}\r\n".encode() + padding
+            + b'Content-Disposition: form-data; name="package"; filename="p.tar.gz"\r\n\r\n'
+            + package(salt=code) + f"\r\n--{boundary}--\r\n".encode())
+    response = api.http.post(api.path(code), content=body,
+                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert_error(response, 400, "VALIDATION_ERROR")
+    assert_nothing_left(api, registry, code)
+
+
 def test_invalid_version_field(api: Api, code: str, registry: RegistryProcess) -> None:
     response = api.upload(code, package(salt=code), version="../1", allow_overwrite="maybe")
     assert_error(response, 400, "VALIDATION_ERROR")

@@ -24,6 +24,9 @@ from registry.staging import StagingFile
 MAX_FIELDS_BODY = 64 * 1024
 MAX_FIELD_SIZE = 16 * 1024
 MAX_PARTS = 64
+#: all header lines of one part together (recent python-multipart releases
+#: limit them too; older ones hand over whatever arrives)
+MAX_PART_HEADERS = 16 * 1024
 #: a multipart body that carries fields only (the link route): the fields'
 #: own limits plus room for parts that are discarded
 MAX_FIELDS_ONLY_MULTIPART = 1024 * 1024
@@ -100,6 +103,7 @@ class _Part:
     def __init__(self) -> None:
         self.header_field = bytearray()
         self.header_value = bytearray()
+        self.header_size = 0
         self.headers: dict[str, bytes] = {}
         self.name = ""
         self.file_name: str | None = None
@@ -155,10 +159,11 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
                     parts += 1
                     if parts > MAX_PARTS:
                         raise _body_error("multipart 分段过多", "too many multipart parts")
-                elif kind == "hfield":
-                    part.header_field += data
-                elif kind == "hvalue":
-                    part.header_value += data
+                elif kind in ("hfield", "hvalue"):
+                    part.header_size += len(data)
+                    if part.header_size > MAX_PART_HEADERS:
+                        raise _body_error("multipart 分段头过长", "multipart part headers too long")
+                    (part.header_field if kind == "hfield" else part.header_value).extend(data)
                 elif kind == "hend":
                     part.headers[part.header_field.decode("latin-1").lower()] = bytes(part.header_value)
                     part.header_field.clear()
