@@ -388,3 +388,23 @@ def test_too_large_streamed(small_api: Api, small_registry: RegistryProcess, cod
     response = small_api.http.post(small_api.path(code), content=chunks(), headers={"Content-Type": content_type})
     assert_error(response, 413, "PACKAGE_TOO_LARGE")
     assert_nothing_left(small_api, small_registry, code)
+
+
+def test_discarded_parts_count_toward_the_body_limit(small_api: Api, code: str, small_registry: RegistryProcess) -> None:
+    """A chunked body whose bulk is in a part that is not the package is not read forever."""
+    boundary = "limit-boundary"
+    junk = b"x" * (SMALL_LIMIT + 256 * 1024)
+
+    def body() -> Iterator[bytes]:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"package\"; filename=\"p.tar.gz\"\r\n\r\n").encode()
+        yield package(salt=code)[:100]
+        yield f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"junk\"; filename=\"j.bin\"\r\n\r\n".encode()
+        for start in range(0, len(junk), 16 * 1024):
+            yield junk[start:start + 16 * 1024]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = small_api.http.post(small_api.path(code), content=body(),
+                                   headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413
+    assert response.json()["code"] == "PACKAGE_TOO_LARGE"
+    assert small_api.list(code).json()["count"] == 0

@@ -18,12 +18,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from registry.errors import ValidationError
+from registry.errors import PackageTooLarge, ValidationError
 from registry.staging import StagingFile
 
 MAX_FIELDS_BODY = 64 * 1024
 MAX_FIELD_SIZE = 16 * 1024
 MAX_PARTS = 64
+#: room for the fields and part headers around the package in a file upload
+MULTIPART_OVERHEAD = 64 * 1024
 #: all header lines of one part together (recent python-multipart releases
 #: limit them too; older ones hand over whatever arrives)
 MAX_PART_HEADERS = 16 * 1024
@@ -118,6 +120,8 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
         (``package``), or None to discard every part with a file name.
     :raises ValidationError: malformed body, oversized text field, a second
         file part, or too many parts.
+    :raises PackageTooLarge: with a ``sink``, the whole body (discarded parts
+        included) passes the sink's size limit plus :data:`MULTIPART_OVERHEAD`.
     """
     _, params = _media_type(request)
     boundary = params.get(b"boundary")
@@ -149,6 +153,10 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
                 # No package goes anywhere on this route: do not read on and on.
                 raise _body_error(f"请求体不能超过 {MAX_FIELDS_ONLY_MULTIPART} 字节",
                                   f"request body exceeds {MAX_FIELDS_ONLY_MULTIPART} bytes")
+            if sink is not None and received > sink.max_size + MULTIPART_OVERHEAD:
+                # Parts other than the package are discarded, but still
+                # received: a chunked body must not keep the connection forever.
+                raise PackageTooLarge(f"the request body exceeds {sink.max_size + MULTIPART_OVERHEAD} bytes")
             try:
                 parser.write(chunk)
             except MultipartParseError:

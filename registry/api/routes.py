@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from registry.api.docs import DOCS_HTML
 from registry.api.download import package_response
-from registry.api.forms import parse_multipart, read_fields
+from registry.api.forms import MULTIPART_OVERHEAD, parse_multipart, read_fields
 from registry.api.openapi import build_openapi
 from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.api.serialize import record_json
@@ -41,7 +41,6 @@ from registry.validation import parse_bool, parse_package_url, parse_sha256, par
 
 logger = logging.getLogger("registry.api")
 
-MULTIPART_OVERHEAD = 64 * 1024
 MAX_SEARCH_TERM = 128
 
 
