@@ -12,7 +12,8 @@ import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,30 @@ def start_registry(root: Path, tables: Mapping[str, Mapping[str, Any]], env: Map
     config = root / "registry.toml"
     config.write_text(to_toml(tables))
     return RegistryProcess(config=config, log=root / "serve.log", env=dict(env or {})).start()
+
+
+# -- the app in-process ------------------------------------------------------------
+
+@asynccontextmanager
+async def inprocess_registry(root: Path, tables: Mapping[str, Mapping[str, Any]], operator: str,
+                             extra_plugins: Iterable[object] = ()) -> AsyncIterator[httpx.AsyncClient]:
+    """The ASGI app started in this process, behind a client holding a token of ``operator``."""
+    from registry.app import create_app
+    from registry.bootstrap import build_registry, load_settings
+
+    config = root / "registry.toml"
+    config.write_text(to_toml(tables))
+    settings, pm = load_settings(config, extra_plugins=extra_plugins)
+    service = build_registry(settings, pm)
+    token = service.credentials.create_token(operator, [], False)
+    await service.startup()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)),
+                                     base_url="http://registry",
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            yield client
+    finally:
+        await service.shutdown()
 
 
 # -- an API client ----------------------------------------------------------------

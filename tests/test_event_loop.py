@@ -12,10 +12,8 @@ import pytest
 
 import registry.service
 import registry.staging
-from registry.app import create_app
-from registry.bootstrap import build_registry, load_settings
 from registry.staging import StagingFile
-from tests.helpers import Api, base_config, package, to_toml
+from tests.helpers import Api, base_config, inprocess_registry, package
 
 pytestmark = pytest.mark.anyio
 
@@ -27,17 +25,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    config = tmp_path / "registry.toml"
-    config.write_text(to_toml(base_config(tmp_path)))
-    settings, pm = load_settings(config)
-    service = build_registry(settings, pm)
-    token = service.credentials.create_token("loop-tester", [], False)
-    await service.startup()
-    transport = httpx.ASGITransport(app=create_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry",
-                                 headers={"Authorization": f"Bearer {token}"}) as http:
+    async with inprocess_registry(tmp_path, base_config(tmp_path), "loop-tester") as http:
         yield http
-    await service.shutdown()
 
 
 async def test_app_desc_is_parsed_off_the_event_loop(

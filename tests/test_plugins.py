@@ -11,13 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.app import create_app
-from registry.bootstrap import build_registry, load_settings
 from registry.errors import PackageDownloadFailed
 from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
 from registry.settings import Setting, Settings
-from tests.helpers import Api, base_config, package, start_registry, to_toml
+from tests.helpers import Api, base_config, inprocess_registry, package, start_registry
 
 pytestmark = pytest.mark.anyio
 
@@ -71,27 +69,18 @@ class MemoryPlugin:
 
 
 @pytest.fixture
-async def inprocess(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, MemoryPlugin, str]]:
+async def inprocess(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, MemoryPlugin]]:
     """The ASGI app in-process, with the memory plugin registered at build time."""
     tables = base_config(tmp_path)
     tables["origins"]["enabled"] = ["http", "memory"]
     tables["origins.memory"] = {"label": "test"}
-    config = tmp_path / "registry.toml"
-    config.write_text(to_toml(tables))
     plugin = MemoryPlugin()
-    settings, pm = load_settings(config, extra_plugins=[plugin])
-    registry = build_registry(settings, pm)
-    token = registry.credentials.create_token("plugin-tester", [], False)
-    await registry.startup()
-    transport = httpx.ASGITransport(app=create_app(registry))
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry",
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client, plugin, token
-    await registry.shutdown()
+    async with inprocess_registry(tmp_path, tables, "plugin-tester", extra_plugins=[plugin]) as client:
+        yield client, plugin
 
 
-async def test_memory_origin_upload_and_events(inprocess: tuple[httpx.AsyncClient, MemoryPlugin, str]) -> None:
-    client, plugin, _ = inprocess
+async def test_memory_origin_upload_and_events(inprocess: tuple[httpx.AsyncClient, MemoryPlugin]) -> None:
+    client, plugin = inprocess
     data = package("4.5.6", salt="memory")
     plugin.blobs["pkgs/mem.tar.gz"] = data
     path = Api.path("mem")
@@ -111,15 +100,15 @@ async def test_memory_origin_upload_and_events(inprocess: tuple[httpx.AsyncClien
                              ("restored", record["id"], "plugin-tester")]
 
 
-async def test_plugin_errors_reach_the_client(inprocess: tuple[httpx.AsyncClient, MemoryPlugin, str]) -> None:
-    client, _, _ = inprocess
+async def test_plugin_errors_reach_the_client(inprocess: tuple[httpx.AsyncClient, MemoryPlugin]) -> None:
+    client, _ = inprocess
     response = await client.post(Api.path("mem") + "link/", json={"package_url": "memory://absent", "version": "1"})
     assert response.status_code == 502
     assert response.json()["code"] == "PACKAGE_DOWNLOAD_FAILED"
 
 
-async def test_unknown_scheme_still_unsupported(inprocess: tuple[httpx.AsyncClient, MemoryPlugin, str]) -> None:
-    client, _, _ = inprocess
+async def test_unknown_scheme_still_unsupported(inprocess: tuple[httpx.AsyncClient, MemoryPlugin]) -> None:
+    client, _ = inprocess
     response = await client.post(Api.path("mem") + "link/", json={"package_url": "gopher://x/y", "version": "1"})
     assert response.status_code == 400
     assert response.json()["code"] == "UNSUPPORTED_SOURCE_ORIGIN"
