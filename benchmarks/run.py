@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -412,7 +412,7 @@ def summarize(bench: Benchmark, limits: dict[str, Measurement], registry: dict[s
 
     return {
         "meta": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "payload_bytes": bench.size,
             "payload_mib": bench.args.size_mib,
             "repeat": bench.repeat,

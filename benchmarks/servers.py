@@ -92,7 +92,7 @@ class _SendfileHandler(SimpleHTTPRequestHandler):
         outputfile.flush()
         self.connection.sendfile(source)  # type: ignore[arg-type]
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

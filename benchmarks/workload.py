@@ -46,23 +46,22 @@ def make_package(path: Path, size: int) -> tuple[int, str]:
     """
     fixed = 4 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE + len(APP_DESC) + 64
     member_size = max(MIB, int((size - fixed) / (1 + _GZIP_STORED_OVERHEAD)))
-    with path.open("wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=0, mtime=0) as gz:
-            tar = io.BytesIO()
-            tar.write(_tar_header("bench/app_desc.yaml", len(APP_DESC)))
-            tar.write(APP_DESC + _padding(len(APP_DESC)))
-            tar.write(_tar_header("bench/data.bin", member_size))
-            gz.write(tar.getvalue())
-            left = member_size
-            while left:
-                chunk = os.urandom(min(CHUNK, left))
-                gz.write(chunk)
-                left -= len(chunk)
-            # Two zero blocks end the archive; pad to a whole record like tar(1).
-            written = len(tar.getvalue()) + member_size
-            end = _padding(member_size) + b"\0" * (2 * tarfile.BLOCKSIZE)
-            written += len(end)
-            gz.write(end + b"\0" * (-written % tarfile.RECORDSIZE))
+    with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=0, mtime=0) as gz:
+        tar = io.BytesIO()
+        tar.write(_tar_header("bench/app_desc.yaml", len(APP_DESC)))
+        tar.write(APP_DESC + _padding(len(APP_DESC)))
+        tar.write(_tar_header("bench/data.bin", member_size))
+        gz.write(tar.getvalue())
+        left = member_size
+        while left:
+            chunk = os.urandom(min(CHUNK, left))
+            gz.write(chunk)
+            left -= len(chunk)
+        # Two zero blocks end the archive; pad to a whole record like tar(1).
+        written = len(tar.getvalue()) + member_size
+        end = _padding(member_size) + b"\0" * (2 * tarfile.BLOCKSIZE)
+        written += len(end)
+        gz.write(end + b"\0" * (-written % tarfile.RECORDSIZE))
     return path.stat().st_size, sha256_file(path)
 
 

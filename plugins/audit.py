@@ -65,7 +65,8 @@ def recent_events(db: Database, limit: int = 100, code: str | None = None) -> li
         rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
     except sqlite3.OperationalError:  # no event recorded yet: no table
         return []
-    return [{k: row[k] for k in row.keys() if k != "payload"} for row in rows]
+    # A Row iterates its values, so its keys come from keys().
+    return [{k: row[k] for k in row.keys() if k != "payload"} for row in rows]  # noqa: SIM118
 
 
 @hookimpl

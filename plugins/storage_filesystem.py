@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import anyio
@@ -141,7 +141,7 @@ def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # deleted while we walk
                 continue
-            modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             yield BlobInfo(key=key, size=stat.st_size, modified=modified)
 
 

@@ -25,6 +25,8 @@ happen to allow.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -338,7 +340,7 @@ class S3Storage(Storage):
         """
         token: str | None = None
         while True:
-            page = await self._call("list blobs", lambda client: _list_page(client, self.bucket, self.prefix, token))
+            page = await self._call("list blobs", functools.partial(_list_page, bucket=self.bucket, prefix=self.prefix, token=token))
             for entry in page.get("Contents", []):
                 key = entry["Key"][len(self.prefix):]
                 try:

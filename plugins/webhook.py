@@ -84,7 +84,7 @@ class WebhookSender:
                 if response.is_success:
                     return
                 problem = f"HTTP {response.status_code}"
-            except Exception as exc:  # noqa: BLE001 - one bad URL must not end the sender task
+            except Exception as exc:
                 problem = type(exc).__name__
             logger.warning("webhook %s attempt %d/%d failed: %s", redact_url(url), attempt, self.max_attempts, problem)
             if attempt < self.max_attempts:

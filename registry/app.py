@@ -28,7 +28,7 @@ def create_app(registry: Registry) -> Starlette:
 
     app = Starlette(
         routes=build_routes(),
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         middleware=[Middleware(ObserveRequests, metrics=registry.metrics), Middleware(KeepEncodedSlashes)],
     )

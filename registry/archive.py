@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import yaml
 
@@ -148,17 +148,14 @@ def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveI
     fmt = detect_format(head)
     if fmt == "zip":
         return inspect_archive(upload.complete(), limits)
-    return _inspect(_Prepended(head, upload), fmt, _Budget(limits, lambda: upload.consumed))
+    return _inspect(cast(IO[bytes], _Prepended(head, upload)), fmt, _Budget(limits, lambda: upload.consumed))
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
     if fmt is None:
         raise InvalidPackage("not a tar.gz, tar.bz2, tar.xz, tar or zip archive")
     try:
-        if fmt == "zip":
-            info = _inspect_zip(f, budget)
-        else:
-            info = _inspect_tar(f, fmt, budget)
+        info = _inspect_zip(f, budget) if fmt == "zip" else _inspect_tar(f, fmt, budget)
     except InvalidPackage:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
@@ -329,9 +326,10 @@ class _LinkTree:
             node = self._tree
             parts = name.split("/")
             for depth, part in enumerate(parts[:-1]):
-                node = node.get(part)
-                if node is None:
+                child: dict[str, Any] | None = node.get(part)
+                if child is None:
                     break
+                node = child
                 if self._TARGET in node:
                     raise InvalidPackage(
                         f"member {_show(self.display.get(name, name))} is placed under the link "
@@ -405,11 +403,11 @@ class _DecompressedStream:
     def __init__(self, f: IO[bytes], fmt: str, budget: _Budget) -> None:
         self.raw: IO[bytes]
         if fmt == "tar.gz":
-            self.raw = gzip.GzipFile(fileobj=f, mode="rb")
+            self.raw = cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
         elif fmt == "tar.bz2":
             self.raw = bz2.BZ2File(f, "rb")
         elif fmt == "tar.xz":
-            self.raw = lzma.LZMAFile(f, "rb")
+            self.raw = lzma.LZMAFile(f, "rb")  # noqa: SIM115 (closed by close())
         else:
             self.raw = f
         self.budget = budget
@@ -557,7 +555,7 @@ def version_from_app_desc(content: bytes) -> str | None:
     :raises InvalidPackage: the file is not a YAML mapping.
     """
     try:
-        data = yaml.load(content, Loader=_STRING_LOADER)  # noqa: S506 - base loaders build only str/list/dict
+        data = yaml.load(content, Loader=_STRING_LOADER)
     except yaml.YAMLError as exc:
         raise InvalidPackage(f"app_desc.yaml is not valid YAML ({_reason(exc)})") from exc
     if data is None:

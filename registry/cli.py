@@ -98,7 +98,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - report any failure to reach a dependency
+    except Exception as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"

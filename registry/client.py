@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
+import contextlib
 
 #: ``(done, total)`` progress callback; total is None when unknown.
 Progress = Callable[[int, int | None], None]
@@ -297,10 +298,8 @@ class RegistryClient:
             return
         response.read()
         body: Any = None
-        try:
+        with contextlib.suppress(ValueError):
             body = response.json()
-        except ValueError:
-            pass
         if isinstance(body, dict) and isinstance(body.get("code"), str):
             raise ApiError(response.status_code, body["code"], str(body.get("detail", "")), body)
         text = " ".join(response.text.split())[:200] or response.reason_phrase

@@ -20,7 +20,7 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def _schema_v1(db: sqlite_utils.Database) -> None:
-    db["packages"].create(
+    db.table("packages").create(
         {
             "id": int,
             "code": str,
@@ -47,10 +47,10 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         defaults={"is_deleted": 0, "revived": 0, "origin": "", "source_url": "", "file_name": ""},
     )
     # The guard that lets only one of two concurrent uploads of a version win.
-    db["packages"].create_index(["code", "module", "version"], unique=True)
-    db["packages"].create_index(["code", "module", "created"])
-    db["packages"].create_index(["blob_key"], unique=True)
-    db["credentials"].create(
+    db.table("packages").create_index(["code", "module", "version"], unique=True)
+    db.table("packages").create_index(["code", "module", "created"])
+    db.table("packages").create_index(["blob_key"], unique=True)
+    db.table("credentials").create(
         {
             "id": int,
             "kind": str,
@@ -66,7 +66,7 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         not_null={"kind", "name", "secret_hash", "apps", "read_only", "created"},
         defaults={"read_only": 0, "apps": "[]", "hint": ""},
     )
-    db["credentials"].create_index(["secret_hash"], unique=True)
+    db.table("credentials").create_index(["secret_hash"], unique=True)
 
 
 def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
@@ -77,8 +77,8 @@ def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
     - ``purged_at``: NULL, or when ``gc`` removed a soft-deleted record's blob;
       such a record can no longer be restored, only uploaded again.
     """
-    db["packages"].add_column("broken", str)
-    db["packages"].add_column("purged_at", str)
+    db.table("packages").add_column("broken", str)
+    db.table("packages").add_column("purged_at", str)
 
 
 #: Migrations in order; PRAGMA user_version records how many have run.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ class PackageEvent:
     kind: str
     record: Record
     operator: str
-    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_json(self) -> dict[str, Any]:
         """The event as webhooks and the audit log see it."""

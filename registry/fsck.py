@@ -156,6 +156,9 @@ async def _update_mark(registry: Registry, record: Record, problem: Problem | No
     if problem is not None and not record.broken:
         if await anyio.to_thread.run_sync(set_broken, record.id, record.blob_key, problem.reason):
             report.marked += 1
-    elif problem is None and record.broken:
-        if await anyio.to_thread.run_sync(set_broken, record.id, record.blob_key, None):
-            report.cleared += 1
+    elif (
+        problem is None
+        and record.broken
+        and await anyio.to_thread.run_sync(set_broken, record.id, record.blob_key, None)
+    ):
+        report.cleared += 1

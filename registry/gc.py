@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from functools import partial
 from pathlib import Path
 
@@ -114,7 +114,7 @@ def _describe(record: Record) -> str:
 
 def _stored_time(moment: datetime) -> str:
     """A UTC time in the records' stored format (``records.utc_now``), comparable as text."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 async def collect_garbage(registry: Registry, options: GcOptions, on_action: ActionSink = lambda a: None) -> GcReport:
@@ -128,9 +128,9 @@ async def collect_garbage(registry: Registry, options: GcOptions, on_action: Act
     expired = await expire_old_versions(registry, options, record_action)
     # Measured after pass 1, so that with a zero retention the versions it
     # just deleted are purged in the same run.
-    cutoff = datetime.now(timezone.utc) - options.retention
+    cutoff = datetime.now(UTC) - options.retention
     await purge_deleted(registry, options, cutoff, expired, record_action)
-    orphan_cutoff = datetime.now(timezone.utc) - options.grace
+    orphan_cutoff = datetime.now(UTC) - options.grace
     note = await remove_orphans(registry, options, orphan_cutoff, record_action)
     if note:
         report.notes.append(note)
@@ -261,7 +261,7 @@ def _sweep_staging_folder(folder: Path, before: float, dry_run: bool) -> list[Gc
             continue  # finished (renamed into place or removed) meanwhile
         if stat.st_mtime >= before:
             continue
-        modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
         target = f"{entry.path} modified {modified:%Y-%m-%d %H:%M:%S}"
         if not dry_run:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from enum import Enum
 from typing import Any
 
@@ -33,7 +33,7 @@ ORDERINGS: dict[str, str] = {
 def utc_now() -> str:
     """The current UTC time in the stored form, ``YYYY-MM-DD HH:MM:SS.ffffff``
     (fixed width, so such strings compare like the times they name)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 @dataclass(frozen=True)

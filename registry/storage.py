@@ -116,3 +116,4 @@ class Storage(ABC):
 
     async def shutdown(self) -> None:
         """Release clients and pools. The default does nothing."""
+        return None

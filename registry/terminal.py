@@ -81,7 +81,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right:
     def line(cells: Sequence[str]) -> str:
         parts = [
             cell.rjust(width) if header in right else cell.ljust(width)
-            for cell, width, header in zip(cells, widths, headers)
+            for cell, width, header in zip(cells, widths, headers, strict=True)
         ]
         return "  ".join(parts).rstrip()
 

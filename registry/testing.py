@@ -48,7 +48,7 @@ MAX_CHUNK_SIZE = 8 * MiB
 #: Size of the medium blob used for ranged reads: spans several 1 MiB reads.
 RANGE_BLOB_SIZE = 2 * MiB + 777
 
-__all__ = ["StorageConformance", "read_blob", "stage", "LARGE_OBJECT_SIZE", "MAX_CHUNK_SIZE"]
+__all__ = ["LARGE_OBJECT_SIZE", "MAX_CHUNK_SIZE", "StorageConformance", "read_blob", "stage"]
 
 
 async def stage(storage: Storage, data: bytes) -> Path:

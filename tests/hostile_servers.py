@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 #: Longest any handler waits on its own (the release event cuts it short).
@@ -142,12 +142,10 @@ class HostileServer:
         self._listeners = [socket.create_server(("127.0.0.1", 0))]
         self.port = int(self._listeners[0].getsockname()[1])
         if self.ipv6:
-            try:
+            with suppress(OSError):
                 self._listeners.append(
                     socket.create_server(("::1", self.port), family=socket.AF_INET6, dualstack_ipv6=False)
                 )
-            except OSError:
-                pass
         for listener in self._listeners:
             listener.settimeout(0.1)
             self._spawn(self._accept_loop, listener)
@@ -192,7 +190,7 @@ class HostileServer:
                     return
                 data += piece
             head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-            method, path, _ = (head[0].split(" ") + ["", "", ""])[:3]
+            method, path, _ = ([*head[0].split(" "), "", "", ""])[:3]
             headers = {}
             for line in head[1:]:
                 name, _, value = line.partition(":")
@@ -209,17 +207,13 @@ class HostileServer:
     def close(self) -> None:
         self.release.set()
         for listener in self._listeners:
-            try:
+            with suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
-            except OSError:
-                pass
             listener.close()
         with self._lock:
             for conn in self._open:
-                try:
+                with suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         for thread in self._threads:
             thread.join(timeout=5)
 

@@ -352,11 +352,13 @@ def test_other_compression_bombs(inspect: Callable[..., object], zeros_tar: byte
 
 def test_zip_bomb_by_ratio(inspect: Callable[..., object]) -> None:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        with archive.open("bomb.bin", "w", force_zip64=True) as member:
-            block = bytes(MiB)
-            for _ in range(BOMB_SIZE // MiB):
-                member.write(block)
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive,
+        archive.open("bomb.bin", "w", force_zip64=True) as member,
+    ):
+        block = bytes(MiB)
+        for _ in range(BOMB_SIZE // MiB):
+            member.write(block)
     refused(inspect, buffer.getvalue(), "compression ratio exceeds 100", "'bomb.bin'")
 
 

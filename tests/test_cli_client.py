@@ -239,9 +239,11 @@ def test_push_refuses_a_record_with_another_digest(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"id": 1, "sha256_signature": "0" * 64})
 
-    with RegistryClient("http://registry.test", None, transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(ChecksumError):
-            client.push(source, "demo", "default", version="1.0")
+    with (
+        RegistryClient("http://registry.test", None, transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ChecksumError),
+    ):
+        client.push(source, "demo", "default", version="1.0")
 
 
 def test_error_without_the_registry_body(tmp_path: Path) -> None:
@@ -250,9 +252,11 @@ def test_error_without_the_registry_body(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, text="<html><body>Bad   Gateway</body></html>")
 
-    with RegistryClient("http://registry.test", None, transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(ApiError) as caught:
-            client.list("demo", "default")
+    with (
+        RegistryClient("http://registry.test", None, transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ApiError) as caught,
+    ):
+        client.list("demo", "default")
     assert str(caught.value) == "HTTP 502: <html><body>Bad Gateway</body></html>"
 
 

@@ -26,6 +26,7 @@ from registry.staging import FLUSH_SIZE
 from tests import crash_plugin
 from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry
 from tests.hostile_servers import HostileServer, half_then_wait, serve
+import contextlib
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
@@ -151,10 +152,8 @@ def crashable(tmp_path: Path) -> Iterator[Callable[..., Crashable]]:
 def in_background(call: Callable[[], object]) -> threading.Thread:
     """Run a request that will never be answered (the server gets killed)."""
     def run() -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             call()
-        except httpx.HTTPError:
-            pass
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

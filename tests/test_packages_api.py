@@ -85,7 +85,7 @@ def test_list_order_by_every_value(api: Api, registry: RegistryProcess, code: st
     sizes = {r["id"]: int(r["package_size"]) for r in records}
     assert len(set(sizes.values())) > 1
     updated = ["2024-01-05", "2024-01-01", "2024-01-04", "2024-01-02", "2024-01-03"]
-    for record, day in zip(records, updated):
+    for record, day in zip(records, updated, strict=True):
         set_times(registry, record["id"], "2023-06-01 00:00:00.000000", f"{day} 00:00:00.000000")
 
     def order(order_by: str) -> list[int]:

@@ -273,7 +273,7 @@ def test_no_secret_anywhere(guarded: tuple[RegistryProcess, Api], leaks: Leaks) 
     blobs = b"".join(p.read_bytes() for p in database_files)
     log = process.log.read_bytes()
     assert REDACTED.encode() in log  # the log does hold the (redacted) URLs of failed fetches
-    for marker in leaks.markers + ["LOOPSECRETx", "LOOPSIGx"]:
+    for marker in [*leaks.markers, "LOOPSECRETx", "LOOPSIGx"]:
         encoded = marker.encode()
         assert encoded not in blobs, f"{marker} in the database"
         assert encoded not in log, f"{marker} in the log"

@@ -265,7 +265,7 @@ def test_malformed_allowed_hosts_entries(entry: str) -> None:
 def test_malformed_allowed_hosts_stop_startup(tmp_path: Path) -> None:
     config = tmp_path / "registry.toml"
     config.write_text('[origins.http]\nallowed_hosts = ["https://files.example.com"]\n')
-    with pytest.raises(SettingsError, match="origins.http.allowed_hosts"):
+    with pytest.raises(SettingsError, match=r"origins\.http\.allowed_hosts"):
         load_settings(config)
 
 

@@ -229,7 +229,7 @@ def test_naming_the_builtin_module_in_plugins_modules_too_is_harmless(tmp_path: 
 def test_credentials_cannot_be_configured(tmp_path: Path) -> None:
     config = tmp_path / "registry.toml"
     config.write_text(to_toml({"storage.s3": {"aws_secret_access_key": "not here"}}))
-    with pytest.raises(SettingsError, match="storage.s3.aws_secret_access_key"):
+    with pytest.raises(SettingsError, match=r"storage\.s3\.aws_secret_access_key"):
         load_settings(config)
 
 

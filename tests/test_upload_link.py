@@ -36,7 +36,7 @@ def test_documented_curl_json_call_verbatim(registry: RegistryProcess, token: st
                                             file_server: FileServer) -> None:
     """The platform's documented call: gateway header, JSON body, /api/bkpaas3/stag/ prefix."""
     url = file_server.add(f"{code}/generic/example.tar.gz", package(salt=code))
-    body = ('{ "package_url": "%s", "version": "0.0.5" }' % url).encode()
+    body = ('{ "package_url": "' + url + '", "version": "0.0.5" }').encode()
     response = httpx.post(
         f"{registry.url}/api/bkpaas3/stag/bkapps/applications/{code}/modules/default/source_package/link/",
         content=body,

@@ -220,7 +220,7 @@ def race(url: str, token: str, jobs: list[Callable[[httpx.Client], httpx.Respons
             barrier.wait()
             try:
                 results[index] = jobs[index](client)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 results[index] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]

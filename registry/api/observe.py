@@ -106,6 +106,6 @@ def _request_id(scope: Scope) -> str:
         if name == REQUEST_ID_HEADER:
             candidate = value.decode("latin-1").strip()
             if SANE_REQUEST_ID.fullmatch(candidate):
-                return candidate
+                return str(candidate)
             break
     return uuid.uuid4().hex

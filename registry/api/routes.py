@@ -308,7 +308,7 @@ async def readyz(request: Request) -> Response:
     """
     try:
         await _registry(request).check_ready()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+    except Exception as exc:
         reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         logger.warning("not ready: %s", reason)
         raise ObjectStoreException("not ready") from exc

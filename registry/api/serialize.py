@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -13,7 +13,7 @@ WIRE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 def format_time(stored: str, zone: ZoneInfo) -> str:
     """A stored UTC time as ``YYYY-MM-DD HH:MM:SS`` in ``zone``."""
-    moment = datetime.strptime(stored, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    moment = datetime.strptime(stored, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
     return moment.astimezone(zone).strftime(WIRE_TIME_FORMAT)
 
 
