@@ -6,6 +6,7 @@ Every test talks to a live ``registry serve`` over real sockets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -13,14 +14,25 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import FileServer
-from tests.helpers import Api, RegistryProcess, package, registry_command
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    app_desc,
+    base_config,
+    blob_files,
+    make_tar,
+    package,
+    registry_command,
+    start_registry,
+)
 
 HUGE = "9" * 5000  # past Python's 4300-digit limit on int()
 
@@ -220,3 +232,109 @@ def test_log_lines_escape_control_characters(registry: RegistryProcess, api: Api
     access = [json.loads(line) for line in text.splitlines() if line.startswith("{") and code in line]
     assert any("\u2028" in entry["path"] for entry in access)  # the JSON line keeps the exact value, escaped
 
+
+
+# -- 5. a full disk is 507 INSUFFICIENT_STORAGE, keeps nothing, and passes -----------------------
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted afterwards; skips where mounting is not permitted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def random_package(size: int, seed: str) -> bytes:
+    """A tar.gz of ``size`` incompressible bytes."""
+    return make_tar({"app_desc.yaml": app_desc("1.0.0"), "blob.bin": hashlib.shake_256(seed.encode()).digest(size)})
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` free bytes; the filler file, to remove for space."""
+    stats = os.statvfs(disk)
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        f.write(b"\0" * (stats.f_bavail * stats.f_frsize - leave))
+    return filler
+
+
+def test_full_disk_is_507_keeps_nothing_and_recovers(small_disk: Path, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    root = tmp_path / "registry"
+    tables = base_config(root, files_root=files)
+    tables["storage.filesystem"] = {"root": str(small_disk / "packages")}  # the database stays on the big disk
+    process = start_registry(root, tables)
+    try:
+        api = Api(process.url, process.token())
+        data = random_package(1024 * 1024, "full-disk")
+        (files / "pkg.tar.gz").write_bytes(data)
+        assert httpx.get(f"{process.url}/readyz").status_code == 200
+        filler = fill(small_disk, leave=256 * 1024)
+
+        for response in (api.upload("full", data), api.link("full", f"file://{files}/pkg.tar.gz")):
+            assert response.status_code == 507, response.text
+            assert error_code(response) == "INSUFFICIENT_STORAGE"
+        ready = httpx.get(f"{process.url}/readyz")
+        assert ready.status_code == 507 and error_code(ready) == "INSUFFICIENT_STORAGE"
+        assert api.list("full").json()["count"] == 0
+        assert list(blob_files(small_disk / "packages")) == []
+        assert list((small_disk / "packages" / ".staging").iterdir()) == []
+
+        filler.unlink()
+        assert httpx.get(f"{process.url}/readyz").status_code == 200
+        stored = api.upload("full", data)
+        assert stored.status_code == 201, stored.text
+        assert api.download("full", stored.json()["id"]).content == data
+        api.close()
+    finally:
+        process.stop()
+    log = process.log.read_text()
+    assert "Traceback" not in log and "INTERNAL_ERROR" not in log
+
+
+# -- 10. a download racing an overwrite gets one version's bytes, never a 503 ----------------------
+
+def test_download_racing_overwrites_never_fails_or_mixes(registry: RegistryProcess, token: str, code: str) -> None:
+    versions = [package(salt=f"{code}-{i}") for i in range(2)]
+    digests = {hashlib.sha256(v).hexdigest() for v in versions}
+    writer_api, reader_api = Api(registry.url, token), Api(registry.url, token)
+    package_id = writer_api.upload(code, versions[0], version="1.0").json()["id"]
+    done = threading.Event()
+    problems: list[str] = []
+
+    def overwrite() -> None:
+        try:
+            for i in range(150):
+                response = writer_api.upload(code, versions[(i + 1) % 2], version="1.0", allow_overwrite="true")
+                if response.status_code != 200:
+                    problems.append(f"overwrite: {response.status_code} {response.text}")
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=overwrite)
+    writer.start()
+    downloads = 0
+    try:
+        while not done.is_set() or downloads < 50:
+            response = reader_api.download(code, package_id)
+            downloads += 1
+            digest = hashlib.sha256(response.content).hexdigest()
+            if response.status_code != 200:
+                problems.append(f"download: {response.status_code} {response.text}")
+            elif digest not in digests or response.headers["etag"] != f'"{digest}"':
+                problems.append(f"download: bytes {digest} under ETag {response.headers['etag']}")
+    finally:
+        writer.join()
+        writer_api.close()
+        reader_api.close()
+    assert problems == []
