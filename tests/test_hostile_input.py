@@ -6,17 +6,25 @@ Every test talks to a live ``registry serve`` over real sockets.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import pty
 import re
 import socket
+import struct
 import subprocess
 import sys
+import tarfile
 import threading
+import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +37,7 @@ from tests.helpers import (
     base_config,
     blob_files,
     make_tar,
+    make_zip,
     package,
     registry_command,
     start_registry,
@@ -338,3 +347,120 @@ def test_download_racing_overwrites_never_fails_or_mixes(registry: RegistryProce
         writer_api.close()
         reader_api.close()
     assert problems == []
+
+
+# -- 8. a zip's local entries and central directory must agree --------------------------------------
+
+def local_entry(name: bytes, data: bytes) -> bytes:
+    """One stored zip local header and its data, listed in no central directory."""
+    return struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data),
+                       len(name), 0) + name + data
+
+
+def hide_before_directory(archive: bytes, entry: bytes) -> bytes:
+    """``entry`` inserted between the last member and the central directory, whose offset moves past it."""
+    signature, disk, cd_disk, here, total, cd_size, cd_offset, comment = struct.unpack("<4s4H2LH", archive[-22:])
+    eocd = struct.pack("<4s4H2LH", signature, disk, cd_disk, here, total, cd_size, cd_offset + len(entry), comment)
+    return archive[:cd_offset] + entry + archive[cd_offset:-22] + eocd
+
+
+def test_zip_entries_missing_from_the_directory_are_refused(api: Api, code: str) -> None:
+    good = make_zip({"app_desc.yaml": app_desc("1.0.0"), "src/main.py": b"print(1)\n"})
+    evil = local_entry(b"../../../evil.sh", b"echo owned\n")
+    renamed = good.replace(b"src/main.py", b"src/main.pz", 1)  # the first (local) spelling only
+    for name, data in [("prepended", evil + good), ("before-directory", hide_before_directory(good, evil)),
+                       ("local-name-differs", renamed)]:
+        assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["app_desc.yaml", "src/main.py"]  # what unzip lists
+        response = api.upload(code, data, filename=f"{name}.zip")
+        assert response.status_code == 400, (name, response.text)
+        assert error_code(response) == "INVALID_PACKAGE"
+    assert api.list(code).json()["count"] == 0
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream: zipfile then writes data descriptors after each member."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.data += bytes(b)
+        return len(b)
+
+
+def test_zips_with_data_descriptors_or_zip64_headers_are_accepted(api: Api, code: str) -> None:
+    streamed = _Unseekable()
+    with zipfile.ZipFile(streamed, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("app_desc.yaml", app_desc("1.0.0"))
+        archive.writestr("src/main.py", b"print(1)\n" * 100)
+    assert bytes(streamed.data).count(b"PK\x07\x08") == 2
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("app_desc.yaml", "w", force_zip64=True) as member:
+        member.write(app_desc("2.0.0"))
+    for data in (bytes(streamed.data), buffer.getvalue()):
+        response = api.upload(code, data, filename="p.zip")
+        assert response.status_code == 201, response.text
+
+
+# -- 13. ambiguous archives: one path twice, a tar that is also a zip ----------------------------------
+
+def tar_entries(entries: list[tuple[str, bytes | None]]) -> bytes:
+    """A plain tar of (name, data) in order, folders where data is None, repeats allowed."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def zip_entries(entries: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name: the point here
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in entries:
+                archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_one_path_twice_is_refused(api: Api, code: str) -> None:
+    twice = [("app_desc.yaml", app_desc("1.0.0")), ("src/main.py", b"1"), ("./app_desc.yaml", app_desc("6.6.6"))]
+    cases = {
+        "tar.tar": tar_entries(twice),
+        "tar.tar.gz": gzip.compress(tar_entries(twice)),
+        "zip.zip": zip_entries(twice),
+        "file-then-folder.tar": tar_entries([("app_desc.yaml", app_desc("1.0.0")), ("src", b"x"), ("src", None)]),
+    }
+    for name, data in cases.items():
+        response = api.upload(code, data, filename=name)
+        assert response.status_code == 400, (name, response.text)
+        assert error_code(response) == "INVALID_PACKAGE"
+        assert "twice" in response.json()["detail"]
+    folder_twice = tar_entries([("src", None), ("app_desc.yaml", app_desc("1.0.0")), ("src/", None)])
+    assert api.upload(code, folder_twice, filename="ok.tar").status_code == 201
+
+
+def test_tar_that_is_also_a_zip_is_refused(api: Api, code: str) -> None:
+    inner = make_zip({"../../evil.sh": b"echo owned\n"})
+    for name, data in [("polyglot.tar", tar_entries([("app_desc.yaml", app_desc("1.0.0")), ("z.zip", inner)])),
+                       ("polyglot.tar.gz", gzip.compress(tar_entries([("app_desc.yaml", app_desc("1.0.0")),
+                                                                      ("z.zip", inner)]), compresslevel=0))]:
+        outer = data if name.endswith(".tar") else gzip.decompress(data)
+        assert zipfile.ZipFile(io.BytesIO(outer)).namelist() == ["../../evil.sh"]  # what unzip would unpack
+        response = api.upload(code, data, filename=name)
+        assert response.status_code == 400, (name, response.text)
+        assert error_code(response) == "INVALID_PACKAGE"
+    # a zip deep inside a compressed tar is invisible to unzip: an ordinary package
+    compressed = make_tar({"app_desc.yaml": app_desc("2.0.0"), "z.zip": inner})
+    assert api.upload(code, compressed).status_code == 201
