@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -30,6 +31,7 @@ import httpx
 import pytest
 
 from tests.conftest import FileServer
+from tests.test_storage_conformance import DUMMY_AWS_ENV
 from tests.helpers import (
     Api,
     RegistryProcess,
@@ -464,3 +466,52 @@ def test_tar_that_is_also_a_zip_is_refused(api: Api, code: str) -> None:
     # a zip deep inside a compressed tar is invisible to unzip: an ordinary package
     compressed = make_tar({"app_desc.yaml": app_desc("2.0.0"), "z.zip": inner})
     assert api.upload(code, compressed).status_code == 201
+
+
+class _FullBucket(http.server.BaseHTTPRequestHandler):
+    """An S3-compatible endpoint whose disk is full, as MinIO answers then:
+    the bucket exists, every write is 507 ``XMinioStorageFull``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>XMinioStorageFull</Code>'
+                b"<Message>Storage backend has reached its minimum free drive threshold.</Message></Error>")
+        self.send_response(507)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_full_s3_store_is_507(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FullBucket)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    tables = base_config(tmp_path)
+    del tables["storage.filesystem"]
+    tables["storage"] = {"backend": "s3", "staging_dir": str(tmp_path / "staging")}
+    tables["storage.s3"] = {"bucket": "full", "endpoint_url": endpoint, "region": "us-east-1"}
+    process = start_registry(tmp_path, tables, env={**DUMMY_AWS_ENV, "AWS_MAX_ATTEMPTS": "1"})
+    try:
+        api = Api(process.url, process.token())
+        response = api.upload("s3full", package("1.0.0", salt="s3full"))
+        assert response.status_code == 507, response.text
+        assert error_code(response) == "INSUFFICIENT_STORAGE"
+        assert api.list("s3full").json()["count"] == 0
+        assert list((tmp_path / "staging").iterdir()) == []
+        api.close()
+    finally:
+        process.stop()
+        server.shutdown()
+        server.server_close()
