@@ -111,10 +111,10 @@ def _position(text: str) -> int | None:
     read as :data:`FAR_BEYOND` instead of being converted: a start there is
     past the end (416), an end or suffix length there means "to the end".
     """
-    value = parse_decimal(text)
-    if value is None and text.isascii() and text.isdigit():
-        return FAR_BEYOND
-    return value
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = parse_decimal(text.lstrip("0") or "0")  # leading zeros say nothing about size
+    return FAR_BEYOND if value is None else value
 
 
 def _unsatisfiable(spec: str, size: int) -> RangeNotSatisfiable:
