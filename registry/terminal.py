@@ -32,6 +32,7 @@ def progress_bar(description: str, *, unit: str = "bytes") -> Iterator[ProgressS
 
     Yields a :class:`ProgressSink`; call it as work advances. ``unit`` is
     ``bytes`` (sizes and speed shown) or ``items`` (a plain count).
+    ``description`` is shown as plain text (controls escaped, no markup).
     The bar is removed when the block ends, leaving the command's own output.
     """
     if not sys.stderr.isatty():
@@ -48,13 +49,14 @@ def progress_bar(description: str, *, unit: str = "bytes") -> Iterator[ProgressS
         TransferSpeedColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn()]
+    # the description names a file: shown as it is, never read as rich markup
+    columns = [TextColumn("{task.description}", markup=False), BarColumn()]
     if unit == "bytes":
         columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
     else:
         columns += [MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=None)
+        task = progress.add_task(escape_unsafe(description), total=None)
 
         def update(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)

@@ -170,15 +170,22 @@ def test_control_characters_in_names_become_underscores(api: Api, code: str, fil
 
 
 def _ls(registry: RegistryProcess, token: str, code: str, module: str, *, terminal: bool) -> bytes:
-    command = [*registry_command(), "ls", "--app", code, "--module", module, "--url", registry.url, "--token", token]
+    command = ["ls", "--app", code, "--module", module, "--url", registry.url, "--token", token]
+    return _client_command(command, terminal=terminal)
+
+
+def _client_command(args: list[str], *, terminal: bool, stderr_too: bool = False) -> bytes:
+    """What a ``registry`` client command writes to stdout (and stderr), on a
+    pseudo-terminal or a pipe."""
+    command = [*registry_command(), *args]
     env = {**os.environ, "COLUMNS": "300", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     if not terminal:
         return subprocess.run(command, capture_output=True, timeout=60, env=env, check=True).stdout
     controller, worker = pty.openpty()
     try:
-        process = subprocess.Popen(command, stdout=worker, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                   env=env)
+        process = subprocess.Popen(command, stdout=worker, stderr=worker if stderr_too else subprocess.DEVNULL,
+                                   stdin=subprocess.DEVNULL, env=env)
         os.close(worker)
         output = b""
         while True:
@@ -222,6 +229,16 @@ def test_ls_never_prints_escapes_or_renders_markup(registry: RegistryProcess, to
         assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown and "\x9b" not in shown
         assert "[bold red]markup[reverse]" in shown
         assert "red" in shown
+
+
+def test_progress_bars_show_file_names_as_they_are(registry: RegistryProcess, token: str, code: str,
+                                                    tmp_path: Path) -> None:
+    local = tmp_path / "[reverse]pkg[blink].tar.gz"
+    local.write_bytes(package("1.0.0", salt=code))
+    output = _client_command(["push", str(local), "--app", code, "--module", "default", "--url", registry.url,
+                              "--token", token],
+                             terminal=True, stderr_too=True)
+    assert "hashing [reverse]pkg[blink].tar.gz" in _visible(output)  # the name as it is, not as markup
 
 
 # -- 12. log lines carry no raw control characters -------------------------------------------------
