@@ -330,6 +330,14 @@ def test_full_disk_is_507_keeps_nothing_and_recovers(small_disk: Path, tmp_path:
     assert "Traceback" not in log and "INTERNAL_ERROR" not in log
 
 
+def test_openapi_documents_insufficient_storage(registry: RegistryProcess) -> None:
+    spec = httpx.get(f"{registry.url}/openapi.json").json()
+    upload = "/bkapps/applications/{code}/modules/{module_name}/source_package/"
+    for path, method in ((upload, "post"), (upload + "link/", "post"), ("/readyz", "get")):
+        answer = spec["paths"][path][method]["responses"]["507"]
+        assert answer["headers"]["bkapi-error-code"]["schema"]["enum"] == ["INSUFFICIENT_STORAGE"]
+
+
 # -- 10. a download racing an overwrite gets one version's bytes, never a 503 ----------------------
 
 def test_download_racing_overwrites_never_fails_or_mixes(registry: RegistryProcess, token: str, code: str) -> None:
