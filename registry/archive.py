@@ -185,7 +185,10 @@ def refuse_other_format(path: Path, fmt: str) -> None:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError):
             return
         if listed:
-            raise InvalidPackage(f"the {fmt} archive is also a readable zip ({listed} entries): ambiguous")
+            raise InvalidPackage(
+                f"the {fmt} archive is also a readable zip ({listed} entries, which unzip would unpack): "
+                "ambiguous; a zip as the last member of a plain tar does this, compressing the tar avoids it"
+            )
         return
     try:
         with tarfile.open(path, mode="r:") as other:
