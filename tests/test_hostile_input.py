@@ -223,6 +223,10 @@ def test_ls_never_prints_escapes_or_renders_markup(registry: RegistryProcess, to
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE packages SET package_name = ? WHERE code = ? AND version = '1.0.0'",
                      ("\x1b[2J\x1b[31mred\u202eevil\x07\x9b31m", code))
+    as_json = _client_command(["ls", "--app", code, "--module", "default", "--url", registry.url, "--token", token,
+                               "--json"], terminal=False).decode()
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u202a-\u202e]", as_json.replace("\n", ""))
+    assert "\x1b[2J\x1b[31mred\u202eevil\x07\x9b31m" in [r["package_name"] for r in json.loads(as_json)]
     for terminal in (False, True):
         output = _ls(registry, token, code, "default", terminal=terminal)
         shown = _visible(output) if terminal else output.decode()
@@ -362,6 +366,9 @@ def test_download_racing_overwrites_never_fails_or_mixes(registry: RegistryProce
     downloads = 0
     try:
         while not done.is_set() or downloads < 50:
+            head = reader_api.http.head(reader_api.path(code, suffix=f"{package_id}/download/"))
+            if head.status_code != 200 or head.headers["etag"].strip('"') not in digests:
+                problems.append(f"head: {head.status_code} {head.headers.get('etag')}")
             response = reader_api.download(code, package_id)
             downloads += 1
             digest = hashlib.sha256(response.content).hexdigest()
