@@ -14,8 +14,9 @@ requires the local entries to tile it exactly, in directory order by offset:
 the first at byte 0, each next one right after the previous one's data (and
 data descriptor), the last one ending where the central directory begins,
 each local header naming the same file, method, flags, checksum and sizes as
-its directory entry. Nothing is left where a stream reader could find an
-entry the directory does not list.
+its directory entry, and the directory followed at once by an end record
+that counts exactly its entries. Nothing is left where a stream reader could
+find an entry the directory does not list.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ FLAG_DATA_DESCRIPTOR = 0x08
 FLAG_UTF8 = 0x800
 #: a 32-bit field holding this means "see the zip64 extra field"
 ZIP64_MARKER = 0xFFFFFFFF
+#: fixed part of a central directory entry, before its name, extra field and comment
+CENTRAL_HEADER_SIZE = 46
+END_SIGNATURE = b"PK\x05\x06"
+ZIP64_END_SIGNATURE = b"PK\x06\x06"
+#: where the end records keep the total number of entries
+END_TOTAL_OFFSET = 10
+ZIP64_END_TOTAL_OFFSET = 32
 #: data descriptor lengths: crc + 32- or 64-bit sizes, with or without a signature
 DESCRIPTOR_LENGTHS = (12, 16, 20, 24)
 
@@ -66,6 +74,38 @@ def check_zip_layout(f: IO[bytes], archive: zipfile.ZipFile) -> None:
             "the zip's local entries and central directory disagree: "
             f"bytes the central directory does not list at offset {expected}"
         )
+    _check_end_record(f, directory_start + sum(_directory_entry_size(info) for info in infos), len(infos))
+
+
+def _directory_entry_size(info: zipfile.ZipInfo) -> int:
+    """The bytes ``info`` takes in the central directory."""
+    encoding = "utf-8" if info.flag_bits & FLAG_UTF8 else "cp437"
+    try:
+        name_length = len(info.orig_filename.encode(encoding))
+    except UnicodeEncodeError:  # zipfile decoded it, so it encodes back; never here
+        name_length = len(info.orig_filename.encode("utf-8"))
+    return CENTRAL_HEADER_SIZE + name_length + len(info.extra) + len(info.comment)
+
+
+def _check_end_record(f: IO[bytes], offset: int, listed: int) -> None:
+    """The end record right after the directory must count ``listed`` entries.
+
+    zipfile reads directory entries until the directory's size is used up;
+    other readers (Java's ``ZipFile``, Go) trust the end record's count: a
+    count that differs, or bytes between the two, shows them other entries.
+    """
+    f.seek(offset)
+    head = f.read(ZIP64_END_TOTAL_OFFSET + 8)
+    if head.startswith(ZIP64_END_SIGNATURE) and len(head) >= ZIP64_END_TOTAL_OFFSET + 8:
+        (counted,) = struct.unpack_from("<Q", head, ZIP64_END_TOTAL_OFFSET)
+    elif head.startswith(END_SIGNATURE) and len(head) >= END_TOTAL_OFFSET + 2:
+        (counted,) = struct.unpack_from("<H", head, END_TOTAL_OFFSET)
+        if counted == 0xFFFF:  # the zip64 record holds the count; it sits before this one
+            return
+    else:
+        raise InvalidPackage(f"the zip's central directory is not followed by its end record (offset {offset})")
+    if counted != listed:
+        raise InvalidPackage(f"the zip's end record counts {counted} entries, its central directory lists {listed}")
 
 
 def _local_entry_end(f: IO[bytes], info: zipfile.ZipInfo) -> int:

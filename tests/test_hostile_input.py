@@ -398,12 +398,18 @@ def hide_before_directory(archive: bytes, entry: bytes) -> bytes:
     return archive[:cd_offset] + entry + archive[cd_offset:-22] + eocd
 
 
+def miscount(archive: bytes, count: int) -> bytes:
+    """``archive`` with its end record counting ``count`` entries (zipfile reads the directory regardless)."""
+    signature, disk, cd_disk, _, _, cd_size, cd_offset, comment = struct.unpack("<4s4H2LH", archive[-22:])
+    return archive[:-22] + struct.pack("<4s4H2LH", signature, disk, cd_disk, count, count, cd_size, cd_offset, comment)
+
+
 def test_zip_entries_missing_from_the_directory_are_refused(api: Api, code: str) -> None:
     good = make_zip({"app_desc.yaml": app_desc("1.0.0"), "src/main.py": b"print(1)\n"})
     evil = local_entry(b"../../../evil.sh", b"echo owned\n")
     renamed = good.replace(b"src/main.py", b"src/main.pz", 1)  # the first (local) spelling only
     for name, data in [("prepended", evil + good), ("before-directory", hide_before_directory(good, evil)),
-                       ("local-name-differs", renamed)]:
+                       ("local-name-differs", renamed), ("end-record-miscounts", miscount(good, 1))]:
         assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["app_desc.yaml", "src/main.py"]  # what unzip lists
         response = api.upload(code, data, filename=f"{name}.zip")
         assert response.status_code == 400, (name, response.text)
