@@ -30,6 +30,7 @@ from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
 from registry.redact import install_log_redaction, redact_text, redact_url
 from registry.settings import Setting, Settings, not_negative, positive
+from registry.validation import MAX_NUMBER_DIGITS, parse_decimal
 
 NAME = "http"
 SCHEMES = ("http", "https")
@@ -176,8 +177,15 @@ class HttpOrigin(Origin):
 
 
 def _content_length(response: httpx.Response) -> int | None:
+    """The announced body size; None when absent or malformed. More digits
+    than any real size stands for "too large" (never an ``int()`` of
+    thousands of digits, which raises)."""
     value = response.headers.get("content-length", "").strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    size = parse_decimal(value)
+    if size is None and value.isascii() and value.isdigit():
+        too_large: int = 10**MAX_NUMBER_DIGITS
+        return too_large
+    return size
 
 
 def _describe(exc: httpx.HTTPError) -> str:

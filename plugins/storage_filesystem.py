@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -20,7 +20,7 @@ import anyio.to_thread
 from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, Storage
+from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
@@ -48,7 +48,7 @@ class FilesystemStorage(Storage):
         try:
             await anyio.to_thread.run_sync(lambda: self.staging_dir.mkdir(parents=True, exist_ok=True))
         except OSError as exc:
-            raise ObjectStoreException(f"cannot create {self.root}: {exc.strerror}") from exc
+            raise storage_failure(exc, f"cannot create {self.root}") from exc
 
     async def check(self) -> None:
         def probe() -> None:
@@ -70,8 +70,8 @@ class FilesystemStorage(Storage):
 
         try:
             await anyio.to_thread.run_sync(move)
-        except OSError as exc:
-            raise ObjectStoreException(f"cannot store blob: {exc.strerror}") from exc
+        except OSError as exc:  # a full disk (a new folder needs a block) is a 507
+            raise storage_failure(exc, "cannot store blob") from exc
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         path = self._path(key)

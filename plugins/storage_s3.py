@@ -26,7 +26,6 @@ happen to allow.
 from __future__ import annotations
 
 import functools
-
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -44,11 +43,11 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from registry.errors import ObjectStoreException
+from registry.errors import InsufficientStorage, ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, Storage
+from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
 
 NAME = "s3"
 MiB = 1024 * 1024
@@ -76,6 +75,9 @@ BOTO_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError, boto3.ex
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 #: Error codes meaning "no such bucket" (HeadBucket answers a bare 404).
 _MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "404", "NotFound"})
+#: answers of S3-compatible stores whose disk or quota is full (MinIO, Ceph
+#: RGW): the client's 507 INSUFFICIENT_STORAGE, not a failing store
+_FULL_CODES = frozenset({"XMinioStorageFull", "QuotaExceeded", "507"})
 _DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 
 logger = logging.getLogger("registry.storage.s3")
@@ -250,6 +252,8 @@ class S3Storage(Storage):
         except BOTO_ERRORS as exc:
             # The client sees what failed; the log says where and why.
             logger.warning("s3: cannot %s in %s: %s", action, self.where, describe_error(exc))
+            if error_code(_unwrap(exc)) in _FULL_CODES:
+                raise InsufficientStorage(f"cannot {action}: {brief_error(exc)}") from exc
             raise ObjectStoreException(f"cannot {action}: {brief_error(exc)}") from exc
 
     async def _call(self, action: str, work: Callable[[BaseClient], T]) -> T:
@@ -263,7 +267,7 @@ class S3Storage(Storage):
         try:
             await anyio.to_thread.run_sync(lambda: self._staging_dir.mkdir(parents=True, exist_ok=True))
         except OSError as exc:
-            raise ObjectStoreException(f"cannot create {self._staging_dir}: {exc.strerror}") from exc
+            raise storage_failure(exc, f"cannot create {self._staging_dir}") from exc
         await self.check()
 
     async def check(self) -> None:
@@ -340,7 +344,8 @@ class S3Storage(Storage):
         """
         token: str | None = None
         while True:
-            page = await self._call("list blobs", functools.partial(_list_page, bucket=self.bucket, prefix=self.prefix, token=token))
+            page = await self._call("list blobs", functools.partial(_list_page, bucket=self.bucket, prefix=self.prefix,
+                                                                    token=token))
             for entry in page.get("Contents", []):
                 key = entry["Key"][len(self.prefix):]
                 try:

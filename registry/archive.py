@@ -11,7 +11,10 @@ device, fifo and socket members, more members or unpacked bytes than the
 limits, a compression ratio above the limit (members' data and the whole
 decompressed stream alike), oversized extended headers, a compressed stream
 that is truncated or fails its checksum, a tar without its end-of-archive
-marker or with data after it.
+marker or with data after it, a path listed twice, a zip whose local
+entries and central directory disagree (:mod:`registry.zip_layout`), a file
+that also reads as an archive of another format (a tar with a zip inside
+that ``unzip`` would find).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import IO, Any, Protocol, cast
 import yaml
 
 from registry.errors import InvalidPackage
+from registry.zip_layout import check_zip_layout
 
 READ_SIZE = 1024 * 1024
 RATIO_CHECK_FLOOR = 64 * 1024 * 1024
@@ -104,6 +108,12 @@ def detect_format(head: bytes) -> str | None:
     return None
 
 
+class _Reader(Protocol):
+    """Anything with a binary ``read``: a file, or a decompressor over one."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class FollowedUpload(Protocol):
     """An upload still being written, read by :func:`inspect_following`.
 
@@ -128,7 +138,9 @@ def inspect_archive(path: Path, limits: ArchiveLimits) -> ArchiveInfo:
     with path.open("rb") as f:
         fmt = detect_format(f.read(512))
         f.seek(0)
-        return _inspect(f, fmt, _Budget(limits, lambda: packed_size))
+        info = _inspect(f, fmt, _Budget(limits, lambda: packed_size))
+    refuse_other_format(path, info.format)
+    return info
 
 
 def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveInfo:
@@ -148,7 +160,43 @@ def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveI
     fmt = detect_format(head)
     if fmt == "zip":
         return inspect_archive(upload.complete(), limits)
-    return _inspect(cast(IO[bytes], _Prepended(head, upload)), fmt, _Budget(limits, lambda: upload.consumed))
+    # a tar is read as a stream: tarfile and the decompressors only ever call read()
+    stream = cast(IO[bytes], _Prepended(head, upload))
+    info = _inspect(stream, fmt, _Budget(limits, lambda: upload.consumed))
+    refuse_other_format(upload.complete(), info.format)
+    return info
+
+
+def refuse_other_format(path: Path, fmt: str) -> None:
+    """Refuse a file that another tool reads as another archive than ``fmt``.
+
+    ``unzip`` looks for a zip's directory at the end of a file, wherever the
+    file starts: a plain tar (or a gzip with stored blocks) can carry one
+    after its members, and unzip then unpacks entries inspection never saw.
+    A zip may likewise start with a valid tar header. Such a polyglot is
+    refused whatever it holds, since no single reading of it can be checked.
+
+    :raises InvalidPackage: ``path`` also opens as a zip (or, for a zip, as a tar).
+    """
+    if fmt != "zip":
+        try:
+            with zipfile.ZipFile(path) as other:
+                listed = len(other.infolist())
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError):
+            return
+        if listed:
+            raise InvalidPackage(
+                f"the {fmt} archive is also a readable zip ({listed} entries, which unzip would unpack): "
+                "ambiguous; a zip as the last member of a plain tar does this, compressing the tar avoids it"
+            )
+        return
+    try:
+        with tarfile.open(path, mode="r:") as other:
+            first = other.next()
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return
+    if first is not None:
+        raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
@@ -297,13 +345,25 @@ class _LinkTree:
         self.hardlinks: dict[str, str] = {}
         self.display: dict[str, str] = {}
         self.names: set[str] = set()
+        self.folders: set[str] = set()
         self._tree: dict[str, Any] = {}
         self._steps = 0
 
-    def add_member(self, name: str, raw_name: str) -> None:
+    def add_member(self, name: str, raw_name: str, *, is_dir: bool = False) -> None:
+        """Record a file or folder member; refuse a path seen before.
+
+        Extractors disagree on which of two entries for one path wins (tar
+        and unzip keep the last, inspection would read the first), so a
+        path may appear once; only a folder listed again as a folder is
+        harmless (whichever wins, it is a folder).
+        """
         if name in self.symlinks or name in self.hardlinks:
             raise InvalidPackage(f"member {_show(raw_name)} appears twice, once as a link")
+        if name in self.names and not (is_dir and name in self.folders):
+            raise InvalidPackage(f"member {_show(raw_name)} appears twice in the archive")
         self.names.add(name)
+        if is_dir:
+            self.folders.add(name)
 
     def add_link(self, name: str, raw_name: str, target: str, *, symbolic: bool) -> None:
         _check_link_target(raw_name, target)
@@ -326,7 +386,7 @@ class _LinkTree:
             node = self._tree
             parts = name.split("/")
             for depth, part in enumerate(parts[:-1]):
-                child: dict[str, Any] | None = node.get(part)
+                child = node.get(part)
                 if child is None:
                     break
                 node = child
@@ -401,13 +461,13 @@ class _DecompressedStream:
     """
 
     def __init__(self, f: IO[bytes], fmt: str, budget: _Budget) -> None:
-        self.raw: IO[bytes]
+        self.raw: _Reader
         if fmt == "tar.gz":
-            self.raw = cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
+            self.raw = gzip.GzipFile(fileobj=f, mode="rb")
         elif fmt == "tar.bz2":
             self.raw = bz2.BZ2File(f, "rb")
         elif fmt == "tar.xz":
-            self.raw = lzma.LZMAFile(f, "rb")  # noqa: SIM115 (closed by close())
+            self.raw = lzma.LZMAFile(f, "rb")  # noqa: SIM115 - read until tarfile is done, never left open longer than f
         else:
             self.raw = f
         self.budget = budget
@@ -469,7 +529,7 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
                     assert extracted is not None
                     picker.take(name, extracted.read())
             elif member.isdir():
-                links.add_member(name, member.name)
+                links.add_member(name, member.name, is_dir=True)
             else:
                 raise InvalidPackage(f"member {_show(member.name)} has an unsupported type {_show(member.type)}")
         end = tar.offset
@@ -511,6 +571,7 @@ def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
                 raise InvalidPackage(
                     f"compression ratio exceeds {budget.limits.max_compression_ratio} (at {_show(info.filename)})"
                 )
+        check_zip_layout(f, archive)  # before any member is read: what a stream reader would see
         for info in infos:
             name = _clean_member_name(info.filename)
             budget.add_member(info.filename)
@@ -518,7 +579,7 @@ def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                 raise InvalidPackage(f"device or fifo member {_show(info.filename)}")
             if info.is_dir():
-                links.add_member(name, info.filename)
+                links.add_member(name, info.filename, is_dir=True)
                 continue
             is_link = stat.S_ISLNK(mode)
             if is_link and info.file_size > 4096:

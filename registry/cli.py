@@ -33,6 +33,7 @@ from registry.errors import RegistryError, ValidationError
 from registry.fsck import Problem, fsck
 from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, collect_garbage
 from registry.logs import configure_logging
+from registry.printable import escape_unsafe
 from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
 from registry.terminal import human_size, print_table, progress_bar
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except (SettingsError, ClientError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape_unsafe(str(exc))}", file=sys.stderr)  # a registry's detail quotes client data
         return 1
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)

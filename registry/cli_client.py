@@ -10,13 +10,13 @@ turns their errors into exit statuses).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from registry.client import RegistryClient, file_sha256
+from registry.printable import safe_json
 from registry.terminal import print_table, progress_bar
 
 URL_ENV = "REGISTRY_URL"
@@ -43,7 +43,7 @@ def _client(args: argparse.Namespace) -> RegistryClient:
 
 def _print_record(record: dict[str, Any]) -> None:
     """The record as the registry answered it, as indented JSON on stdout."""
-    print(json.dumps(record, indent=2, ensure_ascii=False))
+    print(safe_json(record, indent=2))
 
 
 def _existing_file(value: str) -> Path:
@@ -90,7 +90,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
         records = client.list(args.app, args.module, include_deleted=args.include_deleted)
     if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
+        print(safe_json(records, indent=2))
         return 0
     # a terminal gets a short digest to fit the screen; a pipe gets all of it
     digest_length = 12 if sys.stdout.isatty() else 64

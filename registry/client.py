@@ -12,6 +12,7 @@ what went wrong with the connection or the checksum.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -23,7 +24,8 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
-import contextlib
+
+from registry.validation import parse_decimal
 
 #: ``(done, total)`` progress callback; total is None when unknown.
 Progress = Callable[[int, int | None], None]
@@ -267,8 +269,7 @@ class RegistryClient:
                 expected = response.headers.get("x-checksum-sha256", "").strip().lower()
                 if not expected:
                     raise ChecksumError("the registry sent no X-Checksum-Sha256 header; nothing to verify against")
-                length = response.headers.get("content-length")
-                total = int(length) if length and length.isdigit() else None
+                total = parse_decimal(response.headers.get("content-length", "").strip())  # progress only
                 return _receive(response.iter_bytes(READ_SIZE), dest, expected, total, progress)
         except httpx.TransportError as exc:
             raise self._connection_failed(exc) from exc
@@ -298,7 +299,7 @@ class RegistryClient:
             return
         response.read()
         body: Any = None
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):  # not JSON: a proxy in front answered
             body = response.json()
         if isinstance(body, dict) and isinstance(body.get("code"), str):
             raise ApiError(response.status_code, body["code"], str(body.get("detail", "")), body)

@@ -173,6 +173,15 @@ class PermissionDenied(RegistryError):
     detail_en = "Permission denied"
 
 
+class InsufficientStorage(RegistryError):
+    """The storage or the staging disk is full (ENOSPC, EDQUOT); nothing was kept."""
+
+    code = "INSUFFICIENT_STORAGE"
+    status = 507
+    detail_zh = "存储空间不足"
+    detail_en = "Insufficient storage"
+
+
 class NotFound(RegistryError):
     """No route matches the path (not a package lookup)."""
 

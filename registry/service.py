@@ -47,7 +47,7 @@ from registry.origins import Origin
 from registry.records import CommitResult, NewPackage, Outcome, Record, RecordStore
 from registry.redact import redact_url
 from registry.settings import Settings
-from registry.staging import StagingFile, sweep_staging
+from registry.staging import StagingFile, check_free_space, sweep_staging
 from registry.storage import Storage, new_blob_key
 from registry.validation import check_version, derive_package_name, url_file_name
 
@@ -131,6 +131,9 @@ class Registry:
         exception: the caller treats every failure as "not ready")."""
         await anyio.to_thread.run_sync(self.db.check)
         await self.storage.check()
+        # Uploads are received into the staging folder whatever the backend:
+        # a full disk there fails every upload, so it is not ready either.
+        await anyio.to_thread.run_sync(check_free_space, self.storage.staging_dir)
 
     # -- uploads ----------------------------------------------------------
 

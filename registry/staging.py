@@ -28,8 +28,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from registry.errors import PackageTooLarge
+from registry.errors import InsufficientStorage, PackageTooLarge
+from registry.storage import storage_failure
 
+#: Less free space than this in the staging folder's file system counts as
+#: full for ``/readyz``: not even a small upload could be received.
+MIN_FREE_BYTES = 1024 * 1024
 #: Batch size handed to the writer thread. 2 MiB measured 13% faster uploads
 #: than 1 MiB (fewer thread hand-offs; benchmarks/run.py, 256 MiB) for 7 MB
 #: more peak RSS; larger batches gain little more and cost memory per upload.
@@ -143,7 +147,10 @@ class StagingFile:
                 path.unlink(missing_ok=True)
                 raise
 
-        self._fd, self.path, reader = await anyio.to_thread.run_sync(create)
+        try:
+            self._fd, self.path, reader = await anyio.to_thread.run_sync(create)
+        except OSError as exc:  # a full disk (no inode left), a read-only or missing folder
+            raise storage_failure(exc, "cannot create a staging file") from exc
         self._writer = ThreadPoolExecutor(max_workers=2 if self._follow else 1, thread_name_prefix="staging")
         if self._follow is not None:
             assert reader is not None
@@ -212,13 +219,17 @@ class StagingFile:
         self._pending = self._writer.submit(self._write_blocking, chunks)
 
     async def _wait_for_writer(self) -> None:
-        """Wait for the batch in flight, if any; raise its error (``OSError``)."""
+        """Wait for the batch in flight, if any; raise its error as
+        ``InsufficientStorage`` (disk or quota full) or ``ObjectStoreException``."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        if not pending.done():
-            await anyio.to_thread.run_sync(pending.result)
-        pending.result()
+        try:
+            if not pending.done():
+                await anyio.to_thread.run_sync(pending.result)
+            pending.result()
+        except OSError as exc:  # ENOSPC from write() or fsync() is the client's 507, not a bug
+            raise storage_failure(exc, "cannot write the staging file") from exc
 
     def _write_blocking(self, chunks: list[bytes]) -> None:
         """In the writer thread: hash and append one batch."""
@@ -245,7 +256,11 @@ class StagingFile:
         self._pending = self._writer.submit(os.fsync, self._fd)
 
     async def synced(self) -> None:
-        """Wait until the file is durable on disk (raise the fsync's ``OSError``)."""
+        """Wait until the file is durable on disk.
+
+        :raises InsufficientStorage: the disk filled up (the fsync's ``ENOSPC``).
+        :raises ObjectStoreException: any other failure of the fsync.
+        """
         await self._wait_for_writer()
 
     async def followed(self) -> Any:
@@ -281,3 +296,17 @@ def sweep_staging(folder: Path) -> int:
             entry.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def check_free_space(folder: Path, minimum: int = MIN_FREE_BYTES) -> None:
+    """Raise ``InsufficientStorage`` when the file system holding ``folder``
+    has fewer than ``minimum`` bytes (or no inodes) left for this process.
+
+    Blocking (a ``statvfs``): call it in a worker thread. A folder that does
+    not exist yet is checked through its nearest existing parent.
+    """
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    stats = os.statvfs(folder)
+    if stats.f_bavail * stats.f_frsize < minimum or (stats.f_files and stats.f_favail == 0):
+        raise InsufficientStorage(f"{stats.f_bavail * stats.f_frsize} bytes free for staging")

@@ -6,6 +6,7 @@ everything else about where and how bytes live belongs to the plugin.
 
 from __future__ import annotations
 
+import errno
 import re
 import uuid
 from abc import ABC, abstractmethod
@@ -14,9 +15,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from registry.errors import InsufficientStorage, ObjectStoreException
+
+#: errno values meaning "no room left": the disk, or the user's quota, is full.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class BlobMissing(Exception):
     """The key names no blob (raised by :meth:`Storage.open`)."""
+
+
+def storage_failure(exc: OSError, what: str) -> InsufficientStorage | ObjectStoreException:
+    """The client-visible error for a local disk operation that failed.
+
+    A full disk or quota is ``InsufficientStorage`` (507: retry once space is
+    freed); anything else is the storage failing (``ObjectStoreException``,
+    503). ``what`` says what was being done and names no path.
+    """
+    if exc.errno in NO_SPACE_ERRNOS:
+        return InsufficientStorage(f"{what}: {exc.strerror}")
+    return ObjectStoreException(f"{what}: {exc.strerror or type(exc).__name__}")
 
 
 @dataclass(frozen=True)
@@ -52,8 +70,10 @@ BLOB_KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}/[a-z0-9][a-z0-9_-]{0,31
 class Storage(ABC):
     """A blob store. All methods may block only inside worker threads.
 
-    Failures of the backend itself (disk full, endpoint down, access denied)
-    must be raised as :class:`registry.errors.ObjectStoreException`.
+    Failures of the backend itself (endpoint down, access denied) must be
+    raised as :class:`registry.errors.ObjectStoreException`; a full disk or
+    quota as :class:`registry.errors.InsufficientStorage` (see
+    :func:`storage_failure`).
     """
 
     name: str = ""
@@ -116,4 +136,4 @@ class Storage(ABC):
 
     async def shutdown(self) -> None:
         """Release clients and pools. The default does nothing."""
-        return None
+        return None  # a hook with a default, not an abstract method

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
+from registry.printable import escape_unsafe
+
 
 class ProgressSink(Protocol):
     """Receives progress of one task: bytes (or items) done so far, and the total."""
@@ -30,6 +32,7 @@ def progress_bar(description: str, *, unit: str = "bytes") -> Iterator[ProgressS
 
     Yields a :class:`ProgressSink`; call it as work advances. ``unit`` is
     ``bytes`` (sizes and speed shown) or ``items`` (a plain count).
+    ``description`` is shown as plain text (controls escaped, no markup).
     The bar is removed when the block ends, leaving the command's own output.
     """
     if not sys.stderr.isatty():
@@ -46,13 +49,14 @@ def progress_bar(description: str, *, unit: str = "bytes") -> Iterator[ProgressS
         TransferSpeedColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn()]
+    # the description names a file: shown as it is, never read as rich markup
+    columns = [TextColumn("{task.description}", markup=False), BarColumn()]
     if unit == "bytes":
         columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
     else:
         columns += [MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=None)
+        task = progress.add_task(escape_unsafe(description), total=None)
 
         def update(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
@@ -63,17 +67,24 @@ def progress_bar(description: str, *, unit: str = "bytes") -> Iterator[ProgressS
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = ()) -> None:
     """Print ``rows`` under ``headers`` on stdout.
 
+    Cells are data from the registry, shown as they are: control characters
+    and bidi overrides as escapes (:func:`registry.printable.escape_unsafe`),
+    brackets as brackets (never rich markup).
+
     :param right: headers of columns to align right (numbers).
     """
+    rows = [[escape_unsafe(cell) for cell in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, header_style="bold", pad_edge=False)
         for header in headers:
             table.add_column(header, justify="right" if header in right else "left", no_wrap=True)
         for row in rows:
-            table.add_row(*row)
+            # Text, not str: rich would read "[red]" in a package name as markup
+            table.add_row(*(Text(cell) for cell in row))
         Console().print(table)
         return
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
@@ -81,7 +92,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right:
     def line(cells: Sequence[str]) -> str:
         parts = [
             cell.rjust(width) if header in right else cell.ljust(width)
-            for cell, width, header in zip(cells, widths, headers, strict=True)
+            for cell, width, header in zip(cells, widths, headers, strict=False)
         ]
         return "  ".join(parts).rstrip()
 

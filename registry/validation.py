@@ -18,6 +18,12 @@ VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 MAX_URL_LENGTH = 4096
 MAX_PACKAGE_NAME = 128
+#: Longest decimal number read from a query or header: 18 digits always fit a
+#: 64-bit integer, and int() of thousands of digits is slow, then an error.
+MAX_NUMBER_DIGITS = 18
+#: What a package name never carries: C0 and C1 controls, DEL, and the bidi
+#: embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069).
+UNSAFE_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 TRUE_WORDS = {"true", "1"}
 FALSE_WORDS = {"false", "0"}
 
@@ -30,6 +36,19 @@ def _text(field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _invalid(field, "必须是字符串", "must be a string")
     return value.strip()
+
+
+def parse_decimal(text: str, max_digits: int = MAX_NUMBER_DIGITS) -> int | None:
+    """``text`` as a non-negative int when it is 1 to ``max_digits`` ASCII
+    digits, else None (a sign, a space, other digits, or too many of them).
+
+    Every number a client sends in a query or header goes through this (or
+    a caller's own length cap) before ``int()``: Python refuses to convert
+    more than 4300 digits with a ``ValueError``, which would be a 500.
+    """
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 def parse_slug(field: str, value: str) -> str:
@@ -136,11 +155,19 @@ def derive_package_name(file_name: str, version: str, fallback: str) -> str:
     """The contract's ``package_name``: the file name cut at its first dot,
     then ``:{version}`` unless the name already contains the version.
 
-    ``fallback`` (the module name) stands in for an empty file name.
+    ``fallback`` (the module name) stands in for an empty file name. Control
+    characters and bidi overrides become ``_`` (see :func:`safe_name`).
     """
-    base = file_name.split("/")[-1].split("\\")[-1].split(".", 1)[0] or fallback
+    base = safe_name(file_name.split("/")[-1].split("\\")[-1].split(".", 1)[0]) or fallback
     if version in base:
         return base[:MAX_PACKAGE_NAME]
     suffix = f":{version}"
     room = max(0, MAX_PACKAGE_NAME - len(suffix))
     return (base[:room] + suffix)[:MAX_PACKAGE_NAME]
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every C0/C1 control, DEL and bidi override replaced by
+    ``_``: a name shown on a terminal never moves its cursor, changes its
+    colours or reorders the text around it."""
+    return UNSAFE_NAME_CHARS.sub("_", text)

@@ -33,10 +33,12 @@ from tests.helpers import (
     base_config,
     blob_files,
     make_tar,
+    make_zip,
     merge,
     package,
     start_registry,
 )
+from tests.test_hostile_input import hide_before_directory, local_entry, tar_entries, zip_entries
 
 CODE = "corpus"
 MiB = 1024 * 1024
@@ -387,7 +389,43 @@ MULTIPART_CASES: list[Case] = [
     ("file-upload-version-invalid", lambda c: c.upload(GOOD, version="bad version"), 400, "VALIDATION_ERROR"),
 ]
 
-CORPUS: list[Case] = AUTH_CASES + PATH_CASES + BODY_CASES + ORIGIN_CASES + ARCHIVE_CASES + MULTIPART_CASES
+HUGE = "9" * 5000  # past Python's 4300-digit limit on int()
+EVIL_LOCAL = local_entry(b"../../../evil.sh", b"echo owned\n")
+ZIP_GOOD = make_zip({"app_desc.yaml": app_desc("9"), "src/main.py": b"print(1)\n"})
+TWICE = [("app_desc.yaml", app_desc("9")), ("src/main.py", b"1"), ("./app_desc.yaml", app_desc("6.6.6"))]
+
+ROUND2_CASES: list[Case] = [
+    ("list-limit-huge", lambda c: c.call("GET", path(), params={"limit": HUGE}), 400, "VALIDATION_ERROR"),
+    ("list-offset-huge", lambda c: c.call("GET", path(), params={"offset": HUGE}), 400, "VALIDATION_ERROR"),
+    ("list-offset-19-digits", lambda c: c.call("GET", path(), params={"offset": "9" * 19}), 400, "VALIDATION_ERROR"),
+    ("range-huge-start", lambda c: c.call("GET", path(f"{c.existing_id}/download/"),
+                                          headers={"Range": f"bytes={HUGE}-"}), 416, "RANGE_NOT_SATISFIABLE"),
+    ("range-huge-suffix-of-zero", lambda c: c.call("GET", path(f"{c.existing_id}/download/"),
+                                                   headers={"Range": "bytes=-" + "0" * 5000}),
+     416, "RANGE_NOT_SATISFIABLE"),
+    ("method-invented", lambda c: c.call("BREW", path()), 405, "METHOD_NOT_ALLOWED"),
+    ("multipart-boundary-too-long", lambda c: c.call(
+        "POST", path(), content=b"--" + b"b" * 300 + b"\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=" + "b" * 300}), 400, "VALIDATION_ERROR"),
+    ("multipart-boundary-too-long-link", lambda c: c.call(
+        "POST", path("link/"), content=b"--" + b"b" * 300 + b"\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=" + "b" * 300}), 400, "VALIDATION_ERROR"),
+    ("multipart-boundary-empty-quoted", lambda c: c.call(
+        "POST", path(), content=b"----\r\n", headers={"Content-Type": 'multipart/form-data; boundary=""'}),
+     400, "VALIDATION_ERROR"),
+    ("archive-zip-local-entry-prepended", lambda c: c.upload(EVIL_LOCAL + ZIP_GOOD, "p.zip"),
+     400, "INVALID_PACKAGE"),
+    ("archive-zip-local-entry-before-directory", lambda c: c.upload(
+        hide_before_directory(ZIP_GOOD, EVIL_LOCAL), "p.zip"), 400, "INVALID_PACKAGE"),
+    ("archive-tar-path-twice", lambda c: c.upload(tar_entries(TWICE), "p.tar"), 400, "INVALID_PACKAGE"),
+    ("archive-zip-path-twice", lambda c: c.upload(zip_entries(TWICE), "p.zip"), 400, "INVALID_PACKAGE"),
+    ("archive-tar-also-a-zip", lambda c: c.upload(tar_entries([
+        ("app_desc.yaml", app_desc("9")), ("z.zip", make_zip({"../../evil.sh": b"x"}))]), "p.tar"),
+     400, "INVALID_PACKAGE"),
+]
+
+CORPUS: list[Case] = (AUTH_CASES + PATH_CASES + BODY_CASES + ORIGIN_CASES + ARCHIVE_CASES + MULTIPART_CASES
+                      + ROUND2_CASES)
 
 
 # -- the registry and the snapshot --------------------------------------------------------------

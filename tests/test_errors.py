@@ -30,6 +30,7 @@ CONTRACT: dict[str, tuple[int, str]] = {
     "PACKAGE_NOT_FOUND": (404, "找不到指定的源码包"),
     "UNAUTHENTICATED": (401, "用户未登录或登录态失效"),
     "PERMISSION_DENIED": (403, "无权限访问"),
+    "INSUFFICIENT_STORAGE": (507, "存储空间不足"),
 }
 #: Codes the contract does not list, for failures outside its table (HTTP's own).
 BEYOND_CONTRACT: dict[str, int] = {

@@ -17,6 +17,10 @@ from registry.archive import FORMATS
 from registry.errors import ObjectStoreException, PackageNotFound, RangeNotSatisfiable
 from registry.records import Record
 from registry.storage import BlobMissing, Storage
+from registry.validation import MAX_NUMBER_DIGITS, parse_decimal
+
+#: Stands for any byte position of more than :data:`MAX_NUMBER_DIGITS` digits.
+FAR_BEYOND: int = 10**MAX_NUMBER_DIGITS
 
 
 async def package_response(storage: Storage, record: Record, request: Request) -> Response:
@@ -28,8 +32,9 @@ async def package_response(storage: Storage, record: Record, request: Request) -
     gets the same status and headers, without reading the blob.
 
     :raises PackageNotFound: the record is soft-deleted.
-    :raises ObjectStoreException: ``fsck --repair`` marked the blob broken, or
-        the blob is missing from storage.
+    :raises ObjectStoreException: ``fsck --repair`` marked the blob broken.
+    :raises BlobMissing: the record's blob is not in storage (an overwrite
+        may have replaced it since the record was read: the caller decides).
     :raises RangeNotSatisfiable: the range starts past the end (416).
     """
     if record.is_deleted:
@@ -65,7 +70,7 @@ async def package_response(storage: Storage, record: Record, request: Request) -
     if request.method == "HEAD":
         # Headers only: streaming the blob would read it whole for nothing.
         if not await storage.exists(record.blob_key):
-            raise ObjectStoreException("the package's blob is missing from storage")
+            raise BlobMissing(record.blob_key)
         return Response(status_code=status, headers=headers, media_type=media_type)
     body = await _open_blob(storage, record.blob_key, start, end)
     return StreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
@@ -81,22 +86,35 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    first_text, dash, last_text = spec.strip().partition("-")
+    first, last = _position(first_text), _position(last_text)
+    if not dash or (first_text and first is None) or (last_text and last is None):
         return None
-    if first == "":
-        if last == "" or int(last) == 0:
-            if last == "":
-                return None
+    if first is None:
+        if last is None:
+            return None
+        if last == 0:
             raise _unsatisfiable(spec, size)
-        return max(0, size - int(last)), size
-    start = int(first)
-    end = min(size, int(last) + 1) if last else size
-    if last and int(last) < start:
+        return max(0, size - last), size
+    end = min(size, last + 1) if last is not None else size
+    if last is not None and last < first:
         return None
-    if start >= size:
+    if first >= size:
         raise _unsatisfiable(spec, size)
-    return start, end
+    return first, end
+
+
+def _position(text: str) -> int | None:
+    """A range's byte position, or None when blank or not ASCII digits.
+
+    A number longer than any blob's size (past :data:`MAX_NUMBER_DIGITS`) is
+    read as :data:`FAR_BEYOND` instead of being converted: a start there is
+    past the end (416), an end or suffix length there means "to the end".
+    """
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = parse_decimal(text.lstrip("0") or "0")  # leading zeros say nothing about size
+    return FAR_BEYOND if value is None else value
 
 
 def _unsatisfiable(spec: str, size: int) -> RangeNotSatisfiable:
@@ -130,12 +148,12 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 async def _open_blob(storage: Storage, key: str, start: int, end: int) -> AsyncIterator[bytes]:
     """Open the blob and read its first chunk now, so a missing blob is an
-    error response rather than a cut-off body."""
+    error response rather than a cut-off body.
+
+    :raises BlobMissing: no blob under ``key``.
+    """
     stream = storage.open(key, start, end)
-    try:
-        first = await anext(stream, b"")
-    except BlobMissing:
-        raise ObjectStoreException("the package's blob is missing from storage") from None
+    first = await anext(stream, b"")
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -129,19 +129,10 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
         raise _body_error("multipart 请求缺少 boundary", "multipart body without a boundary")
     result = MultipartResult()
     events: list[tuple[str, bytes]] = []
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": lambda: events.append(("begin", b"")),
-            "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
-            "on_part_end": lambda: events.append(("end", b"")),
-            "on_header_field": lambda data, start, end: events.append(("hfield", bytes(data[start:end]))),
-            "on_header_value": lambda data, start, end: events.append(("hvalue", bytes(data[start:end]))),
-            "on_header_end": lambda: events.append(("hend", b"")),
-            "on_headers_finished": lambda: events.append(("hdone", b"")),
-            "on_end": lambda: events.append(("done", b"")),
-        },
-    )
+    try:
+        parser = _parser(boundary, events)
+    except FormParserError:  # e.g. a boundary longer than the parser allows (RFC 2046: 70)
+        raise _body_error("multipart boundary 无效", "invalid multipart boundary") from None
     part = _Part()
     parts = 0
     received = 0
@@ -159,7 +150,7 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
                 raise PackageTooLarge(f"the request body exceeds {sink.max_size + MULTIPART_OVERHEAD} bytes")
             try:
                 parser.write(chunk)
-            except MultipartParseError:
+            except FormParserError:  # MultipartParseError and every other complaint of the parser
                 raise _body_error("multipart 请求体格式错误", "malformed multipart body") from None
             for kind, data in events:
                 if kind == "begin":
@@ -200,6 +191,27 @@ async def parse_multipart(request: Request, file_field: str | None, sink: Stagin
     if not finished:
         raise _body_error("multipart 请求体不完整", "incomplete multipart body")
     return result
+
+
+def _parser(boundary: bytes, events: list[tuple[str, bytes]]) -> MultipartParser:
+    """A push parser for ``boundary`` that appends each callback to ``events``
+    as ``(kind, bytes)``, for the caller to act on after each ``write``.
+
+    :raises FormParserError: python-multipart refuses the boundary.
+    """
+    return MultipartParser(
+        boundary,
+        {
+            "on_part_begin": lambda: events.append(("begin", b"")),
+            "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
+            "on_part_end": lambda: events.append(("end", b"")),
+            "on_header_field": lambda data, start, end: events.append(("hfield", bytes(data[start:end]))),
+            "on_header_value": lambda data, start, end: events.append(("hvalue", bytes(data[start:end]))),
+            "on_header_end": lambda: events.append(("hend", b"")),
+            "on_headers_finished": lambda: events.append(("hdone", b"")),
+            "on_end": lambda: events.append(("done", b"")),
+        },
+    )
 
 
 def _start_part(part: _Part, file_field: str | None, result: MultipartResult) -> None:

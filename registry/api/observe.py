@@ -7,7 +7,6 @@ or a new one; it is echoed in the response and logged with the access line.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -18,10 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.metrics import Metrics
+from registry.printable import safe_json
 
 access_logger = logging.getLogger("registry.access")
 REQUEST_ID_HEADER = b"x-request-id"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+#: The methods HTTP defines; any other becomes the label ``other``.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 
 def route_template(scope: Scope) -> str:
@@ -43,7 +45,8 @@ def route_template(scope: Scope) -> str:
 class ObserveRequests:
     """ASGI middleware: gives each HTTP request an ``X-Request-ID`` (echoed in
     the response), counts it in ``metrics`` by method, route template and
-    status, and writes its JSON access line to ``registry.access``. Bodies
+    status (each from a closed set), and writes its JSON access line to
+    ``registry.access``. Bodies
     pass through unbuffered; other scope types pass through untouched."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -79,17 +82,17 @@ class ObserveRequests:
 
     def _record(self, scope: Scope, request_id: str, state: dict[str, int], duration: float) -> None:
         route = route_template(scope)
-        method = scope["method"]
-        self.metrics.requests.labels(method, route, str(state["status"])).inc()
+        method = method_label(scope["method"])
+        self.metrics.requests.labels(method, route, status_label(state["status"])).inc()
         self.metrics.latency.labels(method, route).observe(duration)
         self.metrics.bytes_in.inc(state["received"])
         self.metrics.bytes_out.inc(state["sent"])
         if state["status"] == 503:
             self.metrics.storage_errors.inc()
         operator = scope.get("state", {}).get("operator")
-        access_logger.info(json.dumps({
+        access_logger.info(safe_json({
             "request_id": request_id,
-            "method": method,
+            "method": scope["method"],
             "path": scope["path"],
             "route": route,
             "status": state["status"],
@@ -98,13 +101,27 @@ class ObserveRequests:
             "duration_ms": round(duration * 1000, 2),
             "operator": operator,
             "client": (scope.get("client") or ("", 0))[0],
-        }, ensure_ascii=False))
+        }))
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label: one of :data:`KNOWN_METHODS`, else ``other``.
+
+    A method is any token a client cares to send; as a label each new one
+    would be a new series kept forever, so labels come from a closed set.
+    """
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """The ``status`` label: the code the server chose, within 100-599 (else ``other``)."""
+    return str(status) if 100 <= status <= 599 else "other"
 
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER:
-            candidate = value.decode("latin-1").strip()
+            candidate: str = value.decode("latin-1").strip()
             if SANE_REQUEST_ID.fullmatch(candidate):
                 return str(candidate)
             break

@@ -116,7 +116,7 @@ def _record_response(description: str) -> dict[str, Any]:
 
 UPLOAD_ERRORS = ("UNSUPPORTED_SOURCE_ORIGIN", "SOURCE_ORIGIN_FORBIDDEN", "MISSING_VERSION_INFO", "INVALID_PACKAGE",
                  "PACKAGE_ALREADY_EXISTS", "CHECKSUM_MISMATCH", "PACKAGE_TOO_LARGE", "PACKAGE_DOWNLOAD_FAILED",
-                 "PACKAGE_DOWNLOAD_TIMEOUT", "OBJECT_STORE_EXCEPTION")
+                 "PACKAGE_DOWNLOAD_TIMEOUT", "OBJECT_STORE_EXCEPTION", "INSUFFICIENT_STORAGE")
 
 
 def _operations() -> dict[str, dict[str, Any]]:
@@ -209,7 +209,7 @@ def _service_paths() -> dict[str, Any]:
     return {
         "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness", "security": [], "responses": {"200": plain}}},
         "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: database and storage reachable",
-                            "security": [], "responses": {"200": plain, **_error_responses(*[c for c in all_error_classes() if c.code == "OBJECT_STORE_EXCEPTION"])}}},
+                            "security": [], "responses": {"200": plain, **_error_responses(*[c for c in all_error_classes() if c.code in ("OBJECT_STORE_EXCEPTION", "INSUFFICIENT_STORAGE")])}}},
         "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics (registry_*)", "security": [],
                              "responses": {"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This description", "security": [],

@@ -28,6 +28,7 @@ from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.api.serialize import record_json
 from registry.auth import ANONYMOUS, Principal, authenticate, parse_credentials
 from registry.errors import (
+    InsufficientStorage,
     MethodNotAllowed,
     ObjectStoreException,
     PackageTooLarge,
@@ -37,11 +38,22 @@ from registry.errors import (
 )
 from registry.records import ORDERINGS, CommitResult, Outcome
 from registry.service import Registry, UploadRequest
-from registry.validation import parse_bool, parse_package_url, parse_sha256, parse_slug, parse_version
+from registry.storage import BlobMissing
+from registry.validation import (
+    parse_bool,
+    parse_decimal,
+    parse_package_url,
+    parse_sha256,
+    parse_slug,
+    parse_version,
+)
 
 logger = logging.getLogger("registry.api")
 
 MAX_SEARCH_TERM = 128
+#: Times a download follows its record to a newer blob (each retry means an
+#: overwrite committed meanwhile).
+DOWNLOAD_ATTEMPTS = 5
 
 
 def _registry(request: Request) -> Registry:
@@ -173,9 +185,12 @@ async def upload_file(request: Request) -> Response:
         raise ValidationError.single(
             "package", "须以 multipart/form-data 上传文件", "must be uploaded as multipart/form-data"
         )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > registry.max_package_size + MULTIPART_OVERHEAD:
-        raise PackageTooLarge(f"the request announces {declared} bytes")
+    declared = request.headers.get("content-length", "").strip()
+    declared_size = parse_decimal(declared)
+    if declared_size is None and declared.isascii() and declared.isdigit():
+        declared_size = registry.max_package_size + MULTIPART_OVERHEAD + 1  # more digits than any real size
+    if declared_size is not None and declared_size > registry.max_package_size + MULTIPART_OVERHEAD:
+        raise PackageTooLarge(f"the request announces {declared[:40]} bytes")
     async def receive_and_ingest() -> CommitResult:
         async with registry.staging() as staged:
             form = await parse_multipart(request, "package", staged)
@@ -196,9 +211,10 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+    value = parse_decimal(raw)
+    if value is None or not low <= value <= high:
         raise ValidationError.single(name, f"须为 {low} 到 {high} 之间的整数", f"must be an integer from {low} to {high}")
-    return int(raw)
+    return value
 
 
 async def list_packages(request: Request) -> Response:
@@ -276,13 +292,27 @@ async def download_package(request: Request) -> Response:
     await authorize(request, code, write=False)
     registry = _registry(request)
     record = await registry.get(code, module, package_id)
-    return await package_response(registry.storage, record, request)
+    for _ in range(DOWNLOAD_ATTEMPTS):
+        try:
+            return await package_response(registry.storage, record, request)
+        except BlobMissing:
+            # An overwrite commits its record, then deletes the old blob: a
+            # reader holding the old record finds it gone. The record read
+            # again names the new blob (headers and bytes both come from it,
+            # so they always agree); the same blob missing twice is a fault.
+            fresh = await registry.get(code, module, package_id)
+            if fresh.blob_key == record.blob_key:
+                break
+            record = fresh
+    raise ObjectStoreException("the package's blob is missing from storage")
 
 
 async def metrics(request: Request) -> Response:
     """GET ``/metrics``: this instance's Prometheus metrics, in the text format."""
     registry = _registry(request)
-    return Response(registry.metrics.render(), media_type=registry.metrics.content_type)
+    # Rendering walks every series: off the event loop, like any other blocking work.
+    body = await anyio.to_thread.run_sync(registry.metrics.render)
+    return Response(body, media_type=registry.metrics.content_type)
 
 
 async def openapi(request: Request) -> Response:
@@ -301,16 +331,19 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """GET ``/readyz``: ``{"status": "ready"}`` when the database and the storage answer, else 503.
+    """GET ``/readyz``: ``{"status": "ready"}`` when the database and the storage answer, else 503
+    (507 ``INSUFFICIENT_STORAGE`` when the storage or staging disk is full).
 
     The route needs no credential, so the answer names no bucket, endpoint or
     path; the reason goes to the log for the operator.
     """
     try:
         await _registry(request).check_ready()
-    except Exception as exc:
+    except Exception as exc:  # any failure means "not ready"
         reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         logger.warning("not ready: %s", reason)
+        if isinstance(exc, InsufficientStorage):
+            raise InsufficientStorage("not ready") from exc  # a full disk is worth naming: 507
         raise ObjectStoreException("not ready") from exc
     return JSONResponse({"status": "ready"})
 
