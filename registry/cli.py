@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import socket
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -98,7 +97,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - report any failure to reach a dependency
+    except Exception as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"
@@ -260,17 +259,21 @@ def _non_negative_int(value: str) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """The audit trail the ``audit`` plugin keeps, newest first."""
-    from plugins.audit import recent_events
-
     _, registry = _load(args)
-    events = recent_events(registry.db, limit=args.limit, code=args.app)
+    events = registry.records.recent_events(limit=args.limit, code=args.app)
     if args.json:
-        print(json.dumps(events, indent=2, ensure_ascii=False))
+        listed = [
+            {"id": e.id, "kind": e.kind, "time": e.time.isoformat(timespec="seconds"), "operator": e.operator,
+             "code": e.code, "module": e.module, "package_id": e.package_id, "version": e.version,
+             "sha256": e.sha256, "package_size": e.package_size}
+            for e in events
+        ]
+        print(json.dumps(listed, indent=2, ensure_ascii=False))
         return 0
     print_table(
         ["ID", "TIME", "EVENT", "OPERATOR", "APP/MODULE", "PACKAGE", "VERSION", "SHA256"],
-        [[str(e["id"]), e["time"], e["kind"], e["operator"], f"{e['code']}/{e['module']}", str(e["package_id"]),
-          e["version"], e["sha256"][:16]] for e in events],
+        [[str(e.id), e.time.isoformat(timespec="seconds"), e.kind, e.operator, f"{e.code}/{e.module}",
+          str(e.package_id), e.version, e.sha256[:16]] for e in events],
         right=["ID", "PACKAGE"],
     )
     return 0
@@ -357,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except (sqlite3.Error, OSError) as exc:
+    except OSError as exc:
         # an operator command could not read its database or files: say so, no traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@
     ─▶ version ─▶ conflict check ─▶ put blob ─▶ commit record
 
 Both upload routes and every origin and storage go through :meth:`Registry.ingest`.
-Blocking work (SQLite, archive inspection) runs in worker threads. A failure
+Blocking work (the record store, archive inspection) runs in worker threads. A failure
 at any step leaves no record, no blob and no staging file behind: the staging
 file is removed on exit, and a blob that did not end up referenced is deleted.
 """
@@ -29,7 +29,6 @@ import pluggy
 from registry import events
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
-from registry.db import Database
 from registry.errors import (
     ChecksumMismatch,
     InvalidPackage,
@@ -44,11 +43,12 @@ from registry.errors import (
 )
 from registry.metrics import Metrics
 from registry.origins import Origin
-from registry.records import CommitResult, NewPackage, Outcome, Record, RecordStore
+from registry.records import CommitResult, NewPackage, Outcome, Record
 from registry.redact import redact_url
 from registry.settings import Settings
 from registry.staging import StagingFile, sweep_staging
 from registry.storage import Storage, new_blob_key
+from registry.store import RecordStore
 from registry.validation import check_version, derive_package_name, url_file_name
 
 logger = logging.getLogger("registry.service")
@@ -85,6 +85,7 @@ class Registry:
         pm: pluggy.PluginManager,
         storage: Storage,
         origins: list[Origin],
+        records: RecordStore,
     ) -> None:
         self.settings = settings
         self.pm = pm
@@ -92,12 +93,12 @@ class Registry:
         self.origins = origins
         self.enabled_origins = set(settings["origins.enabled"])
         self.time_zone = ZoneInfo(settings["server.time_zone"])
-        self.db = Database(Path(settings["database.path"]))
-        self.records = RecordStore(self.db)
+        #: records, credentials and events (see ``registry/store.py``)
+        self.records = records
         self.metrics = Metrics()
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
-        self.credentials = CredentialStore(self.db)
+        self.credentials = CredentialStore(records)
         self.max_package_size: int = settings["limits.max_package_size"]
         self.archive_limits = ArchiveLimits(
             max_members=settings["limits.max_members"],
@@ -108,8 +109,10 @@ class Registry:
     # -- life cycle -------------------------------------------------------
 
     async def startup(self) -> None:
-        """Migrate the database, prepare the storage, sweep stale staging files."""
-        await anyio.to_thread.run_sync(self.db.check)
+        """Migrate the record store, prepare the storage, sweep stale staging files."""
+        applied = await anyio.to_thread.run_sync(self.records.migrate)
+        for migration in applied:
+            logger.info("applied record-store migration %d: %s", migration.number, migration.name)
         await self.storage.startup()
         removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
         if removed:
@@ -124,12 +127,13 @@ class Registry:
             if inspect.isawaitable(result):
                 await result
         await self.storage.shutdown()
+        await anyio.to_thread.run_sync(self.records.close)
 
     async def check_ready(self) -> None:
         """Return when the database and the storage answer now; raise whatever
         the failing one raised otherwise (a ``RegistryError`` or any other
         exception: the caller treats every failure as "not ready")."""
-        await anyio.to_thread.run_sync(self.db.check)
+        await anyio.to_thread.run_sync(self.records.check)
         await self.storage.check()
 
     # -- uploads ----------------------------------------------------------

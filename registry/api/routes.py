@@ -35,7 +35,7 @@ from registry.errors import (
     Unauthenticated,
     ValidationError,
 )
-from registry.records import ORDERINGS, CommitResult, Outcome
+from registry.records import ORDERINGS, CommitResult, Order, Outcome
 from registry.service import Registry, UploadRequest
 from registry.validation import parse_bool, parse_package_url, parse_sha256, parse_slug, parse_version
 
@@ -220,7 +220,7 @@ async def list_packages(request: Request) -> Response:
     include_deleted = parse_bool("include_deleted", query.get("include_deleted"))
     count, records = await anyio.to_thread.run_sync(
         lambda: registry.records.list(
-            code, module, search_term=search_term, order_by=order_by, limit=limit,
+            code, module, search_term=search_term, order_by=Order(order_by), limit=limit,
             offset=offset, include_deleted=include_deleted,
         )
     )
@@ -308,7 +308,7 @@ async def readyz(request: Request) -> Response:
     """
     try:
         await _registry(request).check_ready()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+    except Exception as exc:
         reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         logger.warning("not ready: %s", reason)
         raise ObjectStoreException("not ready") from exc
