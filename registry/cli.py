@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from registry.bootstrap import build_registry, load_settings
 from registry.cli_client import UsageError, add_client_commands
+from registry.cli_records import add_record_commands
 from registry.client import ClientError
 from registry.errors import RegistryError, ValidationError
 from registry.fsck import Problem, fsck
@@ -34,6 +35,7 @@ from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, c
 from registry.logs import configure_logging
 from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
+from registry.store import Migration
 from registry.terminal import human_size, print_table, progress_bar
 from registry.validation import parse_slug
 
@@ -87,13 +89,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings, registry = _load(args)
 
-    async def probe() -> None:
+    async def probe() -> list[Migration]:
         await registry.storage.startup()
-        await registry.check_ready()
+        await registry.storage.check()
         await registry.storage.shutdown()
+        # reaches the database and reads its schema version; creates nothing
+        return registry.records.pending_migrations()
 
     try:
-        asyncio.run(probe())
+        pending = asyncio.run(probe())
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
@@ -101,7 +105,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"
-    print(f"ok: {source}: database {settings['database.path']}, storage {settings['storage.backend']}")
+    for migration in pending:
+        print(f"pending migration {migration.number:04d} {migration.name} (applied by serve or registry migrate)")
+    print(f"ok: {source}: database {registry.records.description}, storage {settings['storage.backend']}")
     return 0
 
 
@@ -338,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)
+    add_record_commands(commands)
     add_client_commands(commands)
     return parser
 
