@@ -7,8 +7,6 @@ lists them (through the record store, so any store plugin keeps them).
 
 from __future__ import annotations
 
-import anyio.to_thread
-
 from registry.events import PackageEvent
 from registry.hookspecs import hookimpl
 from registry.records import AuditEvent
@@ -26,4 +24,4 @@ def audit_event(event: PackageEvent) -> AuditEvent:
 
 @hookimpl
 async def registry_package_event(event: PackageEvent, registry: Registry) -> None:
-    await anyio.to_thread.run_sync(registry.records.add_event, audit_event(event))
+    await registry.write(registry.records.add_event, audit_event(event))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -29,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from registry.errors import DatabaseUnavailable, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
@@ -48,6 +49,8 @@ from registry.settings import Settings
 from registry.store import Migration, RecordStore, decide
 
 Row = dict[str, Any]
+
+logger = logging.getLogger("registry.store.postgres")
 
 #: Any fixed number: the key of the advisory lock migrations run under.
 MIGRATION_LOCK = 0x5EC0_57A6
@@ -164,12 +167,26 @@ class PostgresStore(RecordStore):
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
-        """The server's or the network's failures as ``DatabaseUnavailable``, password-free."""
+        """The server's or the network's failures as ``DatabaseUnavailable``.
+
+        The client is told only which kind of failure it was; the server's
+        own message (host, port, user, never the password) goes to the log.
+        """
         try:
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise DatabaseUnavailable(self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else
-                                                  type(exc).__name__)) from None
+            text = str(exc).strip()
+            logger.warning("database unavailable: %s: %s", type(exc).__name__,
+                           self._scrub(text.splitlines()[0] if text else ""))
+            if isinstance(exc, PoolTimeout):
+                reason = f"no database connection within {self.timeout:g} s"
+            elif isinstance(exc, psycopg.errors.LockNotAvailable):
+                reason = f"a lock was held longer than {self.timeout:g} s"
+            elif isinstance(exc, psycopg.errors.DiskFull):
+                reason = "the database's disk is full"
+            else:
+                reason = "the database did not answer"
+            raise DatabaseUnavailable(reason) from None
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Row]]:

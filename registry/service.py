@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -52,6 +52,12 @@ from registry.store import RecordStore
 from registry.validation import check_version, derive_package_name, url_file_name
 
 logger = logging.getLogger("registry.service")
+
+T = TypeVar("T")
+
+#: Threads for record-store reads / writes per process (see ``Registry.read``).
+READ_THREADS = 32
+WRITE_THREADS = 8
 
 _EVENT_KINDS = {
     Outcome.CREATED: events.STORED,
@@ -95,6 +101,12 @@ class Registry:
         self.time_zone = ZoneInfo(settings["server.time_zone"])
         #: records, credentials and events (see ``registry/store.py``)
         self.records = records
+        # Store calls run in threads of their own, apart from anyio's default
+        # pool (staging, inspection) and split by kind: writers waiting on a
+        # locked or slow database hold at most WRITE_THREADS threads, so reads
+        # and authentication keep answering meanwhile.
+        self.read_threads = anyio.CapacityLimiter(READ_THREADS)
+        self.write_threads = anyio.CapacityLimiter(WRITE_THREADS)
         self.metrics = Metrics()
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
@@ -105,6 +117,15 @@ class Registry:
             max_unpacked_size=settings["limits.max_unpacked_size"],
             max_compression_ratio=settings["limits.max_compression_ratio"],
         )
+
+    async def read(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a record-store read in a read thread (never behind waiting writers)."""
+        return await anyio.to_thread.run_sync(call, *args, limiter=self.read_threads)
+
+    async def write(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a record-store write in a write thread (at most WRITE_THREADS
+        wait on a locked or slow database at once)."""
+        return await anyio.to_thread.run_sync(call, *args, limiter=self.write_threads)
 
     # -- life cycle -------------------------------------------------------
 
@@ -133,7 +154,7 @@ class Registry:
         """Return when the database and the storage answer now; raise whatever
         the failing one raised otherwise (a ``RegistryError`` or any other
         exception: the caller treats every failure as "not ready")."""
-        await anyio.to_thread.run_sync(self.records.check)
+        await self.read(self.records.check)
         await self.storage.check()
 
     # -- uploads ----------------------------------------------------------
@@ -195,9 +216,7 @@ class Registry:
 
     async def _live_version(self, upload: UploadRequest, version: str) -> Record | None:
         """The record of ``version`` unless it is absent or soft-deleted."""
-        existing = await anyio.to_thread.run_sync(
-            self.records.find_version, upload.code, upload.module, version
-        )
+        existing = await self.read(self.records.find_version, upload.code, upload.module, version)
         return None if existing is None or existing.is_deleted else existing
 
     async def ingest(
@@ -269,7 +288,7 @@ class Registry:
         """Put the blob, then switch the record to it; clean up whichever blob lost."""
         await self.storage.put(staged, new.blob_key)
         try:
-            result = await anyio.to_thread.run_sync(self.records.commit, new, allow_overwrite)
+            result = await self.write(self.records.commit, new, allow_overwrite)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._delete_quietly(new.blob_key)
@@ -293,7 +312,7 @@ class Registry:
 
         :raises PackageNotFound: no such id in this module.
         """
-        record = await anyio.to_thread.run_sync(self.records.get, code, module, package_id)
+        record = await self.read(self.records.get, code, module, package_id)
         if record is None:
             raise PackageNotFound(f"id {package_id}")
         return record
@@ -304,7 +323,7 @@ class Registry:
 
         :raises PackageNotFound: no such id in this module.
         """
-        record, changed = await anyio.to_thread.run_sync(self.records.soft_delete, code, module, package_id)
+        record, changed = await self.write(self.records.soft_delete, code, module, package_id)
         if changed:
             await events.dispatch(self, events.PackageEvent(events.DELETED, record, operator))
         return record
@@ -316,7 +335,7 @@ class Registry:
         :raises PackageNotFound: no such id in this module, or ``gc`` purged its bytes.
         :raises PackageAlreadyExists: the version was uploaded again after the delete.
         """
-        record, changed = await anyio.to_thread.run_sync(self.records.restore, code, module, package_id)
+        record, changed = await self.write(self.records.restore, code, module, package_id)
         if changed:
             await events.dispatch(self, events.PackageEvent(events.RESTORED, record, operator))
         return record
