@@ -313,6 +313,15 @@ def commit_in_process(factory: StoreFactory, new: NewPackage) -> str:
         store.close()
 
 
+def migrate_in_process(factory: StoreFactory) -> int:
+    """Migrate a store built by ``factory`` in this (child) process; how many migrations it applied."""
+    store = factory()
+    try:
+        return len(store.migrate())
+    finally:
+        store.close()
+
+
 class RecordStoreConformance:
     """The record-store suite. Subclass it and provide ``make_store``: a
     picklable callable with no arguments that returns a new, not yet migrated
@@ -354,6 +363,17 @@ class RecordStoreConformance:
             assert again.is_empty()
         finally:
             again.close()
+
+    def test_instances_starting_together_migrate_once(self, make_store: StoreFactory) -> None:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            applied = pool.map(migrate_in_process, [make_store] * 4)
+        assert sorted(applied)[:-1] == [0, 0, 0] and sorted(applied)[-1] > 0
+        store = make_store()
+        try:
+            assert store.pending_migrations() == []
+        finally:
+            store.close()
 
     # -- the versioning rules ------------------------------------------------------------
 

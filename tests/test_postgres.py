@@ -101,6 +101,9 @@ def test_served_on_postgres_the_main_flow_works(tmp_path: Path, pg_url: str) -> 
         events = server.cli("events", "--app", "pgapp", "--json").stdout
         assert '"restored"' in events and '"stored"' in events
         assert httpx.get(f"{server.url}/readyz").status_code == 200
+        # the operator's commands work on PostgreSQL beside the running server
+        assert "fsck: 2 blob(s) checked" in server.cli("fsck").stdout
+        assert server.cli("gc", "--dry-run").returncode == 0
         api.close()
     finally:
         server.stop()
@@ -143,3 +146,14 @@ def test_copy_records_moves_a_sqlite_registry_to_postgres(tmp_path: Path, pg_url
         api.close()
     finally:
         moved.stop()
+
+
+def test_the_cluster_example_selects_postgres() -> None:
+    from registry.bootstrap import load_settings
+    from registry.cli_records import open_store
+
+    repo = Path(__file__).resolve().parent.parent
+    settings, pm = load_settings(repo / "config" / "registry.cluster.toml")
+    store = open_store(settings, pm)
+    assert type(store).__name__ == "PostgresStore"
+    assert store.description == "postgresql db.internal:5432/registry"
