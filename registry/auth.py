@@ -24,13 +24,14 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from registry.db import Database
 from registry.errors import PermissionDenied, Unauthenticated
-from registry.records import utc_now
+from registry.records import Credential, NewCredential
+from registry.store import RecordStore
 
 TOKEN_PREFIX = "spr_"
 HINT_LENGTH = 8
 MAX_HEADER_LENGTH = 4096
+LIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ class CredentialInfo:
     created: str
     revoked_at: str | None
 
+    @classmethod
+    def of(cls, credential: Credential) -> CredentialInfo:
+        """The listing of ``credential``, times as UTC ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+        return cls(
+            id=credential.id, kind=credential.kind, name=credential.name, hint=credential.hint,
+            apps=credential.apps, read_only=credential.read_only,
+            created=credential.created.strftime(LIST_TIME_FORMAT),
+            revoked_at=credential.revoked_at.strftime(LIST_TIME_FORMAT) if credential.revoked_at else None,
+        )
+
 
 def _hint(kind: str, secret: str) -> str:
     """What ``token list`` shows to tell tokens apart: the ``spr_`` prefix and
@@ -82,19 +93,17 @@ def _digest(secret: str) -> str:
 
 
 class CredentialStore:
-    """The ``credentials`` table. Every method blocks; call from a worker thread."""
+    """Making and checking credentials; the rows live in the record store.
+    Every method blocks; call from a worker thread."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
 
     def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, name, _digest(secret), _hint(kind, secret), json.dumps(sorted(set(apps))),
-                 int(read_only), utc_now()),
-            )
+        self.store.add_credential(NewCredential(
+            kind=kind, name=name, secret_hash=_digest(secret), hint=_hint(kind, secret),
+            apps=sorted(set(apps)), read_only=read_only,
+        ))
 
     def create_token(self, operator: str, apps: list[str], read_only: bool) -> str:
         """Make an access token; the returned string is its only copy."""
@@ -108,12 +117,13 @@ class CredentialStore:
         self._create("app_secret", app_code, secret, apps, read_only)
         return secret
 
-    def _principal(self, row: Mapping[str, object]) -> Principal:
+    @staticmethod
+    def _principal(credential: Credential) -> Principal:
         return Principal(
-            operator=str(row["name"]),
-            apps=frozenset(json.loads(str(row["apps"]))),
-            read_only=bool(row["read_only"]),
-            credential_id=int(row["id"]),  # type: ignore[call-overload]
+            operator=credential.name,
+            apps=frozenset(credential.apps),
+            read_only=credential.read_only,
+            credential_id=credential.id,
         )
 
     def by_token(self, token: str) -> Principal | None:
@@ -123,47 +133,27 @@ class CredentialStore:
         something about a hash the caller chose the preimage of, never about
         a stored token.
         """
-        row = self.db.connection().execute(
-            "SELECT * FROM credentials WHERE secret_hash = ? AND kind = 'token' AND revoked_at IS NULL",
-            (_digest(token),),
-        ).fetchone()
-        return self._principal(row) if row is not None else None
+        credential = self.store.credential_by_hash("token", _digest(token))
+        return self._principal(credential) if credential is not None else None
 
     def by_app_secret(self, app_code: str, secret: str) -> Principal | None:
         """The principal of ``app_code``'s live app secret equal to ``secret``,
         or None. Every live secret of the app is compared in constant time, with
         no early exit, so timing does not tell which (or whether one) matched."""
         digest = _digest(secret)
-        rows = self.db.connection().execute(
-            "SELECT * FROM credentials WHERE name = ? AND kind = 'app_secret' AND revoked_at IS NULL",
-            (app_code,),
-        ).fetchall()
         match = None
-        for row in rows:  # compare against every candidate: no early exit to time
-            if hmac.compare_digest(row["secret_hash"], digest):
-                match = row
+        for credential in self.store.credentials_named("app_secret", app_code):  # no early exit to time
+            if hmac.compare_digest(credential.secret_hash, digest):
+                match = credential
         return self._principal(match) if match is not None else None
 
     def list(self) -> list[CredentialInfo]:
         """Every credential, revoked ones included, by id: hints, never secrets or hashes."""
-        rows = self.db.connection().execute("SELECT * FROM credentials ORDER BY id").fetchall()
-        return [
-            CredentialInfo(
-                id=row["id"], kind=row["kind"], name=row["name"], hint=row["hint"],
-                apps=json.loads(row["apps"]), read_only=bool(row["read_only"]),
-                created=row["created"], revoked_at=row["revoked_at"],
-            )
-            for row in rows
-        ]
+        return [CredentialInfo.of(credential) for credential in self.store.list_credentials()]
 
     def revoke(self, credential_id: int) -> bool:
         """Revoke a credential; False when no live credential has that id."""
-        with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (utc_now(), credential_id),
-            )
-            return cursor.rowcount == 1
+        return self.store.revoke_credential(credential_id)
 
 
 def parse_credentials(headers: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -203,7 +193,7 @@ def parse_credentials(headers: Mapping[str, str]) -> tuple[str, ...] | None:
 def authenticate(store: CredentialStore, credentials: tuple[str, ...] | None) -> Principal | None:
     """The principal for parsed ``credentials``; None when there are none.
 
-    Blocks (SQLite). :raises Unauthenticated: unknown or revoked credential.
+    Blocks (the record store). :raises Unauthenticated: unknown or revoked credential.
     """
     if credentials is None:
         return None

@@ -36,9 +36,9 @@ def load_settings(config: Path | None, extra_plugins: Iterable[object] = ()) -> 
 
 
 def build_registry(settings: Settings, pm: pluggy.PluginManager) -> Registry:
-    """The service with its storage and origins, not yet started.
+    """The service with its storage, origins and record store, not yet started.
 
-    :raises SettingsError: no plugin provides the configured storage.
+    :raises SettingsError: no plugin provides the configured storage or record store.
     """
     backend = settings["storage.backend"]
     storage = pm.hook.registry_storage(backend=backend, settings=settings)
@@ -49,4 +49,7 @@ def build_registry(settings: Settings, pm: pluggy.PluginManager) -> Registry:
     for name in settings["origins.enabled"]:
         if name not in known:
             logger.warning("origins.enabled lists %r, but no installed plugin provides it", name)
-    return Registry(settings, pm, storage, origins)
+    store = pm.hook.registry_record_store(settings=settings)
+    if store is None:
+        raise SettingsError("configuration key 'database.url': no record-store plugin accepts it")
+    return Registry(settings, pm, storage, origins, store)

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import socket
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 
 from registry.bootstrap import build_registry, load_settings
 from registry.cli_client import UsageError, add_client_commands
+from registry.cli_records import add_record_commands
 from registry.client import ClientError
 from registry.errors import RegistryError, ValidationError
 from registry.fsck import Problem, fsck
@@ -36,6 +36,7 @@ from registry.logs import configure_logging
 from registry.printable import escape_unsafe
 from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
+from registry.store import Migration
 from registry.terminal import human_size, print_table, progress_bar
 from registry.validation import parse_slug
 
@@ -89,13 +90,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings, registry = _load(args)
 
-    async def probe() -> None:
+    async def probe() -> list[Migration]:
         await registry.storage.startup()
-        await registry.check_ready()
+        await registry.storage.check()
         await registry.storage.shutdown()
+        # reaches the database and reads its schema version; creates nothing
+        return registry.records.pending_migrations()
 
     try:
-        asyncio.run(probe())
+        pending = asyncio.run(probe())
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
@@ -103,7 +106,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"
-    print(f"ok: {source}: database {settings['database.path']}, storage {settings['storage.backend']}")
+    for migration in pending:
+        print(f"pending migration {migration.number:04d} {migration.name} (applied by serve or registry migrate)")
+    print(f"ok: {source}: database {registry.records.description}, storage {settings['storage.backend']}")
     return 0
 
 
@@ -261,17 +266,21 @@ def _non_negative_int(value: str) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """The audit trail the ``audit`` plugin keeps, newest first."""
-    from plugins.audit import recent_events
-
     _, registry = _load(args)
-    events = recent_events(registry.db, limit=args.limit, code=args.app)
+    events = registry.records.recent_events(limit=args.limit, code=args.app)
     if args.json:
-        print(json.dumps(events, indent=2, ensure_ascii=False))
+        listed = [
+            {"id": e.id, "kind": e.kind, "time": e.time.isoformat(timespec="seconds"), "operator": e.operator,
+             "code": e.code, "module": e.module, "package_id": e.package_id, "version": e.version,
+             "sha256": e.sha256, "package_size": e.package_size}
+            for e in events
+        ]
+        print(json.dumps(listed, indent=2, ensure_ascii=False))
         return 0
     print_table(
         ["ID", "TIME", "EVENT", "OPERATOR", "APP/MODULE", "PACKAGE", "VERSION", "SHA256"],
-        [[str(e["id"]), e["time"], e["kind"], e["operator"], f"{e['code']}/{e['module']}", str(e["package_id"]),
-          e["version"], e["sha256"][:16]] for e in events],
+        [[str(e.id), e.time.isoformat(timespec="seconds"), e.kind, e.operator, f"{e.code}/{e.module}",
+          str(e.package_id), e.version, e.sha256[:16]] for e in events],
         right=["ID", "PACKAGE"],
     )
     return 0
@@ -336,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)
+    add_record_commands(commands)
     add_client_commands(commands)
     return parser
 
@@ -358,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except (sqlite3.Error, OSError) as exc:
+    except OSError as exc:
         # an operator command could not read its database or files: say so, no traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

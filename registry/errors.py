@@ -152,6 +152,22 @@ class ObjectStoreException(RegistryError):
     detail_en = "Object storage service failure"
 
 
+class DatabaseUnavailable(RegistryError):
+    """The record store cannot be reached, is locked past its timeout, or its
+    disk is full. Transient: clients retry after ``Retry-After`` seconds."""
+
+    code = "DATABASE_UNAVAILABLE"
+    status = 503
+    detail_zh = "数据库服务异常"
+    detail_en = "Database service failure"
+    #: seconds a client should wait before retrying
+    RETRY_AFTER = 5
+
+    def __init__(self, message: str = "", *, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message, data=data)
+        self.headers["Retry-After"] = str(self.RETRY_AFTER)
+
+
 class PackageNotFound(RegistryError):
     code = "PACKAGE_NOT_FOUND"
     status = 404

@@ -42,7 +42,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from registry.errors import RegistryError
-from registry.records import Record
+from registry.records import Order, Record
 from registry.service import Registry
 from registry.storage import BLOB_KEY_PATTERN
 
@@ -112,11 +112,6 @@ def _describe(record: Record) -> str:
     return f"id {record.id} {record.code}/{record.module} version {record.version}"
 
 
-def _stored_time(moment: datetime) -> str:
-    """A UTC time in the records' stored format (``records.utc_now``), comparable as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 async def collect_garbage(registry: Registry, options: GcOptions, on_action: ActionSink = lambda a: None) -> GcReport:
     """Run the four passes of the module docstring; ``on_action`` sees each action as it happens."""
     report = GcReport()
@@ -150,7 +145,7 @@ async def expire_old_versions(registry: Registry, options: GcOptions, on_action:
     for code, module in await anyio.to_thread.run_sync(records.modules_with_more_live_than, options.keep_last):
         count, _ = await anyio.to_thread.run_sync(partial(records.list, code, module, limit=1))
         _, older = await anyio.to_thread.run_sync(
-            partial(records.list, code, module, order_by="-created", offset=options.keep_last, limit=count)
+            partial(records.list, code, module, order_by=Order.CREATED_DESC, offset=options.keep_last, limit=count)
         )
         for record in older:
             target = f"{_describe(record)} (keep_last {options.keep_last})"
@@ -175,11 +170,11 @@ async def purge_deleted(
     :param expired: pass 1's records; in a dry run they are not deleted yet,
         so they are added here when the retention would already take them.
     """
-    candidates = await anyio.to_thread.run_sync(registry.records.purgeable, _stored_time(cutoff))
+    candidates = await anyio.to_thread.run_sync(registry.records.purgeable, cutoff)
     if options.dry_run and options.retention <= timedelta(0):
         candidates += expired
     for record in candidates:
-        deleted = f"{record.deleted_at[:19]} UTC" if record.deleted_at else "just now"
+        deleted = f"{record.deleted_at:%Y-%m-%d %H:%M:%S} UTC" if record.deleted_at else "just now"
         target = f"{_describe(record)} deleted {deleted} key {record.blob_key}"
         if options.dry_run:
             on_action(GcAction(PURGE, target, record.package_size))

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from registry.service import Registry
     from registry.settings import Setting, Settings
     from registry.storage import Storage
+    from registry.store import RecordStore
 
 PROJECT = "registry"
 
@@ -29,7 +30,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def registry_settings() -> list[Setting]:
+def registry_settings() -> list[Setting] | None:
     """Declare the configuration keys this plugin reads.
 
     Keys live under the plugin's own table, e.g. ``origins.http.*`` or
@@ -62,6 +63,20 @@ def registry_storage(backend: str, settings: Settings) -> Storage | None:
     otherwise.
 
     :param backend: the configured backend name.
+    :param settings: the validated configuration.
+    """
+
+
+@hookspec(firstresult=True)
+def registry_record_store(settings: Settings) -> RecordStore | None:
+    """Build the record store selected by ``[database]``.
+
+    Stops at the first non-None result. The built-in SQLite store answers
+    when ``database.url`` is empty, the PostgreSQL store when it is a
+    ``postgresql://`` URL; a plugin for another database returns its
+    :class:`registry.store.RecordStore` for URLs of its own scheme and None
+    otherwise. The store is not migrated yet: the core calls ``migrate()``.
+
     :param settings: the validated configuration.
     """
 

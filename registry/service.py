@@ -5,7 +5,7 @@
     ─▶ version ─▶ conflict check ─▶ put blob ─▶ commit record
 
 Both upload routes and every origin and storage go through :meth:`Registry.ingest`.
-Blocking work (SQLite, archive inspection) runs in worker threads. A failure
+Blocking work (the record store, archive inspection) runs in worker threads. A failure
 at any step leaves no record, no blob and no staging file behind: the staging
 file is removed on exit, and a blob that did not end up referenced is deleted.
 """
@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -29,7 +29,6 @@ import pluggy
 from registry import events
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
-from registry.db import Database
 from registry.errors import (
     ChecksumMismatch,
     InvalidPackage,
@@ -44,14 +43,21 @@ from registry.errors import (
 )
 from registry.metrics import Metrics
 from registry.origins import Origin
-from registry.records import CommitResult, NewPackage, Outcome, Record, RecordStore
+from registry.records import CommitResult, NewPackage, Outcome, Record
 from registry.redact import redact_url
 from registry.settings import Settings
 from registry.staging import StagingFile, check_free_space, sweep_staging
 from registry.storage import Storage, new_blob_key
+from registry.store import RecordStore
 from registry.validation import check_version, derive_package_name, url_file_name
 
 logger = logging.getLogger("registry.service")
+
+T = TypeVar("T")
+
+#: Threads for record-store reads / writes per process (see ``Registry.read``).
+READ_THREADS = 32
+WRITE_THREADS = 8
 
 _EVENT_KINDS = {
     Outcome.CREATED: events.STORED,
@@ -85,6 +91,7 @@ class Registry:
         pm: pluggy.PluginManager,
         storage: Storage,
         origins: list[Origin],
+        records: RecordStore,
     ) -> None:
         self.settings = settings
         self.pm = pm
@@ -92,12 +99,18 @@ class Registry:
         self.origins = origins
         self.enabled_origins = set(settings["origins.enabled"])
         self.time_zone = ZoneInfo(settings["server.time_zone"])
-        self.db = Database(Path(settings["database.path"]))
-        self.records = RecordStore(self.db)
+        #: records, credentials and events (see ``registry/store.py``)
+        self.records = records
+        # Store calls run in threads of their own, apart from anyio's default
+        # pool (staging, inspection) and split by kind: writers waiting on a
+        # locked or slow database hold at most WRITE_THREADS threads, so reads
+        # and authentication keep answering meanwhile.
+        self.read_threads = anyio.CapacityLimiter(READ_THREADS)
+        self.write_threads = anyio.CapacityLimiter(WRITE_THREADS)
         self.metrics = Metrics()
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
-        self.credentials = CredentialStore(self.db)
+        self.credentials = CredentialStore(records)
         self.max_package_size: int = settings["limits.max_package_size"]
         self.archive_limits = ArchiveLimits(
             max_members=settings["limits.max_members"],
@@ -105,11 +118,22 @@ class Registry:
             max_compression_ratio=settings["limits.max_compression_ratio"],
         )
 
+    async def read(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a record-store read in a read thread (never behind waiting writers)."""
+        return await anyio.to_thread.run_sync(call, *args, limiter=self.read_threads)
+
+    async def write(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a record-store write in a write thread (at most WRITE_THREADS
+        wait on a locked or slow database at once)."""
+        return await anyio.to_thread.run_sync(call, *args, limiter=self.write_threads)
+
     # -- life cycle -------------------------------------------------------
 
     async def startup(self) -> None:
-        """Migrate the database, prepare the storage, sweep stale staging files."""
-        await anyio.to_thread.run_sync(self.db.check)
+        """Migrate the record store, prepare the storage, sweep stale staging files."""
+        applied = await anyio.to_thread.run_sync(self.records.migrate)
+        for migration in applied:
+            logger.info("applied record-store migration %d: %s", migration.number, migration.name)
         await self.storage.startup()
         removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
         if removed:
@@ -124,12 +148,13 @@ class Registry:
             if inspect.isawaitable(result):
                 await result
         await self.storage.shutdown()
+        await anyio.to_thread.run_sync(self.records.close)
 
     async def check_ready(self) -> None:
         """Return when the database and the storage answer now; raise whatever
         the failing one raised otherwise (a ``RegistryError`` or any other
         exception: the caller treats every failure as "not ready")."""
-        await anyio.to_thread.run_sync(self.db.check)
+        await self.read(self.records.check)
         await self.storage.check()
         # Uploads are received into the staging folder whatever the backend:
         # a full disk there fails every upload, so it is not ready either.
@@ -194,9 +219,7 @@ class Registry:
 
     async def _live_version(self, upload: UploadRequest, version: str) -> Record | None:
         """The record of ``version`` unless it is absent or soft-deleted."""
-        existing = await anyio.to_thread.run_sync(
-            self.records.find_version, upload.code, upload.module, version
-        )
+        existing = await self.read(self.records.find_version, upload.code, upload.module, version)
         return None if existing is None or existing.is_deleted else existing
 
     async def ingest(
@@ -268,7 +291,7 @@ class Registry:
         """Put the blob, then switch the record to it; clean up whichever blob lost."""
         await self.storage.put(staged, new.blob_key)
         try:
-            result = await anyio.to_thread.run_sync(self.records.commit, new, allow_overwrite)
+            result = await self.write(self.records.commit, new, allow_overwrite)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._delete_quietly(new.blob_key)
@@ -292,7 +315,7 @@ class Registry:
 
         :raises PackageNotFound: no such id in this module.
         """
-        record = await anyio.to_thread.run_sync(self.records.get, code, module, package_id)
+        record = await self.read(self.records.get, code, module, package_id)
         if record is None:
             raise PackageNotFound(f"id {package_id}")
         return record
@@ -303,7 +326,7 @@ class Registry:
 
         :raises PackageNotFound: no such id in this module.
         """
-        record, changed = await anyio.to_thread.run_sync(self.records.soft_delete, code, module, package_id)
+        record, changed = await self.write(self.records.soft_delete, code, module, package_id)
         if changed:
             await events.dispatch(self, events.PackageEvent(events.DELETED, record, operator))
         return record
@@ -315,7 +338,7 @@ class Registry:
         :raises PackageNotFound: no such id in this module, or ``gc`` purged its bytes.
         :raises PackageAlreadyExists: the version was uploaded again after the delete.
         """
-        record, changed = await anyio.to_thread.run_sync(self.records.restore, code, module, package_id)
+        record, changed = await self.write(self.records.restore, code, module, package_id)
         if changed:
             await events.dispatch(self, events.PackageEvent(events.RESTORED, record, operator))
         return record

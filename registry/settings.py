@@ -52,6 +52,13 @@ def _time_zone(value: Any) -> str | None:
     return None
 
 
+def _database_url(value: Any) -> str | None:
+    # the message never repeats the value: it may hold a password
+    if value == "" or str(value).startswith(("postgresql://", "postgres://")):
+        return None
+    return "must be empty (SQLite at database.path) or a postgresql:// URL"
+
+
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -93,6 +100,13 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("server.port", "int", 8000, "Port `registry serve` listens on.", check=_port),
     Setting("server.time_zone", "str", "UTC", "Time zone of `created`/`updated` in records.", check=_time_zone),
     Setting("database.path", "str", "var/registry.db", "SQLite database file.", path=True),
+    Setting("database.url", "str", "",
+            "`postgresql://user@host:5432/db`: keep records in PostgreSQL instead of the SQLite file.",
+            check=_database_url),
+    Setting("database.pool_size", "int", 10, "Connections per process (PostgreSQL).", check=positive),
+    Setting("database.timeout", "float", 30.0,
+            "Seconds a request waits for the database (a lock, a connection) before answering 503.",
+            check=positive),
     Setting("storage.backend", "str", "filesystem", "Name of the storage plugin that keeps the blobs."),
     Setting("storage.staging_dir", "str", "var/staging",
             "Local folder for uploads in flight, for backends that keep no local files (the filesystem backend stages inside its root).",

@@ -1,4 +1,10 @@
-"""A conformance suite any storage plugin can run against itself.
+"""Conformance suites any storage or record-store plugin can run against itself.
+
+:class:`RecordStoreConformance` (at the end) pins the record store's rules the
+same way: every versioning rule, list order, filters and pagination,
+credentials, events, copying, and one winner among racing commits of a
+version from threads and from processes.
+
 
 The tests pin what the core relies on from a :class:`registry.storage.Storage`:
 put and read back, ranged reads, delete, exists, an overwrite done the core's
@@ -28,16 +34,23 @@ backends at once (see the registry's ``tests/test_storage_conformance.py``).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import anyio.to_thread
 import pytest
 
-from registry.errors import ObjectStoreException
+from registry.errors import ObjectStoreException, PackageAlreadyExists, PackageNotFound, RegistryError
+from registry.records import AuditEvent, NewCredential, NewPackage, Order, Outcome, utc_now
 from registry.storage import BlobMissing, Storage, new_blob_key
+from registry.store import RecordStore
 
 MiB = 1024 * 1024
 #: Default size of the "large" object: over two 8 MiB parts, not a multiple of 1 MiB.
@@ -48,7 +61,15 @@ MAX_CHUNK_SIZE = 8 * MiB
 #: Size of the medium blob used for ranged reads: spans several 1 MiB reads.
 RANGE_BLOB_SIZE = 2 * MiB + 777
 
-__all__ = ["LARGE_OBJECT_SIZE", "MAX_CHUNK_SIZE", "StorageConformance", "read_blob", "stage"]
+__all__ = [
+    "LARGE_OBJECT_SIZE",
+    "MAX_CHUNK_SIZE",
+    "RecordStoreConformance",
+    "StorageConformance",
+    "new_package",
+    "read_blob",
+    "stage",
+]
 
 
 async def stage(storage: Storage, data: bytes) -> Path:
@@ -260,3 +281,340 @@ class StorageConformance:
         assert await read_blob(store, key, middle - 3, middle + 5) == data[middle - 3:middle + 5]
         tail = large_object_size - MiB - 17
         assert await read_blob(store, key, tail) == data[tail:]
+
+
+# -- record stores ----------------------------------------------------------------
+
+StoreFactory = Callable[[], RecordStore]
+
+
+def new_package(version: str = "1.0.0", *, code: str = "app", module: str = "default", salt: str = "",
+                size: int = 100, name: str | None = None, operator: str = "alice") -> NewPackage:
+    """A package record to commit: distinct ``salt`` means distinct bytes (sha256)."""
+    return NewPackage(
+        code=code, module=module, version=version,
+        package_name=name or f"{module}-{version}.tar.gz", package_size=size,
+        sha256=hashlib.sha256(f"{code}/{module}/{version}/{salt}".encode()).hexdigest(),
+        blob_key=new_blob_key(code, module), format="tar.gz", file_name="", origin="upload",
+        source_url="", operator=operator,
+    )
+
+
+def commit_in_process(factory: StoreFactory, new: NewPackage) -> str:
+    """Commit ``new`` through a store built by ``factory`` in this (child) process;
+    returns the outcome's value, or the error code it raised."""
+    store = factory()
+    try:
+        store.migrate()
+        return store.commit(new, allow_overwrite=False).outcome.value
+    except RegistryError as exc:
+        return exc.code
+    finally:
+        store.close()
+
+
+def migrate_in_process(factory: StoreFactory) -> int:
+    """Migrate a store built by ``factory`` in this (child) process; how many migrations it applied."""
+    store = factory()
+    try:
+        return len(store.migrate())
+    finally:
+        store.close()
+
+
+class RecordStoreConformance:
+    """The record-store suite. Subclass it and provide ``make_store``: a
+    picklable callable with no arguments that returns a new, not yet migrated
+    store on one empty database (called again in child processes and for a
+    second instance, which must see the same data)::
+
+        class TestMyStore(RecordStoreConformance):
+            @pytest.fixture
+            def make_store(self, tmp_path):
+                return functools.partial(MyStore, make_empty_database())
+    """
+
+    #: commits racing for one version, in threads and in processes
+    RACERS = 8
+
+    @pytest.fixture
+    def store(self, make_store: StoreFactory) -> Iterator[RecordStore]:
+        store = make_store()
+        store.migrate()
+        yield store
+        store.close()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def test_migrations_apply_once(self, make_store: StoreFactory) -> None:
+        fresh = make_store()
+        try:
+            pending = fresh.pending_migrations()
+            assert pending, "an empty database has every migration pending"
+            assert [m.number for m in pending] == list(range(1, len(pending) + 1))
+            assert fresh.migrate() == pending
+            assert fresh.pending_migrations() == []
+            fresh.check()
+        finally:
+            fresh.close()
+        again = make_store()
+        try:
+            assert again.migrate() == []
+            assert again.is_empty()
+        finally:
+            again.close()
+
+    def test_instances_starting_together_migrate_once(self, make_store: StoreFactory) -> None:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            applied = pool.map(migrate_in_process, [make_store] * 4)
+        assert sorted(applied)[:-1] == [0, 0, 0] and sorted(applied)[-1] > 0
+        store = make_store()
+        try:
+            assert store.pending_migrations() == []
+        finally:
+            store.close()
+
+    # -- the versioning rules ------------------------------------------------------------
+
+    def test_new_version_is_created(self, store: RecordStore) -> None:
+        new = new_package()
+        result = store.commit(new, allow_overwrite=False)
+        assert result.outcome is Outcome.CREATED and result.unused_blob_key is None
+        record = result.record
+        assert (record.code, record.module, record.version, record.sha256, record.blob_key) == (
+            new.code, new.module, new.version, new.sha256, new.blob_key)
+        assert not record.is_deleted and not record.revived and record.deleted_at is None
+        assert record.created.tzinfo is not None and record.created == record.updated
+        assert abs((utc_now() - record.created).total_seconds()) < 3600
+        assert store.get("app", "default", record.id) == record
+        assert store.find_version("app", "default", "1.0.0") == record
+        assert store.get("app", "other", record.id) is None
+        assert store.find_version("app", "default", "9.9.9") is None
+
+    def test_identical_upload_changes_nothing(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        again = new_package()
+        result = store.commit(again, allow_overwrite=False)
+        assert result.outcome is Outcome.IDENTICAL
+        assert result.record == first
+        assert result.unused_blob_key == again.blob_key
+
+    def test_other_bytes_conflict_without_overwrite(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        with pytest.raises(PackageAlreadyExists) as caught:
+            store.commit(new_package(salt="b"), allow_overwrite=False)
+        assert caught.value.data == {"sha256_signature": first.sha256}
+        assert store.get("app", "default", first.id) == first
+
+    def test_overwrite_replaces_bytes_and_keeps_the_id(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        other = new_package(salt="b", size=200)
+        result = store.commit(other, allow_overwrite=True)
+        assert result.outcome is Outcome.OVERWRITTEN
+        assert result.unused_blob_key == first.blob_key
+        assert result.record.id == first.id
+        assert (result.record.sha256, result.record.blob_key, result.record.package_size) == (
+            other.sha256, other.blob_key, 200)
+        assert result.record.created == first.created and result.record.updated >= first.updated
+
+    def test_delete_then_upload_revives_the_same_id(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        deleted, changed = store.soft_delete("app", "default", first.id)
+        assert changed and deleted.is_deleted and deleted.deleted_at is not None
+        assert store.soft_delete("app", "default", first.id) == (deleted, False)
+        revived = store.commit(new_package(salt="b"), allow_overwrite=False)
+        assert revived.outcome is Outcome.REVIVED and revived.unused_blob_key == first.blob_key
+        assert revived.record.id == first.id and not revived.record.is_deleted and revived.record.revived
+        assert revived.record.deleted_at is None
+
+    def test_restore_undoes_a_delete_once(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        store.soft_delete("app", "default", first.id)
+        restored, changed = store.restore("app", "default", first.id)
+        assert changed and not restored.is_deleted and restored.deleted_at is None
+        assert restored.sha256 == first.sha256 and restored.blob_key == first.blob_key
+        again, changed = store.restore("app", "default", first.id)
+        assert not changed and again == restored
+
+    def test_restore_after_re_upload_conflicts(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        store.soft_delete("app", "default", first.id)
+        newer = store.commit(new_package(salt="b"), allow_overwrite=False).record
+        with pytest.raises(PackageAlreadyExists):
+            store.restore("app", "default", first.id)
+        assert store.get("app", "default", first.id) == newer
+
+    def test_missing_ids_are_not_found(self, store: RecordStore) -> None:
+        with pytest.raises(PackageNotFound):
+            store.soft_delete("app", "default", 424242)
+        with pytest.raises(PackageNotFound):
+            store.restore("app", "default", 424242)
+        record = store.commit(new_package(), allow_overwrite=False).record
+        with pytest.raises(PackageNotFound):
+            store.soft_delete("app", "elsewhere", record.id)
+
+    def test_broken_record_is_healed_by_its_own_bytes(self, store: RecordStore) -> None:
+        first = store.commit(new_package(), allow_overwrite=False).record
+        assert store.set_broken(first.id, first.blob_key, "sha256 mismatch")
+        assert not store.set_broken(first.id, "app/default/" + "0" * 32, None)
+        assert store.get("app", "default", first.id).broken == "sha256 mismatch"  # type: ignore[union-attr]
+        again = new_package()
+        result = store.commit(again, allow_overwrite=False)
+        assert result.outcome is Outcome.OVERWRITTEN and result.unused_blob_key == first.blob_key
+        assert result.record.broken is None and result.record.blob_key == again.blob_key
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def test_list_orders_filters_and_pages(self, store: RecordStore) -> None:
+        sizes = {"1.0.0": 300, "1.1.0": 100, "2.0.0": 200, "0.9.0": 100}
+        ids = {v: store.commit(new_package(v, size=s), allow_overwrite=False).record.id for v, s in sizes.items()}
+        store.commit(new_package("9.9.9", module="other"), allow_overwrite=False)
+        count, page = store.list("app", "default")
+        assert count == 4 and [r.version for r in page] == ["0.9.0", "2.0.0", "1.1.0", "1.0.0"]
+        assert [r.version for r in store.list("app", "default", order_by=Order.CREATED)[1]] == list(sizes)
+        assert [r.version for r in store.list("app", "default", order_by=Order.VERSION)[1]] == sorted(sizes)
+        assert [r.version for r in store.list("app", "default", order_by=Order.VERSION_DESC)[1]] == sorted(
+            sizes, reverse=True)
+        # equal sizes: ties broken by id, in the order's direction
+        assert [r.version for r in store.list("app", "default", order_by=Order.PACKAGE_SIZE)[1]] == [
+            "1.1.0", "0.9.0", "2.0.0", "1.0.0"]
+        assert [r.version for r in store.list("app", "default", order_by=Order.PACKAGE_SIZE_DESC)[1]] == [
+            "1.0.0", "2.0.0", "0.9.0", "1.1.0"]
+        store.soft_delete("app", "default", ids["1.1.0"])
+        assert store.list("app", "default")[0] == 3
+        count, page = store.list("app", "default", include_deleted=True, order_by=Order.CREATED)
+        assert count == 4 and [r.is_deleted for r in page] == [False, True, False, False]
+        count, page = store.list("app", "default", order_by=Order.CREATED, limit=2, offset=1)
+        assert count == 3 and [r.version for r in page] == ["2.0.0", "0.9.0"]
+        assert store.list("app", "default", offset=10) == (3, [])
+        assert store.list("app", "nothing") == (0, [])
+
+    def test_search_is_a_literal_substring(self, store: RecordStore) -> None:
+        for version, name in [("1.0.0", "Web-1.tar.gz"), ("1.0.1", "web_100%.tar.gz"), ("2.0.0", "api.tar.gz")]:
+            store.commit(new_package(version, name=name), allow_overwrite=False)
+
+        def found(term: str) -> list[str]:
+            return sorted(r.version for r in store.list("app", "default", search_term=term)[1])
+
+        assert found("1.0") == ["1.0.0", "1.0.1"]
+        assert found("WEB") == ["1.0.0", "1.0.1"]
+        assert found("100%") == ["1.0.1"]
+        assert found("_") == ["1.0.1"]
+        assert found("%") == ["1.0.1"]
+        assert found("\\") == []
+        assert store.list("app", "default", search_term="api")[0] == 1
+
+    # -- maintenance queries -------------------------------------------------------------------
+
+    def test_maintenance_queries(self, store: RecordStore) -> None:
+        records = [store.commit(new_package(f"1.{n}.0", size=10 * (n + 1)), allow_overwrite=False).record
+                   for n in range(3)]
+        store.commit(new_package("1.0.0", module="two"), allow_overwrite=False)
+        assert store.all_blob_keys() == {r.blob_key for r in records} | {
+            store.find_version("app", "two", "1.0.0").blob_key}  # type: ignore[union-attr]
+        assert store.blob_totals() == (4, 10 + 20 + 30 + 100)
+        assert [r.id for r in store.page_by_id(0, 2)] == [records[0].id, records[1].id]
+        assert [r.id for r in store.page_by_id(records[1].id, 10)] == [records[2].id, records[2].id + 1]
+        assert store.modules_with_more_live_than(2) == [("app", "default")]
+        assert store.modules_with_more_live_than(0) == [("app", "default"), ("app", "two")]
+        deleted, _ = store.soft_delete("app", "default", records[0].id)
+        assert deleted.deleted_at is not None
+        assert store.purgeable(deleted.deleted_at - timedelta(seconds=1)) == []
+        assert store.purgeable(utc_now() + timedelta(seconds=1)) == [deleted]
+        assert store.mark_purged(deleted)
+        assert not store.mark_purged(deleted)
+        purged = store.get("app", "default", deleted.id)
+        assert purged is not None and purged.purged_at is not None
+        assert not store.is_blob_referenced(deleted.blob_key)
+        assert store.is_blob_referenced(records[1].blob_key)
+        assert deleted.blob_key not in store.all_blob_keys()
+        assert store.purgeable(utc_now() + timedelta(seconds=1)) == []
+        with pytest.raises(PackageNotFound):
+            store.restore("app", "default", deleted.id)
+        # a record restored before gc marks it is never purged
+        live = store.soft_delete("app", "default", records[1].id)[0]
+        store.restore("app", "default", live.id)
+        assert not store.mark_purged(live)
+
+    # -- credentials and events -------------------------------------------------------------------
+
+    def test_credentials(self, store: RecordStore) -> None:
+        token = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", ["b", "a", "a"], False))
+        secret = store.add_credential(NewCredential("app_secret", "app1", "h2", "", [], True))
+        store.add_credential(NewCredential("app_secret", "app1", "h3", "", [], False))
+        assert token.apps == ["a", "b"] and token.created.tzinfo is not None and token.revoked_at is None
+        assert store.credential_by_hash("token", "h1") == token
+        assert store.credential_by_hash("app_secret", "h1") is None
+        assert store.credential_by_hash("token", "nope") is None
+        assert [c.secret_hash for c in store.credentials_named("app_secret", "app1")] == ["h2", "h3"]
+        assert secret.read_only
+        assert store.revoke_credential(token.id)
+        assert not store.revoke_credential(token.id)
+        assert not store.revoke_credential(424242)
+        assert store.credential_by_hash("token", "h1") is None
+        listed = store.list_credentials()
+        assert [c.id for c in listed] == sorted(c.id for c in listed) and len(listed) == 3
+        assert listed[0].revoked_at is not None
+
+    def test_events(self, store: RecordStore) -> None:
+        assert store.recent_events() == []
+        made = [store.add_event(AuditEvent(kind=kind, time=utc_now(), operator="carol", code=code, module="m",
+                                           package_id=n, version="1.0.0", sha256="ab" * 32, package_size=5,
+                                           payload={"event": kind, "n": n}))
+                for n, (kind, code) in enumerate([("stored", "a"), ("deleted", "b"), ("restored", "a")])]
+        assert [e.id for e in made] == sorted(e.id for e in made) and made[0].id > 0
+        assert [e.kind for e in store.recent_events()] == ["restored", "deleted", "stored"]
+        assert [e.kind for e in store.recent_events(code="a")] == ["restored", "stored"]
+        assert [e.kind for e in store.recent_events(limit=1)] == ["restored"]
+        assert store.recent_events(code="zzz") == []
+        assert store.recent_events()[0].payload == {"event": "restored", "n": 2}
+        assert store.page_events(made[0].id, 10) == made[1:]
+
+    def test_import_keeps_ids_and_is_idempotent(self, store: RecordStore, make_store: StoreFactory) -> None:
+        record = store.commit(new_package(), allow_overwrite=False).record
+        credential = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", [], False))
+        event = store.add_event(AuditEvent(kind="stored", time=utc_now(), operator="a", code="app", module="m",
+                                           package_id=record.id, version="1", sha256="0" * 64, package_size=1))
+        assert not store.is_empty()
+        assert not store.import_record(record)
+        assert not store.import_credential(credential)
+        assert not store.import_event(event)
+        moved = replace(record, id=record.id + 100, version="7.0.0", blob_key=new_blob_key("app", "default"))
+        assert store.import_record(moved)
+        assert store.get("app", "default", moved.id) == moved
+        after = store.commit(new_package("8.0.0"), allow_overwrite=False).record
+        assert after.id > moved.id, "new ids continue after imported ones"
+
+    # -- races ----------------------------------------------------------------------------------
+
+    def _race_threads(self, store: RecordStore, packages: list[NewPackage]) -> list[str]:
+        barrier = threading.Barrier(len(packages))
+
+        def one(new: NewPackage) -> str:
+            barrier.wait()
+            try:
+                return store.commit(new, allow_overwrite=False).outcome.value
+            except RegistryError as exc:
+                return exc.code
+
+        with ThreadPoolExecutor(len(packages)) as pool:
+            return list(pool.map(one, packages))
+
+    def test_racing_threads_create_a_version_once(self, store: RecordStore) -> None:
+        outcomes = self._race_threads(store, [new_package("3.0.0", salt=str(n)) for n in range(self.RACERS)])
+        assert sorted(outcomes) == ["PACKAGE_ALREADY_EXISTS"] * (self.RACERS - 1) + ["created"]
+        assert store.list("app", "default")[0] == 1
+
+    def test_racing_threads_with_identical_bytes(self, store: RecordStore) -> None:
+        outcomes = self._race_threads(store, [new_package("3.0.0") for _ in range(self.RACERS)])
+        assert sorted(outcomes) == ["created"] + ["identical"] * (self.RACERS - 1)
+
+    def test_racing_processes_create_a_version_once(self, store: RecordStore, make_store: StoreFactory) -> None:
+        context = multiprocessing.get_context("spawn")
+        jobs = [(make_store, new_package("4.0.0", salt=str(n))) for n in range(self.RACERS)]
+        with context.Pool(min(self.RACERS, 4)) as pool:
+            outcomes = pool.starmap(commit_in_process, jobs)
+        assert sorted(outcomes) == ["PACKAGE_ALREADY_EXISTS"] * (self.RACERS - 1) + ["created"]
+        count, [winner] = store.list("app", "default")
+        assert count == 1 and winner.version == "4.0.0"

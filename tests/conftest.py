@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import http.server
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import pg
 from tests.helpers import Api, RegistryProcess, base_config, start_registry
+from tests.pg import PgServer
 
 _codes = itertools.count(1)
 
@@ -80,3 +83,31 @@ def api(registry: RegistryProcess, token: str) -> Iterator[Api]:
 def code() -> str:
     """An application code no other test uses."""
     return f"app-{next(_codes)}"
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the session: ``REGISTRY_TEST_POSTGRES_URL`` (an
+    admin URL allowed to create databases), else a throwaway cluster, stopped
+    and removed at the end; skipped when neither exists."""
+    url = os.environ.get(pg.URL_ENV)
+    if url:
+        yield PgServer(url)
+        return
+    bin_dir = pg.find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(f"no PostgreSQL server binaries (initdb, pg_ctl) and {pg.URL_ENV} is not set")
+    cluster = pg.Cluster(bin_dir)
+    try:
+        cluster.start()
+        yield PgServer(cluster.url, cluster)
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a fresh, empty database on :func:`pg_server`."""
+    return pg_server.new_database()

@@ -27,6 +27,7 @@ CONTRACT: dict[str, tuple[int, str]] = {
     "PACKAGE_DOWNLOAD_FAILED": (502, "源码包下载失败"),
     "PACKAGE_DOWNLOAD_TIMEOUT": (504, "源码包下载超时"),
     "OBJECT_STORE_EXCEPTION": (503, "对象存储服务异常"),
+    "DATABASE_UNAVAILABLE": (503, "数据库服务异常"),
     "PACKAGE_NOT_FOUND": (404, "找不到指定的源码包"),
     "UNAUTHENTICATED": (401, "用户未登录或登录态失效"),
     "PERMISSION_DENIED": (403, "无权限访问"),

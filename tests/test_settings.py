@@ -170,7 +170,7 @@ def test_operator_command_on_an_unusable_database_says_why(tmp_path: Path) -> No
     config = write(tmp_path, f'[database]\npath = "{tmp_path / "db-is-a-folder"}"\n')
     result = run_cli("--config", str(config), "token", "list")
     assert result.returncode == 1
-    assert result.stderr.startswith("error: OperationalError")
+    assert result.stderr.startswith("error: DATABASE_UNAVAILABLE")
     assert "Traceback" not in result.stderr
 
 

@@ -28,6 +28,7 @@ from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.api.serialize import record_json
 from registry.auth import ANONYMOUS, Principal, authenticate, parse_credentials
 from registry.errors import (
+    DatabaseUnavailable,
     InsufficientStorage,
     MethodNotAllowed,
     ObjectStoreException,
@@ -36,7 +37,7 @@ from registry.errors import (
     Unauthenticated,
     ValidationError,
 )
-from registry.records import ORDERINGS, CommitResult, Outcome
+from registry.records import ORDERINGS, CommitResult, Order, Outcome
 from registry.service import Registry, UploadRequest
 from registry.storage import BlobMissing
 from registry.validation import (
@@ -73,7 +74,7 @@ async def authorize(request: Request, code: str, *, write: bool) -> Principal:
         if not write and registry.settings["auth.anonymous_read"]:
             return ANONYMOUS
         raise Unauthenticated("no credential")
-    principal = await anyio.to_thread.run_sync(authenticate, registry.credentials, credentials)
+    principal = await registry.read(authenticate, registry.credentials, credentials)
     assert principal is not None
     principal.require(code, write)
     request.state.operator = principal.operator
@@ -234,9 +235,9 @@ async def list_packages(request: Request) -> Response:
     if len(search_term) > MAX_SEARCH_TERM:
         raise ValidationError.single("search_term", f"长度不能超过 {MAX_SEARCH_TERM}", f"must be at most {MAX_SEARCH_TERM} characters")
     include_deleted = parse_bool("include_deleted", query.get("include_deleted"))
-    count, records = await anyio.to_thread.run_sync(
+    count, records = await registry.read(
         lambda: registry.records.list(
-            code, module, search_term=search_term, order_by=order_by, limit=limit,
+            code, module, search_term=search_term, order_by=Order(order_by), limit=limit,
             offset=offset, include_deleted=include_deleted,
         )
     )
@@ -342,6 +343,8 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:  # any failure means "not ready"
         reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         logger.warning("not ready: %s", reason)
+        if isinstance(exc, DatabaseUnavailable):
+            raise DatabaseUnavailable("not ready") from exc
         if isinstance(exc, InsufficientStorage):
             raise InsufficientStorage("not ready") from exc  # a full disk is worth naming: 507
         raise ObjectStoreException("not ready") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, UTC
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,9 +11,8 @@ from registry.records import Record
 WIRE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def format_time(stored: str, zone: ZoneInfo) -> str:
-    """A stored UTC time as ``YYYY-MM-DD HH:MM:SS`` in ``zone``."""
-    moment = datetime.strptime(stored, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+def format_time(moment: datetime, zone: ZoneInfo) -> str:
+    """A record's time as ``YYYY-MM-DD HH:MM:SS`` in ``zone``."""
     return moment.astimezone(zone).strftime(WIRE_TIME_FORMAT)
 
 

@@ -1,0 +1,538 @@
+"""Built-in plugin ``store_sqlite``: the record store in one SQLite file (the embedded default).
+
+Chosen when ``[database] url`` is empty; the file is ``[database] path``.
+One connection per worker thread (SQLite connections must not be shared
+across threads), all in WAL mode, so readers never wait for the writer and
+writers queue on SQLite's lock for up to ``[database] timeout`` seconds, then
+fail with ``DatabaseUnavailable``. Every write is a ``BEGIN IMMEDIATE``
+transaction: the write lock is taken up front, so a read-then-write inside
+cannot race another writer, in this process or another.
+
+Times are stored as UTC ``YYYY-MM-DD HH:MM:SS.ffffff`` text (fixed width, so
+it sorts like the times it names); databases made before the store became a
+plugin open unchanged (their ``PRAGMA user_version`` is migration 1 or 2).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from registry.errors import DatabaseUnavailable, PackageAlreadyExists, PackageNotFound
+from registry.hookspecs import hookimpl
+from registry.records import (
+    AuditEvent,
+    CommitResult,
+    Credential,
+    NewCredential,
+    NewPackage,
+    Order,
+    Outcome,
+    Record,
+    utc_now,
+)
+from registry.settings import Settings
+from registry.store import Migration, RecordStore, decide
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def to_text(moment: datetime) -> str:
+    """A time as stored: UTC, fixed width."""
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def from_text(stored: str) -> datetime:
+    """A stored time back as an aware UTC datetime (also reads ISO 8601 with an offset)."""
+    try:
+        return datetime.strptime(stored, TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        moment = datetime.fromisoformat(stored)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _optional_time(stored: str | None) -> datetime | None:
+    return from_text(stored) if stored is not None else None
+
+
+# -- migrations ----------------------------------------------------------------
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    db.table("packages").create(
+        {
+            "id": int, "code": str, "module": str, "version": str, "package_name": str,
+            "package_size": int, "sha256": str, "blob_key": str, "format": str, "file_name": str,
+            "origin": str, "source_url": str, "is_deleted": int, "revived": int, "deleted_at": str,
+            "created": str, "updated": str, "operator": str,
+        },
+        pk="id",
+        not_null={"code", "module", "version", "package_name", "package_size", "sha256",
+                  "blob_key", "format", "is_deleted", "created", "updated", "operator"},
+        defaults={"is_deleted": 0, "revived": 0, "origin": "", "source_url": "", "file_name": ""},
+    )
+    # The guard that lets only one of two concurrent uploads of a version win.
+    db.table("packages").create_index(["code", "module", "version"], unique=True)
+    db.table("packages").create_index(["code", "module", "created"])
+    db.table("packages").create_index(["blob_key"], unique=True)
+    db.table("credentials").create(
+        {
+            "id": int, "kind": str, "name": str, "secret_hash": str, "hint": str, "apps": str,
+            "read_only": int, "created": str, "revoked_at": str,
+        },
+        pk="id",
+        not_null={"kind", "name", "secret_hash", "apps", "read_only", "created"},
+        defaults={"read_only": 0, "apps": "[]", "hint": ""},
+    )
+    db.table("credentials").create_index(["secret_hash"], unique=True)
+
+
+def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
+    """``broken`` (why fsck found the blob bad) and ``purged_at`` (when gc removed it)."""
+    db.table("packages").add_column("broken", str)
+    db.table("packages").add_column("purged_at", str)
+
+
+def _events_v3(db: sqlite_utils.Database) -> None:
+    """The audit trail, once made by the audit plugin itself: kept if it exists."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+        " time TEXT NOT NULL, operator TEXT NOT NULL, code TEXT NOT NULL, module TEXT NOT NULL,"
+        " package_id INTEGER NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " package_size INTEGER NOT NULL, payload TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS events_code ON events (code, id)")
+
+
+#: Append only: ``PRAGMA user_version`` records how many have run.
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("packages and credentials tables", _schema_v1),
+    ("broken and purged_at marks on packages", _integrity_marks_v2),
+    ("events table", _events_v3),
+]
+
+
+# -- the store --------------------------------------------------------------------
+
+_ORDER_SQL = {order: f"{order.column} {'DESC' if order.descending else 'ASC'},"
+              f" id {'DESC' if order.descending else 'ASC'}" for order in Order}
+
+
+def _record(row: sqlite3.Row) -> Record:
+    data = dict(row)
+    data["is_deleted"] = bool(data["is_deleted"])
+    data["revived"] = bool(data["revived"])
+    for name in ("created", "updated"):
+        data[name] = from_text(data[name])
+    for name in ("deleted_at", "purged_at"):
+        data[name] = _optional_time(data[name])
+    return Record(**data)
+
+
+def _credential(row: sqlite3.Row) -> Credential:
+    return Credential(
+        id=row["id"], kind=row["kind"], name=row["name"], secret_hash=row["secret_hash"], hint=row["hint"],
+        apps=json.loads(row["apps"]), read_only=bool(row["read_only"]), created=from_text(row["created"]),
+        revoked_at=_optional_time(row["revoked_at"]),
+    )
+
+
+def _event(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"], kind=row["kind"], time=from_text(row["time"]), operator=row["operator"],
+        code=row["code"], module=row["module"], package_id=row["package_id"], version=row["version"],
+        sha256=row["sha256"], package_size=row["package_size"], payload=json.loads(row["payload"]),
+    )
+
+
+_UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Raise the database's own failures as ``DatabaseUnavailable`` (503, retry)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if any(hint in str(exc).lower() for hint in _UNAVAILABLE_HINTS):
+            raise DatabaseUnavailable(str(exc)) from exc
+        raise
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise
+        raise DatabaseUnavailable(str(exc)) from exc
+
+
+class SQLiteStore(RecordStore):
+    """Thread-local connections to one SQLite file."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.description = f"sqlite {path}"
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _connections
+        self._migrate_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._migrated = False
+
+    # -- connections -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.timeout)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, the schema migrated (once per process)."""
+        conn = self._connect()
+        if not self._migrated:
+            self.migrate()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` on this thread's connection; rolled back on any error."""
+        with _translated():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple[Any, ...] | builtins.list[Any] = ()) -> builtins.list[sqlite3.Row]:
+        with _translated():
+            return self._conn().execute(sql, params).fetchall()
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def _applied(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def pending_migrations(self) -> builtins.list[Migration]:
+        if not self.path.exists():  # creates nothing: a missing file has every migration pending
+            done = 0
+        else:
+            with _translated():
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout)
+                try:
+                    done = self._applied(conn)
+                finally:
+                    conn.close()
+        return [Migration(number, name) for number, (name, _) in enumerate(MIGRATIONS, start=1)
+                if number > done]
+
+    def migrate(self) -> builtins.list[Migration]:
+        with self._migrate_lock:
+            if self._migrated:
+                return []
+            applied: builtins.list[Migration] = []
+            with _translated():
+                conn = self._connect()
+                # BEGIN IMMEDIATE: one process at a time; the others wait on the
+                # lock, then read the new user_version and find nothing to do.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    done = self._applied(conn)
+                    db = sqlite_utils.Database(conn)
+                    for number, (name, migration) in enumerate(MIGRATIONS[done:], start=done + 1):
+                        migration(db)
+                        conn.execute(f"PRAGMA user_version = {number}")
+                        applied.append(Migration(number, name))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            self._migrated = True
+            return applied
+
+    def check(self) -> None:
+        self._rows("SELECT 1 FROM packages LIMIT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- packages -------------------------------------------------------------------
+
+    def _one(self, sql: str, params: tuple[Any, ...], conn: sqlite3.Connection | None = None) -> Record | None:
+        if conn is None:
+            rows = self._rows(sql, params)
+            row = rows[0] if rows else None
+        else:
+            row = conn.execute(sql, params).fetchone()
+        return _record(row) if row else None
+
+    def get(self, code: str, module: str, package_id: int) -> Record | None:
+        return self._one("SELECT * FROM packages WHERE id = ? AND code = ? AND module = ?",
+                         (package_id, code, module))
+
+    def find_version(self, code: str, module: str, version: str) -> Record | None:
+        return self._one("SELECT * FROM packages WHERE code = ? AND module = ? AND version = ?",
+                         (code, module, version))
+
+    @staticmethod
+    def _by_id(conn: sqlite3.Connection, package_id: int | None) -> Record:
+        return _record(conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone())
+
+    def commit(self, new: NewPackage, allow_overwrite: bool) -> CommitResult:
+        now = to_text(utc_now())
+        with self._write() as conn:
+            existing = self._one("SELECT * FROM packages WHERE code = ? AND module = ? AND version = ?",
+                                 (new.code, new.module, new.version), conn)
+            outcome = decide(existing, new, allow_overwrite)
+            if existing is None:
+                cursor = conn.execute(
+                    "INSERT INTO packages (code, module, version, package_name, package_size, sha256,"
+                    " blob_key, format, file_name, origin, source_url, is_deleted, revived, created,"
+                    " updated, operator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)",
+                    (new.code, new.module, new.version, new.package_name, new.package_size, new.sha256,
+                     new.blob_key, new.format, new.file_name, new.origin, new.source_url, now, now,
+                     new.operator),
+                )
+                return CommitResult(outcome, self._by_id(conn, cursor.lastrowid), None)
+            if outcome is Outcome.IDENTICAL:
+                return CommitResult(outcome, existing, new.blob_key)
+            conn.execute(
+                "UPDATE packages SET package_name = ?, package_size = ?, sha256 = ?, blob_key = ?,"
+                " format = ?, file_name = ?, origin = ?, source_url = ?, is_deleted = 0,"
+                " revived = ?, deleted_at = NULL, broken = NULL, purged_at = NULL, updated = ?,"
+                " operator = ? WHERE id = ?",
+                (new.package_name, new.package_size, new.sha256, new.blob_key, new.format,
+                 new.file_name, new.origin, new.source_url, int(existing.is_deleted or existing.revived),
+                 now, new.operator, existing.id),
+            )
+            return CommitResult(outcome, self._by_id(conn, existing.id), existing.blob_key)
+
+    def _for_update(self, conn: sqlite3.Connection, code: str, module: str, package_id: int) -> Record:
+        record = self._one("SELECT * FROM packages WHERE id = ? AND code = ? AND module = ?",
+                           (package_id, code, module), conn)
+        if record is None:
+            raise PackageNotFound(f"id {package_id}")
+        return record
+
+    def soft_delete(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
+        with self._write() as conn:
+            record = self._for_update(conn, code, module, package_id)
+            if record.is_deleted:
+                return record, False
+            now = to_text(utc_now())
+            conn.execute("UPDATE packages SET is_deleted = 1, revived = 0, deleted_at = ?, updated = ?"
+                         " WHERE id = ?", (now, now, record.id))
+            return self._by_id(conn, record.id), True
+
+    def restore(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
+        with self._write() as conn:
+            record = self._for_update(conn, code, module, package_id)
+            if not record.is_deleted:
+                if record.revived:
+                    raise PackageAlreadyExists(
+                        f"version {record.version!r} was uploaded again after it was deleted",
+                        data={"sha256_signature": record.sha256},
+                    )
+                return record, False
+            if record.purged_at is not None:
+                raise PackageNotFound(f"id {package_id}: its bytes were removed by gc")
+            conn.execute("UPDATE packages SET is_deleted = 0, deleted_at = NULL, updated = ? WHERE id = ?",
+                         (to_text(utc_now()), record.id))
+            return self._by_id(conn, record.id), True
+
+    def list(
+        self,
+        code: str,
+        module: str,
+        *,
+        search_term: str = "",
+        order_by: Order = Order.CREATED_DESC,
+        limit: int = 100,
+        offset: int = 0,
+        include_deleted: bool = False,
+    ) -> tuple[int, builtins.list[Record]]:
+        where = ["code = ?", "module = ?"]
+        params: builtins.list[Any] = [code, module]
+        if not include_deleted:
+            where.append("is_deleted = 0")
+        if search_term:
+            pattern = "%" + search_term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append("(version LIKE ? ESCAPE '\\' OR package_name LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
+        clause = " AND ".join(where)
+        with _translated():
+            conn = self._conn()
+            # one read transaction: the count and the page see the same snapshot
+            conn.execute("BEGIN")
+            try:
+                count = conn.execute(f"SELECT COUNT(*) FROM packages WHERE {clause}", params).fetchone()[0]
+                rows = conn.execute(
+                    f"SELECT * FROM packages WHERE {clause} ORDER BY {_ORDER_SQL[order_by]} LIMIT ? OFFSET ?",
+                    [*params, limit, offset],
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return int(count), [_record(row) for row in rows]
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def all_blob_keys(self) -> set[str]:
+        return {row[0] for row in self._rows("SELECT blob_key FROM packages WHERE purged_at IS NULL")}
+
+    def is_blob_referenced(self, key: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM packages WHERE blob_key = ? AND purged_at IS NULL", (key,)))
+
+    def page_by_id(self, after_id: int, limit: int) -> builtins.list[Record]:
+        rows = self._rows("SELECT * FROM packages WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        return [_record(row) for row in rows]
+
+    def blob_totals(self) -> tuple[int, int]:
+        row = self._rows("SELECT COUNT(*), COALESCE(SUM(package_size), 0) FROM packages WHERE purged_at IS NULL")[0]
+        return int(row[0]), int(row[1])
+
+    def set_broken(self, package_id: int, blob_key: str, reason: str | None) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE packages SET broken = ? WHERE id = ? AND blob_key = ?",
+                                  (reason, package_id, blob_key))
+            return cursor.rowcount == 1
+
+    def modules_with_more_live_than(self, count: int) -> builtins.list[tuple[str, str]]:
+        rows = self._rows("SELECT code, module FROM packages WHERE is_deleted = 0 GROUP BY code, module"
+                          " HAVING COUNT(*) > ? ORDER BY code, module", (count,))
+        return [(row[0], row[1]) for row in rows]
+
+    def purgeable(self, deleted_before: datetime) -> builtins.list[Record]:
+        rows = self._rows("SELECT * FROM packages WHERE is_deleted = 1 AND purged_at IS NULL AND deleted_at <= ?"
+                          " ORDER BY deleted_at, id", (to_text(deleted_before),))
+        return [_record(row) for row in rows]
+
+    def mark_purged(self, record: Record) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE packages SET purged_at = ? WHERE id = ? AND is_deleted = 1"
+                " AND blob_key = ? AND purged_at IS NULL",
+                (to_text(utc_now()), record.id, record.blob_key),
+            )
+            return cursor.rowcount == 1
+
+    # -- credentials ---------------------------------------------------------------------
+
+    def add_credential(self, new: NewCredential) -> Credential:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (new.kind, new.name, new.secret_hash, new.hint, json.dumps(sorted(set(new.apps))),
+                 int(new.read_only), to_text(utc_now())),
+            )
+            row = conn.execute("SELECT * FROM credentials WHERE id = ?", (cursor.lastrowid,)).fetchone()
+            return _credential(row)
+
+    def credential_by_hash(self, kind: str, secret_hash: str) -> Credential | None:
+        rows = self._rows("SELECT * FROM credentials WHERE secret_hash = ? AND kind = ? AND revoked_at IS NULL",
+                          (secret_hash, kind))
+        return _credential(rows[0]) if rows else None
+
+    def credentials_named(self, kind: str, name: str) -> builtins.list[Credential]:
+        rows = self._rows("SELECT * FROM credentials WHERE name = ? AND kind = ? AND revoked_at IS NULL",
+                          (name, kind))
+        return [_credential(row) for row in rows]
+
+    def list_credentials(self) -> builtins.list[Credential]:
+        return [_credential(row) for row in self._rows("SELECT * FROM credentials ORDER BY id")]
+
+    def revoke_credential(self, credential_id: int) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                                  (to_text(utc_now()), credential_id))
+            return cursor.rowcount == 1
+
+    # -- events ------------------------------------------------------------------------------
+
+    def add_event(self, event: AuditEvent) -> AuditEvent:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
+                " package_size, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.kind, to_text(event.time), event.operator, event.code, event.module, event.package_id,
+                 event.version, event.sha256, event.package_size,
+                 json.dumps(event.payload, ensure_ascii=False)),
+            )
+            return _event(conn.execute("SELECT * FROM events WHERE id = ?", (cursor.lastrowid,)).fetchone())
+
+    def recent_events(self, limit: int = 100, code: str | None = None) -> builtins.list[AuditEvent]:
+        if code:
+            rows = self._rows("SELECT * FROM events WHERE code = ? ORDER BY id DESC LIMIT ?", (code, limit))
+        else:
+            rows = self._rows("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [_event(row) for row in rows]
+
+    def page_events(self, after_id: int, limit: int) -> builtins.list[AuditEvent]:
+        rows = self._rows("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        return [_event(row) for row in rows]
+
+    # -- copying ------------------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
+                              " UNION ALL SELECT 1 FROM events LIMIT 1")
+
+    def _insert(self, table: str, values: dict[str, Any]) -> bool:
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write() as conn:
+            cursor = conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", list(values.values()))
+            return cursor.rowcount == 1
+
+    def import_record(self, record: Record) -> bool:
+        values = dict(record.__dict__)
+        values["is_deleted"] = int(record.is_deleted)
+        values["revived"] = int(record.revived)
+        for name in ("created", "updated", "deleted_at", "purged_at"):
+            values[name] = to_text(values[name]) if values[name] is not None else None
+        return self._insert("packages", values)
+
+    def import_credential(self, credential: Credential) -> bool:
+        values = dict(credential.__dict__)
+        values["apps"] = json.dumps(credential.apps)
+        values["read_only"] = int(credential.read_only)
+        values["created"] = to_text(credential.created)
+        values["revoked_at"] = to_text(credential.revoked_at) if credential.revoked_at else None
+        return self._insert("credentials", values)
+
+    def import_event(self, event: AuditEvent) -> bool:
+        values = dict(event.__dict__)
+        values["time"] = to_text(event.time)
+        values["payload"] = json.dumps(event.payload, ensure_ascii=False)
+        return self._insert("events", values)
+
+
+@hookimpl
+def registry_record_store(settings: Settings) -> RecordStore | None:
+    """The SQLite store when ``[database] url`` is empty."""
+    if settings["database.url"]:
+        return None
+    return SQLiteStore(Path(settings["database.path"]), timeout=float(settings["database.timeout"]))

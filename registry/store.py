@@ -1,0 +1,251 @@
+"""What a record-store plugin provides: the registry's records, credentials and events.
+
+A store is chosen by the ``registry_record_store`` hook (``[database] url``
+empty: the built-in SQLite store at ``[database] path``; ``postgresql://…``:
+the built-in PostgreSQL store). Everything the registry keeps apart from blob
+bytes lives here; the core, the HTTP layer, the CLI, ``gc``, ``fsck`` and the
+plugins reach it only through this interface, never through SQL.
+
+Every method blocks: callers run them in worker threads (the service uses
+separate thread limiters for reads and writes, see :class:`Access`), never on
+the event loop. A store must be safe to call from many threads at once and,
+for a shared database, from many processes on many hosts.
+
+Failures of the database itself (unreachable, restarting, locked past the
+store's timeout, disk full) must be raised as
+:class:`registry.errors.DatabaseUnavailable`; the API answers them with 503
+and ``Retry-After``. Nothing is half-written when one is raised: each writing
+method is one transaction.
+
+New kinds of data (background jobs, resumable uploads, the webhook outbox)
+are added as new abstract groups of methods plus a migration in each store;
+:class:`RecordStoreConformance` in ``registry/testing.py`` checks a plugin.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+
+from registry.errors import PackageAlreadyExists
+from registry.records import (
+    AuditEvent,
+    CommitResult,
+    Credential,
+    NewCredential,
+    NewPackage,
+    Order,
+    Outcome,
+    Record,
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change of a store.
+
+    :param number: 1, 2, …; a store records the highest number applied.
+    :param name: what it does, shown by ``registry migrate --dry-run``.
+    """
+
+    number: int
+    name: str
+
+
+class RecordStore(ABC):
+    """The registry's records. See the module docstring for the contract."""
+
+    #: shown by ``check-config``; never contains a password
+    description: str = ""
+
+    # -- life cycle -----------------------------------------------------------
+
+    @abstractmethod
+    def pending_migrations(self) -> builtins.list[Migration]:
+        """Migrations not yet applied, in order; creates and changes nothing."""
+
+    @abstractmethod
+    def migrate(self) -> builtins.list[Migration]:
+        """Apply the pending migrations and return them.
+
+        Safe to call from several processes at once: one applies them under
+        a database-wide lock, the others wait and then find nothing to do.
+        """
+
+    @abstractmethod
+    def check(self) -> None:
+        """Return when the database answers now; raise ``DatabaseUnavailable`` otherwise."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+
+    # -- packages ---------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, code: str, module: str, package_id: int) -> Record | None:
+        """The record with this id in this module (deleted or not), or None."""
+
+    @abstractmethod
+    def find_version(self, code: str, module: str, version: str) -> Record | None:
+        """The module's record of ``version`` (deleted or not), or None."""
+
+    @abstractmethod
+    def commit(self, new: NewPackage, allow_overwrite: bool) -> CommitResult:
+        """Record ``new`` under the versioning rules (:func:`decide`), in one transaction.
+
+        The lookup and the write must be atomic against every other commit,
+        on any process or host: a unique constraint on (code, module, version)
+        backs the lock, so two concurrent commits of one version never both
+        create it (the loser sees the winner's row and decides again).
+        """
+
+    @abstractmethod
+    def soft_delete(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
+        """Mark a record deleted; returns it and whether this call changed it.
+
+        :raises PackageNotFound: no such id in this module.
+        """
+
+    @abstractmethod
+    def restore(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
+        """Undo a soft delete; returns the record and whether this call changed it.
+
+        :raises PackageAlreadyExists: the version was uploaded again after the delete.
+        :raises PackageNotFound: no such id, or ``gc`` purged the deleted record's bytes.
+        """
+
+    @abstractmethod
+    def list(
+        self,
+        code: str,
+        module: str,
+        *,
+        search_term: str = "",
+        order_by: Order = Order.CREATED_DESC,
+        limit: int = 100,
+        offset: int = 0,
+        include_deleted: bool = False,
+    ) -> tuple[int, builtins.list[Record]]:
+        """One page of a module's records and the total count matching the filters.
+
+        :param search_term: a literal substring of the version or package name
+            (``%`` and ``_`` match themselves), case as the store compares it.
+        """
+
+    # -- maintenance (registry fsck / gc) -----------------------------------------
+
+    @abstractmethod
+    def all_blob_keys(self) -> set[str]:
+        """Every blob key a record points to, except records whose blob gc purged."""
+
+    @abstractmethod
+    def is_blob_referenced(self, key: str) -> bool:
+        """True when a record not purged points to ``key``."""
+
+    @abstractmethod
+    def page_by_id(self, after_id: int, limit: int) -> builtins.list[Record]:
+        """Up to ``limit`` records with ids above ``after_id``, deleted ones included, by id."""
+
+    @abstractmethod
+    def blob_totals(self) -> tuple[int, int]:
+        """(records, bytes) whose blob should exist: every record not purged."""
+
+    @abstractmethod
+    def set_broken(self, package_id: int, blob_key: str, reason: str | None) -> bool:
+        """Mark a record's blob bad (``reason``) or clear the mark (None), only
+        while it still points to ``blob_key``; returns whether it changed."""
+
+    @abstractmethod
+    def modules_with_more_live_than(self, count: int) -> builtins.list[tuple[str, str]]:
+        """(code, module) of every module holding more than ``count`` live records, sorted."""
+
+    @abstractmethod
+    def purgeable(self, deleted_before: datetime) -> builtins.list[Record]:
+        """Soft-deleted records, not yet purged, deleted at or before ``deleted_before``, oldest first."""
+
+    @abstractmethod
+    def mark_purged(self, record: Record) -> bool:
+        """Mark ``record`` purged if it is still deleted with the same blob.
+
+        The caller deletes the blob only after this returns True, so a
+        concurrent restore either ran before (False) or is refused afterwards.
+        """
+
+    # -- credentials --------------------------------------------------------------
+
+    @abstractmethod
+    def add_credential(self, new: NewCredential) -> Credential:
+        """Store a credential; its ``secret_hash`` is unique."""
+
+    @abstractmethod
+    def credential_by_hash(self, kind: str, secret_hash: str) -> Credential | None:
+        """The live (not revoked) credential of ``kind`` with this hash, or None."""
+
+    @abstractmethod
+    def credentials_named(self, kind: str, name: str) -> builtins.list[Credential]:
+        """Every live credential of ``kind`` with this name (an app code's secrets)."""
+
+    @abstractmethod
+    def list_credentials(self) -> builtins.list[Credential]:
+        """Every credential, revoked ones included, by id."""
+
+    @abstractmethod
+    def revoke_credential(self, credential_id: int) -> bool:
+        """Revoke a credential; False when no live credential has that id."""
+
+    # -- audit events ---------------------------------------------------------------
+
+    @abstractmethod
+    def add_event(self, event: AuditEvent) -> AuditEvent:
+        """Append ``event`` to the audit trail; returns it with its id."""
+
+    @abstractmethod
+    def recent_events(self, limit: int = 100, code: str | None = None) -> builtins.list[AuditEvent]:
+        """The newest ``limit`` events (of application ``code`` when given), newest first."""
+
+    @abstractmethod
+    def page_events(self, after_id: int, limit: int) -> builtins.list[AuditEvent]:
+        """Up to ``limit`` events with ids above ``after_id``, by id (copying a store)."""
+
+    # -- copying between stores (registry copy-records) ------------------------------
+
+    @abstractmethod
+    def is_empty(self) -> bool:
+        """True when the store holds no record, credential or event."""
+
+    @abstractmethod
+    def import_record(self, record: Record) -> bool:
+        """Insert ``record`` with its id and times unless that id exists; returns whether it did."""
+
+    @abstractmethod
+    def import_credential(self, credential: Credential) -> bool:
+        """Insert ``credential`` with its id unless that id exists; returns whether it did."""
+
+    @abstractmethod
+    def import_event(self, event: AuditEvent) -> bool:
+        """Insert ``event`` with its id unless that id exists; returns whether it did."""
+
+
+def decide(existing: Record | None, new: NewPackage, allow_overwrite: bool) -> Outcome:
+    """The versioning rules every store applies inside its commit transaction.
+
+    - no such version: insert (CREATED);
+    - soft-deleted version: revive it with the new bytes, same id (REVIVED);
+    - live version, same sha256: nothing changes (IDENTICAL), unless the
+      record is marked broken: then the blob is replaced (OVERWRITTEN), so a
+      broken record is healed by uploading its bytes again;
+    - live version, other bytes: replace them if ``allow_overwrite``
+      (OVERWRITTEN), else raise ``PackageAlreadyExists``.
+    """
+    if existing is None:
+        return Outcome.CREATED
+    if existing.is_deleted:
+        return Outcome.REVIVED
+    if existing.sha256 == new.sha256 and not existing.broken:
+        return Outcome.IDENTICAL
+    if existing.sha256 != new.sha256 and not allow_overwrite:
+        raise PackageAlreadyExists(f"version {new.version!r}", data={"sha256_signature": existing.sha256})
+    return Outcome.OVERWRITTEN

@@ -1,0 +1,159 @@
+"""The registry on PostgreSQL: ``migrate``, ``check-config``, ``copy-records``, a served
+flow end to end, and a database that goes away and comes back."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
+
+PASSWORD = "pw-never-shown-4711"
+
+
+def with_password(url: str) -> str:
+    """``url`` with a password: the test cluster trusts loopback, so it is ignored, but
+    the registry must still keep it out of every line it prints."""
+    return url.replace("registry@", f"registry:{PASSWORD}@", 1)
+
+
+def pg_config(root: Path, url: str) -> dict[str, dict[str, Any]]:
+    tables = base_config(root)
+    tables["database"] = {"url": with_password(url), "pool_size": 4, "timeout": 3}
+    return tables
+
+
+def run(config: Path, *args: str) -> Any:
+    import subprocess
+    return subprocess.run([*registry_command(), "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_config(root: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "registry.toml"
+    config.write_text(to_toml(tables))
+    return config
+
+
+def test_migrate_and_check_config_on_sqlite_create_nothing_until_asked(tmp_path: Path) -> None:
+    config = write_config(tmp_path, base_config(tmp_path))
+    check = run(config, "check-config")
+    assert check.returncode == 0, check.stderr
+    assert "pending migration 0001" in check.stdout
+    assert not (tmp_path / "registry.db").exists(), "check-config creates nothing"
+    dry = run(config, "migrate", "--dry-run")
+    assert dry.returncode == 0 and "3 migration(s) pending" in dry.stdout
+    assert not (tmp_path / "registry.db").exists()
+    applied = run(config, "migrate")
+    assert applied.returncode == 0 and "applied 0003 events table" in applied.stdout
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    again = run(config, "migrate", "--dry-run")
+    assert "0 migration(s) pending" in again.stdout
+    assert "pending" not in run(config, "check-config").stdout.replace("0 migration(s) pending", "")
+
+
+def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path, pg_config(tmp_path, pg_url))
+    check = run(config, "check-config")
+    assert check.returncode == 0, check.stderr
+    assert "pending migration 0001" in check.stdout and "postgresql 127.0.0.1" in check.stdout
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('packages')").fetchone() == (None,)
+    assert "1 migration(s) applied" in run(config, "migrate").stdout
+    assert "0 migration(s) pending" in run(config, "migrate", "--dry-run").stdout
+    broken = dict(pg_config(tmp_path, pg_url))
+    broken["database"] = {**broken["database"], "url": with_password(pg_url).replace("/t_", "/missing_")}
+    failed = run(write_config(tmp_path / "broken", broken), "check-config")
+    assert failed.returncode == 1 and "DATABASE_UNAVAILABLE" in failed.stderr
+    for result in (check, failed):
+        assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_served_on_postgres_the_main_flow_works(tmp_path: Path, pg_url: str) -> None:
+    server = start_registry(tmp_path, pg_config(tmp_path, pg_url))
+    try:
+        api = Api(server.url, server.token("alice"))
+        first = package("1.0.0", salt="a")
+        created = api.upload("pgapp", first, version="1.0.0")
+        assert created.status_code == 201, created.text
+        record = created.json()
+        assert api.upload("pgapp", first, version="1.0.0").status_code == 200
+        conflict = api.upload("pgapp", package("1.0.0", salt="b"), version="1.0.0")
+        assert conflict.status_code == 409
+        assert api.upload("pgapp", package("1.1.0"), version="1.1.0").status_code == 201
+        listed = api.list("pgapp").json()
+        assert listed["count"] == 2 and [r["version"] for r in listed["results"]] == ["1.1.0", "1.0.0"]
+        assert api.list("pgapp", order_by="version").json()["results"][0]["version"] == "1.0.0"
+        download = api.download("pgapp", record["id"])
+        assert download.status_code == 200 and hashlib.sha256(download.content).hexdigest() == record[
+            "sha256_signature"]
+        assert api.delete("pgapp", record["id"]).status_code in (200, 204)
+        assert api.list("pgapp").json()["count"] == 1
+        restored = api.restore("pgapp", record["id"])
+        assert restored.status_code == 200 and restored.json()["is_deleted"] is False
+        events = server.cli("events", "--app", "pgapp", "--json").stdout
+        assert '"restored"' in events and '"stored"' in events
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        # the operator's commands work on PostgreSQL beside the running server
+        assert "fsck: 2 blob(s) checked" in server.cli("fsck").stdout
+        assert server.cli("gc", "--dry-run").returncode == 0
+        api.close()
+    finally:
+        server.stop()
+    assert PASSWORD not in server.log.read_text()
+
+
+def test_copy_records_moves_a_sqlite_registry_to_postgres(tmp_path: Path, pg_url: str) -> None:
+    source_root = tmp_path / "sqlite"
+    server = start_registry(source_root, base_config(source_root))
+    try:
+        token = server.token("alice")
+        api = Api(server.url, token)
+        ids = [api.upload("mover", package(f"1.{n}.0"), version=f"1.{n}.0").json()["id"] for n in range(3)]
+        assert api.delete("mover", ids[0]).status_code in (200, 204)
+        api.close()
+    finally:
+        server.stop()
+    target = with_password(pg_url)
+    copied = run(server.config, "copy-records", "--to", target)
+    assert copied.returncode == 0, copied.stderr
+    assert "copied 3 record(s), 1 credential(s), 4 event(s)" in copied.stdout
+    refused = run(server.config, "copy-records", "--to", target)
+    assert refused.returncode == 1 and "TARGET_NOT_EMPTY" in refused.stderr
+    resumed = run(server.config, "copy-records", "--to", target, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "copied 0 record(s), 0 credential(s), 0 event(s)" in resumed.stdout and "8 already there" in resumed.stdout
+    for result in (copied, refused, resumed):
+        assert PASSWORD not in result.stdout + result.stderr
+
+    # the same blobs, now served from PostgreSQL: the old token, ids and deletions hold
+    moved = start_registry(tmp_path / "pg", pg_config(source_root, pg_url))
+    try:
+        api = Api(moved.url, token)
+        assert api.list("mover").json()["count"] == 2
+        assert api.list("mover", include_deleted="true").json()["count"] == 3
+        assert api.download("mover", ids[1]).status_code == 200
+        assert api.restore("mover", ids[0]).status_code == 200
+        newer = api.upload("mover", package("2.0.0"), version="2.0.0")
+        assert newer.status_code == 201 and newer.json()["id"] > max(ids)
+        api.close()
+    finally:
+        moved.stop()
+
+
+def test_the_cluster_example_selects_postgres() -> None:
+    from registry.bootstrap import load_settings
+    from registry.cli_records import open_store
+
+    repo = Path(__file__).resolve().parent.parent
+    settings, pm = load_settings(repo / "config" / "registry.cluster.toml")
+    store = open_store(settings, pm)
+    assert type(store).__name__ == "PostgresStore"
+    assert store.description == "postgresql db.internal:5432/registry"

@@ -1,0 +1,86 @@
+"""Two ``registry serve`` processes on one PostgreSQL database and one S3 bucket
+(moto's server) behave as one registry: one winner among racing uploads of a
+version spread over both, and each instance reads the other's writes."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import Api, RegistryProcess, package, start_registry
+from tests.test_postgres import pg_config
+from tests.test_s3 import PREFIX, s3_config, stored_objects
+from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[MotoServer, str, list[RegistryProcess]]]:
+    moto = MotoServer()
+    bucket = moto.create_bucket("cluster")
+    instances: list[RegistryProcess] = []
+    try:
+        for name in ("a", "b"):
+            root = tmp_path / name
+            tables = s3_config(root, moto, bucket)
+            tables["database"] = pg_config(root, pg_url)["database"]
+            instances.append(start_registry(root, tables, env=DUMMY_AWS_ENV))
+        yield moto, bucket, instances
+    finally:
+        for instance in instances:
+            instance.stop()
+        moto.stop()
+
+
+def test_two_instances_are_one_registry(cluster: tuple[MotoServer, str, list[RegistryProcess]]) -> None:
+    moto, bucket, (a, b) = cluster
+    token = a.token("alice")  # made through one instance, valid on both
+    api_a, api_b = Api(a.url, token), Api(b.url, token)
+    try:
+        # racing uploads of one version, other bytes each, spread over both instances
+        racers = 8
+        barrier = threading.Barrier(racers)
+
+        def race(n: int) -> httpx.Response:
+            data = package("1.0.0", salt=f"racer-{n}")
+            barrier.wait()
+            return (api_a if n % 2 else api_b).upload("shared", data, version="1.0.0")
+
+        with ThreadPoolExecutor(racers) as pool:
+            responses = list(pool.map(race, range(racers)))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [201] + [409] * (racers - 1), [r.text for r in responses]
+        [winner] = [r.json() for r in responses if r.status_code == 201]
+        objects = stored_objects(moto, bucket, "shared")
+        assert len(objects) == 1, "the losers' blobs are gone"
+        assert hashlib.sha256(next(iter(objects.values()))).hexdigest() == winner["sha256_signature"]
+        assert all(key.startswith(PREFIX) for key in objects)
+
+        # read-your-writes across instances
+        for reader in (api_a, api_b):
+            listed = reader.list("shared").json()
+            assert [r["id"] for r in listed["results"]] == [winner["id"]]
+            download = reader.download("shared", winner["id"])
+            assert hashlib.sha256(download.content).hexdigest() == winner["sha256_signature"]
+        made_on_b = api_b.upload("shared", package("2.0.0"), version="2.0.0")
+        assert made_on_b.status_code == 201
+        assert api_a.get("shared", made_on_b.json()["id"]).json()["version"] == "2.0.0"
+        assert api_a.delete("shared", winner["id"]).status_code in (200, 204)
+        assert api_b.list("shared").json()["count"] == 1
+        restored = api_b.restore("shared", winner["id"])
+        assert restored.status_code == 200 and restored.json()["is_deleted"] is False
+        assert api_a.list("shared").json()["count"] == 2
+        # an overwrite on one instance is what the other serves next
+        newer = package("2.0.0", salt="newer")
+        assert api_a.upload("shared", newer, version="2.0.0", allow_overwrite=True).status_code == 200
+        assert api_b.download("shared", made_on_b.json()["id"]).content == newer
+        events = b.cli("events", "--app", "shared", "--json").stdout
+        assert events.count('"stored"') == 2 and '"overwritten"' in events
+    finally:
+        api_a.close()
+        api_b.close()
