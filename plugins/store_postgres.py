@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -158,6 +159,7 @@ class PostgresStore(RecordStore):
             },
         )
         self._opened = False
+        self._open_lock = threading.Lock()
         self._migrated = False
 
     # -- connections ----------------------------------------------------------------
@@ -192,8 +194,10 @@ class PostgresStore(RecordStore):
     def _connection(self) -> Iterator[psycopg.Connection[Row]]:
         with self._translated():
             if not self._opened:
-                self._pool.open(wait=False)
-                self._opened = True
+                with self._open_lock:
+                    if not self._opened:
+                        self._pool.open(wait=False)
+                        self._opened = True
             if not self._migrated:
                 self.migrate()
             with self._pool.connection() as conn:
@@ -232,7 +236,9 @@ class PostgresStore(RecordStore):
         if self._migrated:
             return []
         applied: builtins.list[Migration] = []
-        with self._translated(), self._direct() as conn, conn.transaction():
+        with self._open_lock, self._translated(), self._direct() as conn, conn.transaction():
+            if self._migrated:  # another thread of this process just did it
+                return []
             # one instance at a time; the others wait here, then find nothing to do
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS registry_migrations (number INTEGER PRIMARY KEY,"

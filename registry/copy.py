@@ -14,19 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from registry.errors import RegistryError
 from registry.store import RecordStore
 
 PAGE_SIZE = 500
 
 
-class TargetNotEmpty(RegistryError):
-    """The target store already holds records, credentials or events."""
+class TargetNotEmpty(Exception):
+    """The target store already holds records, credentials or events (an
+    operator's mistake, never an API answer: not a ``RegistryError``)."""
 
-    code = "TARGET_NOT_EMPTY"
-    status = 409
-    detail_zh = "目标数据库不为空"
-    detail_en = "The target record store is not empty (use --resume to finish an interrupted copy)"
+    def __init__(self) -> None:
+        super().__init__("TARGET_NOT_EMPTY: the target record store is not empty"
+                         " (use --resume to finish an interrupted copy)")
 
 
 @dataclass
