@@ -23,7 +23,7 @@ import builtins
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -481,26 +481,31 @@ class PostgresStore(RecordStore):
         return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
                               " UNION ALL SELECT 1 FROM events LIMIT 1")
 
-    def _insert(self, table: str, values: dict[str, Any]) -> bool:
-        names = ", ".join(values)
-        marks = ", ".join("%s" for _ in values)
+    def _insert(self, table: str, rows: builtins.list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        names = ", ".join(rows[0])
+        marks = ", ".join("%s" for _ in rows[0])
+        inserted = 0
         with self._write() as conn:
-            cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-                                  list(values.values()))
+            for values in rows:
+                cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                                      list(values.values()))
+                inserted += cursor.rowcount
             # ids were given explicitly: move the identity past them for later inserts
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                          f" GREATEST((SELECT MAX(id) FROM {table}), 1))")
-            return cursor.rowcount == 1
+        return inserted
 
-    def import_record(self, record: Record) -> bool:
-        return self._insert("packages", dict(record.__dict__))
+    def import_records(self, records: Sequence[Record]) -> int:
+        return self._insert("packages", [dict(record.__dict__) for record in records])
 
-    def import_credential(self, credential: Credential) -> bool:
-        return self._insert("credentials", {**credential.__dict__, "apps": json.dumps(credential.apps)})
+    def import_credentials(self, credentials: Sequence[Credential]) -> int:
+        return self._insert("credentials", [{**c.__dict__, "apps": json.dumps(c.apps)} for c in credentials])
 
-    def import_event(self, event: AuditEvent) -> bool:
-        return self._insert("events", {**event.__dict__,
-                                       "payload": json.dumps(event.payload, ensure_ascii=False)})
+    def import_events(self, events: Sequence[AuditEvent]) -> int:
+        return self._insert("events", [{**e.__dict__, "payload": json.dumps(e.payload, ensure_ascii=False)}
+                                       for e in events])
 
 
 @hookimpl
