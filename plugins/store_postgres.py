@@ -22,7 +22,8 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -158,6 +159,7 @@ class PostgresStore(RecordStore):
             },
         )
         self._opened = False
+        self._open_lock = threading.Lock()
         self._migrated = False
 
     # -- connections ----------------------------------------------------------------
@@ -192,8 +194,10 @@ class PostgresStore(RecordStore):
     def _connection(self) -> Iterator[psycopg.Connection[Row]]:
         with self._translated():
             if not self._opened:
-                self._pool.open(wait=False)
-                self._opened = True
+                with self._open_lock:
+                    if not self._opened:
+                        self._pool.open(wait=False)
+                        self._opened = True
             if not self._migrated:
                 self.migrate()
             with self._pool.connection() as conn:
@@ -232,7 +236,9 @@ class PostgresStore(RecordStore):
         if self._migrated:
             return []
         applied: builtins.list[Migration] = []
-        with self._translated(), self._direct() as conn, conn.transaction():
+        with self._open_lock, self._translated(), self._direct() as conn, conn.transaction():
+            if self._migrated:  # another thread of this process just did it
+                return []
             # one instance at a time; the others wait here, then find nothing to do
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS registry_migrations (number INTEGER PRIMARY KEY,"
@@ -475,26 +481,31 @@ class PostgresStore(RecordStore):
         return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
                               " UNION ALL SELECT 1 FROM events LIMIT 1")
 
-    def _insert(self, table: str, values: dict[str, Any]) -> bool:
-        names = ", ".join(values)
-        marks = ", ".join("%s" for _ in values)
+    def _insert(self, table: str, rows: builtins.list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        names = ", ".join(rows[0])
+        marks = ", ".join("%s" for _ in rows[0])
+        inserted = 0
         with self._write() as conn:
-            cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-                                  list(values.values()))
+            for values in rows:
+                cursor = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                                      list(values.values()))
+                inserted += cursor.rowcount
             # ids were given explicitly: move the identity past them for later inserts
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                          f" GREATEST((SELECT MAX(id) FROM {table}), 1))")
-            return cursor.rowcount == 1
+        return inserted
 
-    def import_record(self, record: Record) -> bool:
-        return self._insert("packages", dict(record.__dict__))
+    def import_records(self, records: Sequence[Record]) -> int:
+        return self._insert("packages", [dict(record.__dict__) for record in records])
 
-    def import_credential(self, credential: Credential) -> bool:
-        return self._insert("credentials", {**credential.__dict__, "apps": json.dumps(credential.apps)})
+    def import_credentials(self, credentials: Sequence[Credential]) -> int:
+        return self._insert("credentials", [{**c.__dict__, "apps": json.dumps(c.apps)} for c in credentials])
 
-    def import_event(self, event: AuditEvent) -> bool:
-        return self._insert("events", {**event.__dict__,
-                                       "payload": json.dumps(event.payload, ensure_ascii=False)})
+    def import_events(self, events: Sequence[AuditEvent]) -> int:
+        return self._insert("events", [{**e.__dict__, "payload": json.dumps(e.payload, ensure_ascii=False)}
+                                       for e in events])
 
 
 @hookimpl

@@ -19,7 +19,7 @@ import builtins
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, UTC
 from pathlib import Path
@@ -500,34 +500,49 @@ class SQLiteStore(RecordStore):
         return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
                               " UNION ALL SELECT 1 FROM events LIMIT 1")
 
-    def _insert(self, table: str, values: dict[str, Any]) -> bool:
-        names = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
+    def _insert(self, table: str, rows: builtins.list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        names = ", ".join(rows[0])
+        marks = ", ".join("?" for _ in rows[0])
+        inserted = 0
         with self._write() as conn:
-            cursor = conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", list(values.values()))
-            return cursor.rowcount == 1
+            for values in rows:
+                cursor = conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})",
+                                      list(values.values()))
+                inserted += cursor.rowcount
+        return inserted
 
-    def import_record(self, record: Record) -> bool:
-        values = dict(record.__dict__)
-        values["is_deleted"] = int(record.is_deleted)
-        values["revived"] = int(record.revived)
-        for name in ("created", "updated", "deleted_at", "purged_at"):
-            values[name] = to_text(values[name]) if values[name] is not None else None
-        return self._insert("packages", values)
+    def import_records(self, records: Sequence[Record]) -> int:
+        rows = []
+        for record in records:
+            values = dict(record.__dict__)
+            values["is_deleted"] = int(record.is_deleted)
+            values["revived"] = int(record.revived)
+            for name in ("created", "updated", "deleted_at", "purged_at"):
+                values[name] = to_text(values[name]) if values[name] is not None else None
+            rows.append(values)
+        return self._insert("packages", rows)
 
-    def import_credential(self, credential: Credential) -> bool:
-        values = dict(credential.__dict__)
-        values["apps"] = json.dumps(credential.apps)
-        values["read_only"] = int(credential.read_only)
-        values["created"] = to_text(credential.created)
-        values["revoked_at"] = to_text(credential.revoked_at) if credential.revoked_at else None
-        return self._insert("credentials", values)
+    def import_credentials(self, credentials: Sequence[Credential]) -> int:
+        rows = []
+        for credential in credentials:
+            values = dict(credential.__dict__)
+            values["apps"] = json.dumps(credential.apps)
+            values["read_only"] = int(credential.read_only)
+            values["created"] = to_text(credential.created)
+            values["revoked_at"] = to_text(credential.revoked_at) if credential.revoked_at else None
+            rows.append(values)
+        return self._insert("credentials", rows)
 
-    def import_event(self, event: AuditEvent) -> bool:
-        values = dict(event.__dict__)
-        values["time"] = to_text(event.time)
-        values["payload"] = json.dumps(event.payload, ensure_ascii=False)
-        return self._insert("events", values)
+    def import_events(self, events: Sequence[AuditEvent]) -> int:
+        rows = []
+        for event in events:
+            values = dict(event.__dict__)
+            values["time"] = to_text(event.time)
+            values["payload"] = json.dumps(event.payload, ensure_ascii=False)
+            rows.append(values)
+        return self._insert("events", rows)
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from registry.bootstrap import load_settings
-from registry.copy import copy_records
+from registry.copy import TargetNotEmpty, copy_records
 from registry.settings import Settings, SettingsError, find_config_file
 from registry.store import RecordStore
 
@@ -56,6 +56,9 @@ def cmd_copy_records(args: argparse.Namespace) -> int:
         source.migrate()
         target.migrate()
         report = copy_records(source, target, resume=args.resume)
+    except TargetNotEmpty as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         source.close()
         target.close()

@@ -14,19 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from registry.errors import RegistryError
 from registry.store import RecordStore
 
 PAGE_SIZE = 500
 
 
-class TargetNotEmpty(RegistryError):
-    """The target store already holds records, credentials or events."""
+class TargetNotEmpty(Exception):
+    """The target store already holds records, credentials or events (an
+    operator's mistake, never an API answer: not a ``RegistryError``)."""
 
-    code = "TARGET_NOT_EMPTY"
-    status = 409
-    detail_zh = "目标数据库不为空"
-    detail_en = "The target record store is not empty (use --resume to finish an interrupted copy)"
+    def __init__(self) -> None:
+        super().__init__("TARGET_NOT_EMPTY: the target record store is not empty"
+                         " (use --resume to finish an interrupted copy)")
 
 
 @dataclass
@@ -51,26 +50,20 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
     report = CopyReport()
     after = 0
     while page := source.page_by_id(after, PAGE_SIZE):
-        for record in page:
-            if target.import_record(record):
-                report.records_copied += 1
-            else:
-                report.skipped += 1
+        copied = target.import_records(page)
+        report.records_copied += copied
+        report.skipped += len(page) - copied
         after = page[-1].id
         progress("records", report.records_copied)
-    for credential in source.list_credentials():
-        if target.import_credential(credential):
-            report.credentials_copied += 1
-        else:
-            report.skipped += 1
+    credentials = source.list_credentials()
+    report.credentials_copied = target.import_credentials(credentials)
+    report.skipped += len(credentials) - report.credentials_copied
     progress("credentials", report.credentials_copied)
     after = 0
     while events := source.page_events(after, PAGE_SIZE):
-        for event in events:
-            if target.import_event(event):
-                report.events_copied += 1
-            else:
-                report.skipped += 1
+        copied = target.import_events(events)
+        report.events_copied += copied
+        report.skipped += len(events) - copied
         after = events[-1].id
         progress("events", report.events_copied)
     return report

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -217,16 +218,18 @@ class RecordStore(ABC):
         """True when the store holds no record, credential or event."""
 
     @abstractmethod
-    def import_record(self, record: Record) -> bool:
-        """Insert ``record`` with its id and times unless that id exists; returns whether it did."""
+    def import_records(self, records: Sequence[Record]) -> int:
+        """Insert ``records`` with their ids and times, skipping ids already
+        present, in one transaction; returns how many were inserted. Later
+        inserts get ids above every imported one."""
 
     @abstractmethod
-    def import_credential(self, credential: Credential) -> bool:
-        """Insert ``credential`` with its id unless that id exists; returns whether it did."""
+    def import_credentials(self, credentials: Sequence[Credential]) -> int:
+        """:meth:`import_records` for credentials."""
 
     @abstractmethod
-    def import_event(self, event: AuditEvent) -> bool:
-        """Insert ``event`` with its id unless that id exists; returns whether it did."""
+    def import_events(self, events: Sequence[AuditEvent]) -> int:
+        """:meth:`import_records` for audit events."""
 
 
 def decide(existing: Record | None, new: NewPackage, allow_overwrite: bool) -> Outcome:

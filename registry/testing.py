@@ -577,11 +577,12 @@ class RecordStoreConformance:
         event = store.add_event(AuditEvent(kind="stored", time=utc_now(), operator="a", code="app", module="m",
                                            package_id=record.id, version="1", sha256="0" * 64, package_size=1))
         assert not store.is_empty()
-        assert not store.import_record(record)
-        assert not store.import_credential(credential)
-        assert not store.import_event(event)
+        assert store.import_records([record]) == 0
+        assert store.import_credentials([credential]) == 0
+        assert store.import_events([event]) == 0
+        assert store.import_records([]) == 0
         moved = replace(record, id=record.id + 100, version="7.0.0", blob_key=new_blob_key("app", "default"))
-        assert store.import_record(moved)
+        assert store.import_records([moved, record]) == 1
         assert store.get("app", "default", moved.id) == moved
         after = store.commit(new_package("8.0.0"), allow_overwrite=False).record
         assert after.id > moved.id, "new ids continue after imported ones"

@@ -1,10 +1,12 @@
 """Two ``registry serve`` processes on one PostgreSQL database and one S3 bucket
 (moto's server) behave as one registry: one winner among racing uploads of a
-version spread over both, and each instance reads the other's writes."""
+version spread over both, each instance reads the other's writes, and one
+killed mid-upload leaves the other serving with nothing half-written."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,9 @@ import httpx
 import pytest
 
 from tests.helpers import Api, RegistryProcess, package, start_registry
+from tests.test_crash_safety import WAIT, big_package, multipart, wait_for
 from tests.test_postgres import pg_config
+from registry.staging import FLUSH_SIZE
 from tests.test_s3 import PREFIX, s3_config, stored_objects
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer
 
@@ -83,4 +87,37 @@ def test_two_instances_are_one_registry(cluster: tuple[MotoServer, str, list[Reg
         assert events.count('"stored"') == 2 and '"overwritten"' in events
     finally:
         api_a.close()
+        api_b.close()
+
+
+def test_an_instance_killed_mid_upload_leaves_the_other_serving(
+        tmp_path: Path, cluster: tuple[MotoServer, str, list[RegistryProcess]]) -> None:
+    moto, bucket, (a, b) = cluster
+    token = b.token("alice")
+    api_b = Api(b.url, token)
+    try:
+        assert api_b.upload("crashy", package("0.1.0"), version="0.1.0").status_code == 201
+        data = big_package("killed")
+        body, content_type = multipart(data, "1.0.0")
+        head = (
+            f"POST /bkapps/applications/crashy/modules/default/source_package/ HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{a.port}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        staging = tmp_path / "a" / "staging"
+
+        def staged() -> int:
+            return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()) if staging.is_dir() else 0
+
+        with socket.create_connection(("127.0.0.1", a.port), timeout=WAIT) as client:
+            client.sendall(head + body[: len(body) // 2 + FLUSH_SIZE // 2])
+            wait_for(lambda: staged() > 0, "part of the upload to reach instance a's staging folder")
+            a.kill()
+        listed = api_b.list("crashy").json()
+        assert [r["version"] for r in listed["results"]] == ["0.1.0"], "nothing half-written"
+        again = api_b.upload("crashy", data, version="1.0.0")
+        assert again.status_code == 201, again.text
+        assert api_b.download("crashy", again.json()["id"]).content == data
+        assert len(stored_objects(moto, bucket, "crashy")) == 2
+    finally:
         api_b.close()

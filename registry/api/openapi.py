@@ -105,7 +105,8 @@ def _error_responses(*classes: type[RegistryError]) -> dict[str, Any]:
 
 def _errors(*codes: str) -> dict[str, Any]:
     classes = {cls.code: cls for cls in all_error_classes() if cls.code != "INTERNAL_ERROR"}
-    always = ("VALIDATION_ERROR", "UNAUTHENTICATED", "PERMISSION_DENIED")
+    # every package route reads the record store (the credential at least)
+    always = ("VALIDATION_ERROR", "UNAUTHENTICATED", "PERMISSION_DENIED", "DATABASE_UNAVAILABLE")
     return _error_responses(*(classes[c] for c in (*always, *codes)))
 
 
@@ -209,7 +210,8 @@ def _service_paths() -> dict[str, Any]:
     return {
         "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness", "security": [], "responses": {"200": plain}}},
         "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: database and storage reachable",
-                            "security": [], "responses": {"200": plain, **_error_responses(*[c for c in all_error_classes() if c.code in ("OBJECT_STORE_EXCEPTION", "INSUFFICIENT_STORAGE")])}}},
+                            "security": [], "responses": {"200": plain, **_error_responses(*[c for c in all_error_classes() if c.code in ("OBJECT_STORE_EXCEPTION", "DATABASE_UNAVAILABLE",
+                                                                                                   "INSUFFICIENT_STORAGE")])}}},
         "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics (registry_*)", "security": [],
                              "responses": {"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This description", "security": [],
