@@ -25,9 +25,9 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import yaml
 
@@ -57,6 +57,9 @@ MAX_LINK_STEPS = 2_000_000
 #: Longest member name quoted in an error message.
 MAX_SHOWN_NAME = 300
 
+#: How many member names inspection keeps for the package's page.
+KEPT_MEMBER_PATHS = 200
+
 #: Format name -> (file extension, media type).
 FORMATS: dict[str, tuple[str, str]] = {
     "tar.gz": ("tar.gz", "application/gzip"),
@@ -80,6 +83,7 @@ class ArchiveInfo:
 
     :param format: a key of :data:`FORMATS`.
     :param app_desc: raw bytes of the shallowest ``app_desc.yaml``/``.yml``, if any.
+    :param member_paths: the first :data:`KEPT_MEMBER_PATHS` member names, in archive order.
     """
 
     format: str
@@ -87,6 +91,7 @@ class ArchiveInfo:
     unpacked_size: int
     app_desc: bytes | None = None
     app_desc_name: str | None = None
+    member_paths: list[str] = field(default_factory=list)
 
 
 def detect_format(head: bytes) -> str | None:
@@ -148,17 +153,15 @@ def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveI
     fmt = detect_format(head)
     if fmt == "zip":
         return inspect_archive(upload.complete(), limits)
-    return _inspect(_Prepended(head, upload), fmt, _Budget(limits, lambda: upload.consumed))
+    # _Prepended offers the read() that tarfile and zipfile use, not all of IO.
+    return _inspect(cast(IO[bytes], _Prepended(head, upload)), fmt, _Budget(limits, lambda: upload.consumed))
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
     if fmt is None:
         raise InvalidPackage("not a tar.gz, tar.bz2, tar.xz, tar or zip archive")
     try:
-        if fmt == "zip":
-            info = _inspect_zip(f, budget)
-        else:
-            info = _inspect_tar(f, fmt, budget)
+        info = _inspect_zip(f, budget) if fmt == "zip" else _inspect_tar(f, fmt, budget)
     except InvalidPackage:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
@@ -207,6 +210,8 @@ class _Budget:
         self.decompressed = 0
         #: the last member seen, named in errors that have no member of their own
         self.last_name: str | None = None
+        #: the first member names, kept with the record for its page
+        self.first_names: list[str] = []
 
     def where(self) -> str:
         return f" after member {_show(self.last_name)}" if self.last_name is not None else ""
@@ -216,6 +221,8 @@ class _Budget:
         if self.members > self.limits.max_members:
             raise InvalidPackage(f"more than {self.limits.max_members} members (at {_show(name)})")
         self.last_name = name
+        if len(self.first_names) < KEPT_MEMBER_PATHS:
+            self.first_names.append(name)
 
     def ratio_exceeded(self, unpacked: int) -> bool:
         return (
@@ -326,13 +333,14 @@ class _LinkTree:
         # link leads (tar itself never archives a path through a link), and
         # its name would no longer say where it is: refused.
         for name in self.names:
-            node = self._tree
+            level: dict[str, Any] | None = self._tree
             parts = name.split("/")
             for depth, part in enumerate(parts[:-1]):
-                node = node.get(part)
-                if node is None:
+                assert level is not None
+                level = level.get(part)
+                if level is None:
                     break
-                if self._TARGET in node:
+                if self._TARGET in level:
                     raise InvalidPackage(
                         f"member {_show(self.display.get(name, name))} is placed under the link "
                         f"{_show('/'.join(parts[: depth + 1]))}"
@@ -405,11 +413,11 @@ class _DecompressedStream:
     def __init__(self, f: IO[bytes], fmt: str, budget: _Budget) -> None:
         self.raw: IO[bytes]
         if fmt == "tar.gz":
-            self.raw = gzip.GzipFile(fileobj=f, mode="rb")
+            self.raw = cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
         elif fmt == "tar.bz2":
             self.raw = bz2.BZ2File(f, "rb")
         elif fmt == "tar.xz":
-            self.raw = lzma.LZMAFile(f, "rb")
+            self.raw = lzma.LZMAFile(f, "rb")  # noqa: SIM115 - read for the stream's lifetime
         else:
             self.raw = f
         self.budget = budget
@@ -490,7 +498,7 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
         if chunk.strip(b"\0"):
             raise InvalidPackage(f"data after the end of the archive{budget.where()}")
     links.check()
-    return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name)
+    return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name, budget.first_names)
 
 
 def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
@@ -545,7 +553,7 @@ def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
                 if keep:
                     picker.take(name, bytes(content))
     links.check()
-    return ArchiveInfo("zip", budget.members, budget.unpacked, picker.content, picker.name)
+    return ArchiveInfo("zip", budget.members, budget.unpacked, picker.content, picker.name, budget.first_names)
 
 
 def version_from_app_desc(content: bytes) -> str | None:
@@ -557,7 +565,7 @@ def version_from_app_desc(content: bytes) -> str | None:
     :raises InvalidPackage: the file is not a YAML mapping.
     """
     try:
-        data = yaml.load(content, Loader=_STRING_LOADER)  # noqa: S506 - base loaders build only str/list/dict
+        data = yaml.load(content, Loader=_STRING_LOADER)
     except yaml.YAMLError as exc:
         raise InvalidPackage(f"app_desc.yaml is not valid YAML ({_reason(exc)})") from exc
     if data is None:

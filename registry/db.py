@@ -20,7 +20,7 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def _schema_v1(db: sqlite_utils.Database) -> None:
-    db["packages"].create(
+    db.table("packages").create(
         {
             "id": int,
             "code": str,
@@ -47,10 +47,10 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         defaults={"is_deleted": 0, "revived": 0, "origin": "", "source_url": "", "file_name": ""},
     )
     # The guard that lets only one of two concurrent uploads of a version win.
-    db["packages"].create_index(["code", "module", "version"], unique=True)
-    db["packages"].create_index(["code", "module", "created"])
-    db["packages"].create_index(["blob_key"], unique=True)
-    db["credentials"].create(
+    db.table("packages").create_index(["code", "module", "version"], unique=True)
+    db.table("packages").create_index(["code", "module", "created"])
+    db.table("packages").create_index(["blob_key"], unique=True)
+    db.table("credentials").create(
         {
             "id": int,
             "kind": str,
@@ -66,7 +66,7 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         not_null={"kind", "name", "secret_hash", "apps", "read_only", "created"},
         defaults={"read_only": 0, "apps": "[]", "hint": ""},
     )
-    db["credentials"].create_index(["secret_hash"], unique=True)
+    db.table("credentials").create_index(["secret_hash"], unique=True)
 
 
 def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
@@ -77,13 +77,31 @@ def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
     - ``purged_at``: NULL, or when ``gc`` removed a soft-deleted record's blob;
       such a record can no longer be restored, only uploaded again.
     """
-    db["packages"].add_column("broken", str)
-    db["packages"].add_column("purged_at", str)
+    db.table("packages").add_column("broken", str)
+    db.table("packages").add_column("purged_at", str)
+
+
+def _browse_details_v3(db: sqlite_utils.Database) -> None:
+    """What the web interface shows without touching blobs.
+
+    - ``package_details``: per record, the ``app_desc.yaml`` text (capped) and
+      the first member paths, captured at ingest, replaced with the bytes.
+    - an index that lets the per-application and per-module summaries
+      (counts, last upload) be read from the index alone.
+    """
+    db.table("package_details").create(
+        {"package_id": int, "app_desc": str, "app_desc_truncated": int, "member_paths": str, "members": int},
+        pk="package_id",
+        not_null={"app_desc_truncated", "member_paths", "members"},
+        defaults={"app_desc_truncated": 0, "member_paths": "[]", "members": 0},
+        foreign_keys=[("package_id", "packages", "id")],
+    )
+    db.table("packages").create_index(["code", "module", "is_deleted", "updated"])
 
 
 #: Migrations in order; PRAGMA user_version records how many have run.
 #: Append only: a database records how many of these it has applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _integrity_marks_v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _integrity_marks_v2, _browse_details_v3]
 
 
 class Database:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from enum import Enum
 from typing import Any
 
+from registry.catalog import PackageDetails, save_details
 from registry.db import Database
 from registry.errors import PackageAlreadyExists, PackageNotFound
 
@@ -33,7 +34,7 @@ ORDERINGS: dict[str, str] = {
 def utc_now() -> str:
     """The current UTC time in the stored form, ``YYYY-MM-DD HH:MM:SS.ffffff``
     (fixed width, so such strings compare like the times they name)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class NewPackage:
     origin: str
     source_url: str
     operator: str
+    #: what the package's page shows, captured at ingest; kept with the record
+    details: PackageDetails | None = None
 
 
 class Outcome(Enum):
@@ -174,6 +177,8 @@ class RecordStore:
                      new.operator),
                 )
                 record = self._by_id(conn, cursor.lastrowid)
+                if new.details is not None:
+                    save_details(conn, record.id, new.details)
                 return CommitResult(Outcome.CREATED, record, None)
             same_bytes = existing.sha256 == new.sha256
             # A broken record (fsck --repair) is healed by uploading its bytes
@@ -194,6 +199,8 @@ class RecordStore:
                  new.file_name, new.origin, new.source_url, int(existing.is_deleted or existing.revived),
                  now, new.operator, existing.id),
             )
+            if new.details is not None:
+                save_details(conn, existing.id, new.details)
             outcome = Outcome.REVIVED if existing.is_deleted else Outcome.OVERWRITTEN
             return CommitResult(outcome, self._by_id(conn, existing.id), existing.blob_key)
 

@@ -29,6 +29,7 @@ import pluggy
 from registry import events
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
+from registry.catalog import Catalog, PackageDetails
 from registry.db import Database
 from registry.errors import (
     ChecksumMismatch,
@@ -98,6 +99,7 @@ class Registry:
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
         self.credentials = CredentialStore(self.db)
+        self.catalog = Catalog(self.db)
         self.max_package_size: int = settings["limits.max_package_size"]
         self.archive_limits = ArchiveLimits(
             max_members=settings["limits.max_members"],
@@ -253,6 +255,7 @@ class Registry:
             origin=origin,
             source_url=source_url,
             operator=upload.operator,
+            details=PackageDetails.from_archive(info),
         )
         await staged.synced()  # the fsync started by finish() ran during inspection
         result = await self._store_and_commit(staged.path, new, upload.allow_overwrite)
