@@ -144,6 +144,14 @@ class CredentialStore:
                 match = row
         return self._principal(match) if match is not None else None
 
+    def by_id(self, credential_id: int) -> Principal | None:
+        """The principal of the live credential with this id (a web session
+        holds the id, never the secret), or None when unknown or revoked."""
+        row = self.db.connection().execute(
+            "SELECT * FROM credentials WHERE id = ? AND revoked_at IS NULL", (credential_id,)
+        ).fetchone()
+        return self._principal(row) if row is not None else None
+
     def list(self) -> list[CredentialInfo]:
         """Every credential, revoked ones included, by id: hints, never secrets or hashes."""
         rows = self.db.connection().execute("SELECT * FROM credentials ORDER BY id").fetchall()

@@ -37,6 +37,7 @@ from registry.errors import (
 )
 from registry.records import ORDERINGS, CommitResult, Outcome
 from registry.service import Registry, UploadRequest
+from registry.ui.auth import session_principal
 from registry.validation import parse_bool, parse_package_url, parse_sha256, parse_slug, parse_version
 
 logger = logging.getLogger("registry.api")
@@ -49,22 +50,38 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
+async def identify(request: Request, *, write: bool) -> Principal:
+    """The caller: a gateway credential, else the web session, else the
+    anonymous reader when ``auth.anonymous_read`` allows a read.
+
+    :raises Unauthenticated: no usable credential (401).
+    :raises PermissionDenied: a web session's write without its CSRF token (403).
+    """
+    registry = _registry(request)
+    credentials = parse_credentials(request.headers)
+    if credentials is None:
+        # The web interface's session cookie (CSRF-checked for writes).
+        session = await session_principal(request, registry)
+        if session is not None:
+            request.state.operator = session.operator
+            return session
+        if not write and registry.settings["auth.anonymous_read"]:
+            return ANONYMOUS
+        raise Unauthenticated("no credential")
+    principal = await anyio.to_thread.run_sync(authenticate, registry.credentials, credentials)
+    assert principal is not None
+    request.state.operator = principal.operator
+    return principal
+
+
 async def authorize(request: Request, code: str, *, write: bool) -> Principal:
     """The caller, checked for access to application ``code``.
 
     :raises Unauthenticated: no usable credential (401).
     :raises PermissionDenied: a valid credential without this right (403).
     """
-    registry = _registry(request)
-    credentials = parse_credentials(request.headers)
-    if credentials is None:
-        if not write and registry.settings["auth.anonymous_read"]:
-            return ANONYMOUS
-        raise Unauthenticated("no credential")
-    principal = await anyio.to_thread.run_sync(authenticate, registry.credentials, credentials)
-    assert principal is not None
+    principal = await identify(request, write=write)
     principal.require(code, write)
-    request.state.operator = principal.operator
     return principal
 
 
@@ -308,7 +325,7 @@ async def readyz(request: Request) -> Response:
     """
     try:
         await _registry(request).check_ready()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+    except Exception as exc:
         reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         logger.warning("not ready: %s", reason)
         raise ObjectStoreException("not ready") from exc
