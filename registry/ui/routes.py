@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +40,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    """No page here: a 404 page (inside the headers middleware, unlike the app's own 404)."""
+    response = await views.page(views.not_found_page, public=True)(Request(scope, receive))
+    await response(scope, receive, send)
+
+
 def ui_routes() -> list[BaseRoute]:
     """``GET /`` (to ``/ui/``) and everything below ``/ui``; only when ``[ui] enabled``."""
     pages = Router(routes=[
@@ -52,7 +59,7 @@ def ui_routes() -> list[BaseRoute]:
         Route("/{code}/", views.page(views.modules_page), methods=["GET"]),
         Route("/{code}/{module}/", views.page(views.packages_page), methods=["GET"]),
         Route("/{code}/{module}/{package_id}/", views.page(views.package_page), methods=["GET"]),
-    ])
+    ], default=_not_found)
     return [
         Route("/", views.root_redirect, methods=["GET"]),
         Route("/ui", views.root_redirect, methods=["GET"]),

@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from registry.api.paths import PACKAGES
 from registry.auth import ANONYMOUS, Principal, authenticate
-from registry.errors import PermissionDenied, RegistryError, Unauthenticated, ValidationError
+from registry.errors import NotFound, PermissionDenied, RegistryError, Unauthenticated, ValidationError
 from registry.service import Registry
 from registry.ui import format as fmt
 from registry.ui.auth import principal_for, session_codec
@@ -256,6 +256,11 @@ async def package_page(request: Request, viewer: Viewer) -> Response:
         pull=fmt.pull_line(base, code, module, record.id, file_name),
         can_write=viewer.can_write(code),
     )
+
+
+async def not_found_page(request: Request, viewer: Viewer) -> Response:
+    """Any other path below ``/ui/``."""
+    raise NotFound(request.url.path)
 
 
 async def login_page(request: Request, viewer: Viewer) -> Response:
