@@ -204,6 +204,22 @@ def test_upload_with_progress_then_download_by_sha256(page: Page, registry: Regi
     assert row.locator("code").get_attribute("title") == hashlib.sha256(data).hexdigest()
 
 
+def test_upload_by_drag_and_drop(page: Page, registry: RegistryProcess, writer_token: str) -> None:
+    data = package("7.0.0", salt="dropped")
+    sign_in(page, registry.url, writer_token)
+    page.goto(f"{registry.url}/ui/ui-drop/default/")
+    transfer = page.evaluate_handle("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "dropped.tar.gz"));
+        return transfer;
+    }""", list(data))
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    file_form(page).get_by_role("button", name="Upload", exact=True).click()
+    playwright_api.expect(status(page)).to_contain_text("Stored: dropped:7.0.0")
+    playwright_api.expect(rows(page).filter(has_text="dropped:7.0.0")).to_have_count(1)
+
+
 def test_conflict_then_overwrite_in_one_click(page: Page, registry: RegistryProcess, writer_token: str,
                                               tmp_path: Path) -> None:
     first, second = tmp_path / "first" / "svc.tar.gz", tmp_path / "second" / "svc.tar.gz"

@@ -489,3 +489,19 @@ def test_bad_paths_on_pages_are_errors_not_crashes(web: Site) -> None:
     assert client.get("/ui/ok/default/abc/").status_code == 400
     assert client.get("/ui/ok/default/?offset=" + "9" * 50).status_code == 200
     assert client.get("/ui/ok/default/?q=" + "x" * 500).status_code == 400
+
+
+def test_templates_and_static_files_are_package_data() -> None:
+    """Every file the interface serves is declared package data, so an installed wheel carries it."""
+    import configparser
+    import fnmatch
+
+    repo = Path(__file__).resolve().parent.parent
+    config = configparser.ConfigParser()
+    config.read(repo / "setup.cfg")
+    patterns = [p.strip() for p in config["options.package_data"]["registry.ui"].split(",")]
+    ui = repo / "registry" / "ui"
+    shipped = [p.relative_to(ui).as_posix() for p in ui.rglob("*")
+               if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+    assert shipped, "no templates or static files found"
+    assert [f for f in shipped if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)] == []
