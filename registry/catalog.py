@@ -53,9 +53,14 @@ class PackageDetails:
 
 def _storable(text: str) -> str:
     """``text`` without NUL (PostgreSQL text cannot hold it) or lone surrogates
-    (a tar name that is not UTF-8 decodes to them; no store can encode them)."""
-    clean = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return clean.replace("\x00", "\ufffd")
+    (a tar name that is not UTF-8 decodes to them; no store can encode them):
+    each becomes U+FFFD."""
+    try:
+        # a name's undecodable bytes come back, then are replaced one for one
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # another lone surrogate
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 @dataclass(frozen=True)

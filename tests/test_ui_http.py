@@ -5,9 +5,11 @@ ingest. The app runs in-process (Starlette's httpx.Client speaks HTTP to it)."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import stat
+import tarfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -510,3 +512,23 @@ def test_templates_and_static_files_are_package_data() -> None:
                if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
     assert shipped, "no templates or static files found"
     assert [f for f in shipped if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)] == []
+
+
+def test_names_that_are_not_utf8_and_nul_in_app_desc_are_kept_replaced(web: Site) -> None:
+    """A tar member named in Latin-1 and an app_desc.yaml holding NUL are stored
+    (PostgreSQL text holds no NUL, no store encodes a lone surrogate) as U+FFFD."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+        for name, data in [("app_desc.yaml", app_desc("1.0.0") + b"# \x00\n"), ("caf\xe9.py", b"x")]:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    token = web.token()
+    record = upload(web.client(), "odd-names", buffer.getvalue(), token, version="1.0.0")
+    details = web.store.package_details(record["id"])
+    assert details is not None and details.member_paths == ["app_desc.yaml", "caf\ufffd.py"]
+    assert details.app_desc is not None and details.app_desc.endswith("# \ufffd\n")
+    client = web.client()
+    sign_in(client, token)
+    page = client.get(f"/ui/odd-names/default/{record['id']}/")
+    assert page.status_code == 200 and "caf\ufffd.py" in page.text
