@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
 from registry.records import (
@@ -113,6 +114,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX events_code ON events (code, id);
     """),
+    ("package_details table and browse indexes", """
+        -- what a package's page shows without reading its blob, captured at
+        -- ingest and replaced with the bytes
+        CREATE TABLE package_details (
+            package_id BIGINT PRIMARY KEY REFERENCES packages (id),
+            app_desc TEXT,
+            app_desc_truncated BOOLEAN NOT NULL DEFAULT FALSE,
+            member_paths TEXT NOT NULL DEFAULT '[]',
+            members BIGINT NOT NULL DEFAULT 0
+        );
+        -- the applications and modules summaries read from the index alone
+        CREATE INDEX packages_browse ON packages (code, module, is_deleted, updated);
+        -- a package's history
+        CREATE INDEX events_package ON events (package_id, id);
+    """),
 ]
 
 _ORDER_SQL = {order: f"{order.column} {'DESC' if order.descending else 'ASC'},"
@@ -129,6 +145,31 @@ def _credential(row: Row) -> Credential:
 
 def _event(row: Row) -> AuditEvent:
     return AuditEvent(**{**row, "payload": json.loads(row["payload"])})
+
+
+def _details(row: Row) -> PackageDetails:
+    return PackageDetails(row["app_desc"], bool(row["app_desc_truncated"]),
+                          list(json.loads(row["member_paths"])), int(row["members"]))
+
+
+def _like(term: str) -> str:
+    """An ILIKE pattern (``ESCAPE '\\'``) matching ``term`` literally anywhere."""
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _save_details(conn: psycopg.Connection[Row], package_id: int, details: PackageDetails | None) -> None:
+    """Replace record ``package_id``'s details (None: drop them), inside the caller's transaction."""
+    if details is None:
+        conn.execute("DELETE FROM package_details WHERE package_id = %s", (package_id,))
+        return
+    conn.execute(
+        "INSERT INTO package_details (package_id, app_desc, app_desc_truncated, member_paths, members)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (package_id) DO UPDATE SET app_desc = EXCLUDED.app_desc,"
+        " app_desc_truncated = EXCLUDED.app_desc_truncated, member_paths = EXCLUDED.member_paths,"
+        " members = EXCLUDED.members",
+        (package_id, details.app_desc, details.app_desc_truncated,
+         json.dumps(details.member_paths, ensure_ascii=False), details.members),
+    )
 
 
 class PostgresStore(RecordStore):
@@ -293,6 +334,8 @@ class PostgresStore(RecordStore):
                      new.blob_key, new.format, new.file_name, new.origin, new.source_url, now, now, new.operator),
                 )
                 if inserted is not None:
+                    if new.details is not None:
+                        _save_details(conn, inserted.id, new.details)
                     return CommitResult(Outcome.CREATED, inserted, None)
                 # another transaction created it first and has committed: decide on its row
                 existing = self._one(conn, find, key)
@@ -311,6 +354,7 @@ class PostgresStore(RecordStore):
                  existing.id),
             )
             assert updated is not None
+            _save_details(conn, updated.id, new.details)
             return CommitResult(outcome, updated, existing.blob_key)
 
     def _for_update(self, conn: psycopg.Connection[Row], code: str, module: str, package_id: int) -> Record:
@@ -364,7 +408,7 @@ class PostgresStore(RecordStore):
         if not include_deleted:
             where.append("NOT is_deleted")
         if search_term:
-            pattern = "%" + search_term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = _like(search_term)
             # ILIKE: SQLite's LIKE ignores ASCII case, and so must this store
             where.append("(version ILIKE %s ESCAPE '\\' OR package_name ILIKE %s ESCAPE '\\')")
             params += [pattern, pattern]
@@ -376,6 +420,59 @@ class PostgresStore(RecordStore):
                 [*params, limit, offset],
             ).fetchall()
         return int(count_row["n"]) if count_row else 0, [_record(row) for row in rows]
+
+    # -- browsing ---------------------------------------------------------------------------
+
+    def applications(
+        self,
+        *,
+        apps: frozenset[str] = frozenset(),
+        search_term: str = "",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, builtins.list[Summary]]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if apps:
+            where.append("code = ANY(%s)")
+            params.append(sorted(apps))
+        if search_term:
+            # ILIKE: SQLite's LIKE ignores ASCII case, and so must this store
+            where.append("code ILIKE %s ESCAPE '\\'")
+            params.append(_like(search_term))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        with self._connection() as conn, conn.transaction():  # the count and the page see one snapshot
+            count_row = conn.execute(f"SELECT COUNT(DISTINCT code) AS n FROM packages {clause}", params).fetchone()
+            rows = conn.execute(
+                "SELECT code, COUNT(DISTINCT module) AS modules, COUNT(*) FILTER (WHERE NOT is_deleted) AS live,"
+                f" MAX(updated) FILTER (WHERE NOT is_deleted) AS last FROM packages {clause}"
+                " GROUP BY code ORDER BY code LIMIT %s OFFSET %s",
+                [*params, limit, offset],
+            ).fetchall()
+        return (int(count_row["n"]) if count_row else 0,
+                [Summary(row["code"], int(row["modules"]), int(row["live"]), row["last"]) for row in rows])
+
+    def modules(self, code: str) -> builtins.list[Summary]:
+        rows = self._rows(
+            "SELECT module, COUNT(*) FILTER (WHERE NOT is_deleted) AS live,"
+            " MAX(updated) FILTER (WHERE NOT is_deleted) AS last"
+            " FROM packages WHERE code = %s GROUP BY module ORDER BY module",
+            (code,),
+        )
+        return [Summary(row["module"], 0, int(row["live"]), row["last"]) for row in rows]
+
+    def package_details(self, package_id: int) -> PackageDetails | None:
+        rows = self._rows("SELECT * FROM package_details WHERE package_id = %s", (package_id,))
+        return _details(rows[0]) if rows else None
+
+    def package_events(self, code: str, module: str, package_id: int,
+                       limit: int = 200) -> builtins.list[AuditEvent]:
+        rows = self._rows(
+            "SELECT * FROM (SELECT * FROM events WHERE package_id = %s AND code = %s AND module = %s"
+            " ORDER BY id DESC LIMIT %s) AS newest ORDER BY id",
+            (package_id, code, module, limit),
+        )
+        return [_event(row) for row in rows]
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -435,6 +532,10 @@ class PostgresStore(RecordStore):
     def credential_by_hash(self, kind: str, secret_hash: str) -> Credential | None:
         rows = self._rows("SELECT * FROM credentials WHERE secret_hash = %s AND kind = %s AND revoked_at IS NULL",
                           (secret_hash, kind))
+        return _credential(rows[0]) if rows else None
+
+    def credential_by_id(self, credential_id: int) -> Credential | None:
+        rows = self._rows("SELECT * FROM credentials WHERE id = %s AND revoked_at IS NULL", (credential_id,))
         return _credential(rows[0]) if rows else None
 
     def credentials_named(self, kind: str, name: str) -> builtins.list[Credential]:
@@ -499,6 +600,21 @@ class PostgresStore(RecordStore):
 
     def import_records(self, records: Sequence[Record]) -> int:
         return self._insert("packages", [dict(record.__dict__) for record in records])
+
+    def page_details(self, after_id: int, limit: int) -> builtins.list[tuple[int, PackageDetails]]:
+        rows = self._rows("SELECT * FROM package_details WHERE package_id > %s ORDER BY package_id LIMIT %s",
+                          (after_id, limit))
+        return [(int(row["package_id"]), _details(row)) for row in rows]
+
+    def import_details(self, package_id: int, details: PackageDetails) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO package_details (package_id, app_desc, app_desc_truncated, member_paths, members)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (package_id, details.app_desc, details.app_desc_truncated,
+                 json.dumps(details.member_paths, ensure_ascii=False), details.members),
+            )
+            return cursor.rowcount == 1
 
     def import_credentials(self, credentials: Sequence[Credential]) -> int:
         return self._insert("credentials", [{**c.__dict__, "apps": json.dumps(c.apps)} for c in credentials])

@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlite_utils
 
+from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
 from registry.records import (
@@ -113,11 +114,29 @@ def _events_v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS events_code ON events (code, id)")
 
 
+def _browse_v4(db: sqlite_utils.Database) -> None:
+    """What browsing reads without touching blobs.
+
+    - ``package_details``: per record, the ``app_desc.yaml`` text (capped) and
+      the first member paths, captured at ingest, replaced with the bytes;
+    - an index on (code, module, is_deleted, updated) from which the
+      per-application and per-module summaries (counts, last upload) are read
+      without visiting the table.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS package_details (package_id INTEGER PRIMARY KEY"
+        " REFERENCES packages (id), app_desc TEXT, app_desc_truncated INTEGER NOT NULL DEFAULT 0,"
+        " member_paths TEXT NOT NULL DEFAULT '[]', members INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS packages_browse ON packages (code, module, is_deleted, updated)")
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
     ("broken and purged_at marks on packages", _integrity_marks_v2),
     ("events table", _events_v3),
+    ("package_details table and browse index", _browse_v4),
 ]
 
 
@@ -151,6 +170,29 @@ def _event(row: sqlite3.Row) -> AuditEvent:
         id=row["id"], kind=row["kind"], time=from_text(row["time"]), operator=row["operator"],
         code=row["code"], module=row["module"], package_id=row["package_id"], version=row["version"],
         sha256=row["sha256"], package_size=row["package_size"], payload=json.loads(row["payload"]),
+    )
+
+
+def _details(row: sqlite3.Row) -> PackageDetails:
+    return PackageDetails(row["app_desc"], bool(row["app_desc_truncated"]),
+                          list(json.loads(row["member_paths"])), int(row["members"]))
+
+
+def _like(term: str) -> str:
+    """A LIKE pattern (``ESCAPE '\\'``) matching ``term`` literally anywhere."""
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _save_details(conn: sqlite3.Connection, package_id: int, details: PackageDetails | None) -> None:
+    """Replace record ``package_id``'s details (None: drop them), inside the caller's transaction."""
+    if details is None:
+        conn.execute("DELETE FROM package_details WHERE package_id = ?", (package_id,))
+        return
+    conn.execute(
+        "INSERT OR REPLACE INTO package_details (package_id, app_desc, app_desc_truncated, member_paths, members)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (package_id, details.app_desc, int(details.app_desc_truncated),
+         json.dumps(details.member_paths, ensure_ascii=False), details.members),
     )
 
 
@@ -316,6 +358,8 @@ class SQLiteStore(RecordStore):
                      new.blob_key, new.format, new.file_name, new.origin, new.source_url, now, now,
                      new.operator),
                 )
+                if new.details is not None:
+                    _save_details(conn, int(cursor.lastrowid or 0), new.details)
                 return CommitResult(outcome, self._by_id(conn, cursor.lastrowid), None)
             if outcome is Outcome.IDENTICAL:
                 return CommitResult(outcome, existing, new.blob_key)
@@ -328,6 +372,7 @@ class SQLiteStore(RecordStore):
                  new.file_name, new.origin, new.source_url, int(existing.is_deleted or existing.revived),
                  now, new.operator, existing.id),
             )
+            _save_details(conn, existing.id, new.details)
             return CommitResult(outcome, self._by_id(conn, existing.id), existing.blob_key)
 
     def _for_update(self, conn: sqlite3.Connection, code: str, module: str, package_id: int) -> Record:
@@ -379,7 +424,7 @@ class SQLiteStore(RecordStore):
         if not include_deleted:
             where.append("is_deleted = 0")
         if search_term:
-            pattern = "%" + search_term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = _like(search_term)
             where.append("(version LIKE ? ESCAPE '\\' OR package_name LIKE ? ESCAPE '\\')")
             params += [pattern, pattern]
         clause = " AND ".join(where)
@@ -396,6 +441,61 @@ class SQLiteStore(RecordStore):
             finally:
                 conn.execute("COMMIT")
         return int(count), [_record(row) for row in rows]
+
+    # -- browsing ---------------------------------------------------------------------
+
+    def applications(
+        self,
+        *,
+        apps: frozenset[str] = frozenset(),
+        search_term: str = "",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, builtins.list[Summary]]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if apps:
+            where.append(f"code IN ({', '.join('?' for _ in apps)})")
+            params += sorted(apps)
+        if search_term:
+            where.append("code LIKE ? ESCAPE '\\'")
+            params.append(_like(search_term))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        with _translated():
+            conn = self._conn()
+            conn.execute("BEGIN")  # the count and the page see the same snapshot
+            try:
+                count = conn.execute(f"SELECT COUNT(DISTINCT code) FROM packages {clause}", params).fetchone()[0]
+                rows = conn.execute(
+                    "SELECT code, COUNT(DISTINCT module), SUM(is_deleted = 0),"
+                    f" MAX(CASE WHEN is_deleted = 0 THEN updated END) FROM packages {clause}"
+                    " GROUP BY code ORDER BY code LIMIT ? OFFSET ?",
+                    [*params, limit, offset],
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return int(count), [Summary(row[0], int(row[1]), int(row[2] or 0), _optional_time(row[3])) for row in rows]
+
+    def modules(self, code: str) -> builtins.list[Summary]:
+        rows = self._rows(
+            "SELECT module, SUM(is_deleted = 0), MAX(CASE WHEN is_deleted = 0 THEN updated END)"
+            " FROM packages WHERE code = ? GROUP BY module ORDER BY module",
+            (code,),
+        )
+        return [Summary(row[0], 0, int(row[1] or 0), _optional_time(row[2])) for row in rows]
+
+    def package_details(self, package_id: int) -> PackageDetails | None:
+        rows = self._rows("SELECT * FROM package_details WHERE package_id = ?", (package_id,))
+        return _details(rows[0]) if rows else None
+
+    def package_events(self, code: str, module: str, package_id: int,
+                       limit: int = 200) -> builtins.list[AuditEvent]:
+        rows = self._rows(
+            "SELECT * FROM (SELECT * FROM events WHERE package_id = ? AND code = ? AND module = ?"
+            " ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (package_id, code, module, limit),
+        )
+        return [_event(row) for row in rows]
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -454,6 +554,10 @@ class SQLiteStore(RecordStore):
     def credential_by_hash(self, kind: str, secret_hash: str) -> Credential | None:
         rows = self._rows("SELECT * FROM credentials WHERE secret_hash = ? AND kind = ? AND revoked_at IS NULL",
                           (secret_hash, kind))
+        return _credential(rows[0]) if rows else None
+
+    def credential_by_id(self, credential_id: int) -> Credential | None:
+        rows = self._rows("SELECT * FROM credentials WHERE id = ? AND revoked_at IS NULL", (credential_id,))
         return _credential(rows[0]) if rows else None
 
     def credentials_named(self, kind: str, name: str) -> builtins.list[Credential]:
@@ -523,6 +627,18 @@ class SQLiteStore(RecordStore):
                 values[name] = to_text(values[name]) if values[name] is not None else None
             rows.append(values)
         return self._insert("packages", rows)
+
+    def page_details(self, after_id: int, limit: int) -> builtins.list[tuple[int, PackageDetails]]:
+        rows = self._rows("SELECT * FROM package_details WHERE package_id > ? ORDER BY package_id LIMIT ?",
+                          (after_id, limit))
+        return [(int(row["package_id"]), _details(row)) for row in rows]
+
+    def import_details(self, package_id: int, details: PackageDetails) -> bool:
+        return self._insert("package_details", [{
+            "package_id": package_id, "app_desc": details.app_desc,
+            "app_desc_truncated": int(details.app_desc_truncated),
+            "member_paths": json.dumps(details.member_paths, ensure_ascii=False), "members": details.members,
+        }]) == 1
 
     def import_credentials(self, credentials: Sequence[Credential]) -> int:
         rows = []

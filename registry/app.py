@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from registry.api.browse import browse_routes
 from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.observe import ObserveRequests
 from registry.api.paths import KeepEncodedSlashes
 from registry.api.routes import build_routes
 from registry.service import Registry
+from registry.ui.routes import ui_routes
+from registry.ui.session import SessionCodec, session_key
 
 
 def create_app(registry: Registry) -> Starlette:
@@ -26,11 +29,16 @@ def create_app(registry: Registry) -> Starlette:
         finally:
             await registry.shutdown()
 
+    ui_enabled = bool(registry.settings["ui.enabled"])
     app = Starlette(
-        routes=build_routes(),
+        routes=build_routes() + browse_routes() + (ui_routes() if ui_enabled else []),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         middleware=[Middleware(ObserveRequests, metrics=registry.metrics), Middleware(KeepEncodedSlashes)],
     )
     app.state.registry = registry
+    # No codec when the web interface is off: session cookies then mean nothing.
+    app.state.ui_sessions = (
+        SessionCodec(session_key(registry.settings)) if ui_enabled else None
+    )
     return app

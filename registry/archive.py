@@ -28,7 +28,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
@@ -61,6 +61,9 @@ MAX_LINK_STEPS = 2_000_000
 #: Longest member name quoted in an error message.
 MAX_SHOWN_NAME = 300
 
+#: How many member names inspection keeps for the package's page.
+KEPT_MEMBER_PATHS = 200
+
 #: Format name -> (file extension, media type).
 FORMATS: dict[str, tuple[str, str]] = {
     "tar.gz": ("tar.gz", "application/gzip"),
@@ -84,6 +87,7 @@ class ArchiveInfo:
 
     :param format: a key of :data:`FORMATS`.
     :param app_desc: raw bytes of the shallowest ``app_desc.yaml``/``.yml``, if any.
+    :param member_paths: the first :data:`KEPT_MEMBER_PATHS` member names, in archive order.
     """
 
     format: str
@@ -91,6 +95,7 @@ class ArchiveInfo:
     unpacked_size: int
     app_desc: bytes | None = None
     app_desc_name: str | None = None
+    member_paths: list[str] = field(default_factory=list)
 
 
 def detect_format(head: bytes) -> str | None:
@@ -252,6 +257,8 @@ class _Budget:
         self.decompressed = 0
         #: the last member seen, named in errors that have no member of their own
         self.last_name: str | None = None
+        #: the first member names, kept with the record for its page
+        self.first_names: list[str] = []
 
     def where(self) -> str:
         return f" after member {_show(self.last_name)}" if self.last_name is not None else ""
@@ -261,6 +268,8 @@ class _Budget:
         if self.members > self.limits.max_members:
             raise InvalidPackage(f"more than {self.limits.max_members} members (at {_show(name)})")
         self.last_name = name
+        if len(self.first_names) < KEPT_MEMBER_PATHS:
+            self.first_names.append(name)
 
     def ratio_exceeded(self, unpacked: int) -> bool:
         return (
@@ -548,7 +557,7 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
         if chunk.strip(b"\0"):
             raise InvalidPackage(f"data after the end of the archive{budget.where()}")
     links.check()
-    return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name)
+    return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name, budget.first_names)
 
 
 def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
@@ -604,7 +613,7 @@ def _inspect_zip(f: IO[bytes], budget: _Budget) -> ArchiveInfo:
                 if keep:
                     picker.take(name, bytes(content))
     links.check()
-    return ArchiveInfo("zip", budget.members, budget.unpacked, picker.content, picker.name)
+    return ArchiveInfo("zip", budget.members, budget.unpacked, picker.content, picker.name, budget.first_names)
 
 
 def version_from_app_desc(content: bytes) -> str | None:

@@ -147,6 +147,12 @@ class CredentialStore:
                 match = credential
         return self._principal(match) if match is not None else None
 
+    def by_id(self, credential_id: int) -> Principal | None:
+        """The principal of the live credential with this id (a web session
+        holds the id, never the secret), or None when unknown or revoked."""
+        credential = self.store.credential_by_id(credential_id)
+        return self._principal(credential) if credential is not None else None
+
     def list(self) -> list[CredentialInfo]:
         """Every credential, revoked ones included, by id: hints, never secrets or hashes."""
         return [CredentialInfo.of(credential) for credential in self.store.list_credentials()]

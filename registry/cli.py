@@ -38,6 +38,7 @@ from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
 from registry.store import Migration
 from registry.terminal import human_size, print_table, progress_bar
+from registry.ui.session import check_session_secret
 from registry.validation import parse_slug
 
 T = TypeVar("T")
@@ -89,6 +90,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings, registry = _load(args)
+    if settings["ui.enabled"]:
+        check_session_secret(settings)  # raises SettingsError, naming the key to set
 
     async def probe() -> list[Migration]:
         await registry.storage.startup()

@@ -62,7 +62,8 @@ def cmd_copy_records(args: argparse.Namespace) -> int:
     finally:
         source.close()
         target.close()
-    print(f"copied {report.records_copied} record(s), {report.credentials_copied} credential(s),"
+    print(f"copied {report.records_copied} record(s), {report.details_copied} package detail(s),"
+          f" {report.credentials_copied} credential(s),"
           f" {report.events_copied} event(s) to {target.description}; {report.skipped} already there")
     return 0
 

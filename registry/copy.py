@@ -1,8 +1,8 @@
 """Copy one record store into another (``registry copy-records``): SQLite → PostgreSQL.
 
 Everything the store keeps is copied with its ids and times: package records
-(deleted and purged ones too), credentials (hashes only, as stored) and
-audit events. Each row is inserted unless its id is already there, so a copy
+(deleted and purged ones too), the package details the web interface shows,
+credentials (hashes only, as stored) and audit events. Each row is inserted unless its id is already there, so a copy
 interrupted half-way is finished by running it again with ``resume``; a
 target holding anything else is refused unless ``resume`` is set, so a
 mistyped URL cannot mix two registries. Blobs are not copied: they stay in
@@ -33,6 +33,7 @@ class CopyReport:
     """Rows copied now (``*_copied``) and rows already there (``skipped``)."""
 
     records_copied: int = 0
+    details_copied: int = 0
     credentials_copied: int = 0
     events_copied: int = 0
     skipped: int = 0
@@ -42,7 +43,7 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
                  progress: Callable[[str, int], None] = lambda kind, count: None) -> CopyReport:
     """Copy every row of ``source`` into ``target`` (both migrated by the caller). Blocks.
 
-    :param progress: called with ("records" | "credentials" | "events", rows so far).
+    :param progress: called with ("records" | "details" | "credentials" | "events", rows so far).
     :raises TargetNotEmpty: ``target`` holds data and ``resume`` is false.
     """
     if not resume and not target.is_empty():
@@ -55,6 +56,16 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
         report.skipped += len(page) - copied
         after = page[-1].id
         progress("records", report.records_copied)
+    # after every record: a record's details refer to it
+    after = 0
+    while details := source.page_details(after, PAGE_SIZE):
+        for package_id, kept in details:
+            if target.import_details(package_id, kept):
+                report.details_copied += 1
+            else:
+                report.skipped += 1
+        after = details[-1][0]
+        progress("details", report.details_copied)
     credentials = source.list_credentials()
     report.credentials_copied = target.import_credentials(credentials)
     report.skipped += len(credentials) - report.credentials_copied

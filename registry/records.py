@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry.catalog import PackageDetails
 
 
 class Order(Enum):
@@ -92,6 +95,9 @@ class NewPackage:
     origin: str
     source_url: str
     operator: str
+    #: what the package's page shows, captured at ingest; kept with the
+    #: record and replaced with its bytes (None: nothing captured)
+    details: PackageDetails | None = None
 
 
 class Outcome(Enum):

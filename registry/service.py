@@ -29,6 +29,7 @@ import pluggy
 from registry import events
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
+from registry.catalog import PackageDetails
 from registry.errors import (
     ChecksumMismatch,
     InvalidPackage,
@@ -279,6 +280,7 @@ class Registry:
             origin=origin,
             source_url=source_url,
             operator=upload.operator,
+            details=PackageDetails.from_archive(info),
         )
         await staged.synced()  # the fsync started by finish() ran during inspection
         result = await self._store_and_commit(staged.path, new, upload.allow_overwrite)

@@ -122,6 +122,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Live versions `registry gc` keeps per module, newest first; older ones are soft-deleted (0: keep all).",
             check=_not_negative),
     Setting("plugins.modules", "list[str]", [], "Extra plugin modules to import and register."),
+    Setting("ui.enabled", "bool", True, "Serve the web interface under `/ui/` (false: every `/ui/` path is a 404)."),
+    Setting("ui.session_secret", "str", "",
+            "Key that signs web sessions; empty: generated once and kept beside the SQLite database (required with `database.url`)."),
 )
 
 

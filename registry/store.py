@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from registry.catalog import PackageDetails, Summary
 from registry.errors import PackageAlreadyExists
 from registry.records import (
     AuditEvent,
@@ -101,6 +102,10 @@ class RecordStore(ABC):
         on any process or host: a unique constraint on (code, module, version)
         backs the lock, so two concurrent commits of one version never both
         create it (the loser sees the winner's row and decides again).
+
+        ``new.details``, when given, are kept with the record in the same
+        transaction; a revive or overwrite replaces the old ones (with none
+        when ``new.details`` is None). IDENTICAL changes nothing.
         """
 
     @abstractmethod
@@ -135,6 +140,43 @@ class RecordStore(ABC):
         :param search_term: a literal substring of the version or package name
             (``%`` and ``_`` match themselves), case as the store compares it.
         """
+
+    # -- browsing (the applications and modules routes, the web interface) ----------
+
+    @abstractmethod
+    def applications(
+        self,
+        *,
+        apps: frozenset[str] = frozenset(),
+        search_term: str = "",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, builtins.list[Summary]]:
+        """One page of applications by code, and how many match.
+
+        An application is a code with at least one record, deleted or not.
+        Each :class:`Summary` counts its modules (any record), its live
+        packages and the newest ``updated`` of a live one.
+
+        :param apps: only these codes (a credential's scope); empty: all.
+        :param search_term: only codes containing it literally (``%`` and
+            ``_`` match themselves).
+        """
+
+    @abstractmethod
+    def modules(self, code: str) -> builtins.list[Summary]:
+        """Every module of application ``code`` by name, with its live packages
+        and their newest ``updated`` (``modules`` is 0); empty: unknown code."""
+
+    @abstractmethod
+    def package_details(self, package_id: int) -> PackageDetails | None:
+        """The details kept with a record by :meth:`commit`, or None (none
+        captured, e.g. a record stored before details were)."""
+
+    @abstractmethod
+    def package_events(self, code: str, module: str, package_id: int,
+                       limit: int = 200) -> builtins.list[AuditEvent]:
+        """The newest ``limit`` audit events of one record, oldest first."""
 
     # -- maintenance (registry fsck / gc) -----------------------------------------
 
@@ -186,6 +228,11 @@ class RecordStore(ABC):
         """The live (not revoked) credential of ``kind`` with this hash, or None."""
 
     @abstractmethod
+    def credential_by_id(self, credential_id: int) -> Credential | None:
+        """The live (not revoked) credential with this id, or None (a web
+        session holds the id, never the secret)."""
+
+    @abstractmethod
     def credentials_named(self, kind: str, name: str) -> builtins.list[Credential]:
         """Every live credential of ``kind`` with this name (an app code's secrets)."""
 
@@ -222,6 +269,15 @@ class RecordStore(ABC):
         """Insert ``records`` with their ids and times, skipping ids already
         present, in one transaction; returns how many were inserted. Later
         inserts get ids above every imported one."""
+
+    @abstractmethod
+    def page_details(self, after_id: int, limit: int) -> builtins.list[tuple[int, PackageDetails]]:
+        """Up to ``limit`` (record id, details) pairs with ids above ``after_id``, by id."""
+
+    @abstractmethod
+    def import_details(self, package_id: int, details: PackageDetails) -> bool:
+        """Keep ``details`` for record ``package_id`` (which must exist) unless
+        it has some; returns whether it did."""
 
     @abstractmethod
     def import_credentials(self, credentials: Sequence[Credential]) -> int:

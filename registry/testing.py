@@ -47,6 +47,7 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
+from registry.catalog import PackageDetails, Summary
 from registry.errors import ObjectStoreException, PackageAlreadyExists, PackageNotFound, RegistryError
 from registry.records import AuditEvent, NewCredential, NewPackage, Order, Outcome, utc_now
 from registry.storage import BlobMissing, Storage, new_blob_key
@@ -571,6 +572,106 @@ class RecordStoreConformance:
         assert store.recent_events()[0].payload == {"event": "restored", "n": 2}
         assert store.page_events(made[0].id, 10) == made[1:]
 
+    def test_credential_by_id_is_live_only(self, store: RecordStore) -> None:
+        token = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", ["a"], True))
+        other = store.add_credential(NewCredential("app_secret", "app1", "h2", "", [], False))
+        assert store.credential_by_id(token.id) == token
+        assert store.credential_by_id(other.id) == other
+        assert store.credential_by_id(424242) is None
+        assert store.revoke_credential(token.id)
+        assert store.credential_by_id(token.id) is None, "a revoked credential ends its web sessions"
+        assert store.credential_by_id(other.id) == other
+
+    def test_package_events_are_one_records_oldest_first(self, store: RecordStore) -> None:
+        def add(kind: str, package_id: int, code: str = "app", module: str = "default") -> AuditEvent:
+            return store.add_event(AuditEvent(kind=kind, time=utc_now(), operator="dave", code=code, module=module,
+                                              package_id=package_id, version="1.0.0", sha256="cd" * 32,
+                                              package_size=7))
+
+        mine = [add("stored", 1), add("overwritten", 1)]
+        add("stored", 2)
+        add("stored", 1, module="other")  # same id, other module: not this record's
+        add("stored", 1, code="else")
+        mine += [add("deleted", 1), add("restored", 1)]
+        assert store.package_events("app", "default", 1) == mine
+        assert [e.kind for e in store.package_events("app", "default", 1, limit=2)] == ["deleted", "restored"]
+        assert store.package_events("app", "default", 99) == []
+
+    # -- browsing ---------------------------------------------------------------------------------
+
+    def test_applications_and_modules_summaries(self, store: RecordStore) -> None:
+        def commit(code: str, module: str, version: str) -> int:
+            return store.commit(new_package(version, code=code, module=module), allow_overwrite=False).record.id
+
+        oldest_a = commit("a", "default", "1.0.0")
+        newest_a = commit("a", "default", "1.1.0")
+        web = commit("a", "web", "1.0.0")
+        gone = commit("b", "default", "1.0.0")
+        store.soft_delete("b", "default", gone)
+        commit("c_x", "default", "1.0.0")
+        commit("cax", "default", "1.0.0")
+
+        def updated(code: str, module: str, package_id: int) -> object:
+            record = store.get(code, module, package_id)
+            assert record is not None
+            return record.updated
+
+        count, apps = store.applications()
+        assert count == 4 and [a.name for a in apps] == ["a", "b", "c_x", "cax"]
+        a, b = apps[0], apps[1]
+        assert (a.modules, a.packages) == (2, 3)
+        assert a.last_uploaded is not None and a.last_uploaded.tzinfo is not None
+        assert a.last_uploaded == updated("a", "web", web)
+        # an application whose packages are all deleted is listed, with none live
+        assert b == Summary("b", 1, 0, None)
+        # scope: only the credential's codes, even unknown ones
+        assert store.applications(apps=frozenset({"b", "zzz"})) == (1, [b])
+        # search: a literal substring (``_`` and ``%`` match themselves)
+        assert [x.name for x in store.applications(search_term="_")[1]] == ["c_x"]
+        assert store.applications(search_term="%") == (0, [])
+        assert [x.name for x in store.applications(search_term="C", apps=frozenset({"a", "cax"}))[1]] == ["cax"]
+        # pages: the count is of every match
+        assert store.applications(limit=2, offset=1) == (4, [b, apps[2]])
+        assert store.applications(offset=10) == (4, [])
+
+        modules = store.modules("a")
+        assert [(m.name, m.modules, m.packages) for m in modules] == [("default", 0, 2), ("web", 0, 1)]
+        assert modules[0].last_uploaded == updated("a", "default", newest_a)
+        store.soft_delete("a", "default", newest_a)
+        after = store.modules("a")[0]
+        # a deleted package is no one's last upload
+        assert (after.packages, after.last_uploaded) == (1, updated("a", "default", oldest_a))
+        assert store.modules("b") == [Summary("default", 0, 0, None)]
+        assert store.modules("nope") == []
+
+    def test_details_are_kept_with_the_record(self, store: RecordStore) -> None:
+        first = PackageDetails("appVersion: 1.0.0\n名字: 演示\n", False, ["app_desc.yaml", "src/主.py"], 2)
+        record = store.commit(replace(new_package(), details=first), allow_overwrite=False).record
+        assert store.package_details(record.id) == first
+        assert store.package_details(424242) is None
+        # identical bytes change nothing, details included
+        store.commit(replace(new_package(), details=PackageDetails(None)), allow_overwrite=False)
+        assert store.package_details(record.id) == first
+        # an overwrite replaces them, with none when none were captured
+        second = PackageDetails(None, False, ["main.py"], 1)
+        store.commit(replace(new_package(salt="b"), details=second), allow_overwrite=True)
+        assert store.package_details(record.id) == second
+        store.commit(new_package(salt="c"), allow_overwrite=True)
+        assert store.package_details(record.id) is None
+        # a revive replaces them too
+        store.soft_delete("app", "default", record.id)
+        third = PackageDetails("x" * 70_000, True, [f"f{n}" for n in range(200)], 5000)
+        revived = store.commit(replace(new_package(salt="d"), details=third), allow_overwrite=False)
+        assert revived.outcome is Outcome.REVIVED and store.package_details(record.id) == third
+        # a commit that fails keeps nothing of its details
+        with pytest.raises(PackageAlreadyExists):
+            store.commit(replace(new_package(salt="e"), details=first), allow_overwrite=False)
+        assert store.package_details(record.id) == third
+        other = store.commit(new_package("2.0.0"), allow_overwrite=False).record
+        assert store.package_details(other.id) is None
+        assert store.page_details(0, 10) == [(record.id, third)]
+        assert store.page_details(record.id, 10) == []
+
     def test_import_keeps_ids_and_is_idempotent(self, store: RecordStore, make_store: StoreFactory) -> None:
         record = store.commit(new_package(), allow_overwrite=False).record
         credential = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", [], False))
@@ -584,6 +685,11 @@ class RecordStoreConformance:
         moved = replace(record, id=record.id + 100, version="7.0.0", blob_key=new_blob_key("app", "default"))
         assert store.import_records([moved, record]) == 1
         assert store.get("app", "default", moved.id) == moved
+        details = PackageDetails("appVersion: 7.0.0\n", False, ["app_desc.yaml"], 1)
+        assert store.import_details(moved.id, details)
+        assert not store.import_details(moved.id, PackageDetails(None))
+        assert store.package_details(moved.id) == details
+        assert store.page_details(0, 10) == [(moved.id, details)]
         after = store.commit(new_package("8.0.0"), allow_overwrite=False).record
         assert after.id > moved.id, "new ids continue after imported ones"
 

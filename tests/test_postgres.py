@@ -4,6 +4,7 @@ flow end to end, and a database that goes away and comes back."""
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from plugins.store_postgres import PostgresStore
 from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
 
 PASSWORD = "pw-never-shown-4711"
@@ -25,6 +27,8 @@ def with_password(url: str) -> str:
 def pg_config(root: Path, url: str) -> dict[str, dict[str, Any]]:
     tables = base_config(root)
     tables["database"] = {"url": with_password(url), "pool_size": 4, "timeout": 3}
+    # required with a database server: instances share no folder to keep a generated key in
+    tables["ui"] = {"session_secret": "test-session-secret-shared-by-every-instance"}
     return tables
 
 
@@ -48,12 +52,12 @@ def test_migrate_and_check_config_on_sqlite_create_nothing_until_asked(tmp_path:
     assert "pending migration 0001" in check.stdout
     assert not (tmp_path / "registry.db").exists(), "check-config creates nothing"
     dry = run(config, "migrate", "--dry-run")
-    assert dry.returncode == 0 and "3 migration(s) pending" in dry.stdout
+    assert dry.returncode == 0 and "4 migration(s) pending" in dry.stdout
     assert not (tmp_path / "registry.db").exists()
     applied = run(config, "migrate")
-    assert applied.returncode == 0 and "applied 0003 events table" in applied.stdout
+    assert applied.returncode == 0 and "applied 0004 package_details table and browse index" in applied.stdout
     with sqlite3.connect(tmp_path / "registry.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     again = run(config, "migrate", "--dry-run")
     assert "0 migration(s) pending" in again.stdout
     assert "pending" not in run(config, "check-config").stdout.replace("0 migration(s) pending", "")
@@ -66,7 +70,7 @@ def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: 
     assert "pending migration 0001" in check.stdout and "postgresql 127.0.0.1" in check.stdout
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('packages')").fetchone() == (None,)
-    assert "1 migration(s) applied" in run(config, "migrate").stdout
+    assert "2 migration(s) applied" in run(config, "migrate").stdout
     assert "0 migration(s) pending" in run(config, "migrate", "--dry-run").stdout
     broken = dict(pg_config(tmp_path, pg_url))
     broken["database"] = {**broken["database"], "url": with_password(pg_url).replace("/t_", "/missing_")}
@@ -124,12 +128,13 @@ def test_copy_records_moves_a_sqlite_registry_to_postgres(tmp_path: Path, pg_url
     target = with_password(pg_url)
     copied = run(server.config, "copy-records", "--to", target)
     assert copied.returncode == 0, copied.stderr
-    assert "copied 3 record(s), 1 credential(s), 4 event(s)" in copied.stdout
+    assert "copied 3 record(s), 3 package detail(s), 1 credential(s), 4 event(s)" in copied.stdout
     refused = run(server.config, "copy-records", "--to", target)
     assert refused.returncode == 1 and "TARGET_NOT_EMPTY" in refused.stderr
     resumed = run(server.config, "copy-records", "--to", target, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "copied 0 record(s), 0 credential(s), 0 event(s)" in resumed.stdout and "8 already there" in resumed.stdout
+    assert "copied 0 record(s), 0 package detail(s), 0 credential(s), 0 event(s)" in resumed.stdout
+    assert "11 already there" in resumed.stdout
     for result in (copied, refused, resumed):
         assert PASSWORD not in result.stdout + result.stderr
 
@@ -140,6 +145,13 @@ def test_copy_records_moves_a_sqlite_registry_to_postgres(tmp_path: Path, pg_url
         assert api.list("mover").json()["count"] == 2
         assert api.list("mover", include_deleted="true").json()["count"] == 3
         assert api.download("mover", ids[1]).status_code == 200
+        moved_store = PostgresStore(pg_url, pool_size=1)
+        try:
+            details = moved_store.package_details(ids[1])
+            assert details is not None and "app_desc.yaml" in details.member_paths
+            assert details.app_desc is not None and "1.1.0" in details.app_desc
+        finally:
+            moved_store.close()
         assert api.restore("mover", ids[0]).status_code == 200
         newer = api.upload("mover", package("2.0.0"), version="2.0.0")
         assert newer.status_code == 201 and newer.json()["id"] > max(ids)
@@ -157,3 +169,35 @@ def test_the_cluster_example_selects_postgres() -> None:
     store = open_store(settings, pm)
     assert type(store).__name__ == "PostgresStore"
     assert store.description == "postgresql db.internal:5432/registry"
+
+
+def test_web_sessions_on_postgres_need_one_configured_secret(tmp_path: Path, pg_url: str) -> None:
+    """No folder is shared by instances on a database server: the session key must be
+    configured, and then a session signed by one instance is valid on another."""
+    unset = pg_config(tmp_path / "unset", pg_url)
+    del unset["ui"]
+    config = write_config(tmp_path / "unset", unset)
+    for command in ("check-config", "serve"):
+        refused = run(config, command, *(["--port", "0"] if command == "serve" else []))
+        assert refused.returncode == 1 and "ui.session_secret" in refused.stderr, refused.stderr
+    assert not (tmp_path / "unset" / "ui-session-secret").exists()
+    disabled = {**unset, "ui": {"enabled": False}}
+    assert run(write_config(tmp_path / "off", disabled), "check-config").returncode == 0
+
+    first = start_registry(tmp_path / "a", pg_config(tmp_path / "a", pg_url))
+    second = start_registry(tmp_path / "b", pg_config(tmp_path / "b", pg_url))
+    try:
+        token = first.token("erin")
+        with httpx.Client(base_url=first.url) as browser:
+            login = browser.get("/ui/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+            assert csrf is not None
+            signed_in = browser.post("/ui/login", data={"csrf_token": csrf.group(1), "token": token})
+            assert signed_in.status_code == 303
+            cookie = browser.cookies["registry_session"]
+        with httpx.Client(base_url=second.url, cookies={"registry_session": cookie}) as other:
+            home = other.get("/ui/")
+            assert home.status_code == 200 and "erin" in home.text
+    finally:
+        first.stop()
+        second.stop()

@@ -32,7 +32,8 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[MotoServer, str, list
         for name in ("a", "b"):
             root = tmp_path / name
             tables = s3_config(root, moto, bucket)
-            tables["database"] = pg_config(root, pg_url)["database"]
+            shared = pg_config(root, pg_url)
+            tables["database"], tables["ui"] = shared["database"], shared["ui"]
             instances.append(start_registry(root, tables, env=DUMMY_AWS_ENV))
         yield moto, bucket, instances
     finally:

@@ -189,6 +189,66 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
+SUMMARY_TIME = {"type": ["string", "null"], "pattern": r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$",
+                "description": "the newest live package's last upload or change, in the server's time zone"}
+APPLICATION_LIST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["count", "next", "previous", "results"],
+    "properties": {
+        "count": {"type": "integer", "minimum": 0},
+        "next": {"type": ["string", "null"]},
+        "previous": {"type": ["string", "null"]},
+        "results": {"type": "array", "items": {
+            "type": "object", "required": ["code", "modules", "packages", "last_uploaded"],
+            "properties": {"code": {"type": "string"}, "modules": {"type": "integer", "minimum": 0},
+                           "packages": {"type": "integer", "minimum": 0, "description": "live packages"},
+                           "last_uploaded": SUMMARY_TIME}}},
+    },
+}
+MODULE_LIST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["count", "next", "previous", "results"],
+    "properties": {
+        "count": {"type": "integer", "minimum": 0},
+        "next": {"type": "null"},
+        "previous": {"type": "null"},
+        "results": {"type": "array", "items": {
+            "type": "object", "required": ["name", "packages", "last_uploaded"],
+            "properties": {"name": {"type": "string"}, "packages": {"type": "integer", "minimum": 0},
+                           "last_uploaded": SUMMARY_TIME}}},
+    },
+}
+
+
+def _browse_paths() -> dict[str, Any]:
+    """``/bkapps/applications/`` and ``…/{code}/modules/`` under every prefix."""
+    slug = {"type": "string", "pattern": f"^{SLUG.pattern}$"}
+    paths: dict[str, Any] = {}
+    for prefix in STAGE_PATH_PREFIXES:
+        stage = ([{"name": "stage", "in": "path", "required": True, "schema": {"type": "string", "enum": list(STAGES)}}]
+                 if "{stage}" in prefix else [])
+        suffix = "" if not prefix else "_" + prefix.strip("/").replace("/", "_").replace("{", "").replace("}", "")
+        paths[prefix + "/bkapps/applications/"] = {"get": {
+            "operationId": "list_applications" + suffix,
+            "summary": "The applications the credential may read, by code",
+            "parameters": [*stage,
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                {"name": "search_term", "in": "query", "schema": {"type": "string", "maxLength": 128},
+                 "description": "only codes containing it"}],
+            "responses": {"200": {"description": "one page", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ApplicationList"}}}}, **_errors()},
+        }}
+        paths[prefix + "/bkapps/applications/{code}/modules/"] = {"get": {
+            "operationId": "list_modules" + suffix,
+            "summary": "An application's modules, by name (none before its first package)",
+            "parameters": [*stage, {"name": "code", "in": "path", "required": True, "schema": slug}],
+            "responses": {"200": {"description": "every module", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ModuleList"}}}}, **_errors()},
+        }}
+    return paths
+
+
 def _with_prefix(prefix: str, path: str, item: dict[str, Any]) -> dict[str, Any]:
     """``item`` with path parameters for the slugs (and the stage, when prefixed)."""
     slug = {"type": "string", "pattern": f"^{SLUG.pattern}$"}
@@ -227,6 +287,7 @@ def build_openapi() -> dict[str, Any]:
     for prefix in STAGE_PATH_PREFIXES:
         for path, item in _operations().items():
             paths[prefix + path] = _with_prefix(prefix, path, item)
+    paths.update(_browse_paths())
     paths.update(_service_paths())
     codes = sorted({(cls.code, cls.status, cls.detail_zh, cls.detail_en) for cls in all_error_classes()})
     return {
@@ -240,7 +301,8 @@ def build_openapi() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": {"Package": RECORD_SCHEMA, "PackageList": LIST_SCHEMA, "Error": ERROR_SCHEMA},
+            "schemas": {"Package": RECORD_SCHEMA, "PackageList": LIST_SCHEMA, "Error": ERROR_SCHEMA,
+                        "ApplicationList": APPLICATION_LIST_SCHEMA, "ModuleList": MODULE_LIST_SCHEMA},
             "securitySchemes": {
                 "gateway": {"type": "apiKey", "in": "header", "name": "X-BKAPI-AUTHORIZATION",
                             "description": '{"access_token": "…"} or {"bk_app_code": "…", "bk_app_secret": "…"}'},

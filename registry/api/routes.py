@@ -40,6 +40,7 @@ from registry.errors import (
 from registry.records import ORDERINGS, CommitResult, Order, Outcome
 from registry.service import Registry, UploadRequest
 from registry.storage import BlobMissing
+from registry.ui.auth import session_principal
 from registry.validation import (
     parse_bool,
     parse_decimal,
@@ -62,22 +63,38 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
+async def identify(request: Request, *, write: bool) -> Principal:
+    """The caller: a gateway credential, else the web session, else the
+    anonymous reader when ``auth.anonymous_read`` allows a read.
+
+    :raises Unauthenticated: no usable credential (401).
+    :raises PermissionDenied: a web session's write without its CSRF token (403).
+    """
+    registry = _registry(request)
+    credentials = parse_credentials(request.headers)
+    if credentials is None:
+        # The web interface's session cookie (CSRF-checked for writes).
+        session = await session_principal(request, registry)
+        if session is not None:
+            request.state.operator = session.operator
+            return session
+        if not write and registry.settings["auth.anonymous_read"]:
+            return ANONYMOUS
+        raise Unauthenticated("no credential")
+    principal = await registry.read(authenticate, registry.credentials, credentials)
+    assert principal is not None
+    request.state.operator = principal.operator
+    return principal
+
+
 async def authorize(request: Request, code: str, *, write: bool) -> Principal:
     """The caller, checked for access to application ``code``.
 
     :raises Unauthenticated: no usable credential (401).
     :raises PermissionDenied: a valid credential without this right (403).
     """
-    registry = _registry(request)
-    credentials = parse_credentials(request.headers)
-    if credentials is None:
-        if not write and registry.settings["auth.anonymous_read"]:
-            return ANONYMOUS
-        raise Unauthenticated("no credential")
-    principal = await registry.read(authenticate, registry.credentials, credentials)
-    assert principal is not None
+    principal = await identify(request, write=write)
     principal.require(code, write)
-    request.state.operator = principal.operator
     return principal
 
 

@@ -1,0 +1,81 @@
+"""GET ``/bkapps/applications/`` and ``/bkapps/applications/{code}/modules/``.
+
+The applications and modules a credential may read, with their live package
+counts and last upload, for clients and the web interface alike. A
+credential limited to some application codes sees only those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from registry.api.paths import STAGE_PREFIXES
+from registry.api.routes import MAX_SEARCH_TERM, _int_param, _registry, authorize, identify
+from registry.api.serialize import format_time
+from registry.errors import ValidationError
+from registry.validation import parse_slug
+
+APPLICATIONS = "/bkapps/applications/"
+MODULES = "/bkapps/applications/{code}/modules/"
+
+
+def _search_term(request: Request) -> str:
+    term = request.query_params.get("search_term", "").strip()
+    if len(term) > MAX_SEARCH_TERM:
+        raise ValidationError.single("search_term", f"长度不能超过 {MAX_SEARCH_TERM}",
+                                     f"must be at most {MAX_SEARCH_TERM} characters")
+    return term
+
+
+async def list_applications(request: Request) -> Response:
+    """GET ``/bkapps/applications/``: one page of the applications the caller may read, by code."""
+    principal = await identify(request, write=False)
+    registry = _registry(request)
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    offset = _int_param(request, "offset", 0, 0, 2**62)
+    search_term = _search_term(request)
+    count, apps = await registry.read(
+        lambda: registry.records.applications(apps=principal.apps, search_term=search_term,
+                                              limit=limit, offset=offset)
+    )
+    next_url = str(request.url.include_query_params(limit=limit, offset=offset + limit)) if offset + limit < count else None
+    previous_url = (str(request.url.include_query_params(limit=limit, offset=max(0, offset - limit)))
+                    if offset > 0 else None)
+    zone = registry.time_zone
+    return JSONResponse({
+        "count": count,
+        "next": next_url,
+        "previous": previous_url,
+        "results": [{"code": a.name, "modules": a.modules, "packages": a.packages,
+                     "last_uploaded": format_time(a.last_uploaded, zone) if a.last_uploaded else None}
+                    for a in apps],
+    })
+
+
+async def list_modules(request: Request) -> Response:
+    """GET ``/bkapps/applications/{code}/modules/``: the application's modules, by name
+    (an application with no package has none)."""
+    code = parse_slug("code", request.path_params["code"])
+    await authorize(request, code, write=False)
+    registry = _registry(request)
+    modules = await registry.read(registry.records.modules, code)
+    zone = registry.time_zone
+    results = [{"name": m.name, "packages": m.packages,
+                "last_uploaded": format_time(m.last_uploaded, zone) if m.last_uploaded else None}
+               for m in modules]
+    return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
+
+
+def browse_routes() -> list[BaseRoute]:
+    """Both routes under every stage prefix, with and without the trailing slash."""
+    table: list[tuple[str, Any]] = [(APPLICATIONS, list_applications), (MODULES, list_modules)]
+    return [
+        Route(variant, handler, methods=["GET"])
+        for prefix in STAGE_PREFIXES
+        for path, handler in table
+        for variant in (prefix + path, prefix + path.rstrip("/"))
+    ]

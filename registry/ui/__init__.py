@@ -1,0 +1,1 @@
+"""The web interface under ``/ui/``: pages, sessions, static files (see ``ui.md``)."""
