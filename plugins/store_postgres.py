@@ -113,6 +113,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX events_code ON events (code, id);
     """),
+    ("index for listing records, newest first", """
+        -- the default listing and its count read one index range (id: the tie-break)
+        CREATE INDEX packages_listing ON packages (code, module, is_deleted, created, id);
+        CREATE INDEX packages_module_order ON packages (code, module, created, id);
+    """),
 ]
 
 _ORDER_SQL = {order: f"{order.column} {'DESC' if order.descending else 'ASC'},"

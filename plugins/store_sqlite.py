@@ -113,11 +113,18 @@ def _events_v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS events_code ON events (code, id)")
 
 
+def _list_index_v4(db: sqlite_utils.Database) -> None:
+    """The default listing (live records, newest first) and its count read one
+    index range instead of every row of the module."""
+    db.execute("CREATE INDEX IF NOT EXISTS packages_listing ON packages (code, module, is_deleted, created)")
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
     ("broken and purged_at marks on packages", _integrity_marks_v2),
     ("events table", _events_v3),
+    ("index for listing live records", _list_index_v4),
 ]
 
 

@@ -54,8 +54,8 @@ def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path:
 
     store = SQLiteStore(path)
     try:
-        assert [m.number for m in store.pending_migrations()] == [3]
-        assert [m.number for m in store.migrate()] == [3]
+        assert [m.number for m in store.pending_migrations()] == [3, 4]
+        assert [m.number for m in store.migrate()] == [3, 4]
         record = store.get("app", "default", 1)
         assert record is not None
         assert record.created == datetime(2024, 5, 1, 10, 0, 0, 1, tzinfo=UTC)
