@@ -37,11 +37,12 @@ from registry.records import (
     NewPackage,
     Order,
     Outcome,
+    PageKey,
     Record,
     utc_now,
 )
 from registry.settings import Settings
-from registry.store import Migration, RecordStore, decide
+from registry.store import Migration, RecordStore, decide, keyset_order
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -113,22 +114,54 @@ def _events_v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS events_code ON events (code, id)")
 
 
+def _pages_and_search_v4(db: sqlite_utils.Database) -> None:
+    """Indexes that answer a module's listing in each order, and a trigram text index for search.
+
+    Partial indexes on live records (``is_deleted = 0``, what a listing shows
+    by default) so the count is an index-only scan and any keyset page one
+    index seek. ``packages_text`` is an FTS5 trigram index over version and
+    package name, kept in step by triggers; a search of three or more
+    characters reads its hits instead of scanning the module.
+    """
+    for column in ("created", "version", "package_size", "updated"):
+        db.execute(f"CREATE INDEX IF NOT EXISTS packages_live_{column} ON packages"
+                   f" (code, module, {column}) WHERE is_deleted = 0")
+    db.execute("CREATE VIRTUAL TABLE packages_text USING fts5(version, package_name, content='packages',"
+               " content_rowid='id', tokenize='trigram')")
+    db.execute("CREATE TRIGGER packages_text_insert AFTER INSERT ON packages BEGIN"
+               " INSERT INTO packages_text (rowid, version, package_name)"
+               " VALUES (new.id, new.version, new.package_name); END")
+    db.execute("CREATE TRIGGER packages_text_delete AFTER DELETE ON packages BEGIN"
+               " INSERT INTO packages_text (packages_text, rowid, version, package_name)"
+               " VALUES ('delete', old.id, old.version, old.package_name); END")
+    db.execute("CREATE TRIGGER packages_text_update AFTER UPDATE OF version, package_name ON packages BEGIN"
+               " INSERT INTO packages_text (packages_text, rowid, version, package_name)"
+               " VALUES ('delete', old.id, old.version, old.package_name);"
+               " INSERT INTO packages_text (rowid, version, package_name)"
+               " VALUES (new.id, new.version, new.package_name); END")
+    db.execute("INSERT INTO packages_text (packages_text) VALUES ('rebuild')")
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
     ("broken and purged_at marks on packages", _integrity_marks_v2),
     ("events table", _events_v3),
+    ("listing indexes on live records, trigram search index", _pages_and_search_v4),
 ]
+
+#: The trigram index finds substrings of at least this many characters;
+#: shorter search terms are matched by scanning the module.
+TRIGRAM = 3
 
 
 # -- the store --------------------------------------------------------------------
 
-_ORDER_SQL = {order: f"{order.column} {'DESC' if order.descending else 'ASC'},"
-              f" id {'DESC' if order.descending else 'ASC'}" for order in Order}
 
 
 def _record(row: sqlite3.Row) -> Record:
     data = dict(row)
+    data.pop("total", None)
     data["is_deleted"] = bool(data["is_deleted"])
     data["revived"] = bool(data["revived"])
     for name in ("created", "updated"):
@@ -373,29 +406,56 @@ class SQLiteStore(RecordStore):
         limit: int = 100,
         offset: int = 0,
         include_deleted: bool = False,
+        after: PageKey | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Record]]:
         where = ["code = ?", "module = ?"]
         params: builtins.list[Any] = [code, module]
         if not include_deleted:
-            where.append("is_deleted = 0")
+            where.append("is_deleted = 0")  # exactly the partial indexes' condition
+        text = ""
         if search_term:
             pattern = "%" + search_term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # LIKE stays the judge of what matches (ASCII case folded, literal
+            # % and _); the trigram index only narrows the rows it looks at.
             where.append("(version LIKE ? ESCAPE '\\' OR package_name LIKE ? ESCAPE '\\')")
             params += [pattern, pattern]
+            if len(search_term) >= TRIGRAM:
+                text = '"' + search_term.replace('"', '""') + '"'
         clause = " AND ".join(where)
+        operator, order_sql = keyset_order(order_by, backward)
+        page_where, page_params = clause, list(params)
+        if after is not None:
+            value = to_text(after.value) if isinstance(after.value, datetime) else after.value
+            page_where += f" AND ({order_by.column}, id) {operator} (?, ?)"
+            page_params += [value, after.id]
+        if text:
+            # the hits drive the join (CROSS JOIN fixes the loop order); the
+            # count rides along on every row of the page, one pass for both
+            source = ("packages_hits CROSS JOIN packages ON packages.id = packages_hits.rowid")
+            prefix = "WITH packages_hits AS (SELECT rowid FROM packages_text WHERE packages_text MATCH ?) "
+            count_sql = f"{prefix}SELECT COUNT(*) FROM {source} WHERE {clause}"
+            page_sql = (f"{prefix}SELECT packages.*, COUNT(*) OVER () AS total FROM {source}"
+                        f" WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?")
+            count_params, page_params = [text, *params], [text, *page_params]
+        else:
+            count_sql = f"SELECT COUNT(*) FROM packages WHERE {clause}"
+            page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?"
+            count_params = params
         with _translated():
             conn = self._conn()
             # one read transaction: the count and the page see the same snapshot
             conn.execute("BEGIN")
             try:
-                count = conn.execute(f"SELECT COUNT(*) FROM packages WHERE {clause}", params).fetchone()[0]
-                rows = conn.execute(
-                    f"SELECT * FROM packages WHERE {clause} ORDER BY {_ORDER_SQL[order_by]} LIMIT ? OFFSET ?",
-                    [*params, limit, offset],
-                ).fetchall()
+                rows = conn.execute(page_sql, [*page_params, limit, offset]).fetchall()
+                if text and after is None and rows:
+                    count = rows[0]["total"]
+                else:
+                    count = conn.execute(count_sql, count_params).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
-        return int(count), [_record(row) for row in rows]
+        records = [_record(row) for row in rows]
+        return int(count), records[::-1] if backward else records
 
     # -- maintenance -----------------------------------------------------------------
 
