@@ -62,7 +62,11 @@ async def authorize(request: Request, code: str, *, write: bool) -> Principal:
         if not write and registry.settings["auth.anonymous_read"]:
             return ANONYMOUS
         raise Unauthenticated("no credential")
-    principal = await registry.read(authenticate, registry.credentials, credentials)
+    # a credential checked moments ago is answered from memory, with no
+    # thread hand-off: cheap requests do not queue behind slow store work
+    principal = registry.credentials.cached(credentials)
+    if principal is None:
+        principal = await registry.read(authenticate, registry.credentials, credentials)
     assert principal is not None
     principal.require(code, write)
     request.state.operator = principal.operator
