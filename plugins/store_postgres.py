@@ -176,8 +176,9 @@ class PostgresStore(RecordStore):
                 "autocommit": True,
                 "row_factory": dict_row,
                 "connect_timeout": max(1, int(timeout)),
-                # a row or advisory lock held longer than this fails the request (503)
-                "options": f"-c lock_timeout={lock_ms}",
+                # a row or advisory lock held longer than this, or a statement
+                # running longer, fails the request (503 DATABASE_UNAVAILABLE)
+                "options": f"-c lock_timeout={lock_ms} -c statement_timeout={lock_ms}",
             },
         )
         self._opened = False
@@ -203,6 +204,8 @@ class PostgresStore(RecordStore):
                            self._scrub(text.splitlines()[0] if text else ""))
             if isinstance(exc, PoolTimeout):
                 reason = f"no database connection within {self.timeout:g} s"
+            elif isinstance(exc, psycopg.errors.QueryCanceled):
+                reason = f"a query ran longer than {self.timeout:g} s"
             elif isinstance(exc, psycopg.errors.LockNotAvailable):
                 reason = f"a lock was held longer than {self.timeout:g} s"
             elif isinstance(exc, psycopg.errors.DiskFull):

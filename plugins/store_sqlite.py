@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, UTC
@@ -45,6 +47,8 @@ from registry.settings import Settings
 from registry.store import Migration, RecordStore, decide, keyset_order
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: SQLite virtual-machine steps between deadline checks (well under a millisecond)
+PROGRESS_STEPS = 10_000
 
 
 def to_text(moment: datetime) -> str:
@@ -187,7 +191,7 @@ def _event(row: sqlite3.Row) -> AuditEvent:
     )
 
 
-_UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
+_UNAVAILABLE_HINTS = ("interrupted", "locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
 
 
 @contextmanager
@@ -218,6 +222,18 @@ class SQLiteStore(RecordStore):
         self._connections: list[sqlite3.Connection] = []
         self._migrated = False
 
+    def _past_deadline(self) -> int:
+        return int(time.monotonic() > getattr(self._local, "deadline", math.inf))
+
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Reads inside may run for ``timeout`` seconds (the statement timeout)."""
+        self._local.deadline = time.monotonic() + self.timeout
+        try:
+            yield
+        finally:
+            self._local.deadline = math.inf
+
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
@@ -231,6 +247,9 @@ class SQLiteStore(RecordStore):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # a read running past its deadline is interrupted ("interrupted",
+            # 503 DATABASE_UNAVAILABLE) instead of holding its thread
+            conn.set_progress_handler(self._past_deadline, PROGRESS_STEPS)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -257,7 +276,7 @@ class SQLiteStore(RecordStore):
             conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: tuple[Any, ...] | builtins.list[Any] = ()) -> builtins.list[sqlite3.Row]:
-        with _translated():
+        with _translated(), self._deadline():
             return self._conn().execute(sql, params).fetchall()
 
     # -- life cycle ----------------------------------------------------------------
@@ -279,6 +298,15 @@ class SQLiteStore(RecordStore):
                 if number > done]
 
     def migrate(self) -> builtins.list[Migration]:
+        # a migration (building an index over every row) is not a query: no deadline
+        deadline = getattr(self._local, "deadline", math.inf)
+        self._local.deadline = math.inf
+        try:
+            return self._migrate()
+        finally:
+            self._local.deadline = deadline
+
+    def _migrate(self) -> builtins.list[Migration]:
         with self._migrate_lock:
             if self._migrated:
                 return []
@@ -442,7 +470,7 @@ class SQLiteStore(RecordStore):
             count_sql = f"SELECT COUNT(*) FROM packages WHERE {clause}"
             page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?"
             count_params = params
-        with _translated():
+        with _translated(), self._deadline():
             conn = self._conn()
             # one read transaction: the count and the page see the same snapshot
             conn.execute("BEGIN")

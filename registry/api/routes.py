@@ -229,7 +229,7 @@ async def list_packages(request: Request) -> Response:
     # one record more than the page, read in the direction of travel, tells
     # whether a page follows that way; the links carry keyset cursors, so
     # walking a whole module by them costs each page the same
-    count, records = await registry.read(
+    count, records = await registry.read_slow(
         lambda: registry.records.list(
             code, module, search_term=search_term, order_by=order, include_deleted=include_deleted,
             limit=limit if position is None else limit + 1,
