@@ -532,6 +532,23 @@ class PostgresStore(RecordStore):
     def import_record(self, record: Record) -> bool:
         return self._insert("packages", dict(record.__dict__))
 
+    def import_records(self, records: builtins.list[Record]) -> int:
+        if not records:
+            return 0
+        rows = [dict(record.__dict__) for record in records]
+        names = ", ".join(rows[0])
+        marks = ", ".join("%s" for _ in rows[0])
+        with self._write() as conn:
+            inserted = 0
+            with conn.cursor() as cursor:
+                for row in rows:  # pipelined by psycopg inside one transaction
+                    cursor.execute(f"INSERT INTO packages ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                                   list(row.values()))
+                    inserted += cursor.rowcount
+            conn.execute("SELECT setval(pg_get_serial_sequence('packages', 'id'),"
+                         " GREATEST((SELECT MAX(id) FROM packages), 1))")
+            return inserted
+
     def import_credential(self, credential: Credential) -> bool:
         return self._insert("credentials", {**credential.__dict__, "apps": json.dumps(credential.apps)})
 

@@ -595,13 +595,28 @@ class SQLiteStore(RecordStore):
             cursor = conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", list(values.values()))
             return cursor.rowcount == 1
 
-    def import_record(self, record: Record) -> bool:
+    @staticmethod
+    def _record_values(record: Record) -> dict[str, Any]:
         values = dict(record.__dict__)
         values["is_deleted"] = int(record.is_deleted)
         values["revived"] = int(record.revived)
         for name in ("created", "updated", "deleted_at", "purged_at"):
             values[name] = to_text(values[name]) if values[name] is not None else None
-        return self._insert("packages", values)
+        return values
+
+    def import_record(self, record: Record) -> bool:
+        return self._insert("packages", self._record_values(record))
+
+    def import_records(self, records: builtins.list[Record]) -> int:
+        if not records:
+            return 0
+        rows = [self._record_values(record) for record in records]
+        names = ", ".join(rows[0])
+        marks = ", ".join("?" for _ in rows[0])
+        with self._write() as conn:
+            cursor = conn.executemany(f"INSERT OR IGNORE INTO packages ({names}) VALUES ({marks})",
+                                      [list(row.values()) for row in rows])
+            return cursor.rowcount  # rows inserted by the statement, not by its triggers
 
     def import_credential(self, credential: Credential) -> bool:
         values = dict(credential.__dict__)

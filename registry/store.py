@@ -237,6 +237,15 @@ class RecordStore(ABC):
     def import_record(self, record: Record) -> bool:
         """Insert ``record`` with its id and times unless that id exists; returns whether it did."""
 
+    def import_records(self, records: builtins.list[Record]) -> int:
+        """:meth:`import_record` for many records; returns how many were inserted.
+
+        Stores override it to insert a batch in one transaction (filling a
+        store for ``copy-records`` or the scale benchmark); this default
+        inserts them one by one.
+        """
+        return sum(self.import_record(record) for record in records)
+
     @abstractmethod
     def import_credential(self, credential: Credential) -> bool:
         """Insert ``credential`` with its id unless that id exists; returns whether it did."""

@@ -562,6 +562,16 @@ class RecordStoreConformance:
         assert store.list("app", "default", search_term="3.2")[0] == 11  # 3.2.0, 3.20.0 … 3.29.0
         assert store.list("app", "nothing", search_term="service")[0] == 0
 
+    def test_import_records_in_a_batch(self, store: RecordStore) -> None:
+        first = store.commit(new_package("1.0.0"), allow_overwrite=False).record
+        batch = [replace(first, id=first.id + n, version=f"2.{n}.0", package_name=f"batch-{n}.tar.gz",
+                         blob_key=new_blob_key("app", "default")) for n in range(1, 6)]
+        assert store.import_records([*batch, first]) == 5  # the existing id is left alone
+        assert store.import_records([]) == 0
+        assert store.list("app", "default")[0] == 6
+        assert store.list("app", "default", search_term="batch-3")[0] == 1
+        assert store.commit(new_package("3.0.0"), allow_overwrite=False).record.id > batch[-1].id
+
     # -- maintenance queries -------------------------------------------------------------------
 
     def test_maintenance_queries(self, store: RecordStore) -> None:
