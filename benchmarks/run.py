@@ -37,12 +37,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import clients
 import peer
+import scale
 from clients import CurlResult, Latencies, get_args, json_args, multipart_args, probe_while_running, run_curl
 from servers import RssSampler, ServerProcess, cpu_seconds, free_port, helper_server, peak_rss_bytes
 from workload import MIB, copy_and_hash, make_package
@@ -517,6 +518,9 @@ LIMIT_NAMES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", default="throughput", choices=["throughput", "scale"],
+                        help="throughput: one big package (default); scale: pages, search and small"
+                             " requests as a module grows (benchmarks/scale.py)")
     parser.add_argument("--size-mib", type=int, default=256, help="payload size in MiB (default 256)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median counts (default 3)")
     parser.add_argument("--skip-peer", action="store_true", help="do not install or run pypiserver")
@@ -542,6 +546,10 @@ def workspace(base: Path | None) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.suite == "scale":
+        output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "scale.json"
+        with workspace(args.tmpdir) as workdir:
+            return scale.main(workdir, args.skip_peer, output)
     clients.require_curl()
     load = os.getloadavg()[0]
     if load > 0.5:

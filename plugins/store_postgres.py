@@ -44,11 +44,12 @@ from registry.records import (
     NewPackage,
     Order,
     Outcome,
+    PageKey,
     Record,
     utc_now,
 )
 from registry.settings import Settings
-from registry.store import Migration, RecordStore, decide
+from registry.store import Migration, RecordStore, decide, keyset_order
 
 Row = dict[str, Any]
 
@@ -129,10 +130,32 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- a package's history
         CREATE INDEX events_package ON events (package_id, id);
     """),
+    ("listing indexes on live records, trigram search index (pg_trgm when it can be installed)", """
+        CREATE INDEX packages_live_created ON packages (code, module, created, id) WHERE NOT is_deleted;
+        CREATE INDEX packages_live_version ON packages (code, module, version, id) WHERE NOT is_deleted;
+        CREATE INDEX packages_live_package_size ON packages (code, module, package_size, id) WHERE NOT is_deleted;
+        CREATE INDEX packages_live_updated ON packages (code, module, updated, id) WHERE NOT is_deleted;
+        -- pg_trgm ships with PostgreSQL and is a trusted extension (13+), so a
+        -- database owner may install it; where it cannot be, search scans the
+        -- module as before instead of failing the migration.
+        DO $$
+        BEGIN
+            CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'pg_trgm unavailable (%), search will scan', SQLERRM;
+        END
+        $$;
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+                CREATE INDEX packages_text ON packages
+                    USING gin (version gin_trgm_ops, package_name gin_trgm_ops);
+            END IF;
+        END
+        $$;
+    """),
 ]
 
-_ORDER_SQL = {order: f"{order.column} {'DESC' if order.descending else 'ASC'},"
-              f" id {'DESC' if order.descending else 'ASC'}" for order in Order}
 
 
 def _record(row: Row) -> Record:
@@ -195,8 +218,9 @@ class PostgresStore(RecordStore):
                 "autocommit": True,
                 "row_factory": dict_row,
                 "connect_timeout": max(1, int(timeout)),
-                # a row or advisory lock held longer than this fails the request (503)
-                "options": f"-c lock_timeout={lock_ms}",
+                # a row or advisory lock held longer than this, or a statement
+                # running longer, fails the request (503 DATABASE_UNAVAILABLE)
+                "options": f"-c lock_timeout={lock_ms} -c statement_timeout={lock_ms}",
             },
         )
         self._opened = False
@@ -223,6 +247,8 @@ class PostgresStore(RecordStore):
                            self._scrub(text.splitlines()[0] if text else ""))
             if isinstance(exc, PoolTimeout):
                 reason = f"no database connection within {self.timeout:g} s"
+            elif isinstance(exc, psycopg.errors.QueryCanceled):
+                reason = f"a query ran longer than {self.timeout:g} s"
             elif isinstance(exc, psycopg.errors.LockNotAvailable):
                 reason = f"a lock was held longer than {self.timeout:g} s"
             elif isinstance(exc, psycopg.errors.DiskFull):
@@ -402,24 +428,41 @@ class PostgresStore(RecordStore):
         limit: int = 100,
         offset: int = 0,
         include_deleted: bool = False,
+        after: PageKey | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Record]]:
         where = ["code = %s", "module = %s"]
         params: builtins.list[Any] = [code, module]
         if not include_deleted:
-            where.append("NOT is_deleted")
+            where.append("NOT is_deleted")  # exactly the partial indexes' condition
         if search_term:
             pattern = _like(search_term)
-            # ILIKE: SQLite's LIKE ignores ASCII case, and so must this store
+            # ILIKE: SQLite's LIKE ignores ASCII case, and so must this store;
+            # the pg_trgm index answers it for terms of three or more characters
             where.append("(version ILIKE %s ESCAPE '\\' OR package_name ILIKE %s ESCAPE '\\')")
             params += [pattern, pattern]
         clause = " AND ".join(where)
+        operator, order_sql = keyset_order(order_by, backward)
+        page_where, page_params = clause, list(params)
+        if after is not None:
+            page_where += f" AND ({order_by.column}, id) {operator} (%s, %s)"
+            page_params += [after.value, after.id]
+        count_sql = f"SELECT COUNT(*) AS n FROM packages WHERE {clause}"
+        if search_term and after is None:
+            # the matches are few: count them in the same pass as the page
+            page_sql = (f"SELECT *, COUNT(*) OVER () AS total FROM packages WHERE {page_where}"
+                        f" ORDER BY {order_sql} LIMIT %s OFFSET %s")
+        else:
+            page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT %s OFFSET %s"
         with self._connection() as conn, conn.transaction():
-            count_row = conn.execute(f"SELECT COUNT(*) AS n FROM packages WHERE {clause}", params).fetchone()
-            rows = conn.execute(
-                f"SELECT * FROM packages WHERE {clause} ORDER BY {_ORDER_SQL[order_by]} LIMIT %s OFFSET %s",
-                [*params, limit, offset],
-            ).fetchall()
-        return int(count_row["n"]) if count_row else 0, [_record(row) for row in rows]
+            rows = conn.execute(page_sql, [*page_params, limit, offset]).fetchall()
+            if rows and "total" in rows[0]:
+                count = int(rows[0]["total"])
+            else:
+                count_row = conn.execute(count_sql, params).fetchone()
+                count = int(count_row["n"]) if count_row else 0
+        records = [_record({k: v for k, v in row.items() if k != "total"}) for row in rows]
+        return count, records[::-1] if backward else records
 
     # -- browsing ---------------------------------------------------------------------------
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, UTC
@@ -38,13 +40,16 @@ from registry.records import (
     NewPackage,
     Order,
     Outcome,
+    PageKey,
     Record,
     utc_now,
 )
 from registry.settings import Settings
-from registry.store import Migration, RecordStore, decide
+from registry.store import Migration, RecordStore, decide, keyset_order
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: SQLite virtual-machine steps between deadline checks (well under a millisecond)
+PROGRESS_STEPS = 10_000
 
 
 def to_text(moment: datetime) -> str:
@@ -131,23 +136,55 @@ def _browse_v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS packages_browse ON packages (code, module, is_deleted, updated)")
 
 
+def _pages_and_search_v4(db: sqlite_utils.Database) -> None:
+    """Indexes that answer a module's listing in each order, and a trigram text index for search.
+
+    Partial indexes on live records (``is_deleted = 0``, what a listing shows
+    by default) so the count is an index-only scan and any keyset page one
+    index seek. ``packages_text`` is an FTS5 trigram index over version and
+    package name, kept in step by triggers; a search of three or more
+    characters reads its hits instead of scanning the module.
+    """
+    for column in ("created", "version", "package_size", "updated"):
+        db.execute(f"CREATE INDEX IF NOT EXISTS packages_live_{column} ON packages"
+                   f" (code, module, {column}) WHERE is_deleted = 0")
+    db.execute("CREATE VIRTUAL TABLE packages_text USING fts5(version, package_name, content='packages',"
+               " content_rowid='id', tokenize='trigram')")
+    db.execute("CREATE TRIGGER packages_text_insert AFTER INSERT ON packages BEGIN"
+               " INSERT INTO packages_text (rowid, version, package_name)"
+               " VALUES (new.id, new.version, new.package_name); END")
+    db.execute("CREATE TRIGGER packages_text_delete AFTER DELETE ON packages BEGIN"
+               " INSERT INTO packages_text (packages_text, rowid, version, package_name)"
+               " VALUES ('delete', old.id, old.version, old.package_name); END")
+    db.execute("CREATE TRIGGER packages_text_update AFTER UPDATE OF version, package_name ON packages BEGIN"
+               " INSERT INTO packages_text (packages_text, rowid, version, package_name)"
+               " VALUES ('delete', old.id, old.version, old.package_name);"
+               " INSERT INTO packages_text (rowid, version, package_name)"
+               " VALUES (new.id, new.version, new.package_name); END")
+    db.execute("INSERT INTO packages_text (packages_text) VALUES ('rebuild')")
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
     ("broken and purged_at marks on packages", _integrity_marks_v2),
     ("events table", _events_v3),
     ("package_details table and browse index", _browse_v4),
+    ("listing indexes on live records, trigram search index", _pages_and_search_v4),
 ]
+
+#: The trigram index finds substrings of at least this many characters;
+#: shorter search terms are matched by scanning the module.
+TRIGRAM = 3
 
 
 # -- the store --------------------------------------------------------------------
 
-_ORDER_SQL = {order: f"{order.column} {'DESC' if order.descending else 'ASC'},"
-              f" id {'DESC' if order.descending else 'ASC'}" for order in Order}
 
 
 def _record(row: sqlite3.Row) -> Record:
     data = dict(row)
+    data.pop("total", None)
     data["is_deleted"] = bool(data["is_deleted"])
     data["revived"] = bool(data["revived"])
     for name in ("created", "updated"):
@@ -196,7 +233,7 @@ def _save_details(conn: sqlite3.Connection, package_id: int, details: PackageDet
     )
 
 
-_UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
+_UNAVAILABLE_HINTS = ("interrupted", "locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
 
 
 @contextmanager
@@ -227,6 +264,18 @@ class SQLiteStore(RecordStore):
         self._connections: list[sqlite3.Connection] = []
         self._migrated = False
 
+    def _past_deadline(self) -> int:
+        return int(time.monotonic() > getattr(self._local, "deadline", math.inf))
+
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Reads inside may run for ``timeout`` seconds (the statement timeout)."""
+        self._local.deadline = time.monotonic() + self.timeout
+        try:
+            yield
+        finally:
+            self._local.deadline = math.inf
+
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
@@ -240,6 +289,9 @@ class SQLiteStore(RecordStore):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # a read running past its deadline is interrupted ("interrupted",
+            # 503 DATABASE_UNAVAILABLE) instead of holding its thread
+            conn.set_progress_handler(self._past_deadline, PROGRESS_STEPS)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -266,7 +318,7 @@ class SQLiteStore(RecordStore):
             conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: tuple[Any, ...] | builtins.list[Any] = ()) -> builtins.list[sqlite3.Row]:
-        with _translated():
+        with _translated(), self._deadline():
             return self._conn().execute(sql, params).fetchall()
 
     # -- life cycle ----------------------------------------------------------------
@@ -288,6 +340,15 @@ class SQLiteStore(RecordStore):
                 if number > done]
 
     def migrate(self) -> builtins.list[Migration]:
+        # a migration (building an index over every row) is not a query: no deadline
+        deadline = getattr(self._local, "deadline", math.inf)
+        self._local.deadline = math.inf
+        try:
+            return self._migrate()
+        finally:
+            self._local.deadline = deadline
+
+    def _migrate(self) -> builtins.list[Migration]:
         with self._migrate_lock:
             if self._migrated:
                 return []
@@ -418,29 +479,56 @@ class SQLiteStore(RecordStore):
         limit: int = 100,
         offset: int = 0,
         include_deleted: bool = False,
+        after: PageKey | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Record]]:
         where = ["code = ?", "module = ?"]
         params: builtins.list[Any] = [code, module]
         if not include_deleted:
-            where.append("is_deleted = 0")
+            where.append("is_deleted = 0")  # exactly the partial indexes' condition
+        text = ""
         if search_term:
             pattern = _like(search_term)
+            # LIKE stays the judge of what matches (ASCII case folded, literal
+            # % and _); the trigram index only narrows the rows it looks at.
             where.append("(version LIKE ? ESCAPE '\\' OR package_name LIKE ? ESCAPE '\\')")
             params += [pattern, pattern]
+            if len(search_term) >= TRIGRAM:
+                text = '"' + search_term.replace('"', '""') + '"'
         clause = " AND ".join(where)
-        with _translated():
+        operator, order_sql = keyset_order(order_by, backward)
+        page_where, page_params = clause, list(params)
+        if after is not None:
+            value = to_text(after.value) if isinstance(after.value, datetime) else after.value
+            page_where += f" AND ({order_by.column}, id) {operator} (?, ?)"
+            page_params += [value, after.id]
+        if text:
+            # the hits drive the join (CROSS JOIN fixes the loop order); the
+            # count rides along on every row of the page, one pass for both
+            source = ("packages_hits CROSS JOIN packages ON packages.id = packages_hits.rowid")
+            prefix = "WITH packages_hits AS (SELECT rowid FROM packages_text WHERE packages_text MATCH ?) "
+            count_sql = f"{prefix}SELECT COUNT(*) FROM {source} WHERE {clause}"
+            page_sql = (f"{prefix}SELECT packages.*, COUNT(*) OVER () AS total FROM {source}"
+                        f" WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?")
+            count_params, page_params = [text, *params], [text, *page_params]
+        else:
+            count_sql = f"SELECT COUNT(*) FROM packages WHERE {clause}"
+            page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?"
+            count_params = params
+        with _translated(), self._deadline():
             conn = self._conn()
             # one read transaction: the count and the page see the same snapshot
             conn.execute("BEGIN")
             try:
-                count = conn.execute(f"SELECT COUNT(*) FROM packages WHERE {clause}", params).fetchone()[0]
-                rows = conn.execute(
-                    f"SELECT * FROM packages WHERE {clause} ORDER BY {_ORDER_SQL[order_by]} LIMIT ? OFFSET ?",
-                    [*params, limit, offset],
-                ).fetchall()
+                rows = conn.execute(page_sql, [*page_params, limit, offset]).fetchall()
+                if text and after is None and rows:
+                    count = rows[0]["total"]
+                else:
+                    count = conn.execute(count_sql, count_params).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
-        return int(count), [_record(row) for row in rows]
+        records = [_record(row) for row in rows]
+        return int(count), records[::-1] if backward else records
 
     # -- browsing ---------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -92,12 +94,60 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+#: How long a checked credential is trusted without asking the store again:
+#: a revocation made by another instance (or ``registry token revoke``) takes
+#: effect here within this many seconds; on the revoking instance, at once.
+CACHE_SECONDS = 5.0
+#: Checked credentials remembered at most; the oldest are forgotten first.
+CACHE_ENTRIES = 4096
+
+
 class CredentialStore:
     """Making and checking credentials; the rows live in the record store.
-    Every method blocks; call from a worker thread."""
 
-    def __init__(self, store: RecordStore) -> None:
+    Every method blocks; call from a worker thread, except :meth:`cached`,
+    which only reads memory. Credentials that checked out are remembered for
+    ``cache_seconds`` (never unknown ones: random secrets cannot fill the
+    cache), so most requests skip the store; :meth:`revoke` forgets the
+    revoked credential at once.
+    """
+
+    def __init__(self, store: RecordStore, cache_seconds: float = CACHE_SECONDS) -> None:
         self.store = store
+        self.cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, ...], tuple[float, Principal]] = {}
+        self._cache_lock = threading.Lock()
+        #: ids revoked through this instance: never remembered again, even by
+        #: a check that read the store just before the revocation committed
+        self._revoked: set[int] = set()
+
+    @staticmethod
+    def _cache_key(credentials: tuple[str, ...]) -> tuple[str, ...]:
+        # the secret's hash, never the secret, is what stays in memory
+        return (*credentials[:-1], _digest(credentials[-1]))
+
+    def cached(self, credentials: tuple[str, ...]) -> Principal | None:
+        """The principal remembered for parsed ``credentials``, if still fresh; never blocks."""
+        key = self._cache_key(credentials)
+        with self._cache_lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            if entry[0] < time.monotonic():
+                del self._cache[key]
+                return None
+            return entry[1]
+
+    def remember(self, credentials: tuple[str, ...], principal: Principal) -> None:
+        """Remember that ``credentials`` checked out as ``principal``."""
+        if self.cache_seconds <= 0:
+            return
+        with self._cache_lock:
+            if principal.credential_id in self._revoked:
+                return
+            while len(self._cache) >= CACHE_ENTRIES:
+                del self._cache[next(iter(self._cache))]
+            self._cache[self._cache_key(credentials)] = (time.monotonic() + self.cache_seconds, principal)
 
     def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool) -> None:
         self.store.add_credential(NewCredential(
@@ -158,7 +208,16 @@ class CredentialStore:
         return [CredentialInfo.of(credential) for credential in self.store.list_credentials()]
 
     def revoke(self, credential_id: int) -> bool:
-        """Revoke a credential; False when no live credential has that id."""
+        """Revoke a credential; False when no live credential has that id.
+
+        This instance refuses it from now on: it is forgotten before the
+        store is asked and never remembered again (a check racing the revocation
+        would otherwise remember it again).
+        """
+        with self._cache_lock:
+            self._revoked.add(credential_id)
+            for key in [k for k, (_, p) in self._cache.items() if p.credential_id == credential_id]:
+                del self._cache[key]
         return self.store.revoke_credential(credential_id)
 
 
@@ -209,4 +268,5 @@ def authenticate(store: CredentialStore, credentials: tuple[str, ...] | None) ->
         principal = store.by_app_secret(credentials[1], credentials[2])
     if principal is None:
         raise Unauthenticated("unknown or revoked credential")
+    store.remember(credentials, principal)
     return principal

@@ -42,6 +42,26 @@ class Order(Enum):
         return self.value.startswith("-")
 
 
+@dataclass(frozen=True)
+class PageKey:
+    """A position in a listing, for keyset pages: the sort value and id of one record.
+
+    ``value`` is the record's field named by the order's :attr:`Order.column`
+    (a ``datetime`` for created/updated, ``str`` for version, ``int`` for
+    package_size). A page taken after (or before) a key never includes the
+    record at the key itself.
+    """
+
+    value: datetime | str | int
+    id: int
+
+    @classmethod
+    def of(cls, record: Record, order: Order) -> PageKey:
+        """The key of ``record`` in a listing sorted by ``order``."""
+        value: datetime | str | int = getattr(record, order.column)
+        return cls(value, record.id)
+
+
 #: The ``order_by`` values the API accepts, in the order the docs list them.
 ORDERINGS: tuple[str, ...] = tuple(order.value for order in Order)
 

@@ -59,6 +59,10 @@ T = TypeVar("T")
 #: Threads for record-store reads / writes per process (see ``Registry.read``).
 READ_THREADS = 32
 WRITE_THREADS = 8
+#: Listings and searches (the store reads whose cost grows with a module)
+#: run in at most this many threads of their own, so a burst of them never
+#: holds the threads that answer a record, a download or a credential check.
+SLOW_READ_THREADS = 8
 
 _EVENT_KINDS = {
     Outcome.CREATED: events.STORED,
@@ -108,6 +112,7 @@ class Registry:
         # and authentication keep answering meanwhile.
         self.read_threads = anyio.CapacityLimiter(READ_THREADS)
         self.write_threads = anyio.CapacityLimiter(WRITE_THREADS)
+        self.slow_read_threads = anyio.CapacityLimiter(SLOW_READ_THREADS)
         self.metrics = Metrics()
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
@@ -122,6 +127,10 @@ class Registry:
     async def read(self, call: Callable[..., T], *args: Any) -> T:
         """Run a record-store read in a read thread (never behind waiting writers)."""
         return await anyio.to_thread.run_sync(call, *args, limiter=self.read_threads)
+
+    async def read_slow(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a listing or search in a slow-read thread (never holding the read threads)."""
+        return await anyio.to_thread.run_sync(call, *args, limiter=self.slow_read_threads)
 
     async def write(self, call: Callable[..., T], *args: Any) -> T:
         """Run a record-store write in a write thread (at most WRITE_THREADS

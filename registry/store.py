@@ -40,6 +40,7 @@ from registry.records import (
     NewPackage,
     Order,
     Outcome,
+    PageKey,
     Record,
 )
 
@@ -134,11 +135,27 @@ class RecordStore(ABC):
         limit: int = 100,
         offset: int = 0,
         include_deleted: bool = False,
+        after: PageKey | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Record]]:
         """One page of a module's records and the total count matching the filters.
 
+        Pages come two ways. By ``offset``: skip that many records (cost grows
+        with the offset). By key (keyset): with ``backward`` False, the
+        ``limit`` records that follow ``after`` in ``order_by``'s order (the
+        first page when ``after`` is None); with ``backward`` True, the
+        ``limit`` records that precede ``after`` (the last page when ``after``
+        is None), still returned in ``order_by``'s order. A keyset page costs
+        the same wherever it is: the store keeps an index that answers the
+        module's filter and each order (ties broken by id), and ``offset``
+        must be 0 with a key or ``backward``.
+
+        The count and the page are read in one snapshot; with a
+        ``search_term`` the store answers from a text index, not a scan.
+
         :param search_term: a literal substring of the version or package name
-            (``%`` and ``_`` match themselves), case as the store compares it.
+            (``%`` and ``_`` match themselves), ASCII letters matched
+            regardless of case.
         """
 
     # -- browsing (the applications and modules routes, the web interface) ----------
@@ -308,3 +325,17 @@ def decide(existing: Record | None, new: NewPackage, allow_overwrite: bool) -> O
     if existing.sha256 != new.sha256 and not allow_overwrite:
         raise PackageAlreadyExists(f"version {new.version!r}", data={"sha256_signature": existing.sha256})
     return Outcome.OVERWRITTEN
+
+
+def keyset_order(order: Order, backward: bool) -> tuple[str, str]:
+    """The SQL a store needs for a keyset page: (comparison operator, ORDER BY terms).
+
+    A page after a key keeps the rows with ``(column, id)`` beyond it in the
+    listing's direction; a backward page reads the other way from the key (the
+    store then reverses the rows it got, to return them in ``order``).
+    Both stores compare row values, ``(column, id) < (?, ?)``, which their
+    indexes on ``(code, module, column)`` (ties by id) answer directly.
+    """
+    descending = order.descending != backward
+    direction = "DESC" if descending else "ASC"
+    return ("<" if descending else ">"), f"{order.column} {direction}, id {direction}"

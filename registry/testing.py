@@ -49,7 +49,7 @@ import pytest
 
 from registry.catalog import PackageDetails, Summary
 from registry.errors import ObjectStoreException, PackageAlreadyExists, PackageNotFound, RegistryError
-from registry.records import AuditEvent, NewCredential, NewPackage, Order, Outcome, utc_now
+from registry.records import AuditEvent, NewCredential, NewPackage, Order, Outcome, PageKey, Record, utc_now
 from registry.storage import BlobMissing, Storage, new_blob_key
 from registry.store import RecordStore
 
@@ -505,6 +505,93 @@ class RecordStoreConformance:
         assert found("%") == ["1.0.1"]
         assert found("\\") == []
         assert store.list("app", "default", search_term="api")[0] == 1
+
+    def test_keyset_pages_walk_every_order_both_ways(self, store: RecordStore) -> None:
+        # equal sizes and versions that sort apart from their ids: ties must break by id
+        for n in range(7):
+            store.commit(new_package(f"{n % 3}.{n}.0", size=100 + n % 2), allow_overwrite=False)
+        store.soft_delete("app", "default", store.find_version("app", "default", "1.1.0").id)  # type: ignore[union-attr]
+        for order in Order:
+            for include_deleted in (False, True):
+                count, whole = store.list("app", "default", order_by=order, include_deleted=include_deleted)
+                assert count == len(whole) == (7 if include_deleted else 6)
+                forward: list[Record] = []
+                after: PageKey | None = None
+                while True:
+                    total, page = store.list("app", "default", order_by=order, limit=2, after=after,
+                                             include_deleted=include_deleted)
+                    assert total == count
+                    if not page:
+                        break
+                    forward += page
+                    after = PageKey.of(page[-1], order)
+                assert [r.id for r in forward] == [r.id for r in whole], order
+                backward: list[Record] = []
+                before: PageKey | None = None
+                while True:
+                    _, page = store.list("app", "default", order_by=order, limit=2, after=before,
+                                         backward=True, include_deleted=include_deleted)
+                    if not page:
+                        break
+                    backward = page + backward
+                    before = PageKey.of(page[0], order)
+                assert [r.id for r in backward] == [r.id for r in whole], order
+
+    def test_keyset_pages_see_each_record_once_while_the_module_changes(self, store: RecordStore) -> None:
+        for n in range(20):
+            store.commit(new_package(f"1.{n:02d}.0", size=n % 4), allow_overwrite=False)
+        for order in Order:
+            _, start = store.list("app", "default", order_by=order)
+            present = {r.id for r in start}
+            seen: list[int] = []
+            after: PageKey | None = None
+            step = 0
+            while True:
+                _, page = store.list("app", "default", order_by=order, limit=3, after=after)
+                if not page:
+                    break
+                seen += [r.id for r in page]
+                after = PageKey.of(page[-1], order)
+                # between pages (the first few): a new version, and a record not yet seen goes away
+                step += 1
+                if step <= 4:
+                    store.commit(new_package(f"9.{order.value}.{step}", size=step % 4), allow_overwrite=False)
+                unseen = sorted(present - set(seen))
+                if unseen:
+                    store.soft_delete("app", "default", unseen[len(unseen) // 2])
+                    present.discard(unseen[len(unseen) // 2])
+            assert len(seen) == len(set(seen)), order
+            assert present <= set(seen), order
+
+    def test_search_finds_the_same_through_its_index(self, store: RecordStore) -> None:
+        for n in range(30):
+            store.commit(new_package(f"3.{n}.0", name=f"Service-{n:03d}.tar.gz"), allow_overwrite=False)
+        count, page = store.list("app", "default", search_term="service-01", order_by=Order.VERSION, limit=4)
+        assert count == 10 and [r.version for r in page] == ["3.10.0", "3.11.0", "3.12.0", "3.13.0"]
+        count, page = store.list("app", "default", search_term="service-01", order_by=Order.VERSION,
+                                 limit=4, offset=8)
+        assert count == 10 and [r.version for r in page] == ["3.18.0", "3.19.0"]
+        assert store.list("app", "default", search_term="service-01", offset=20) == (10, [])
+        _, first = store.list("app", "default", search_term="service-01", order_by=Order.VERSION, limit=4)
+        count, page = store.list("app", "default", search_term="service-01", order_by=Order.VERSION, limit=4,
+                                 after=PageKey.of(first[-1], Order.VERSION))
+        assert count == 10 and [r.version for r in page] == ["3.14.0", "3.15.0", "3.16.0", "3.17.0"]
+        store.soft_delete("app", "default", first[0].id)
+        assert store.list("app", "default", search_term="SERVICE-01")[0] == 9
+        assert store.list("app", "default", search_term="service-01", include_deleted=True)[0] == 10
+        assert store.list("app", "default", search_term='e-0"')[0] == 0
+        assert store.list("app", "default", search_term="3.2")[0] == 11  # 3.2.0, 3.20.0 … 3.29.0
+        assert store.list("app", "nothing", search_term="service")[0] == 0
+
+    def test_import_records_in_a_batch(self, store: RecordStore) -> None:
+        first = store.commit(new_package("1.0.0"), allow_overwrite=False).record
+        batch = [replace(first, id=first.id + n, version=f"2.{n}.0", package_name=f"batch-{n}.tar.gz",
+                         blob_key=new_blob_key("app", "default")) for n in range(1, 6)]
+        assert store.import_records([*batch, first]) == 5  # the existing id is left alone
+        assert store.import_records([]) == 0
+        assert store.list("app", "default")[0] == 6
+        assert store.list("app", "default", search_term="batch-3")[0] == 1
+        assert store.commit(new_package("3.0.0"), allow_overwrite=False).record.id > batch[-1].id
 
     # -- maintenance queries -------------------------------------------------------------------
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import Api, RegistryProcess, base_config, merge, package, start_registry
+from registry.auth import CACHE_SECONDS
+from tests.helpers import Api, RegistryProcess, base_config, inprocess_registry, merge, package, start_registry
 
 
 def gateway(**values: str) -> dict[str, str]:
@@ -167,6 +169,17 @@ def test_wrong_app_secret(registry: RegistryProcess, code: str) -> None:
     assert list_(registry, code, gateway(bk_app_code=app_code, bk_app_secret=secret)).status_code == 200
 
 
+def refused_soon(request: Callable[[], httpx.Response]) -> httpx.Response:
+    """The first answer that is not a 200/201: a revocation made by another process (the
+    CLI) reaches a running server once its credential cache lets go (CACHE_SECONDS)."""
+    deadline = time.monotonic() + CACHE_SECONDS + 10
+    while True:
+        response = request()
+        if response.status_code not in (200, 201) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)
+
+
 def test_revoked_token(registry: RegistryProcess, code: str) -> None:
     name = f"revoke-me-{code}"
     revoked = registry.token(name)
@@ -174,7 +187,7 @@ def test_revoked_token(registry: RegistryProcess, code: str) -> None:
     assert upload(registry, code, headers).status_code == 201
     result = registry.cli("token", "revoke", str(credential_id(registry, name)))
     assert result.returncode == 0
-    assert_error(list_(registry, code, headers), 401, "UNAUTHENTICATED")
+    assert_error(refused_soon(lambda: list_(registry, code, headers)), 401, "UNAUTHENTICATED")
     assert_error(upload(registry, code, headers, version="2"), 401, "UNAUTHENTICATED")
     assert_error(list_(registry, code, gateway(access_token=revoked)), 401, "UNAUTHENTICATED")
     again = registry.cli("token", "revoke", str(credential_id(registry, name)), check=False)
@@ -187,7 +200,22 @@ def test_revoked_app_secret(registry: RegistryProcess, code: str) -> None:
     headers = gateway(bk_app_code=app_code, bk_app_secret=secret)
     assert list_(registry, code, headers).status_code == 200
     registry.cli("token", "revoke", str(credential_id(registry, app_code)))
-    assert_error(list_(registry, code, headers), 401, "UNAUTHENTICATED")
+    assert_error(refused_soon(lambda: list_(registry, code, headers)), 401, "UNAUTHENTICATED")
+
+
+@pytest.mark.anyio
+async def test_a_revoked_token_is_refused_at_once_by_the_instance_that_revoked_it(tmp_path: Path) -> None:
+    async with inprocess_registry(tmp_path, base_config(tmp_path), "alice") as client:
+        registry = client._transport.app.state.registry  # type: ignore[attr-defined]
+        token = registry.credentials.create_token("bob", [], False)
+        headers = {"Authorization": f"Bearer {token}"}
+        path = Api.path("app")
+        assert (await client.get(path, headers=headers)).status_code == 200
+        # now remembered: the store is not asked again while the cache is fresh
+        [bob] = [c for c in registry.credentials.list() if c.name == "bob"]
+        assert registry.credentials.cached(("token", token)) is not None
+        assert registry.credentials.revoke(bob.id)
+        assert_error(await client.get(path, headers=headers), 401, "UNAUTHENTICATED")
 
 
 def test_healthz_ignores_credentials(registry: RegistryProcess) -> None:

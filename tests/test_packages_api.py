@@ -124,23 +124,67 @@ def test_pagination_links(api: Api, registry: RegistryProcess, code: str) -> Non
     assert first["previous"] is None
     assert first["next"].startswith(registry.url + Api.path(code))
     query = parse_qs(urlsplit(first["next"]).query)
-    assert query["limit"] == ["2"] and query["offset"] == ["2"]
+    assert query["limit"] == ["2"] and "offset" not in query and query["cursor"]
 
     second = httpx.get(first["next"], headers=api.http.headers).json()
     assert second["count"] == 5
     assert [r["id"] for r in second["results"]] == newest_first[2:4]
     assert second["previous"].startswith(registry.url + "/")
-    assert parse_qs(urlsplit(second["previous"]).query)["offset"] == ["0"]
+    assert httpx.get(second["previous"], headers=api.http.headers).json() == first
 
     third = httpx.get(second["next"], headers=api.http.headers).json()
     assert [r["id"] for r in third["results"]] == newest_first[4:]
     assert third["next"] is None
     back = httpx.get(third["previous"], headers=api.http.headers).json()
     assert back["results"] == second["results"]
+    # offset keeps working, and its links lead on by cursor
+    middle = api.list(code, limit=2, offset=1).json()
+    assert [r["id"] for r in middle["results"]] == newest_first[1:3]
+    assert [r["id"] for r in httpx.get(middle["next"], headers=api.http.headers).json()["results"]] == \
+        newest_first[3:5]
+    assert [r["id"] for r in httpx.get(middle["previous"], headers=api.http.headers).json()["results"]] == \
+        newest_first[:1]
 
     beyond = api.list(code, limit=2, offset=10).json()
     assert beyond["count"] == 5 and beyond["results"] == [] and beyond["next"] is None
     assert beyond["previous"] is not None
+    # past the end, previous leads to the last (full) page
+    last = httpx.get(beyond["previous"], headers=api.http.headers).json()
+    assert [r["id"] for r in last["results"]] == newest_first[3:] and last["next"] is None
+
+
+@pytest.mark.parametrize("order_by", ["-created", "created", "version", "-version", "package_size",
+                                      "-package_size", "updated", "-updated"])
+def test_cursor_pages_return_every_record_once_while_records_come_and_go(
+        api: Api, code: str, order_by: str) -> None:
+    present = {upload(api, code, f"1.{i:02d}", salt="x" * (i % 3))["id"] for i in range(9)}
+    seen: list[int] = []
+    body = api.list(code, limit=2, order_by=order_by).json()
+    step = 0
+    while True:
+        seen += [r["id"] for r in body["results"]]
+        if body["next"] is None:
+            break
+        # between pages: a new version appears and a record not yet seen is deleted
+        step += 1
+        if step <= 3:
+            upload(api, code, f"5.{step}", salt="x" * (step % 3))
+        unseen = sorted(present - set(seen))
+        if unseen:
+            assert api.delete(code, unseen[0]).status_code == 204
+            present.discard(unseen[0])
+        body = httpx.get(body["next"], headers=api.http.headers).json()
+    assert len(seen) == len(set(seen))
+    assert present <= set(seen)
+
+
+@pytest.mark.parametrize("cursor", ["x", "%%%", "e30", "W10", "WyItY3JlYXRlZCIsMCwiYSIsMV0", "a" * 600,
+                                    "WyJ2ZXJzaW9uIiwwLCIxIiwxXQ"])
+def test_a_bad_cursor_is_a_validation_error(api: Api, code: str, cursor: str) -> None:
+    response = api.list(code, cursor=cursor)  # the last one belongs to order_by=version
+    assert response.status_code == 400
+    assert "cursor" in response.json()["fields_detail"]
+
 
 
 def test_pagination_keeps_other_parameters(api: Api, code: str) -> None:
@@ -177,7 +221,8 @@ def test_default_and_maximum_limit(api: Api, registry: RegistryProcess, code: st
     default = api.list(code).json()
     assert default["count"] == 101
     assert len(default["results"]) == 100
-    assert parse_qs(urlsplit(default["next"]).query)["offset"] == ["100"]
+    rest = httpx.get(default["next"], headers=api.http.headers).json()
+    assert len(rest["results"]) == 1 and rest["next"] is None
     assert len(api.list(code, limit=1000).json()["results"]) == 101
     assert len(api.list(code, limit=1000, offset=100).json()["results"]) == 1
 

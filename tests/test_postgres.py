@@ -13,6 +13,8 @@ import httpx
 import psycopg
 
 from plugins.store_postgres import PostgresStore
+from plugins.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
 
 PASSWORD = "pw-never-shown-4711"
@@ -52,12 +54,12 @@ def test_migrate_and_check_config_on_sqlite_create_nothing_until_asked(tmp_path:
     assert "pending migration 0001" in check.stdout
     assert not (tmp_path / "registry.db").exists(), "check-config creates nothing"
     dry = run(config, "migrate", "--dry-run")
-    assert dry.returncode == 0 and "4 migration(s) pending" in dry.stdout
+    assert dry.returncode == 0 and f"{len(SQLITE_MIGRATIONS)} migration(s) pending" in dry.stdout
     assert not (tmp_path / "registry.db").exists()
     applied = run(config, "migrate")
     assert applied.returncode == 0 and "applied 0004 package_details table and browse index" in applied.stdout
     with sqlite3.connect(tmp_path / "registry.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     again = run(config, "migrate", "--dry-run")
     assert "0 migration(s) pending" in again.stdout
     assert "pending" not in run(config, "check-config").stdout.replace("0 migration(s) pending", "")
@@ -70,7 +72,7 @@ def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: 
     assert "pending migration 0001" in check.stdout and "postgresql 127.0.0.1" in check.stdout
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('packages')").fetchone() == (None,)
-    assert "2 migration(s) applied" in run(config, "migrate").stdout
+    assert f"{len(POSTGRES_MIGRATIONS)} migration(s) applied" in run(config, "migrate").stdout
     assert "0 migration(s) pending" in run(config, "migrate", "--dry-run").stdout
     broken = dict(pg_config(tmp_path, pg_url))
     broken["database"] = {**broken["database"], "url": with_password(pg_url).replace("/t_", "/missing_")}

@@ -12,6 +12,7 @@ import sqlite_utils
 
 from plugins.store_postgres import PostgresStore
 from plugins.store_sqlite import MIGRATIONS, SQLiteStore
+from registry.errors import DatabaseUnavailable
 from registry.testing import RecordStoreConformance, StoreFactory, new_package
 
 
@@ -64,5 +65,32 @@ def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path:
         [event] = store.recent_events()
         assert event.time == datetime(2024, 5, 1, 10, 0, tzinfo=UTC) and event.kind == "stored"
         assert store.commit(new_package("2.0.0"), allow_overwrite=False).record.id == 2
+    finally:
+        store.close()
+
+
+# A query that never ends on its own: the store's statement timeout must stop it.
+ENDLESS = {
+    "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c",
+    "postgres": "SELECT pg_sleep(60)",
+}
+
+
+def test_sqlite_statement_timeout_is_database_unavailable(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "registry.db", timeout=0.3)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            store._rows(ENDLESS["sqlite"])
+        store.check()  # the connection is still usable afterwards
+    finally:
+        store.close()
+
+
+def test_postgres_statement_timeout_is_database_unavailable(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_size=2, timeout=0.3)
+    try:
+        with pytest.raises(DatabaseUnavailable, match="longer than"):
+            store._rows(ENDLESS["postgres"])
+        store.check()
     finally:
         store.close()

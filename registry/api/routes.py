@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from registry.api.docs import DOCS_HTML
 from registry.api.download import package_response
 from registry.api.forms import MULTIPART_OVERHEAD, parse_multipart, read_fields
+from registry.api import pages
 from registry.api.openapi import build_openapi
 from registry.api.paths import PACKAGES, STAGE_PREFIXES
 from registry.api.serialize import record_json
@@ -81,7 +82,11 @@ async def identify(request: Request, *, write: bool) -> Principal:
         if not write and registry.settings["auth.anonymous_read"]:
             return ANONYMOUS
         raise Unauthenticated("no credential")
-    principal = await registry.read(authenticate, registry.credentials, credentials)
+    # a credential checked moments ago is answered from memory, with no
+    # thread hand-off: cheap requests do not queue behind slow store work
+    principal = registry.credentials.cached(credentials)
+    if principal is None:
+        principal = await registry.read(authenticate, registry.credentials, credentials)
     assert principal is not None
     request.state.operator = principal.operator
     return principal
@@ -252,20 +257,53 @@ async def list_packages(request: Request) -> Response:
     if len(search_term) > MAX_SEARCH_TERM:
         raise ValidationError.single("search_term", f"长度不能超过 {MAX_SEARCH_TERM}", f"must be at most {MAX_SEARCH_TERM} characters")
     include_deleted = parse_bool("include_deleted", query.get("include_deleted"))
-    count, records = await registry.read(
+    order = Order(order_by)
+    cursor = query.get("cursor", "").strip()
+    position = pages.decode(cursor, order) if cursor else None
+    # one record more than the page, read in the direction of travel, tells
+    # whether a page follows that way; the links carry keyset cursors, so
+    # walking a whole module by them costs each page the same
+    count, records = await registry.read_slow(
         lambda: registry.records.list(
-            code, module, search_term=search_term, order_by=Order(order_by), limit=limit,
-            offset=offset, include_deleted=include_deleted,
+            code, module, search_term=search_term, order_by=order, include_deleted=include_deleted,
+            limit=limit if position is None else limit + 1,
+            offset=offset if position is None else 0,
+            after=position.key if position else None,
+            backward=position.backward if position else False,
         )
     )
-    next_url = (
-        str(request.url.include_query_params(limit=limit, offset=offset + limit))
-        if offset + limit < count else None
-    )
-    previous_url = (
-        str(request.url.include_query_params(limit=limit, offset=max(0, offset - limit)))
-        if offset > 0 else None
-    )
+    base = request.url.remove_query_params("offset")
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+    if position is None:
+        if offset + limit < count and records:
+            next_cursor = pages.after(order, records[-1])
+        if offset > 0:
+            previous_cursor = (pages.before(order, records[0]) if records
+                               else pages.encode(order, None, backward=True))
+    else:
+        more = len(records) > limit
+        if position.backward:
+            records = records[1:] if more else records
+            if more:
+                previous_cursor = pages.before(order, records[0])
+            if position.key is None:  # the last page
+                next_cursor = None
+            else:
+                next_cursor = (pages.after(order, records[-1]) if records
+                               else pages.encode(order, None, backward=False))
+        else:
+            records = records[:limit]
+            if more:
+                next_cursor = pages.after(order, records[-1])
+            if position.key is None:  # the first page
+                previous_cursor = None
+            else:
+                previous_cursor = (pages.before(order, records[0]) if records
+                                   else pages.encode(order, None, backward=True))
+    next_url = str(base.include_query_params(limit=limit, cursor=next_cursor)) if next_cursor else None
+    previous_url = (str(base.include_query_params(limit=limit, cursor=previous_cursor))
+                    if previous_cursor else None)
     return JSONResponse({
         "count": count,
         "next": next_url,
