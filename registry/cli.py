@@ -16,32 +16,37 @@ a connection or checksum failure, a problem ``fsck`` found), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from registry.bootstrap import build_registry, load_settings
+from registry import __version__
 from registry.cli_client import UsageError, add_client_commands
-from registry.client import ClientError
+from registry.client_errors import ClientError
 from registry.errors import RegistryError, ValidationError
-from registry.fsck import Problem, fsck
-from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, collect_garbage
-from registry.logs import configure_logging
-from registry.service import Registry
 from registry.settings import Settings, SettingsError, find_config_file
 from registry.terminal import human_size, print_table, progress_bar
 from registry.validation import parse_slug
+
+# The server stack (uvicorn, starlette, boto3 through the storage plugins) is
+# imported by the commands that use it, so ``registry --version`` and the
+# client commands start without it.
+if TYPE_CHECKING:
+    import socket
+
+    from registry.gc import GcAction
+    from registry.service import Registry
 
 T = TypeVar("T")
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
+    from registry.bootstrap import build_registry, load_settings
+
     settings, pm = load_settings(find_config_file(args.config))
     return settings, build_registry(settings, pm)
 
@@ -54,6 +59,8 @@ def bind_listening_socket(config: Any) -> socket.socket:
     on for accepted connections, which delays every keep-alive request by the
     client's delayed ACK (40 ms).
     """
+    import socket
+
     bound = config.bind_socket()
     return socket.socket(fileno=bound.detach())
 
@@ -86,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    import asyncio
+
     settings, registry = _load(args)
 
     async def probe() -> None:
@@ -98,7 +107,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - report any failure to reach a dependency
+    except Exception as exc:  # report any failure to reach a dependency
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"
@@ -180,6 +189,8 @@ def _run_with_storage(registry: Registry, work: Callable[[], Awaitable[T]]) -> T
     staging folder, killing the uploads of a server running beside us.
     """
 
+    import asyncio
+
     async def run() -> T:
         await registry.storage.startup()
         try:
@@ -191,6 +202,8 @@ def _run_with_storage(registry: Registry, work: Callable[[], Awaitable[T]]) -> T
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    from registry.fsck import Problem, fsck
+
     _, registry = _load(args)
 
     def show(problem: Problem) -> None:
@@ -210,7 +223,28 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+#: How ``gc`` says what it did to each kind of action (:data:`registry.gc.EXPIRE` …):
+#: (verb after "would", past tense). Literal keys: importing registry.gc loads the server stack.
+GC_PHRASES = {
+    "expire": ("soft-delete", "soft-deleted"),
+    "purge": ("remove the blob of", "removed the blob of"),
+    "orphan": ("remove orphan blob", "removed orphan blob"),
+    "staging": ("remove stale staging file", "removed stale staging file"),
+}
+#: How the summary line counts each kind, in this order.
+GC_COUNTS = {
+    "expire": "version(s) soft-deleted",
+    "purge": "blob(s) of deleted versions purged",
+    "orphan": "orphan blob(s)",
+    "staging": "staging file(s)",
+}
+GC_RETENTION_DAYS = 30
+GC_GRACE_HOURS = 1
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
+    from registry.gc import GcOptions, collect_garbage
+
     settings, registry = _load(args)
     options = GcOptions(
         dry_run=args.dry_run,
@@ -218,19 +252,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
         grace=timedelta(hours=args.grace_hours),
         keep_last=settings["retention.keep_last"] if args.keep_last is None else args.keep_last,
     )
-    prefix = "would " if options.dry_run else ""
 
     def show(action: GcAction) -> None:
+        phrase = GC_PHRASES[action.kind]
         if action.error is not None:
-            print(f"failed {action.kind} {action.target}: {action.error}", flush=True)
+            print(f"could not {phrase[0]} {action.target}: {action.error}", flush=True)
         else:
             size = f" ({human_size(action.size)})" if action.size else ""
-            print(f"{prefix}{action.kind} {action.target}{size}", flush=True)
+            said = f"would {phrase[0]}" if options.dry_run else phrase[1]
+            print(f"{said} {action.target}{size}", flush=True)
 
     report = _run_with_storage(registry, lambda: collect_garbage(registry, options, show))
     for note in report.notes:
         print(f"warning: {note}", file=sys.stderr)
-    counts = ", ".join(f"{report.count(kind)} {kind}" for kind in ("expire", "purge", "orphan", "staging"))
+    counts = ", ".join(f"{report.count(kind)} {GC_COUNTS[kind]}" for kind in GC_COUNTS)
     verb = "would free" if options.dry_run else "freed"
     print(f"gc{' (dry run)' if options.dry_run else ''}: {counts}; {verb} {human_size(report.freed)}")
     if report.errors:
@@ -290,10 +325,10 @@ def _add_maintenance_commands(commands: Any) -> None:
 
     gc = commands.add_parser("gc", help="remove blobs of old deleted records, orphan blobs and stale staging files")
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
-    gc.add_argument("--deleted-older-than", type=_non_negative, default=DEFAULT_RETENTION.days, metavar="DAYS",
-                    help=f"purge blobs of records deleted this many days ago (default {DEFAULT_RETENTION.days})")
-    gc.add_argument("--grace-hours", type=_non_negative, default=DEFAULT_GRACE.total_seconds() / 3600,
-                    metavar="H", help="leave unreferenced blobs and staging files younger than this (default 1)")
+    gc.add_argument("--deleted-older-than", type=_non_negative, default=GC_RETENTION_DAYS, metavar="DAYS",
+                    help=f"purge blobs of records deleted this many days ago (default {GC_RETENTION_DAYS})")
+    gc.add_argument("--grace-hours", type=_non_negative, default=GC_GRACE_HOURS, metavar="H",
+                    help=f"leave unreferenced blobs and staging files younger than this (default {GC_GRACE_HOURS})")
     gc.add_argument("--keep-last", type=_non_negative_int, metavar="N",
                     help="override [retention] keep_last: live versions kept per module (0: all)")
     gc.set_defaults(func=cmd_gc)
@@ -301,6 +336,7 @@ def _add_maintenance_commands(commands: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="registry", description="Source Package Registry")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="TOML file (default: $REGISTRY_CONFIG, then ./registry.toml)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -340,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from registry.logs import configure_logging
+
     configure_logging()
     # httpx logs every request at INFO: noise in a client command's output
     logging.getLogger("httpx").setLevel(logging.WARNING)

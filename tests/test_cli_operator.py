@@ -201,16 +201,16 @@ def test_gc_collects_stale_leftovers_and_purges_old_deleted_records(scratch: Scr
 
     dry = scratch.cli("gc", "--dry-run", "--deleted-older-than", "0")
     assert dry.returncode == 0, dry.stderr
-    assert f"would purge id {purged_id} shop/default version 1.0.0" in dry.stdout
-    assert f"would orphan key shop/default/{'a' * 32}" in dry.stdout
-    assert "would staging " in dry.stdout and "upload-stale.part" in dry.stdout
+    assert f"would remove the blob of id {purged_id} shop/default version 1.0.0" in dry.stdout
+    assert f"would remove orphan blob key shop/default/{'a' * 32}" in dry.stdout
+    assert "would remove stale staging file " in dry.stdout and "upload-stale.part" in dry.stdout
     assert "b" * 32 not in dry.stdout and "upload-live.part" not in dry.stdout
     assert all(path.exists() for path in everything)
 
     # the default retention (30 days) keeps a record deleted just now
     default = scratch.cli("gc")
     assert default.returncode == 0, default.stderr
-    assert purged_blob.exists() and "0 purge" in default.stdout
+    assert purged_blob.exists() and "0 blob(s) of deleted versions purged" in default.stdout
     assert not stale_orphan.exists() and not stale_upload.exists()
     stale_orphan.write_bytes(b"leftover")
     age(stale_orphan, TWO_HOURS)
@@ -220,7 +220,9 @@ def test_gc_collects_stale_leftovers_and_purges_old_deleted_records(scratch: Scr
     assert not purged_blob.exists() and not stale_orphan.exists()
     assert kept_blob.exists() and recent_orphan.exists() and live_upload.exists() and foreign.exists()
     assert "left 1 unreferenced object(s) alone" in collected.stderr
-    assert re.search(r"gc: 0 expire, 1 purge, 1 orphan, 0 staging; freed", collected.stdout)
+    assert re.search(r"gc: 0 version\(s\) soft-deleted, 1 blob\(s\) of deleted versions purged,"
+                     r" 1 orphan blob\(s\), 0 staging file\(s\); freed", collected.stdout)
+    assert f"removed the blob of id {purged_id} shop/default version 1.0.0" in collected.stdout
 
     # the purged record stays, deleted; it cannot be restored, only uploaded again
     listed = scratch.api.list("shop", include_deleted="true").json()["results"]
@@ -242,12 +244,13 @@ def test_gc_keep_last(tmp_path: Path) -> None:
 
         dry = scratch.cli("gc", "--dry-run")
         assert dry.returncode == 0, dry.stderr
-        assert f"would expire id {ids[0]} shop/default version 1.0 (keep_last 2)" in dry.stdout
-        assert f"would expire id {ids[1]} " in dry.stdout
+        assert f"would soft-delete id {ids[0]} shop/default version 1.0 (keep_last 2)" in dry.stdout
+        assert f"would soft-delete id {ids[1]} " in dry.stdout
         assert len(scratch.api.list("shop").json()["results"]) == 4
 
         expired = scratch.cli("gc")
         assert expired.returncode == 0, expired.stderr
+        assert f"soft-deleted id {ids[0]} shop/default version 1.0 (keep_last 2)" in expired.stdout
         live = [r["id"] for r in scratch.api.list("shop").json()["results"]]
         assert live == [ids[3], ids[2]]
         assert [r["id"] for r in scratch.api.list("cart").json()["results"]] == [other_id]
