@@ -130,10 +130,15 @@ async def _counted(registry: Registry, origin: str, upload: Awaitable[CommitResu
     return result
 
 
+#: The response header that says what an upload did, for clients that tell the user.
+OUTCOME_HEADER = "Registry-Upload-Outcome"
+
+
 def _upload_response(result_outcome: Outcome, record_data: dict[str, Any]) -> Response:
-    """201 for a new (or revived) version, 200 for an overwrite or an identical re-upload."""
+    """201 for a new (or revived) version, 200 for an overwrite or an identical re-upload;
+    ``Registry-Upload-Outcome`` names which (``created``, ``revived``, ``overwritten``, ``identical``)."""
     status = 201 if result_outcome in (Outcome.CREATED, Outcome.REVIVED) else 200
-    return JSONResponse(record_data, status_code=status)
+    return JSONResponse(record_data, status_code=status, headers={OUTCOME_HEADER: result_outcome.value})
 
 
 async def upload_link(request: Request) -> Response:
@@ -308,7 +313,7 @@ async def readyz(request: Request) -> Response:
     """
     try:
         await _registry(request).check_ready()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+    except Exception as exc:  # any failure means "not ready"
         reason = exc.detail("en") if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
         logger.warning("not ready: %s", reason)
         raise ObjectStoreException("not ready") from exc
