@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
+from registry.fsutil import creatable_problem
 from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
@@ -54,6 +55,20 @@ class FilesystemStorage(Storage):
         def probe() -> None:
             if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
                 raise ObjectStoreException(f"{self.root} is not a writable folder")
+
+        await anyio.to_thread.run_sync(probe)
+
+    async def check_config(self) -> None:
+        """The root is a writable folder, or could be made one by :meth:`startup`."""
+
+        def probe() -> None:
+            if self.root.is_dir():
+                if not os.access(self.root, os.W_OK | os.X_OK):
+                    raise ObjectStoreException(f"{self.root} is not a writable folder")
+                return
+            problem = creatable_problem(self.root / ".staging")
+            if problem is not None:
+                raise ObjectStoreException(problem)
 
         await anyio.to_thread.run_sync(probe)
 
@@ -141,7 +156,7 @@ def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # deleted while we walk
                 continue
-            modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             yield BlobInfo(key=key, size=stat.st_size, modified=modified)
 
 

@@ -28,7 +28,7 @@ from registry import __version__
 from registry.cli_client import UsageError, add_client_commands
 from registry.client_errors import ClientError
 from registry.errors import RegistryError, ValidationError
-from registry.settings import Settings, SettingsError, find_config_file
+from registry.settings import CONFIG_ENV, DEFAULT_CONFIG_NAME, Settings, SettingsError, find_config_file
 from registry.terminal import human_size, print_table, progress_bar
 from registry.validation import parse_slug
 
@@ -47,7 +47,13 @@ T = TypeVar("T")
 def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
     from registry.bootstrap import build_registry, load_settings
 
-    settings, pm = load_settings(find_config_file(args.config))
+    config = find_config_file(args.config)
+    settings, pm = load_settings(config)
+    if config is None:
+        # without a file the defaults put the database in the current folder: an
+        # operator in the wrong folder must not mistake it for the server's
+        print(f"note: no config file (--config, ${CONFIG_ENV}, ./{DEFAULT_CONFIG_NAME}); built-in defaults"
+              f" and the environment, database {settings['database.path']}", file=sys.stderr)
     return settings, build_registry(settings, pm)
 
 
@@ -97,13 +103,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings, registry = _load(args)
 
-    async def probe() -> None:
-        await registry.storage.startup()
-        await registry.check_ready()
-        await registry.storage.shutdown()
+    async def probe() -> str:
+        # look, create nothing: no database file, no storage folder
+        state = await asyncio.to_thread(registry.db.check_existing)
+        await registry.storage.check_config()
+        return state
 
     try:
-        asyncio.run(probe())
+        database_state = asyncio.run(probe())
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
@@ -111,7 +118,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"
-    print(f"ok: {source}: database {settings['database.path']}, storage {settings['storage.backend']}")
+    print(f"ok: {source}: database {settings['database.path']} ({database_state}),"
+          f" storage {settings['storage.backend']}")
     return 0
 
 

@@ -20,7 +20,7 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def _schema_v1(db: sqlite_utils.Database) -> None:
-    db["packages"].create(
+    db.table("packages").create(
         {
             "id": int,
             "code": str,
@@ -47,10 +47,10 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         defaults={"is_deleted": 0, "revived": 0, "origin": "", "source_url": "", "file_name": ""},
     )
     # The guard that lets only one of two concurrent uploads of a version win.
-    db["packages"].create_index(["code", "module", "version"], unique=True)
-    db["packages"].create_index(["code", "module", "created"])
-    db["packages"].create_index(["blob_key"], unique=True)
-    db["credentials"].create(
+    db.table("packages").create_index(["code", "module", "version"], unique=True)
+    db.table("packages").create_index(["code", "module", "created"])
+    db.table("packages").create_index(["blob_key"], unique=True)
+    db.table("credentials").create(
         {
             "id": int,
             "kind": str,
@@ -66,7 +66,7 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         not_null={"kind", "name", "secret_hash", "apps", "read_only", "created"},
         defaults={"read_only": 0, "apps": "[]", "hint": ""},
     )
-    db["credentials"].create_index(["secret_hash"], unique=True)
+    db.table("credentials").create_index(["secret_hash"], unique=True)
 
 
 def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
@@ -77,8 +77,8 @@ def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
     - ``purged_at``: NULL, or when ``gc`` removed a soft-deleted record's blob;
       such a record can no longer be restored, only uploaded again.
     """
-    db["packages"].add_column("broken", str)
-    db["packages"].add_column("purged_at", str)
+    db.table("packages").add_column("broken", str)
+    db.table("packages").add_column("purged_at", str)
 
 
 #: Migrations in order; PRAGMA user_version records how many have run.
@@ -139,6 +139,26 @@ class Database:
     def check(self) -> None:
         """Raise ``sqlite3.Error`` unless the database answers."""
         self.connection().execute("SELECT 1 FROM packages LIMIT 1").fetchall()
+
+    def check_existing(self) -> str:
+        """Check the database without creating or changing anything (``check-config``).
+
+        Returns ``"exists"`` when the file opens read-only and holds the
+        registry's tables, or ``"not created yet"`` when it is absent (the
+        caller has checked it can be created).
+
+        :raises sqlite3.Error: the file is not a readable registry database.
+        """
+        if not self.path.exists():
+            return "not created yet"
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if conn.execute("PRAGMA user_version").fetchone()[0] > 0:
+                conn.execute("SELECT 1 FROM packages LIMIT 1").fetchall()
+        finally:
+            conn.close()
+        return "exists"
 
     def close(self) -> None:
         """Close this thread's connection."""

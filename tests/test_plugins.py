@@ -174,3 +174,63 @@ def test_builtin_plugins_come_from_the_entry_point_group() -> None:
 
     names = {name for name, _ in make_plugin_manager().list_name_plugin()}
     assert {"origin_http", "origin_file", "storage_filesystem"} <= names
+
+
+# -- plugins that cannot load, and switching built-ins off ---------------------------------------
+
+
+def write_module(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("raise RuntimeError('no licence server')\n",
+     "plugins.modules: plugin 'broken_plugin' failed to import: RuntimeError: no licence server"),
+    ("""
+     from registry.hookspecs import hookimpl
+
+     @hookimpl
+     def registry_origins(setings):
+         return []
+     """, "plugins.modules: plugin 'broken_plugin': Plugin 'broken_plugin' for hook 'registry_origins'"),
+    ("""
+     from registry.hookspecs import hookimpl
+
+     @hookimpl
+     def registry_orgins(settings):
+         return []
+     """, "plugin 'broken_plugin': unknown hook 'registry_orgins'"),
+])
+def test_a_broken_plugin_stops_start_up_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  source: str, message: str) -> None:
+    from registry.bootstrap import load_settings
+    from registry.settings import SettingsError
+
+    name = f"broken_plugin_{tmp_path.name}"  # a module name of its own: imports are cached
+    write_module(tmp_path / "src", name, source)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    config = tmp_path / "registry.toml"
+    config.write_text(f'[plugins]\nmodules = ["{name}"]\n')
+    message = message.replace("broken_plugin", name)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_built_in_plugin_can_be_switched_off(tmp_path: Path) -> None:
+    from registry.bootstrap import load_settings
+    from registry.settings import SettingsError
+
+    config = tmp_path / "registry.toml"
+    config.write_text('[plugins]\ndisabled = ["webhook", "origin_s3"]\n[origins]\nenabled = ["http", "file"]\n')
+    settings, pm = load_settings(config)
+    names = {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+    assert "webhook" not in names and "origin_s3" not in names
+    assert {"origin_http", "origin_file", "audit"} <= names
+    assert "webhooks.urls" not in settings  # its keys go with it
+
+    config.write_text('[plugins]\ndisabled = ["webhooks"]\n')
+    with pytest.raises(SettingsError, match=r"plugins\.disabled': no installed plugin named 'webhooks' \(installed: "):
+        load_settings(config)
