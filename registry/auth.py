@@ -9,10 +9,15 @@ Two kinds exist, matching the platform's gateway headers:
 
 Secrets are random 256-bit strings, so a plain SHA-256 is the right hash: it
 cannot be brute-forced and lets a token be found by its hash alone. Only the
-hash is stored, plus, for tokens, a hint of their first characters
-(``spr_`` and four random ones) that ``token list`` shows; app secrets are
-compared against every live hash of their app code with
+hash is stored, plus a hint of the first characters (``spr_`` and four random
+ones for tokens, four for app secrets) that ``token list`` shows; app secrets
+are compared against every live hash of their app code with
 :func:`hmac.compare_digest`.
+
+A credential may expire (``expires_at``): from then on it answers 401 like a
+revoked one. When it was last used is kept for ``token list``, written at most
+once per :data:`LAST_USED_EVERY` per credential so that reads do not each
+cost a database write.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, UTC
 
 from registry.db import Database
 from registry.errors import PermissionDenied, Unauthenticated
@@ -30,6 +38,10 @@ from registry.records import utc_now
 
 TOKEN_PREFIX = "spr_"
 HINT_LENGTH = 8
+APP_SECRET_HINT_LENGTH = 4
+#: How stale ``last_used`` may get: at most one write per credential in this time.
+LAST_USED_EVERY = timedelta(minutes=1)
+STORED_TIME = "%Y-%m-%d %H:%M:%S.%f"
 MAX_HEADER_LENGTH = 4096
 
 
@@ -68,13 +80,28 @@ class CredentialInfo:
     read_only: bool
     created: str
     revoked_at: str | None
+    expires_at: str | None = None
+    last_used: str | None = None
+
+    def status(self, now: str) -> str:
+        """``active``, ``revoked`` or ``expired`` at ``now`` (a stored UTC time)."""
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= now:
+            return "expired"
+        return "active"
 
 
 def _hint(kind: str, secret: str) -> str:
-    """What ``token list`` shows to tell tokens apart: the ``spr_`` prefix and
-    four random characters (24 of 256 bits). App secrets get none: their
-    owner is named by the app code."""
-    return secret[:HINT_LENGTH] if kind == "token" else ""
+    """What ``token list`` shows to tell credentials apart: for tokens the
+    ``spr_`` prefix and four random characters, for app secrets their first
+    four (24 of 256 bits either way)."""
+    return secret[:HINT_LENGTH] if kind == "token" else secret[:APP_SECRET_HINT_LENGTH]
+
+
+def stored_time(moment: datetime) -> str:
+    """``moment`` in the stored UTC form (see :func:`registry.records.utc_now`)."""
+    return moment.astimezone(UTC).strftime(STORED_TIME)
 
 
 def _digest(secret: str) -> str:
@@ -86,27 +113,62 @@ class CredentialStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # credential id -> time.monotonic() of this process's last ``last_used`` write
+        self._touched: dict[int, float] = {}
+        self._touched_lock = threading.Lock()
 
-    def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool) -> None:
+    def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool,
+                expires_in: timedelta | None) -> None:
+        expires_at = stored_time(datetime.now(UTC) + expires_in) if expires_in is not None else None
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (kind, name, _digest(secret), _hint(kind, secret), json.dumps(sorted(set(apps))),
-                 int(read_only), utc_now()),
+                 int(read_only), utc_now(), expires_at),
             )
 
-    def create_token(self, operator: str, apps: list[str], read_only: bool) -> str:
-        """Make an access token; the returned string is its only copy."""
+    def create_token(self, operator: str, apps: list[str], read_only: bool,
+                     expires_in: timedelta | None = None) -> str:
+        """Make an access token, valid for ``expires_in`` (None: until revoked);
+        the returned string is its only copy."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self._create("token", operator, token, apps, read_only)
+        self._create("token", operator, token, apps, read_only, expires_in)
         return token
 
-    def create_app_secret(self, app_code: str, apps: list[str], read_only: bool = False) -> str:
+    def create_app_secret(self, app_code: str, apps: list[str], read_only: bool = False,
+                          expires_in: timedelta | None = None) -> str:
         """Make an app secret for ``app_code``; the returned string is its only copy."""
         secret = secrets.token_urlsafe(32)
-        self._create("app_secret", app_code, secret, apps, read_only)
+        self._create("app_secret", app_code, secret, apps, read_only, expires_in)
         return secret
+
+    def _usable(self, row: Mapping[str, object]) -> Principal:
+        """The principal of a live credential's row, its use noted.
+
+        :raises Unauthenticated: the credential has expired.
+        """
+        now = utc_now()
+        expires_at = row["expires_at"]
+        if isinstance(expires_at, str) and expires_at <= now:
+            raise Unauthenticated("credential expired")
+        self._note_use(int(row["id"]), row["last_used"], now)  # type: ignore[call-overload]
+        return self._principal(row)
+
+    def _note_use(self, credential_id: int, last_used: object, now: str) -> None:
+        """Record that the credential was used, unless it was already less
+        than :data:`LAST_USED_EVERY` ago (by this process, or as the row says)."""
+        every = LAST_USED_EVERY.total_seconds()
+        with self._touched_lock:
+            previous = self._touched.get(credential_id)
+            if previous is not None and time.monotonic() - previous < every:
+                return
+            self._touched[credential_id] = time.monotonic()
+        threshold = stored_time(datetime.now(UTC) - LAST_USED_EVERY)
+        if isinstance(last_used, str) and last_used > threshold:
+            return  # another process noted it recently
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, credential_id))
 
     def _principal(self, row: Mapping[str, object]) -> Principal:
         return Principal(
@@ -122,12 +184,14 @@ class CredentialStore:
         An index lookup on the hash is safe here: timing can at most reveal
         something about a hash the caller chose the preimage of, never about
         a stored token.
+
+        :raises Unauthenticated: the token has expired.
         """
         row = self.db.connection().execute(
             "SELECT * FROM credentials WHERE secret_hash = ? AND kind = 'token' AND revoked_at IS NULL",
             (_digest(token),),
         ).fetchone()
-        return self._principal(row) if row is not None else None
+        return self._usable(row) if row is not None else None
 
     def by_app_secret(self, app_code: str, secret: str) -> Principal | None:
         """The principal of ``app_code``'s live app secret equal to ``secret``,
@@ -142,7 +206,7 @@ class CredentialStore:
         for row in rows:  # compare against every candidate: no early exit to time
             if hmac.compare_digest(row["secret_hash"], digest):
                 match = row
-        return self._principal(match) if match is not None else None
+        return self._usable(match) if match is not None else None
 
     def list(self) -> list[CredentialInfo]:
         """Every credential, revoked ones included, by id: hints, never secrets or hashes."""
@@ -152,6 +216,7 @@ class CredentialStore:
                 id=row["id"], kind=row["kind"], name=row["name"], hint=row["hint"],
                 apps=json.loads(row["apps"]), read_only=bool(row["read_only"]),
                 created=row["created"], revoked_at=row["revoked_at"],
+                expires_at=row["expires_at"], last_used=row["last_used"],
             )
             for row in rows
         ]
@@ -203,7 +268,7 @@ def parse_credentials(headers: Mapping[str, str]) -> tuple[str, ...] | None:
 def authenticate(store: CredentialStore, credentials: tuple[str, ...] | None) -> Principal | None:
     """The principal for parsed ``credentials``; None when there are none.
 
-    Blocks (SQLite). :raises Unauthenticated: unknown or revoked credential.
+    Blocks (SQLite). :raises Unauthenticated: unknown, revoked or expired credential.
     """
     if credentials is None:
         return None

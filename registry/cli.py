@@ -23,13 +23,14 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from registry import __version__
 from registry.cli_client import UsageError, add_client_commands
 from registry.client_errors import ClientError
 from registry.errors import RegistryError, ValidationError
 from registry.settings import CONFIG_ENV, DEFAULT_CONFIG_NAME, Settings, SettingsError, find_config_file
-from registry.terminal import human_size, print_table, progress_bar
+from registry.terminal import display_time, human_size, print_table, progress_bar
 from registry.validation import parse_slug
 
 # The server stack (uvicorn, starlette, boto3 through the storage plugins) is
@@ -137,9 +138,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     if not args.operator.strip() or len(args.operator) > 64 or not args.operator.isprintable():
         args.parser.error("--operator: a printable name of 1-64 characters")
     _, registry = _load(args)
-    token = registry.credentials.create_token(args.operator, args.app or [], args.read_only)
+    token = registry.credentials.create_token(args.operator, args.app or [], args.read_only, args.expires_in)
     scope = ", ".join(args.app) if args.app else "all applications"
-    print(f"token for operator {args.operator!r} ({scope}{', read-only' if args.read_only else ''}); shown once:")
+    print(f"token for operator {args.operator!r} ({scope}{', read-only' if args.read_only else ''}"
+          f"{_lifetime(args.expires_in)}); shown once:")
     print(token)
     return 0
 
@@ -151,28 +153,53 @@ def cmd_app_secret_create(args: argparse.Namespace) -> int:
     except ValidationError:
         args.parser.error(f"--app-code {args.app_code!r}: 1-32 characters of a-z, 0-9, '-' and '_'")
     _, registry = _load(args)
-    secret = registry.credentials.create_app_secret(args.app_code, args.app or [], args.read_only)
+    secret = registry.credentials.create_app_secret(args.app_code, args.app or [], args.read_only, args.expires_in)
     scope = ", ".join(args.app) if args.app else "all applications"
-    print(f"secret for app code {args.app_code!r} ({scope}); shown once:")
+    print(f"secret for app code {args.app_code!r} ({scope}{_lifetime(args.expires_in)}); shown once:")
     print(secret)
     return 0
 
 
-TOKEN_LIST_HEADERS = ("ID", "KIND", "NAME", "HINT", "APPS", "MODE", "STATUS")
+TOKEN_LIST_HEADERS = ("ID", "KIND", "NAME", "HINT", "APPS", "MODE", "CREATED", "LAST USED", "EXPIRES", "STATUS")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s``: a positive number with a unit (argparse type)."""
+    number, unit = value[:-1], value[-1:]
+    if unit not in DURATION_UNITS or not number.isascii() or not number.isdigit() or int(number) == 0 \
+            or len(number) > 6:
+        raise argparse.ArgumentTypeError(f"expected a whole number with s, m, h or d, such as 90d, not {value!r}")
+    return timedelta(seconds=int(number) * DURATION_UNITS[unit])
+
+
+def _lifetime(expires_in: timedelta | None) -> str:
+    """``, expires in 90d``, in the largest unit that divides it, as it was likely given."""
+    if expires_in is None:
+        return ""
+    seconds = int(expires_in.total_seconds())
+    unit = next(u for u, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1]) if seconds % size == 0)
+    return f", expires in {seconds // DURATION_UNITS[unit]}{unit}"
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     """Every token and app secret as a table (never the secrets), or ``--json``."""
-    _, registry = _load(args)
+    from registry.records import utc_now
+
+    settings, registry = _load(args)
     rows = registry.credentials.list()
+    now = utc_now()
     if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2))
+        print(json.dumps([{**row.__dict__, "status": row.status(now)} for row in rows], indent=2))
         return 0
+    zone = ZoneInfo(settings["server.time_zone"])
     print_table(
         TOKEN_LIST_HEADERS,
         [[str(row.id), row.kind, row.name, row.hint + "…", ",".join(row.apps) or "*",
-          "read" if row.read_only else "write",
-          f"revoked {row.revoked_at[:19]}" if row.revoked_at else "active"] for row in rows],
+          "read" if row.read_only else "write", display_time(row.created, zone),
+          display_time(row.last_used, zone, never="never"), display_time(row.expires_at, zone, never="never"),
+          row.status(now) + (f" {display_time(row.revoked_at, zone)}" if row.revoked_at else "")]
+         for row in rows],
         right=["ID"],
     )
     return 0
@@ -305,14 +332,15 @@ def cmd_events(args: argparse.Namespace) -> int:
     """The audit trail the ``audit`` plugin keeps, newest first."""
     from plugins.audit import recent_events
 
-    _, registry = _load(args)
+    settings, registry = _load(args)
     events = recent_events(registry.db, limit=args.limit, code=args.app)
+    zone = ZoneInfo(settings["server.time_zone"])
     if args.json:
         print(json.dumps(events, indent=2, ensure_ascii=False))
         return 0
     print_table(
         ["ID", "TIME", "EVENT", "OPERATOR", "APP/MODULE", "PACKAGE", "VERSION", "SHA256"],
-        [[str(e["id"]), e["time"], e["kind"], e["operator"], f"{e['code']}/{e['module']}", str(e["package_id"]),
+        [[str(e["id"]), display_time(e["time"], zone), e["kind"], e["operator"], f"{e['code']}/{e['module']}", str(e["package_id"]),
           e["version"], e["sha256"][:16]] for e in events],
         right=["ID", "PACKAGE"],
     )
@@ -362,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--operator", required=True, help="name recorded as the operator of its writes")
     create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     create.add_argument("--read-only", action="store_true", help="allow reads only")
+    create.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                        help="valid for this long: a number with s, m, h or d (90d); default: until revoked")
     create.set_defaults(func=cmd_token_create, parser=create)
     listing = token.add_parser("list", help="list tokens and app secrets (never the secrets)")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -376,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.add_argument("--app-code", required=True, help="the bk_app_code that sends the secret")
     secret_create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     secret_create.add_argument("--read-only", action="store_true", help="allow reads only")
+    secret_create.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                               help="valid for this long: a number with s, m, h or d (90d); default: until revoked")
     secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)

@@ -81,9 +81,20 @@ def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
     db.table("packages").add_column("purged_at", str)
 
 
+def _credential_expiry_v3(db: sqlite_utils.Database) -> None:
+    """Credential lifetimes and use, for ``token create --expires-in`` and ``token list``.
+
+    - ``expires_at``: NULL (never), or the UTC time from which the credential answers 401.
+    - ``last_used``: NULL, or about when it last authenticated a request
+      (written at most once a minute per credential, not on every request).
+    """
+    db.table("credentials").add_column("expires_at", str)
+    db.table("credentials").add_column("last_used", str)
+
+
 #: Migrations in order; PRAGMA user_version records how many have run.
 #: Append only: a database records how many of these it has applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _integrity_marks_v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _integrity_marks_v2, _credential_expiry_v3]
 
 
 class Database:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, tzinfo, UTC
 from typing import Protocol
+
+#: The one way the CLI shows a time, as the records' ``created``/``updated`` are.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class ProgressSink(Protocol):
@@ -81,7 +85,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right:
     def line(cells: Sequence[str]) -> str:
         parts = [
             cell.rjust(width) if header in right else cell.ljust(width)
-            for cell, width, header in zip(cells, widths, headers)
+            for cell, width, header in zip(cells, widths, headers, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
@@ -98,3 +102,17 @@ def human_size(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def display_time(value: str | None, zone: tzinfo, *, never: str = "-") -> str:
+    """A stored time as every CLI table shows times: ``YYYY-MM-DD HH:MM:SS`` in ``zone``.
+
+    Accepts the stored form (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) and ISO 8601
+    with an offset (event times); None or empty gives ``never``.
+    """
+    if not value:
+        return never
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(zone).strftime(TIME_FORMAT)

@@ -8,6 +8,7 @@ import http.server
 import json
 import sqlite3
 import threading
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.attempts += 1
                 if receiver.attempts <= failures:
@@ -36,7 +37,7 @@ class Receiver:
                     self.send_response(204)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -98,6 +99,9 @@ def test_audit_table_and_webhooks(tmp_path: Path, receiver: Receiver) -> None:
         assert listed[-1]["sha256"] == rows[0][3]
         table = server.cli("events", "--app", "evt").stdout
         assert "overwritten" in table and "carol" in table
+        # times as every CLI table shows them (records, tokens): YYYY-MM-DD HH:MM:SS
+        first_row = table.splitlines()[1].split()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", first_row[1]) and re.fullmatch(r"\d\d:\d\d:\d\d", first_row[2])
         assert server.cli("events", "--app", "other", "--json").stdout.strip() == "[]"
     finally:
         server.stop()
