@@ -2,11 +2,13 @@
 
 Operator commands read the config file (``--config``, defaulting to
 ``$REGISTRY_CONFIG``, then ``./registry.toml``, then the built-in defaults):
-``serve``, ``check-config``, ``token …``, ``app-secret …``, ``fsck``, ``gc``.
+``serve``, ``check-config``, ``token …``, ``app-secret …``, ``fsck``, ``gc``,
+``events``, ``backup``, ``restore-backup``.
 
 Client commands talk HTTP to a running registry and read no config file: the
 server and token come from ``--url``/``--token`` or ``$REGISTRY_URL``/
-``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``. They live in
+``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``, ``rm``,
+``restore``, ``apps``, ``modules``. They live in
 :mod:`registry.cli_client`.
 
 Exit status: 0 on success, 1 on any failure (the registry's ``code: detail``,
@@ -22,6 +24,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -309,6 +312,53 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- operator: backup and restore ------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the database and a manifest of its blobs, while the server runs."""
+    from registry.backup import BackupError, make_backup
+
+    _, registry = _load(args)
+    try:
+        summary = make_backup(registry, Path(args.to))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup in {summary.folder}: database and manifest of {summary.blobs} blob(s)"
+          f" ({human_size(summary.bytes)}); back up the storage's blobs by its own means")
+    return 0
+
+
+def cmd_restore_backup(args: argparse.Namespace) -> int:
+    """Put a backup's database in place, once the storage is seen to hold its blobs."""
+    from registry.backup import DATABASE_FILE, BackupError, missing_blobs, read_manifest
+
+    settings, registry = _load(args)
+    folder = Path(args.folder)
+    try:
+        manifest = read_manifest(folder)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    target = Path(settings["database.path"])
+    if target.exists() and not args.force:
+        print(f"error: database {target} exists; stop every server using it and pass --force to replace it",
+              file=sys.stderr)
+        return 1
+    with progress_bar("checking blobs", unit="items") as progress:
+        missing = _run_with_storage(registry, lambda: missing_blobs(registry, manifest, progress))
+    for key in missing:
+        print(f"missing blob {key}", file=sys.stderr)
+    if missing and not args.allow_missing:
+        print(f"error: the storage lacks {len(missing)} blob(s) the backup's records need; restore the"
+              " storage first, or pass --allow-missing (fsck --repair then marks those records)", file=sys.stderr)
+        return 1
+    registry.db.restore_from(folder / DATABASE_FILE)
+    print(f"restored {target} from {folder} ({len(manifest['blobs'])} blob(s) listed, {len(missing)} missing)")
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------
 
 
@@ -370,6 +420,18 @@ def _add_maintenance_commands(commands: Any) -> None:
     gc.set_defaults(func=cmd_gc)
 
 
+def _add_backup_commands(commands: Any) -> None:
+    backup = commands.add_parser("backup", help="copy the database (consistently, while serving) and list its blobs")
+    backup.add_argument("--to", required=True, metavar="DIR", help="a new or empty folder")
+    backup.set_defaults(func=cmd_backup)
+    restore = commands.add_parser("restore-backup", help="put a backup's database in place (servers stopped)")
+    restore.add_argument("folder", metavar="DIR", help="a folder made by 'registry backup'")
+    restore.add_argument("--force", action="store_true", help="replace an existing database")
+    restore.add_argument("--allow-missing", action="store_true",
+                         help="restore even when the storage lacks some of the backup's blobs")
+    restore.set_defaults(func=cmd_restore_backup)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="registry", description="Source Package Registry")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -411,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)
+    _add_backup_commands(commands)
     add_client_commands(commands)
     return parser
 

@@ -171,6 +171,34 @@ class Database:
             conn.close()
         return "exists"
 
+    def backup_to(self, target: Path) -> None:
+        """Copy the whole database to the new file ``target``, consistently,
+        while other connections keep reading and writing (SQLite's online
+        backup: the copy is one committed state)."""
+        source = self.connection()
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+
+    def restore_from(self, backup: Path) -> None:
+        """Replace this database's content with the database file ``backup``
+        (SQLite's backup API, so the WAL and locks stay consistent).
+
+        Run only while no server uses this database.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        source = sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)
+        target = sqlite3.connect(self.path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        self.close()
+        self._migrated = False  # an older backup migrates on first use
+
     def close(self) -> None:
         """Close this thread's connection."""
         conn = getattr(self._local, "conn", None)

@@ -6,9 +6,11 @@ so the session's shared server stays clean.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -279,3 +281,57 @@ def test_gc_keeps_every_blob_a_record_points_to_however_old(scratch: Scratch) ->
     assert result.returncode == 0, result.stderr
     assert scratch.blob_of(live_data).exists() and scratch.blob_of(deleted_data).exists()
     assert scratch.api.download("shop", live_id).content == live_data
+
+
+# -- backup and restore-backup ----------------------------------------------------------------
+
+
+def test_backup_while_serving_and_restore(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    with scratch_registry(root) as scratch:
+        kept_id, kept = scratch.upload("shop", "1.0")
+        gone_id, gone = scratch.upload("shop", "2.0")
+        backup = tmp_path / "backup"
+        made = scratch.cli("backup", "--to", str(backup))
+        assert made.returncode == 0, made.stderr
+        assert "manifest of 2 blob(s)" in made.stdout
+        manifest = json.loads((backup / "manifest.json").read_text())
+        assert manifest["format"] == 1 and manifest["storage"] == "filesystem"
+        assert sorted(b["sha256"] for b in manifest["blobs"]) == sorted(
+            hashlib.sha256(d).hexdigest() for d in (kept, gone))
+        for blob in manifest["blobs"]:
+            assert (scratch.packages / blob["key"]).read_bytes() in (kept, gone)
+        # the copy opens as a database on its own
+        with sqlite3.connect(backup / "registry.db") as db:
+            assert db.execute("SELECT count(*) FROM packages").fetchone()[0] == 2
+        assert scratch.cli("backup", "--to", str(backup)).returncode == 1  # never into a used folder
+
+        # changes after the backup: a deletion and a new version
+        assert scratch.api.delete("shop", gone_id).status_code == 204
+        scratch.upload("shop", "3.0")
+        refused = scratch.cli("restore-backup", str(backup))
+        assert refused.returncode == 1 and "--force" in refused.stderr
+    # servers stopped: restore
+    restored = run("--config", str(scratch.server.config), "restore-backup", str(backup), "--force")
+    assert restored.returncode == 0, restored.stderr
+    with scratch_registry(root) as again:
+        versions = sorted((r["version"], r["is_deleted"]) for r in again.api.list("shop").json()["results"])
+        assert versions == [("1.0", False), ("2.0", False)]
+        assert again.api.download("shop", kept_id).content == kept
+        assert again.api.download("shop", gone_id).content == gone
+        assert again.cli("fsck").returncode == 0
+
+
+def test_restore_refuses_a_backup_whose_blobs_are_missing(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    with scratch_registry(root) as scratch:
+        _, data = scratch.upload("shop", "1.0")
+        assert scratch.cli("backup", "--to", str(tmp_path / "backup")).returncode == 0
+        scratch.blob_of(data).unlink()
+    config = str(scratch.server.config)
+    result = run("--config", config, "restore-backup", str(tmp_path / "backup"), "--force")
+    assert result.returncode == 1
+    assert "missing blob shop/default/" in result.stderr and "lacks 1 blob(s)" in result.stderr
+    assert run("--config", config, "restore-backup", str(tmp_path), "--force").returncode == 1  # not a backup
+    allowed = run("--config", config, "restore-backup", str(tmp_path / "backup"), "--force", "--allow-missing")
+    assert allowed.returncode == 0, allowed.stderr
