@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import httpx
+import pytest
 from starlette.routing import Route
 
 from registry.api.openapi import build_openapi
@@ -113,3 +115,25 @@ def test_openapi_and_docs_served_without_auth(registry: RegistryProcess) -> None
     assert docs.headers["content-type"].startswith("text/html")
     assert "openapi.json" in docs.text
     assert "<script src=" not in docs.text
+
+
+def test_docs_page_shows_response_schemas_and_the_credential_headers(registry: RegistryProcess) -> None:
+    """The page, rendered by a real browser, names each response's schema and explains both headers."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page()
+            page.goto(f"{registry.url}/docs")
+            page.wait_for_selector(".op")
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert "X-BKAPI-AUTHORIZATION" in text and "Authorization" in text
+    assert "registry token create" in text and "bk_app_secret" in text
+    assert "application/json Package" in text and "sha256_signature" in text
+    assert "application/json Error" in text and "header bkapi-error-code" in text
+    assert "header Registry-Upload-Outcome" in text
