@@ -92,4 +92,18 @@ def make_plugin_manager(
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise SettingsError(f"plugin {name!r}: {_first_line(exc)}") from exc
+    _refuse_wrappers(pm)
     return pm
+
+
+def _refuse_wrappers(pm: pluggy.PluginManager) -> None:
+    """Hook wrappers would be skipped by :func:`registry.hooks.call_hook`: refuse them
+    at start-up rather than let them silently not run."""
+    for name in dir(hookspecs):
+        caller = getattr(pm.hook, name, None) if name.startswith(hookspecs.PROJECT + "_") else None
+        if caller is None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                raise SettingsError(f"plugin {impl.plugin_name!r}: {name} is a hook wrapper;"
+                                    " registry hooks do not support wrappers")

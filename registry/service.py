@@ -13,7 +13,6 @@ file is removed on exit, and a blob that did not end up referenced is deleted.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from registry import events
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
 from registry.db import Database
+from registry.hooks import call_hook
 from registry.errors import (
     ChecksumMismatch,
     InvalidPackage,
@@ -114,16 +114,15 @@ class Registry:
         removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
         if removed:
             logger.info("removed %d stale staging file(s)", removed)
-        for result in self.pm.hook.registry_startup(registry=self):
-            if inspect.isawaitable(result):
-                await result
+        await call_hook(self.pm.hook.registry_startup, {"registry": self}, on_error="raise")
 
     async def shutdown(self) -> None:
-        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage."""
-        for result in self.pm.hook.registry_shutdown(registry=self):
-            if inspect.isawaitable(result):
-                await result
-        await self.storage.shutdown()
+        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage,
+        also when a hook fails (each failure is logged)."""
+        try:
+            await call_hook(self.pm.hook.registry_shutdown, {"registry": self}, on_error="log")
+        finally:
+            await self.storage.shutdown()
 
     async def check_ready(self) -> None:
         """Return when the database and the storage answer now; raise whatever

@@ -234,3 +234,82 @@ def test_a_built_in_plugin_can_be_switched_off(tmp_path: Path) -> None:
     config.write_text('[plugins]\ndisabled = ["webhooks"]\n')
     with pytest.raises(SettingsError, match=r"plugins\.disabled': no installed plugin named 'webhooks' \(installed: "):
         load_settings(config)
+
+
+# -- hooks that may return an awaitable --------------------------------------------------------
+
+
+class ShutdownProbe:
+    """A failing shutdown hook beside one that works, and a filesystem storage that notes its shutdown."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def registry_shutdown(self) -> None:
+        self.calls.append("sync shutdown")
+        raise RuntimeError("shutdown hook failed")
+
+
+class AsyncShutdown:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    @hookimpl
+    async def registry_shutdown(self, registry: object) -> None:
+        self.calls.append("async shutdown")
+        raise RuntimeError("async shutdown hook failed")
+
+
+async def test_a_failing_shutdown_hook_skips_neither_the_others_nor_the_storage(tmp_path: Path) -> None:
+    from registry.bootstrap import build_registry, load_settings
+    from tests.helpers import to_toml
+
+    config = tmp_path / "registry.toml"
+    config.write_text(to_toml(base_config(tmp_path)))
+    probe = ShutdownProbe()
+    settings, pm = load_settings(config, [probe, AsyncShutdown(probe.calls)])
+    registry = build_registry(settings, pm)
+    storage_shutdown = registry.storage.shutdown
+
+    async def noted_shutdown() -> None:
+        probe.calls.append("storage shutdown")
+        await storage_shutdown()
+
+    registry.storage.shutdown = noted_shutdown  # type: ignore[method-assign]
+    await registry.startup()
+    await registry.shutdown()
+    assert sorted(probe.calls) == ["async shutdown", "storage shutdown", "sync shutdown"]
+    assert probe.calls[-1] == "storage shutdown"
+
+
+class FailingStartup:
+    @hookimpl
+    async def registry_startup(self) -> None:
+        raise RuntimeError("cannot start")
+
+
+async def test_a_failing_startup_hook_stops_start_up(tmp_path: Path) -> None:
+    from registry.bootstrap import build_registry, load_settings
+    from tests.helpers import to_toml
+
+    config = tmp_path / "registry.toml"
+    config.write_text(to_toml(base_config(tmp_path)))
+    registry = build_registry(*load_settings(config, [FailingStartup()]))
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await registry.startup()
+    await registry.storage.shutdown()
+
+
+class Wrapper:
+    @hookimpl(wrapper=True)
+    def registry_startup(self) -> object:
+        return (yield)
+
+
+def test_hook_wrappers_are_refused(tmp_path: Path) -> None:
+    from registry.bootstrap import load_settings
+    from registry.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="registry_startup is a hook wrapper; registry hooks do not support wrappers"):
+        load_settings(None, [Wrapper()])
