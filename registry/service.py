@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,13 +157,50 @@ class Registry:
             raise UnsupportedSourceOrigin(f"origin '{disabled}' is disabled")
         raise UnsupportedSourceOrigin(f"no origin accepts '{scheme}:' URLs")
 
-    async def upload_link(self, upload: UploadRequest, origin: Origin, package_url: str) -> CommitResult:
-        """Fetch ``package_url`` through ``origin`` (from :meth:`resolve_origin`) and ingest it.
+    async def _counted(self, origin: str, upload: Awaitable[CommitResult]) -> CommitResult:
+        """Await an upload, counting its outcome or error code by origin
+        (``registry_uploads_total``): every way in counts the same."""
+        try:
+            result = await upload
+        except RegistryError as exc:
+            self.metrics.uploads.labels(origin, exc.code).inc()
+            raise
+        self.metrics.uploads.labels(origin, result.outcome.value).inc()
+        return result
+
+    async def upload_link(self, upload: UploadRequest, package_url: str) -> CommitResult:
+        """Fetch ``package_url`` through the enabled origin that accepts it and ingest it.
 
         When the version is given, conflicts are decided before the body is
         read where the bytes are already known to differ: by the client's
         ``sha256``, or by the size the origin announces.
+
+        :raises UnsupportedSourceOrigin: no enabled origin accepts the URL
+            (counted under origin ``none``).
         """
+        try:
+            origin = self.resolve_origin(package_url)
+        except RegistryError as exc:
+            self.metrics.uploads.labels("none", exc.code).inc()
+            raise
+        return await self._counted(origin.name, self._fetch_and_ingest(upload, origin, package_url))
+
+    async def upload_file(self, receive: Callable[[StagingFile], Awaitable[tuple[UploadRequest, str]]]) -> CommitResult:
+        """Stage a file the caller receives and ingest it (counted under origin ``upload``).
+
+        :param receive: writes the bytes into the staging file it is given and
+            returns the upload's validated fields and the file's name; its
+            errors fail the upload like any other (the staging file is removed).
+        """
+
+        async def stage_and_ingest() -> CommitResult:
+            async with self.staging() as staged:
+                upload, file_name = await receive(staged)
+                return await self.ingest(upload, staged, file_name=file_name, origin="upload")
+
+        return await self._counted("upload", stage_and_ingest())
+
+    async def _fetch_and_ingest(self, upload: UploadRequest, origin: Origin, package_url: str) -> CommitResult:
         existing = None
         if upload.version is not None:
             existing = await self._live_version(upload, upload.version)

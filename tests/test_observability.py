@@ -8,7 +8,7 @@ import shutil
 
 import httpx
 import pytest
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from registry.api.openapi import build_openapi
 from registry.api.routes import build_routes
@@ -89,15 +89,28 @@ def _template(path: str) -> str:
     return path
 
 
+def served_routes() -> list[tuple[str, set[str]]]:
+    """(path, methods) of every route, mounts expanded (``{stage:stage}`` spelled ``{stage}``)."""
+    found: list[tuple[str, set[str]]] = []
+    for route in build_routes():
+        if isinstance(route, Mount):
+            prefix = route.path.replace("{stage:stage}", "stag")
+            found.extend((prefix + inner.path, set(inner.methods or ())) for inner in route.routes
+                         if isinstance(inner, Route))
+        else:
+            assert isinstance(route, Route)
+            found.append((route.path, set(route.methods or ())))
+    return found
+
+
 def test_every_route_is_in_the_openapi_document() -> None:
     spec = build_openapi()
     documented = {(path.rstrip("/"), method) for path, item in spec["paths"].items() for method in item if method != "parameters"}
-    for route in build_routes():
-        assert isinstance(route, Route)
-        for method in route.methods or ():
+    for path, methods in served_routes():
+        for method in methods:
             if method == "HEAD":
                 continue
-            assert (_template(route.path).rstrip("/"), method.lower()) in documented, (route.path, method)
+            assert (_template(path).rstrip("/"), method.lower()) in documented, (path, method)
     codes = {line.split("`")[1] for line in spec["info"]["description"].splitlines() if line.startswith("- `")}
     assert {"VALIDATION_ERROR", "UNSUPPORTED_SOURCE_ORIGIN", "SOURCE_ORIGIN_FORBIDDEN", "MISSING_VERSION_INFO",
             "INVALID_PACKAGE", "PACKAGE_ALREADY_EXISTS", "CHECKSUM_MISMATCH", "PACKAGE_TOO_LARGE",
@@ -137,3 +150,19 @@ def test_docs_page_shows_response_schemas_and_the_credential_headers(registry: R
     assert "application/json Package" in text and "sha256_signature" in text
     assert "application/json Error" in text and "header bkapi-error-code" in text
     assert "header Registry-Upload-Outcome" in text
+
+
+def test_a_wrong_method_lists_every_allowed_one(registry: RegistryProcess) -> None:
+    """On every route, under every prefix and without the trailing slash, a 405 names all the methods."""
+    concrete = {"{code}": "demo", "{module_name}": "default", "{package_id}": "1"}
+    checked = 0
+    for path, methods in served_routes():
+        for name, value in concrete.items():
+            path = path.replace(name, value)
+        for spelling in {path, path.rstrip("/") or "/"}:
+            response = httpx.request("PATCH", registry.url + spelling)
+            assert response.status_code == 405, spelling
+            assert response.json()["code"] == "METHOD_NOT_ALLOWED"
+            assert {m.strip() for m in response.headers["allow"].split(",")} == methods, spelling
+            checked += 1
+    assert checked >= 30
