@@ -43,13 +43,13 @@ from registry.errors import (
     ValidationError,
 )
 from registry.metrics import Metrics
-from registry.origins import Origin
+from registry.origins import Origin, default_file_name
 from registry.records import CommitResult, NewPackage, Outcome, Record, RecordStore
 from registry.redact import redact_url
 from registry.settings import Settings
 from registry.staging import StagingFile, sweep_staging
 from registry.storage import Storage, new_blob_key
-from registry.validation import check_version, derive_package_name, url_file_name
+from registry.validation import check_version, derive_package_name
 
 logger = logging.getLogger("registry.service")
 
@@ -220,9 +220,10 @@ class Registry:
             return await self.ingest(
                 upload,
                 staged,
-                file_name=url_file_name(package_url),
+                file_name=download.file_name or default_file_name(package_url),
                 origin=origin.name,
-                source_url=redact_url(package_url),
+                # redacted whoever made it: secrets never reach the database
+                source_url=redact_url(download.display_url or package_url),
             )
 
     async def _live_version(self, upload: UploadRequest, version: str) -> Record | None:

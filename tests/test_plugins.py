@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,8 +31,9 @@ class MemoryOrigin(Origin):
 
     name = "memory"
 
-    def __init__(self, blobs: dict[str, bytes]) -> None:
+    def __init__(self, blobs: dict[str, bytes], names: dict[str, str]) -> None:
         self.blobs = blobs
+        self.names = names  # key -> the file name (and display URL) the origin reports, when it does
 
     def accepts(self, url: str) -> bool:
         return url.startswith("memory://")
@@ -47,12 +49,15 @@ class MemoryOrigin(Origin):
             for start in range(0, len(data), 7):
                 yield data[start:start + 7]
 
-        yield Download(chunks=chunks(), size=len(data))
+        name = self.names.get(key, "")
+        yield Download(chunks=chunks(), size=len(data), file_name=name,
+                       display_url=f"memory://shown/{name}" if name else "")
 
 
 class MemoryPlugin:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.names: dict[str, str] = {}
         self.events: list[tuple[str, int, str]] = []
 
     @hookimpl
@@ -61,7 +66,7 @@ class MemoryPlugin:
 
     @hookimpl
     def registry_origins(self, settings: Settings) -> list[Origin]:
-        return [MemoryOrigin(self.blobs)]
+        return [MemoryOrigin(self.blobs, self.names)]
 
     @hookimpl
     async def registry_package_event(self, event) -> None:  # type: ignore[no-untyped-def]
@@ -98,6 +103,26 @@ async def test_memory_origin_upload_and_events(inprocess: tuple[httpx.AsyncClien
     assert restored.status_code == 200
     assert plugin.events == [("stored", record["id"], "plugin-tester"), ("deleted", record["id"], "plugin-tester"),
                              ("restored", record["id"], "plugin-tester")]
+
+
+async def test_origins_name_the_file_and_the_url_to_show(inprocess: tuple[httpx.AsyncClient, MemoryPlugin],
+                                                         tmp_path: Path) -> None:
+    """The core takes the file name and the stored URL from the origin, and
+    parses no URL as if it were HTTP: ``memory://name.tar.gz`` has no path."""
+    client, plugin = inprocess
+    plugin.blobs["bare.tar.gz"] = package(salt="bare")
+    plugin.blobs["opaque-key"] = package(salt="named")
+    plugin.names["opaque-key"] = "named-pkg.tar.gz"
+    path = Api.path("mem-names")
+    bare = await client.post(path + "link/", json={"package_url": "memory://bare.tar.gz", "version": "1.2.3"})
+    assert bare.status_code == 201, bare.text
+    assert bare.json()["package_name"] == "bare:1.2.3"  # not default:1.2.3
+    named = await client.post(path + "link/", json={"package_url": "memory://opaque-key", "version": "2.0"})
+    assert named.status_code == 201, named.text
+    assert named.json()["package_name"] == "named-pkg:2.0"
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        stored = dict(db.execute("SELECT version, source_url FROM packages WHERE code = 'mem-names'").fetchall())
+    assert stored == {"1.2.3": "memory://bare.tar.gz", "2.0": "memory://shown/named-pkg.tar.gz"}
 
 
 async def test_plugin_errors_reach_the_client(inprocess: tuple[httpx.AsyncClient, MemoryPlugin]) -> None:
