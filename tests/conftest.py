@@ -1,4 +1,7 @@
-"""Shared fixtures: a live registry subprocess, a local file server, unique app codes."""
+"""Shared fixtures: a live registry subprocess, a local file server, an S3 server, unique app codes.
+
+Fixtures more than one module needs live here, not in copies.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,20 @@ import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import Api, RegistryProcess, base_config, start_registry
 
+if TYPE_CHECKING:
+    from tests.test_storage_conformance import MotoServer
+
 _codes = itertools.count(1)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -80,3 +87,19 @@ def api(registry: RegistryProcess, token: str) -> Iterator[Api]:
 def code() -> str:
     """An application code no other test uses."""
     return f"app-{next(_codes)}"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, the loop uvicorn serves on."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """A real S3 server (moto's) on loopback, per module."""
+    from tests.test_storage_conformance import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()

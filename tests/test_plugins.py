@@ -21,11 +21,6 @@ from tests.helpers import Api, base_config, inprocess_registry, package, start_r
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class MemoryOrigin(Origin):
     """``memory://name``: packages held in a dict, declared sizes included."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -79,24 +79,12 @@ class MotoServer:
         self._server._server.server_close()  # type: ignore[union-attr]  # stop() leaves it open
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in DUMMY_AWS_ENV.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def s3_storage_for(moto: MotoServer, tmp_path: Path, **kwargs: Any) -> S3Storage:
@@ -229,7 +217,7 @@ def test_naming_the_builtin_module_in_plugins_modules_too_is_harmless(tmp_path: 
 def test_credentials_cannot_be_configured(tmp_path: Path) -> None:
     config = tmp_path / "registry.toml"
     config.write_text(to_toml({"storage.s3": {"aws_secret_access_key": "not here"}}))
-    with pytest.raises(SettingsError, match="storage.s3.aws_secret_access_key"):
+    with pytest.raises(SettingsError, match=r"storage\.s3\.aws_secret_access_key"):
         load_settings(config)
 
 

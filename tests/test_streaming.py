@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import select
 import socket
 import tarfile
@@ -18,11 +17,6 @@ from registry.staging import StagingFile, UploadAbandoned
 from tests.helpers import Api, RegistryProcess, make_zip, package
 
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=10**10, max_compression_ratio=100)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.anyio
