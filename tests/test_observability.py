@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 
 import httpx
 import pytest
@@ -63,8 +64,14 @@ def test_access_log_is_one_json_object_per_request(api: Api, registry: RegistryP
     request_id = f"log-{code}"
     response = api.http.get(api.path(code), headers={"X-Request-ID": request_id})
     assert response.status_code == 200
-    lines = [json.loads(line) for line in registry.log.read_text().splitlines() if line.startswith("{")]
-    mine = [line for line in lines if line["request_id"] == request_id]
+    # the line is written once the response is sent: the client may read the log first
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in registry.log.read_text().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line["request_id"] == request_id]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert len(mine) == 1
     entry = mine[0]
     assert entry["method"] == "GET"
