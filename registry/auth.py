@@ -26,13 +26,14 @@ import hashlib
 import hmac
 import json
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 
-from registry.db import Database
+from registry.db import BUSY_TIMEOUT_MS, Database
 from registry.errors import PermissionDenied, Unauthenticated
 from registry.records import utc_now
 
@@ -167,8 +168,19 @@ class CredentialStore:
         threshold = stored_time(datetime.now(UTC) - LAST_USED_EVERY)
         if isinstance(last_used, str) and last_used > threshold:
             return  # another process noted it recently
-        with self.db.transaction() as conn:
-            conn.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, credential_id))
+        # Best effort, never waiting: a request must not queue behind another
+        # writer for a bookkeeping write. When the database is busy the note
+        # is skipped and the next request tries again.
+        conn = self.db.connection()
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            with self.db.transaction(conn):
+                conn.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (now, credential_id))
+        except sqlite3.OperationalError:
+            with self._touched_lock:
+                self._touched.pop(credential_id, None)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _principal(self, row: Mapping[str, object]) -> Principal:
         return Principal(
