@@ -335,3 +335,13 @@ def test_restore_refuses_a_backup_whose_blobs_are_missing(tmp_path: Path) -> Non
     assert run("--config", config, "restore-backup", str(tmp_path), "--force").returncode == 1  # not a backup
     allowed = run("--config", config, "restore-backup", str(tmp_path / "backup"), "--force", "--allow-missing")
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_gc_command_defaults_are_the_collectors() -> None:
+    """The command states its defaults without importing the collector (start-up time): they must agree."""
+    from datetime import timedelta
+
+    from registry import cli, gc
+
+    assert timedelta(days=cli.GC_RETENTION_DAYS) == gc.DEFAULT_RETENTION
+    assert timedelta(hours=cli.GC_GRACE_HOURS) == gc.DEFAULT_GRACE
