@@ -25,6 +25,8 @@ from registry.storage import BlobInfo, BlobMissing, Storage
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
+#: The key that names the root, in errors about it.
+ROOT_KEY = "storage.filesystem.root"
 READ_SIZE = 1024 * 1024
 LIST_BATCH = 512
 
@@ -49,12 +51,12 @@ class FilesystemStorage(Storage):
         try:
             await anyio.to_thread.run_sync(lambda: self.staging_dir.mkdir(parents=True, exist_ok=True))
         except OSError as exc:
-            raise ObjectStoreException(f"cannot create {self.root}: {exc.strerror}") from exc
+            raise ObjectStoreException(f"{ROOT_KEY}: cannot create {self.root}: {exc.strerror}") from exc
 
     async def check(self) -> None:
         def probe() -> None:
             if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
-                raise ObjectStoreException(f"{self.root} is not a writable folder")
+                raise ObjectStoreException(f"{ROOT_KEY}: {self.root} is not a writable folder")
 
         await anyio.to_thread.run_sync(probe)
 
@@ -64,11 +66,11 @@ class FilesystemStorage(Storage):
         def probe() -> None:
             if self.root.is_dir():
                 if not os.access(self.root, os.W_OK | os.X_OK):
-                    raise ObjectStoreException(f"{self.root} is not a writable folder")
+                    raise ObjectStoreException(f"{ROOT_KEY}: {self.root} is not a writable folder")
                 return
             problem = creatable_problem(self.root / ".staging")
             if problem is not None:
-                raise ObjectStoreException(problem)
+                raise ObjectStoreException(f"{ROOT_KEY}: {problem}")
 
         await anyio.to_thread.run_sync(probe)
 

@@ -97,6 +97,8 @@ def test_check_config(tmp_path: Path) -> None:
     failed = run_cli("--config", str(bad), "check-config")
     assert failed.returncode == 1
     assert "OBJECT_STORE_EXCEPTION" in failed.stderr
+    assert "storage.filesystem.root: cannot create" in failed.stderr
+    assert not (blocker.parent / "packages").exists()
     missing = run_cli("--config", str(tmp_path / "absent.toml"), "check-config")
     assert missing.returncode == 1
     assert "absent.toml" in missing.stderr
