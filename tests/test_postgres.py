@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from plugins.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
 
 PASSWORD = "pw-never-shown-4711"
@@ -48,12 +50,12 @@ def test_migrate_and_check_config_on_sqlite_create_nothing_until_asked(tmp_path:
     assert "pending migration 0001" in check.stdout
     assert not (tmp_path / "registry.db").exists(), "check-config creates nothing"
     dry = run(config, "migrate", "--dry-run")
-    assert dry.returncode == 0 and "3 migration(s) pending" in dry.stdout
+    assert dry.returncode == 0 and f"{len(SQLITE_MIGRATIONS)} migration(s) pending" in dry.stdout
     assert not (tmp_path / "registry.db").exists()
     applied = run(config, "migrate")
     assert applied.returncode == 0 and "applied 0003 events table" in applied.stdout
     with sqlite3.connect(tmp_path / "registry.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     again = run(config, "migrate", "--dry-run")
     assert "0 migration(s) pending" in again.stdout
     assert "pending" not in run(config, "check-config").stdout.replace("0 migration(s) pending", "")
@@ -66,7 +68,7 @@ def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: 
     assert "pending migration 0001" in check.stdout and "postgresql 127.0.0.1" in check.stdout
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('packages')").fetchone() == (None,)
-    assert "1 migration(s) applied" in run(config, "migrate").stdout
+    assert f"{len(POSTGRES_MIGRATIONS)} migration(s) applied" in run(config, "migrate").stdout
     assert "0 migration(s) pending" in run(config, "migrate", "--dry-run").stdout
     broken = dict(pg_config(tmp_path, pg_url))
     broken["database"] = {**broken["database"], "url": with_password(pg_url).replace("/t_", "/missing_")}
@@ -74,6 +76,16 @@ def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: 
     assert failed.returncode == 1 and "DATABASE_UNAVAILABLE" in failed.stderr
     for result in (check, failed):
         assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_backup_on_postgres_names_pg_dump_and_writes_nothing(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path, pg_config(tmp_path, pg_url))
+    assert run(config, "migrate").returncode == 0
+    backup = run(config, "backup", "--to", str(tmp_path / "backup"))
+    assert backup.returncode == 1
+    assert "pg_dump" in backup.stderr and "Traceback" not in backup.stderr
+    assert PASSWORD not in backup.stdout + backup.stderr
+    assert not (tmp_path / "backup").exists(), "a refused backup leaves no folder behind"
 
 
 def test_served_on_postgres_the_main_flow_works(tmp_path: Path, pg_url: str) -> None:
