@@ -20,6 +20,7 @@ import anyio.to_thread
 from registry.errors import PackageDownloadFailed, SourceOriginForbidden
 from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
+from registry.redact import redact_url
 from registry.settings import Setting, Settings
 
 NAME = "file"
@@ -96,7 +97,9 @@ class FileOrigin(Origin):
     async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
         f, size = await anyio.to_thread.run_sync(self._open_allowed, url)
         try:
-            yield Download(chunks=_read(f), size=size)
+            # the name the link asked for, not that of a symlink's target
+            yield Download(chunks=_read(f), size=size, file_name=Path(unquote(urlsplit(url).path)).name,
+                           display_url=redact_url(url))
         finally:
             f.close()
 

@@ -30,7 +30,7 @@ from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
 from registry.redact import install_log_redaction, redact_text, redact_url
 from registry.settings import Setting, Settings, not_negative, positive
-from registry.validation import MAX_NUMBER_DIGITS, parse_decimal
+from registry.validation import MAX_NUMBER_DIGITS, parse_decimal, url_file_name
 
 NAME = "http"
 SCHEMES = ("http", "https")
@@ -81,7 +81,8 @@ class HttpOrigin(Origin):
                 ) as client:
                     response = await self._follow(client, url)
                     try:
-                        yield Download(chunks=response.aiter_raw(), size=_content_length(response))
+                        yield Download(chunks=response.aiter_raw(), size=_content_length(response),
+                                       file_name=url_file_name(url), display_url=redact_url(url))
                     finally:
                         await response.aclose()
         except TimeoutError:

@@ -27,7 +27,7 @@ import anyio.to_thread
 from botocore.client import BaseClient
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
-from plugins.storage_s3 import (
+from plugins.s3_common import (
     BOTO_ERRORS,
     brief_error,
     check_endpoint_url,
@@ -44,6 +44,7 @@ from registry.errors import (
 )
 from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
+from registry.redact import redact_url
 from registry.settings import Setting, Settings
 
 NAME = "s3"
@@ -120,7 +121,9 @@ class S3Origin(Origin):
         response = await _fetch(location, lambda: self._s3().get_object(Bucket=location.bucket, Key=location.key))
         body = response["Body"]
         try:
-            yield Download(chunks=_read(location, body), size=response.get("ContentLength"))
+            # an S3 key is not a URL path: '?' and '#' are part of it, nothing is percent-decoded
+            yield Download(chunks=_read(location, body), size=response.get("ContentLength"),
+                           file_name=location.key.rsplit("/", 1)[-1], display_url=redact_url(url))
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(body.close)

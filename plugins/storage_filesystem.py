@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from registry.fsutil import creatable_problem
 from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
@@ -24,6 +25,8 @@ from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
+#: The key that names the root, in errors about it.
+ROOT_KEY = "storage.filesystem.root"
 READ_SIZE = 1024 * 1024
 LIST_BATCH = 512
 
@@ -48,12 +51,26 @@ class FilesystemStorage(Storage):
         try:
             await anyio.to_thread.run_sync(lambda: self.staging_dir.mkdir(parents=True, exist_ok=True))
         except OSError as exc:
-            raise storage_failure(exc, f"cannot create {self.root}") from exc
+            raise storage_failure(exc, f"{ROOT_KEY}: cannot create {self.root}") from exc
 
     async def check(self) -> None:
         def probe() -> None:
             if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
-                raise ObjectStoreException(f"{self.root} is not a writable folder")
+                raise ObjectStoreException(f"{ROOT_KEY}: {self.root} is not a writable folder")
+
+        await anyio.to_thread.run_sync(probe)
+
+    async def check_config(self) -> None:
+        """The root is a writable folder, or could be made one by :meth:`startup`."""
+
+        def probe() -> None:
+            if self.root.is_dir():
+                if not os.access(self.root, os.W_OK | os.X_OK):
+                    raise ObjectStoreException(f"{ROOT_KEY}: {self.root} is not a writable folder")
+                return
+            problem = creatable_problem(self.root / ".staging")
+            if problem is not None:
+                raise ObjectStoreException(f"{ROOT_KEY}: {problem}")
 
         await anyio.to_thread.run_sync(probe)
 

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -49,7 +50,7 @@ from registry.records import (
     utc_now,
 )
 from registry.settings import Settings
-from registry.store import Migration, RecordStore, decide, keyset_order
+from registry.store import BackupUnsupported, Migration, RecordStore, decide, keyset_order
 
 Row = dict[str, Any]
 
@@ -153,6 +154,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             END IF;
         END
         $$;
+    """),
+    ("expires_at and last_used on credentials", """
+        ALTER TABLE credentials ADD COLUMN expires_at TIMESTAMPTZ, ADD COLUMN last_used TIMESTAMPTZ;
     """),
 ]
 
@@ -564,10 +568,10 @@ class PostgresStore(RecordStore):
     def add_credential(self, new: NewCredential) -> Credential:
         with self._write() as conn:
             row = conn.execute(
-                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
                 (new.kind, new.name, new.secret_hash, new.hint, json.dumps(sorted(set(new.apps))),
-                 new.read_only, utc_now()),
+                 new.read_only, utc_now(), new.expires_at),
             ).fetchone()
             assert row is not None
             return _credential(row)
@@ -593,6 +597,16 @@ class PostgresStore(RecordStore):
         with self._write() as conn:
             cursor = conn.execute("UPDATE credentials SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
                                   (utc_now(), credential_id))
+            return cursor.rowcount == 1
+
+    def note_credential_use(self, credential_id: int, used: datetime, stale_before: datetime) -> bool:
+        with self._write() as conn:
+            # SKIP LOCKED: a row another transaction holds is left alone at once, never waited for
+            cursor = conn.execute(
+                "UPDATE credentials SET last_used = %s WHERE id = (SELECT id FROM credentials WHERE id = %s"
+                " AND (last_used IS NULL OR last_used < %s) FOR UPDATE SKIP LOCKED)",
+                (used, credential_id, stale_before),
+            )
             return cursor.rowcount == 1
 
     # -- events ----------------------------------------------------------------------------------
@@ -665,6 +679,19 @@ class PostgresStore(RecordStore):
     def import_events(self, events: Sequence[AuditEvent]) -> int:
         return self._insert("events", [{**e.__dict__, "payload": json.dumps(e.payload, ensure_ascii=False)}
                                        for e in events])
+
+    # -- backup ----------------------------------------------------------------------------------
+
+    def backup_to(self, folder: Path) -> RecordStore:
+        """Not done here: ``pg_dump`` takes a consistent copy of a live database."""
+        raise BackupUnsupported(
+            f"{self.description}: back the records up with pg_dump (a consistent copy while the server"
+            " runs) and restore them with pg_restore; back the storage's blobs up by its own means"
+            " (README: Backup and restore)")
+
+    def restore_from(self, folder: Path) -> None:
+        """Not done here: ``pg_restore`` restores what ``pg_dump`` wrote."""
+        self.backup_to(folder)
 
 
 @hookimpl

@@ -70,6 +70,10 @@ def _optional_time(stored: str | None) -> datetime | None:
     return from_text(stored) if stored is not None else None
 
 
+def _optional_text(moment: datetime | None) -> str | None:
+    return to_text(moment) if moment is not None else None
+
+
 # -- migrations ----------------------------------------------------------------
 
 
@@ -136,7 +140,7 @@ def _browse_v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS packages_browse ON packages (code, module, is_deleted, updated)")
 
 
-def _pages_and_search_v4(db: sqlite_utils.Database) -> None:
+def _pages_and_search_v5(db: sqlite_utils.Database) -> None:
     """Indexes that answer a module's listing in each order, and a trigram text index for search.
 
     Partial indexes on live records (``is_deleted = 0``, what a listing shows
@@ -164,18 +168,35 @@ def _pages_and_search_v4(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO packages_text (packages_text) VALUES ('rebuild')")
 
 
+def _credential_expiry_v6(db: sqlite_utils.Database) -> None:
+    """``expires_at`` (from when a credential answers 401) and ``last_used``
+    (about when it last authenticated a request) on credentials.
+
+    Columns already there are kept: a database from a development build that
+    numbered this change 3 has them and reaches here through ``_events_v3``.
+    """
+    present = set(db.table("credentials").columns_dict)
+    for name in ("expires_at", "last_used"):
+        if name not in present:
+            db.table("credentials").add_column(name, str)
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
     ("broken and purged_at marks on packages", _integrity_marks_v2),
     ("events table", _events_v3),
     ("package_details table and browse index", _browse_v4),
-    ("listing indexes on live records, trigram search index", _pages_and_search_v4),
+    ("listing indexes on live records, trigram search index", _pages_and_search_v5),
+    ("expires_at and last_used on credentials", _credential_expiry_v6),
 ]
 
 #: The trigram index finds substrings of at least this many characters;
 #: shorter search terms are matched by scanning the module.
 TRIGRAM = 3
+
+#: The file a backup folder holds (``registry backup``).
+BACKUP_FILE = "registry.db"
 
 
 # -- the store --------------------------------------------------------------------
@@ -198,7 +219,8 @@ def _credential(row: sqlite3.Row) -> Credential:
     return Credential(
         id=row["id"], kind=row["kind"], name=row["name"], secret_hash=row["secret_hash"], hint=row["hint"],
         apps=json.loads(row["apps"]), read_only=bool(row["read_only"]), created=from_text(row["created"]),
-        revoked_at=_optional_time(row["revoked_at"]),
+        revoked_at=_optional_time(row["revoked_at"]), expires_at=_optional_time(row["expires_at"]),
+        last_used=_optional_time(row["last_used"]),
     )
 
 
@@ -631,10 +653,10 @@ class SQLiteStore(RecordStore):
     def add_credential(self, new: NewCredential) -> Credential:
         with self._write() as conn:
             cursor = conn.execute(
-                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO credentials (kind, name, secret_hash, hint, apps, read_only, created, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (new.kind, new.name, new.secret_hash, new.hint, json.dumps(sorted(set(new.apps))),
-                 int(new.read_only), to_text(utc_now())),
+                 int(new.read_only), to_text(utc_now()), _optional_text(new.expires_at)),
             )
             row = conn.execute("SELECT * FROM credentials WHERE id = ?", (cursor.lastrowid,)).fetchone()
             return _credential(row)
@@ -661,6 +683,21 @@ class SQLiteStore(RecordStore):
             cursor = conn.execute("UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                                   (to_text(utc_now()), credential_id))
             return cursor.rowcount == 1
+
+    def note_credential_use(self, credential_id: int, used: datetime, stale_before: datetime) -> bool:
+        with _translated():
+            conn = self._conn()
+            # no waiting for the write lock: "database is locked" at once (DatabaseUnavailable)
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                with self._write() as writing:
+                    cursor = writing.execute(
+                        "UPDATE credentials SET last_used = ? WHERE id = ? AND (last_used IS NULL OR last_used < ?)",
+                        (to_text(used), credential_id, to_text(stale_before)),
+                    )
+                    return cursor.rowcount == 1
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
 
     # -- events ------------------------------------------------------------------------------
 
@@ -735,7 +772,8 @@ class SQLiteStore(RecordStore):
             values["apps"] = json.dumps(credential.apps)
             values["read_only"] = int(credential.read_only)
             values["created"] = to_text(credential.created)
-            values["revoked_at"] = to_text(credential.revoked_at) if credential.revoked_at else None
+            for name in ("revoked_at", "expires_at", "last_used"):
+                values[name] = _optional_text(values[name])
             rows.append(values)
         return self._insert("credentials", rows)
 
@@ -747,6 +785,46 @@ class SQLiteStore(RecordStore):
             values["payload"] = json.dumps(event.payload, ensure_ascii=False)
             rows.append(values)
         return self._insert("events", rows)
+
+    # -- backup ----------------------------------------------------------------------------------
+
+    def backup_to(self, folder: Path) -> RecordStore:
+        """SQLite's online backup into ``folder/registry.db``: one committed
+        state, copied while other connections (other processes too) go on
+        reading and writing."""
+        target = folder / BACKUP_FILE
+        partial = folder / (BACKUP_FILE + ".part")
+        try:
+            with _translated():
+                copy = sqlite3.connect(partial)
+                try:
+                    self._conn().backup(copy)
+                finally:
+                    copy.close()
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return SQLiteStore(target, timeout=self.timeout)
+
+    def restore_from(self, folder: Path) -> None:
+        """Copy ``folder/registry.db`` over this database with the backup API,
+        so the WAL and locks stay consistent; an older copy is migrated on
+        next use."""
+        source_path = folder / BACKUP_FILE
+        if not source_path.is_file():
+            raise FileNotFoundError(f"{source_path}: no database in the backup")
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _translated():
+            source = sqlite3.connect(f"{source_path.resolve().as_uri()}?mode=ro", uri=True)
+            target = sqlite3.connect(self.path, timeout=self.timeout)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+                source.close()
+        with self._migrate_lock:
+            self._migrated = False
 
 
 @hookimpl

@@ -31,7 +31,7 @@ def create_app(registry: Registry) -> Starlette:
 
     ui_enabled = bool(registry.settings["ui.enabled"])
     app = Starlette(
-        routes=build_routes() + browse_routes() + (ui_routes() if ui_enabled else []),
+        routes=build_routes(browse_routes()) + (ui_routes() if ui_enabled else []),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         middleware=[Middleware(ObserveRequests, metrics=registry.metrics), Middleware(KeepEncodedSlashes)],

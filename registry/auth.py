@@ -9,10 +9,15 @@ Two kinds exist, matching the platform's gateway headers:
 
 Secrets are random 256-bit strings, so a plain SHA-256 is the right hash: it
 cannot be brute-forced and lets a token be found by its hash alone. Only the
-hash is stored, plus, for tokens, a hint of their first characters
-(``spr_`` and four random ones) that ``token list`` shows; app secrets are
-compared against every live hash of their app code with
+hash is stored, plus a hint of the first characters (``spr_`` and four random
+ones for tokens, four for app secrets) that ``token list`` shows; app secrets
+are compared against every live hash of their app code with
 :func:`hmac.compare_digest`.
+
+A credential may expire (``expires_at``): from then on it answers 401 like a
+revoked one. When it was last used is kept for ``token list``, written at most
+once per :data:`LAST_USED_EVERY` per credential so that reads do not each
+cost a database write, and never waiting for a busy database.
 """
 
 from __future__ import annotations
@@ -20,18 +25,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, UTC
 
-from registry.errors import PermissionDenied, Unauthenticated
-from registry.records import Credential, NewCredential
+from registry.errors import DatabaseUnavailable, PermissionDenied, Unauthenticated
+from registry.records import Credential, NewCredential, utc_now
 from registry.store import RecordStore
+
+logger = logging.getLogger("registry.auth")
 
 TOKEN_PREFIX = "spr_"
 HINT_LENGTH = 8
+APP_SECRET_HINT_LENGTH = 4
+#: How stale ``last_used`` may get: at most one write per credential in this time.
+LAST_USED_EVERY = timedelta(minutes=1)
 MAX_HEADER_LENGTH = 4096
 LIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -71,6 +83,8 @@ class CredentialInfo:
     read_only: bool
     created: str
     revoked_at: str | None
+    expires_at: str | None = None
+    last_used: str | None = None
 
     @classmethod
     def of(cls, credential: Credential) -> CredentialInfo:
@@ -78,16 +92,33 @@ class CredentialInfo:
         return cls(
             id=credential.id, kind=credential.kind, name=credential.name, hint=credential.hint,
             apps=credential.apps, read_only=credential.read_only,
-            created=credential.created.strftime(LIST_TIME_FORMAT),
-            revoked_at=credential.revoked_at.strftime(LIST_TIME_FORMAT) if credential.revoked_at else None,
+            created=_list_time(credential.created), revoked_at=_optional_list_time(credential.revoked_at),
+            expires_at=_optional_list_time(credential.expires_at),
+            last_used=_optional_list_time(credential.last_used),
         )
+
+    def status(self, now: datetime) -> str:
+        """``active``, ``revoked`` or ``expired`` at ``now``."""
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= _list_time(now):  # fixed width: text order is time order
+            return "expired"
+        return "active"
+
+
+def _list_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(LIST_TIME_FORMAT)
+
+
+def _optional_list_time(moment: datetime | None) -> str | None:
+    return _list_time(moment) if moment is not None else None
 
 
 def _hint(kind: str, secret: str) -> str:
-    """What ``token list`` shows to tell tokens apart: the ``spr_`` prefix and
-    four random characters (24 of 256 bits). App secrets get none: their
-    owner is named by the app code."""
-    return secret[:HINT_LENGTH] if kind == "token" else ""
+    """What ``token list`` shows to tell credentials apart: for tokens the
+    ``spr_`` prefix and four random characters, for app secrets their first
+    four (24 of 256 bits either way)."""
+    return secret[:HINT_LENGTH] if kind == "token" else secret[:APP_SECRET_HINT_LENGTH]
 
 
 def _digest(secret: str) -> str:
@@ -148,24 +179,65 @@ class CredentialStore:
             while len(self._cache) >= CACHE_ENTRIES:
                 del self._cache[next(iter(self._cache))]
             self._cache[self._cache_key(credentials)] = (time.monotonic() + self.cache_seconds, principal)
+        # credential id -> time.monotonic() of this process's last ``last_used`` write
+        self._touched: dict[int, float] = {}
+        self._touched_lock = threading.Lock()
 
-    def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool) -> None:
+    def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool,
+                expires_in: timedelta | None) -> None:
         self.store.add_credential(NewCredential(
             kind=kind, name=name, secret_hash=_digest(secret), hint=_hint(kind, secret),
             apps=sorted(set(apps)), read_only=read_only,
+            expires_at=utc_now() + expires_in if expires_in is not None else None,
         ))
 
-    def create_token(self, operator: str, apps: list[str], read_only: bool) -> str:
-        """Make an access token; the returned string is its only copy."""
+    def create_token(self, operator: str, apps: list[str], read_only: bool,
+                     expires_in: timedelta | None = None) -> str:
+        """Make an access token, valid for ``expires_in`` (None: until revoked);
+        the returned string is its only copy."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self._create("token", operator, token, apps, read_only)
+        self._create("token", operator, token, apps, read_only, expires_in)
         return token
 
-    def create_app_secret(self, app_code: str, apps: list[str], read_only: bool = False) -> str:
+    def create_app_secret(self, app_code: str, apps: list[str], read_only: bool = False,
+                          expires_in: timedelta | None = None) -> str:
         """Make an app secret for ``app_code``; the returned string is its only copy."""
         secret = secrets.token_urlsafe(32)
-        self._create("app_secret", app_code, secret, apps, read_only)
+        self._create("app_secret", app_code, secret, apps, read_only, expires_in)
         return secret
+
+    def _usable(self, credential: Credential) -> Principal:
+        """The principal of a live credential, its use noted.
+
+        :raises Unauthenticated: the credential has expired.
+        """
+        now = utc_now()
+        if credential.expires_at is not None and credential.expires_at <= now:
+            raise Unauthenticated("credential expired")
+        self._note_use(credential, now)
+        return self._principal(credential)
+
+    def _note_use(self, credential: Credential, now: datetime) -> None:
+        """Record that the credential was used, unless that was already noted
+        less than :data:`LAST_USED_EVERY` ago (by this process, or as the store says)."""
+        every = LAST_USED_EVERY.total_seconds()
+        with self._touched_lock:
+            previous = self._touched.get(credential.id)
+            if previous is not None and time.monotonic() - previous < every:
+                return
+            self._touched[credential.id] = time.monotonic()
+        stale_before = now - LAST_USED_EVERY
+        if credential.last_used is not None and credential.last_used > stale_before:
+            return  # another process noted it recently
+        # Best effort: a request must not queue behind another writer, nor
+        # fail, for a bookkeeping write. A skipped note is tried again by the
+        # next request.
+        try:
+            self.store.note_credential_use(credential.id, now, stale_before)
+        except DatabaseUnavailable as exc:  # busy or down: the next request tries again
+            logger.debug("last_used of credential %d not noted: %s", credential.id, exc)
+            with self._touched_lock:
+                self._touched.pop(credential.id, None)
 
     @staticmethod
     def _principal(credential: Credential) -> Principal:
@@ -182,9 +254,11 @@ class CredentialStore:
         An index lookup on the hash is safe here: timing can at most reveal
         something about a hash the caller chose the preimage of, never about
         a stored token.
+
+        :raises Unauthenticated: the token has expired.
         """
         credential = self.store.credential_by_hash("token", _digest(token))
-        return self._principal(credential) if credential is not None else None
+        return self._usable(credential) if credential is not None else None
 
     def by_app_secret(self, app_code: str, secret: str) -> Principal | None:
         """The principal of ``app_code``'s live app secret equal to ``secret``,
@@ -195,7 +269,7 @@ class CredentialStore:
         for credential in self.store.credentials_named("app_secret", app_code):  # no early exit to time
             if hmac.compare_digest(credential.secret_hash, digest):
                 match = credential
-        return self._principal(match) if match is not None else None
+        return self._usable(match) if match is not None else None
 
     def by_id(self, credential_id: int) -> Principal | None:
         """The principal of the live credential with this id (a web session
@@ -258,7 +332,7 @@ def parse_credentials(headers: Mapping[str, str]) -> tuple[str, ...] | None:
 def authenticate(store: CredentialStore, credentials: tuple[str, ...] | None) -> Principal | None:
     """The principal for parsed ``credentials``; None when there are none.
 
-    Blocks (the record store). :raises Unauthenticated: unknown or revoked credential.
+    Blocks (the record store). :raises Unauthenticated: unknown, revoked or expired credential.
     """
     if credentials is None:
         return None

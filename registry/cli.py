@@ -2,11 +2,13 @@
 
 Operator commands read the config file (``--config``, defaulting to
 ``$REGISTRY_CONFIG``, then ``./registry.toml``, then the built-in defaults):
-``serve``, ``check-config``, ``token …``, ``app-secret …``, ``fsck``, ``gc``.
+``serve``, ``check-config``, ``token …``, ``app-secret …``, ``fsck``, ``gc``,
+``events``, ``backup``, ``restore-backup``.
 
 Client commands talk HTTP to a running registry and read no config file: the
 server and token come from ``--url``/``--token`` or ``$REGISTRY_URL``/
-``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``. They live in
+``$REGISTRY_TOKEN``: ``push``, ``push-link``, ``ls``, ``pull``, ``rm``,
+``restore``, ``apps``, ``modules``. They live in
 :mod:`registry.cli_client`.
 
 Exit status: 0 on success, 1 on any failure (the registry's ``code: detail``,
@@ -16,36 +18,48 @@ a connection or checksum failure, a problem ``fsck`` found), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
-from registry.bootstrap import build_registry, load_settings
+from registry import __version__
 from registry.cli_client import UsageError, add_client_commands
+from registry.client_errors import ClientError
 from registry.cli_records import add_record_commands
-from registry.client import ClientError
 from registry.errors import RegistryError, ValidationError
-from registry.fsck import Problem, fsck
-from registry.gc import DEFAULT_GRACE, DEFAULT_RETENTION, GcAction, GcOptions, collect_garbage
-from registry.logs import configure_logging
 from registry.printable import escape_unsafe
-from registry.service import Registry
-from registry.settings import Settings, SettingsError, find_config_file
-from registry.store import Migration
-from registry.terminal import human_size, print_table, progress_bar
-from registry.ui.session import check_session_secret
+from registry.settings import CONFIG_ENV, DEFAULT_CONFIG_NAME, Settings, SettingsError, find_config_file
+from registry.terminal import display_time, human_size, print_table, progress_bar
 from registry.validation import parse_slug
+
+# The server stack (uvicorn, starlette, boto3 through the storage plugins) is
+# imported by the commands that use it, so ``registry --version`` and the
+# client commands start without it.
+if TYPE_CHECKING:
+    import socket
+
+    from registry.gc import GcAction
+    from registry.service import Registry
+    from registry.store import Migration
 
 T = TypeVar("T")
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
-    settings, pm = load_settings(find_config_file(args.config))
+    from registry.bootstrap import build_registry, load_settings
+
+    config = find_config_file(args.config)
+    settings, pm = load_settings(config)
+    if config is None:
+        # without a file the defaults put the database in the current folder: an
+        # operator in the wrong folder must not mistake it for the server's
+        print(f"note: no config file (--config, ${CONFIG_ENV}, ./{DEFAULT_CONFIG_NAME}); built-in defaults"
+              f" and the environment, database {settings['database.path']}", file=sys.stderr)
     return settings, build_registry(settings, pm)
 
 
@@ -57,6 +71,8 @@ def bind_listening_socket(config: Any) -> socket.socket:
     on for accepted connections, which delays every keep-alive request by the
     client's delayed ACK (40 ms).
     """
+    import socket
+
     bound = config.bind_socket()
     return socket.socket(fileno=bound.detach())
 
@@ -88,30 +104,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 3
 
 
+def _never_migrated(pending: list[Migration]) -> bool:
+    """Whether a store with these pending migrations holds no schema yet (a
+    database the first ``serve`` or ``migrate`` will create)."""
+    return bool(pending) and pending[0].number == 1
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    import asyncio
+
     settings, registry = _load(args)
     if settings["ui.enabled"]:
+        from registry.ui.session import check_session_secret  # the web stack only where it is checked
+
         check_session_secret(settings)  # raises SettingsError, naming the key to set
 
     async def probe() -> list[Migration]:
-        await registry.storage.startup()
-        await registry.storage.check()
-        await registry.storage.shutdown()
-        # reaches the database and reads its schema version; creates nothing
-        return registry.records.pending_migrations()
+        # look, create nothing: no database file or table, no storage folder
+        await registry.storage.check_config()
+        return await asyncio.to_thread(registry.records.pending_migrations)
 
     try:
         pending = asyncio.run(probe())
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except Exception as exc:
+    except Exception as exc:  # report any failure to reach a dependency
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"
     for migration in pending:
         print(f"pending migration {migration.number:04d} {migration.name} (applied by serve or registry migrate)")
-    print(f"ok: {source}: database {registry.records.description}, storage {settings['storage.backend']}")
+    state = "exists" if not _never_migrated(pending) else "not created yet"
+    print(f"ok: {source}: database {registry.records.description} ({state}), storage {settings['storage.backend']}")
     return 0
 
 
@@ -129,9 +154,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     if not args.operator.strip() or len(args.operator) > 64 or not args.operator.isprintable():
         args.parser.error("--operator: a printable name of 1-64 characters")
     _, registry = _load(args)
-    token = registry.credentials.create_token(args.operator, args.app or [], args.read_only)
+    token = registry.credentials.create_token(args.operator, args.app or [], args.read_only, args.expires_in)
     scope = ", ".join(args.app) if args.app else "all applications"
-    print(f"token for operator {args.operator!r} ({scope}{', read-only' if args.read_only else ''}); shown once:")
+    print(f"token for operator {args.operator!r} ({scope}{', read-only' if args.read_only else ''}"
+          f"{_lifetime(args.expires_in)}); shown once:")
     print(token)
     return 0
 
@@ -143,28 +169,53 @@ def cmd_app_secret_create(args: argparse.Namespace) -> int:
     except ValidationError:
         args.parser.error(f"--app-code {args.app_code!r}: 1-32 characters of a-z, 0-9, '-' and '_'")
     _, registry = _load(args)
-    secret = registry.credentials.create_app_secret(args.app_code, args.app or [], args.read_only)
+    secret = registry.credentials.create_app_secret(args.app_code, args.app or [], args.read_only, args.expires_in)
     scope = ", ".join(args.app) if args.app else "all applications"
-    print(f"secret for app code {args.app_code!r} ({scope}); shown once:")
+    print(f"secret for app code {args.app_code!r} ({scope}{_lifetime(args.expires_in)}); shown once:")
     print(secret)
     return 0
 
 
-TOKEN_LIST_HEADERS = ("ID", "KIND", "NAME", "HINT", "APPS", "MODE", "STATUS")
+TOKEN_LIST_HEADERS = ("ID", "KIND", "NAME", "HINT", "APPS", "MODE", "CREATED", "LAST USED", "EXPIRES", "STATUS")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s``: a positive number with a unit (argparse type)."""
+    number, unit = value[:-1], value[-1:]
+    if unit not in DURATION_UNITS or not number.isascii() or not number.isdigit() or int(number) == 0 \
+            or len(number) > 6:
+        raise argparse.ArgumentTypeError(f"expected a whole number with s, m, h or d, such as 90d, not {value!r}")
+    return timedelta(seconds=int(number) * DURATION_UNITS[unit])
+
+
+def _lifetime(expires_in: timedelta | None) -> str:
+    """``, expires in 90d``, in the largest unit that divides it, as it was likely given."""
+    if expires_in is None:
+        return ""
+    seconds = int(expires_in.total_seconds())
+    unit = next(u for u, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1]) if seconds % size == 0)
+    return f", expires in {seconds // DURATION_UNITS[unit]}{unit}"
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     """Every token and app secret as a table (never the secrets), or ``--json``."""
-    _, registry = _load(args)
+    from registry.records import utc_now
+
+    settings, registry = _load(args)
     rows = registry.credentials.list()
+    now = utc_now()
     if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2))
+        print(json.dumps([{**row.__dict__, "status": row.status(now)} for row in rows], indent=2))
         return 0
+    zone = ZoneInfo(settings["server.time_zone"])
     print_table(
         TOKEN_LIST_HEADERS,
         [[str(row.id), row.kind, row.name, row.hint + "…", ",".join(row.apps) or "*",
-          "read" if row.read_only else "write",
-          f"revoked {row.revoked_at[:19]}" if row.revoked_at else "active"] for row in rows],
+          "read" if row.read_only else "write", display_time(row.created, zone),
+          display_time(row.last_used, zone, never="never"), display_time(row.expires_at, zone, never="never"),
+          row.status(now) + (f" {display_time(row.revoked_at, zone)}" if row.revoked_at else "")]
+         for row in rows],
         right=["ID"],
     )
     return 0
@@ -189,6 +240,8 @@ def _run_with_storage(registry: Registry, work: Callable[[], Awaitable[T]]) -> T
     staging folder, killing the uploads of a server running beside us.
     """
 
+    import asyncio
+
     async def run() -> T:
         await registry.storage.startup()
         try:
@@ -200,6 +253,8 @@ def _run_with_storage(registry: Registry, work: Callable[[], Awaitable[T]]) -> T
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    from registry.fsck import Problem, fsck
+
     _, registry = _load(args)
 
     def show(problem: Problem) -> None:
@@ -219,7 +274,28 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+#: How ``gc`` says what it did to each kind of action (:data:`registry.gc.EXPIRE` …):
+#: (verb after "would", past tense). Literal keys: importing registry.gc loads the server stack.
+GC_PHRASES = {
+    "expire": ("soft-delete", "soft-deleted"),
+    "purge": ("remove the blob of", "removed the blob of"),
+    "orphan": ("remove orphan blob", "removed orphan blob"),
+    "staging": ("remove stale staging file", "removed stale staging file"),
+}
+#: How the summary line counts each kind, in this order.
+GC_COUNTS = {
+    "expire": "version(s) soft-deleted",
+    "purge": "blob(s) of deleted versions purged",
+    "orphan": "orphan blob(s)",
+    "staging": "staging file(s)",
+}
+GC_RETENTION_DAYS = 30
+GC_GRACE_HOURS = 1
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
+    from registry.gc import GcOptions, collect_garbage
+
     settings, registry = _load(args)
     options = GcOptions(
         dry_run=args.dry_run,
@@ -227,24 +303,78 @@ def cmd_gc(args: argparse.Namespace) -> int:
         grace=timedelta(hours=args.grace_hours),
         keep_last=settings["retention.keep_last"] if args.keep_last is None else args.keep_last,
     )
-    prefix = "would " if options.dry_run else ""
 
     def show(action: GcAction) -> None:
+        phrase = GC_PHRASES[action.kind]
         if action.error is not None:
-            print(f"failed {action.kind} {action.target}: {action.error}", flush=True)
+            print(f"could not {phrase[0]} {action.target}: {action.error}", flush=True)
         else:
             size = f" ({human_size(action.size)})" if action.size else ""
-            print(f"{prefix}{action.kind} {action.target}{size}", flush=True)
+            said = f"would {phrase[0]}" if options.dry_run else phrase[1]
+            print(f"{said} {action.target}{size}", flush=True)
 
     report = _run_with_storage(registry, lambda: collect_garbage(registry, options, show))
     for note in report.notes:
         print(f"warning: {note}", file=sys.stderr)
-    counts = ", ".join(f"{report.count(kind)} {kind}" for kind in ("expire", "purge", "orphan", "staging"))
+    counts = ", ".join(f"{report.count(kind)} {GC_COUNTS[kind]}" for kind in GC_COUNTS)
     verb = "would free" if options.dry_run else "freed"
     print(f"gc{' (dry run)' if options.dry_run else ''}: {counts}; {verb} {human_size(report.freed)}")
     if report.errors:
         print(f"error: {len(report.errors)} action(s) failed", file=sys.stderr)
         return 1
+    return 0
+
+
+# -- operator: backup and restore ------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the database and a manifest of its blobs, while the server runs."""
+    from registry.backup import BackupError, make_backup
+    from registry.store import BackupUnsupported
+
+    _, registry = _load(args)
+    try:
+        summary = make_backup(registry, Path(args.to))
+    except (BackupError, BackupUnsupported) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup in {summary.folder}: database and manifest of {summary.blobs} blob(s)"
+          f" ({human_size(summary.bytes)}); back up the storage's blobs by its own means")
+    return 0
+
+
+def cmd_restore_backup(args: argparse.Namespace) -> int:
+    """Put a backup's database in place, once the storage is seen to hold its blobs."""
+    from registry.backup import BackupError, missing_blobs, read_manifest
+    from registry.store import BackupUnsupported
+
+    _, registry = _load(args)
+    folder = Path(args.folder)
+    try:
+        manifest = read_manifest(folder)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    target = registry.records.description
+    if not _never_migrated(registry.records.pending_migrations()) and not args.force:
+        print(f"error: database {target} exists; stop every server using it and pass --force to replace it",
+              file=sys.stderr)
+        return 1
+    with progress_bar("checking blobs", unit="items") as progress:
+        missing = _run_with_storage(registry, lambda: missing_blobs(registry, manifest, progress))
+    for key in missing:
+        print(f"missing blob {key}", file=sys.stderr)
+    if missing and not args.allow_missing:
+        print(f"error: the storage lacks {len(missing)} blob(s) the backup's records need; restore the"
+              " storage first, or pass --allow-missing (fsck --repair then marks those records)", file=sys.stderr)
+        return 1
+    try:
+        registry.records.restore_from(folder)
+    except BackupUnsupported as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {target} from {folder} ({len(manifest['blobs'])} blob(s) listed, {len(missing)} missing)")
     return 0
 
 
@@ -269,8 +399,9 @@ def _non_negative_int(value: str) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """The audit trail the ``audit`` plugin keeps, newest first."""
-    _, registry = _load(args)
+    settings, registry = _load(args)
     events = registry.records.recent_events(limit=args.limit, code=args.app)
+    zone = ZoneInfo(settings["server.time_zone"])
     if args.json:
         listed = [
             {"id": e.id, "kind": e.kind, "time": e.time.isoformat(timespec="seconds"), "operator": e.operator,
@@ -282,7 +413,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
     print_table(
         ["ID", "TIME", "EVENT", "OPERATOR", "APP/MODULE", "PACKAGE", "VERSION", "SHA256"],
-        [[str(e.id), e.time.isoformat(timespec="seconds"), e.kind, e.operator, f"{e.code}/{e.module}",
+        [[str(e.id), display_time(e.time, zone), e.kind, e.operator, f"{e.code}/{e.module}",
           str(e.package_id), e.version, e.sha256[:16]] for e in events],
         right=["ID", "PACKAGE"],
     )
@@ -303,17 +434,30 @@ def _add_maintenance_commands(commands: Any) -> None:
 
     gc = commands.add_parser("gc", help="remove blobs of old deleted records, orphan blobs and stale staging files")
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
-    gc.add_argument("--deleted-older-than", type=_non_negative, default=DEFAULT_RETENTION.days, metavar="DAYS",
-                    help=f"purge blobs of records deleted this many days ago (default {DEFAULT_RETENTION.days})")
-    gc.add_argument("--grace-hours", type=_non_negative, default=DEFAULT_GRACE.total_seconds() / 3600,
-                    metavar="H", help="leave unreferenced blobs and staging files younger than this (default 1)")
+    gc.add_argument("--deleted-older-than", type=_non_negative, default=GC_RETENTION_DAYS, metavar="DAYS",
+                    help=f"purge blobs of records deleted this many days ago (default {GC_RETENTION_DAYS})")
+    gc.add_argument("--grace-hours", type=_non_negative, default=GC_GRACE_HOURS, metavar="H",
+                    help=f"leave unreferenced blobs and staging files younger than this (default {GC_GRACE_HOURS})")
     gc.add_argument("--keep-last", type=_non_negative_int, metavar="N",
                     help="override [retention] keep_last: live versions kept per module (0: all)")
     gc.set_defaults(func=cmd_gc)
 
 
+def _add_backup_commands(commands: Any) -> None:
+    backup = commands.add_parser("backup", help="copy the database (consistently, while serving) and list its blobs")
+    backup.add_argument("--to", required=True, metavar="DIR", help="a new or empty folder")
+    backup.set_defaults(func=cmd_backup)
+    restore = commands.add_parser("restore-backup", help="put a backup's database in place (servers stopped)")
+    restore.add_argument("folder", metavar="DIR", help="a folder made by 'registry backup'")
+    restore.add_argument("--force", action="store_true", help="replace an existing database")
+    restore.add_argument("--allow-missing", action="store_true",
+                         help="restore even when the storage lacks some of the backup's blobs")
+    restore.set_defaults(func=cmd_restore_backup)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="registry", description="Source Package Registry")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="TOML file (default: $REGISTRY_CONFIG, then ./registry.toml)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -331,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--operator", required=True, help="name recorded as the operator of its writes")
     create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     create.add_argument("--read-only", action="store_true", help="allow reads only")
+    create.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                        help="valid for this long: a number with s, m, h or d (90d); default: until revoked")
     create.set_defaults(func=cmd_token_create, parser=create)
     listing = token.add_parser("list", help="list tokens and app secrets (never the secrets)")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -345,15 +491,20 @@ def build_parser() -> argparse.ArgumentParser:
     secret_create.add_argument("--app-code", required=True, help="the bk_app_code that sends the secret")
     secret_create.add_argument("--app", action="append", metavar="CODE", help="limit to this application (repeatable)")
     secret_create.add_argument("--read-only", action="store_true", help="allow reads only")
+    secret_create.add_argument("--expires-in", type=_duration, metavar="DURATION",
+                               help="valid for this long: a number with s, m, h or d (90d); default: until revoked")
     secret_create.set_defaults(func=cmd_app_secret_create, parser=secret_create)
 
     _add_maintenance_commands(commands)
+    _add_backup_commands(commands)
     add_record_commands(commands)
     add_client_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from registry.logs import configure_logging
+
     configure_logging()
     # httpx logs every request at INFO: noise in a client command's output
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from registry.bootstrap import load_settings
 from registry.copy import TargetNotEmpty, copy_records
 from registry.settings import Settings, SettingsError, find_config_file
 from registry.store import RecordStore
@@ -25,6 +24,8 @@ def open_store(settings: Settings, pm: Any) -> RecordStore:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the pending migrations (``--dry-run``: list them, change nothing)."""
+    from registry.bootstrap import load_settings  # the server stack: only when a command runs
+
     settings, pm = load_settings(find_config_file(args.config))
     store = open_store(settings, pm)
     try:
@@ -45,6 +46,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_copy_records(args: argparse.Namespace) -> int:
     """Copy every record, credential and event into the store at ``--to``."""
+    from registry.bootstrap import load_settings  # the server stack: only when a command runs
+
     settings, pm = load_settings(find_config_file(args.config))
     source = open_store(settings, pm)
     target_settings = Settings({**dict(settings), "database.url": args.to}, settings.source)

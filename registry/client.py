@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 
+from registry.client_errors import ApiError, ChecksumError, ClientError, ConnectionFailed, NotARegistry
 from registry.validation import parse_decimal
 
 #: ``(done, total)`` progress callback; total is None when unknown.
@@ -35,37 +36,16 @@ LIST_PAGE_SIZE = 1000
 # Reads may wait long: after the last byte of a 2 GiB upload the server still
 # inspects the whole archive before it answers.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=900.0, write=300.0, pool=10.0)
+__all__ = ["ApiError", "ChecksumError", "ClientError", "ConnectionFailed", "NotARegistry", "RegistryClient"]
+
 PACKAGES = "bkapps/applications/{code}/modules/{module}/source_package/"
-
-
-class ClientError(Exception):
-    """A client command failed; ``str(error)`` is the message for the user."""
-
-
-class ApiError(ClientError):
-    """The registry answered an error.
-
-    :param status: the HTTP status.
-    :param code: the registry's error code (``PACKAGE_ALREADY_EXISTS`` …), or
-        ``HTTP <status>`` when the body was not the registry's error JSON
-        (a proxy in front answered, say).
-    :param detail: the registry's detail text.
-    """
-
-    def __init__(self, status: int, code: str, detail: str, body: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.body = body or {}
-
-
-class ConnectionFailed(ClientError):
-    """The registry could not be reached, or the connection broke."""
-
-
-class ChecksumError(ClientError):
-    """Bytes did not match their sha256."""
+APPLICATIONS = "bkapps/applications/"
+#: JSON objects of a listing (named: inside the client, ``list`` is a method).
+Entries = list[dict[str, Any]]
+#: The response header in which the registry says what an upload did.
+OUTCOME_HEADER = "registry-upload-outcome"
+#: What a package reference on the command line may be besides an id or a version.
+LATEST = "latest"
 
 
 @dataclass(frozen=True)
@@ -74,10 +54,43 @@ class UploadResult:
 
     :param created: True for 201 (a new or revived version), False for 200
         (an overwrite, or identical bytes already stored).
+    :param outcome: ``created``, ``revived``, ``overwritten`` or ``identical``
+        as the registry said (``Registry-Upload-Outcome``); from an older
+        registry that does not say, ``created`` or ``overwritten or identical``.
     """
 
     record: dict[str, Any]
     created: bool
+    outcome: str = ""
+
+
+def _upload_result(response: httpx.Response, record: dict[str, Any]) -> UploadResult:
+    created = response.status_code == 201
+    fallback = "created" if created else "overwritten or identical"
+    return UploadResult(record=record, created=created, outcome=response.headers.get(OUTCOME_HEADER, fallback))
+
+
+def attachment_name(header: str) -> str | None:
+    """The file name a ``Content-Disposition`` header proposes, made safe to
+    create in the current folder (no folders, no leading dot), or None.
+
+    ``filename*=UTF-8''…`` wins over ``filename="…"``, as RFC 6266 says.
+    """
+    name = None
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        key = key.strip().lower()
+        if key == "filename*" and value.lower().startswith("utf-8''"):
+            name = unquote(value[7:])
+            break
+        if key == "filename" and name is None:
+            name = value.strip().strip('"')
+    if name is None:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].lstrip(".")
+    if not name or not name.isprintable():
+        return None
+    return name
 
 
 @dataclass(frozen=True)
@@ -202,7 +215,7 @@ class RegistryClient:
             response = self._send(
                 "POST", self.packages_path(code, module), data=fields, files={"package": (path.name, reader)}
             )
-        result = UploadResult(record=self._json(response), created=response.status_code == 201)
+        result = _upload_result(response, self._json(response))
         self._check_record_digest(result.record, digest)
         return result
 
@@ -226,22 +239,71 @@ class RegistryClient:
         if sha256 is not None:
             body["sha256"] = sha256
         response = self._send("POST", self.packages_path(code, module, "link/"), json=body)
-        result = UploadResult(record=self._json(response), created=response.status_code == 201)
+        result = _upload_result(response, self._json(response))
         if sha256 is not None:
             self._check_record_digest(result.record, sha256)
         return result
 
     def list(self, code: str, module: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         """Every record of a module, newest first, following the pages."""
-        records: list[dict[str, Any]] = []
+        return self._all_pages(self.packages_path(code, module),
+                               {"include_deleted": "true"} if include_deleted else None)
+
+    def _all_pages(self, path: str, params: dict[str, Any] | None = None) -> Entries:
+        """Every ``results`` entry of a paged listing, following the pages."""
+        results: Entries = []
         while True:
-            params: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "offset": len(records)}
-            if include_deleted:
-                params["include_deleted"] = "true"
-            page = self._json(self._send("GET", self.packages_path(code, module), params=params))
-            records.extend(page["results"])
-            if not page["results"] or len(records) >= page["count"]:
-                return records
+            page = self._json(self._send("GET", path, params={
+                **(params or {}), "limit": LIST_PAGE_SIZE, "offset": len(results)}))
+            if not isinstance(page, dict) or not isinstance(page.get("results"), list):
+                raise NotARegistry(f"not a registry at {self.base_url}: {path} answered no listing")
+            results.extend(page["results"])
+            if not page["results"] or len(results) >= page["count"]:
+                return results
+
+    def applications(self) -> Entries:
+        """The applications the token may read: ``code``, ``modules``, ``packages``, ``last_uploaded``."""
+        return self._all_pages(APPLICATIONS)
+
+    def modules(self, code: str) -> Entries:
+        """An application's modules: ``name``, ``packages``, ``last_uploaded``."""
+        return self._all_pages(f"{APPLICATIONS}{quote(code, safe='')}/modules/")
+
+    def delete(self, package_id: int, code: str, module: str) -> None:
+        """Soft-delete a package (the registry answers 204, also when it already was)."""
+        self._send("DELETE", self.packages_path(code, module, f"{package_id}/"))
+
+    def restore(self, package_id: int, code: str, module: str) -> dict[str, Any]:
+        """Undo a soft delete; the restored record."""
+        record: dict[str, Any] = self._json(self._send("POST", self.packages_path(code, module, f"{package_id}/restore/")))
+        return record
+
+    def resolve(self, ref: str, code: str, module: str, *, include_deleted: bool = False) -> dict[str, Any]:
+        """The record a command line names: an id, a version, or ``latest``.
+
+        ``latest`` is the newest live package. A number is an id when such a
+        package exists, else a version (versions such as ``2`` exist too).
+        ``include_deleted`` lets ``restore`` find soft-deleted versions.
+
+        :raises ApiError: ``PACKAGE_NOT_FOUND`` when nothing matches.
+        """
+        ref = ref.strip()
+        if ref.isascii() and ref.isdigit() and len(ref) <= 18:
+            try:
+                return self.get(int(ref), code, module)
+            except ApiError as exc:
+                if exc.code != "PACKAGE_NOT_FOUND":
+                    raise
+        records = self.list(code, module, include_deleted=include_deleted and ref != LATEST)
+        if ref == LATEST:
+            live = [r for r in records if not r.get("is_deleted")]
+            if live:
+                return live[0]
+            raise ApiError(404, "PACKAGE_NOT_FOUND", f"{code}/{module} has no package")
+        for record in records:
+            if record.get("version") == ref:
+                return record
+        raise ApiError(404, "PACKAGE_NOT_FOUND", f"{code}/{module} has no package with id or version {ref!r}")
 
     def get(self, package_id: int, code: str, module: str) -> dict[str, Any]:
         """One record."""
@@ -249,9 +311,13 @@ class RegistryClient:
         return record
 
     def pull(
-        self, package_id: int, code: str, module: str, dest: Path, *, progress: Progress | None = None
+        self, package_id: int, code: str, module: str, dest: Path | None = None, *,
+        progress: Progress | None = None,
     ) -> PullResult:
         """Download a package to ``dest``, verified against ``X-Checksum-Sha256``.
+
+        ``dest`` None writes the file name the registry proposes
+        (``Content-Disposition``) into the current folder.
 
         The bytes go to a temporary file beside ``dest``, which is renamed to
         ``dest`` only once the checksum matches: on any failure ``dest`` is
@@ -266,6 +332,11 @@ class RegistryClient:
         try:
             with self.http.stream("GET", path) as response:
                 self._raise_for_error(response)
+                if dest is None:
+                    name = attachment_name(response.headers.get("content-disposition", ""))
+                    if name is None:
+                        raise ClientError("the registry proposed no file name: pass -o FILE")
+                    dest = Path(name)
                 expected = response.headers.get("x-checksum-sha256", "").strip().lower()
                 if not expected:
                     raise ChecksumError("the registry sent no X-Checksum-Sha256 header; nothing to verify against")
@@ -292,9 +363,13 @@ class RegistryClient:
             return ConnectionFailed(f"cannot connect to {self.base_url}: {reason}")
         return ConnectionFailed(f"connection to {self.base_url} failed: {reason}")
 
-    @staticmethod
-    def _raise_for_error(response: httpx.Response) -> None:
-        """Raise :class:`ApiError` for any answer that is not 2xx."""
+    def _raise_for_error(self, response: httpx.Response) -> None:
+        """Raise :class:`ApiError` for any answer that is not 2xx.
+
+        An answer without the registry's error JSON comes from something else:
+        a 5xx from a proxy in front is shown by status and reason; anything
+        else (an HTML 404 page, say) means ``--url`` names no registry.
+        """
         if response.is_success:
             return
         response.read()
@@ -303,21 +378,30 @@ class RegistryClient:
             body = response.json()
         if isinstance(body, dict) and isinstance(body.get("code"), str):
             raise ApiError(response.status_code, body["code"], str(body.get("detail", "")), body)
-        text = " ".join(response.text.split())[:200] or response.reason_phrase
-        raise ApiError(response.status_code, f"HTTP {response.status_code}", text)
+        if response.status_code >= 500:
+            raise ApiError(response.status_code, f"HTTP {response.status_code}",
+                           f"{response.reason_phrase} (from {self.base_url}, not in the registry's error format)")
+        raise NotARegistry(f"not a registry at {self.base_url}: it answered HTTP {response.status_code}"
+                           f" {_kind_of_body(response)}")
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
+    def _json(self, response: httpx.Response) -> Any:
         try:
             return response.json()
         except ValueError:
-            raise ClientError(f"the registry answered {response.status_code} without JSON") from None
+            raise NotARegistry(f"not a registry at {self.base_url}: it answered HTTP {response.status_code}"
+                               f" {_kind_of_body(response)}") from None
 
     @staticmethod
     def _check_record_digest(record: dict[str, Any], sha256: str) -> None:
         stored = record.get("sha256_signature")
         if stored != sha256:
             raise ChecksumError(f"the registry recorded sha256 {stored}, the file has {sha256}")
+
+
+def _kind_of_body(response: httpx.Response) -> str:
+    """``with text/html``: what came back instead of the registry's JSON, never the body itself."""
+    media = response.headers.get("content-type", "").split(";")[0].strip()
+    return f"with {media}" if media else "without a body type"
 
 
 def _receive(chunks: Iterator[bytes], dest: Path, expected: str, total: int | None,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 
 from typing import TYPE_CHECKING, Any
 
+from registry.hooks import call_hook
 from registry.records import Record
 
 if TYPE_CHECKING:
@@ -55,12 +55,5 @@ class PackageEvent:
 
 async def dispatch(registry: Registry, event: PackageEvent) -> None:
     """Call each implementation in turn; one that fails is logged and skipped."""
-    caller = registry.pm.hook.registry_package_event
-    for impl in reversed(caller.get_hookimpls()):
-        kwargs = {"event": event, "registry": registry}
-        try:
-            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("event hook %s failed for %s of package %s", impl.plugin_name, event.kind, event.record.id)
+    await call_hook(registry.pm.hook.registry_package_event, {"event": event, "registry": registry},
+                    on_error="log", what=f"{event.kind} of package {event.record.id}")

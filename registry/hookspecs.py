@@ -1,11 +1,21 @@
 """Hook specifications: everything a plugin can provide.
 
-Built-in origins (``http``, ``file``) and storages (``filesystem``) implement
-these hooks exactly like a third-party plugin does, and are found the same
-way: the ``registry`` entry-point group, then ``[plugins] modules``.
+The built-in plugins implement these hooks exactly like a third-party plugin
+does, and are found the same way: the ``registry`` entry-point group, then
+``[plugins] modules``. ``[plugins] disabled`` switches any of them off by name:
+
+- ``origin_http``: ``http(s)://`` links, with the SSRF policy of ``[origins.http]``;
+- ``origin_file``: ``file://`` links below ``[origins.file] allowed_roots``;
+- ``origin_s3``: ``s3://bucket/key`` links;
+- ``storage_filesystem``: ``[storage] backend = "filesystem"``;
+- ``storage_s3``: ``[storage] backend = "s3"``;
+- ``audit``: keeps every package event in the ``events`` table (``registry events``);
+- ``webhook``: POSTs every package event to ``[webhooks] urls``.
 
 Hooks may be implemented as plain functions; where a hook says it may return
-an awaitable, the core awaits it.
+an awaitable, the core awaits it (:func:`registry.hooks.call_hook` calls those
+hooks, one implementation at a time). Hook wrappers (``hookwrapper=True`` or
+``wrapper=True``) are not supported for any hook here and stop start-up.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ def registry_settings() -> list[Setting] | None:
 
     :return: the plugin's :class:`registry.settings.Setting` entries.
     """
+    raise NotImplementedError  # a specification: pluggy never calls its body
 
 
 @hookspec
@@ -111,6 +122,9 @@ def registry_startup(registry: Registry) -> Awaitable[None] | None:
 @hookspec
 def registry_shutdown(registry: Registry) -> Awaitable[None] | None:
     """The service is stopping; finish or drop background work. May be async.
+
+    An exception is logged and the other plugins' hooks still run, as does
+    the storage's shutdown afterwards.
 
     :param registry: the service being stopped.
     """

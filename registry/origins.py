@@ -18,10 +18,26 @@ class Download:
         ``Content-Length``, an S3 object's size), or None. The core refuses a
         declared size over the limit before reading, and fails the upload with
         ``PACKAGE_DOWNLOAD_FAILED`` when the body does not match it.
+    :param file_name: see the attribute.
+    :param display_url: see the attribute.
     """
 
     chunks: AsyncIterator[bytes]
     size: int | None = None
+    #: The package's file name as the source names it (``example.tar.gz``),
+    #: from which ``package_name`` is derived; "" lets the core take the
+    #: URL's last ``/``-separated segment, whatever the scheme.
+    file_name: str = ""
+    #: The URL as it may be stored and shown; "" stores the URL itself. The
+    #: core applies its secret redaction (user info, signature and token
+    #: parameters) to either.
+    display_url: str = ""
+
+
+def default_file_name(url: str) -> str:
+    """The file name of a URL whose origin names none: its last ``/``-separated
+    segment, without query or fragment; no scheme's path rules are assumed."""
+    return url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 class Origin(ABC):

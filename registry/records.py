@@ -160,6 +160,10 @@ class Credential:
     read_only: bool
     created: datetime
     revoked_at: datetime | None
+    #: from when it answers 401 like a revoked one; None: never
+    expires_at: datetime | None = None
+    #: about when it last authenticated a request (noted at most once a minute); None: never
+    last_used: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class NewCredential:
     hint: str
     apps: list[str]
     read_only: bool
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

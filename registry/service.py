@@ -13,9 +13,8 @@ file is removed on exit, and a blob that did not end up referenced is deleted.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from registry import events
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
 from registry.catalog import PackageDetails
+from registry.hooks import call_hook
 from registry.errors import (
     ChecksumMismatch,
     InvalidPackage,
@@ -43,14 +43,14 @@ from registry.errors import (
     ValidationError,
 )
 from registry.metrics import Metrics
-from registry.origins import Origin
+from registry.origins import Origin, default_file_name
 from registry.records import CommitResult, NewPackage, Outcome, Record
 from registry.redact import redact_url
 from registry.settings import Settings
 from registry.staging import StagingFile, check_free_space, sweep_staging
 from registry.storage import Storage, new_blob_key
 from registry.store import RecordStore
-from registry.validation import check_version, derive_package_name, url_file_name
+from registry.validation import check_version, derive_package_name
 
 logger = logging.getLogger("registry.service")
 
@@ -148,17 +148,18 @@ class Registry:
         removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
         if removed:
             logger.info("removed %d stale staging file(s)", removed)
-        for result in self.pm.hook.registry_startup(registry=self):
-            if inspect.isawaitable(result):
-                await result
+        await call_hook(self.pm.hook.registry_startup, {"registry": self}, on_error="raise")
 
     async def shutdown(self) -> None:
-        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage."""
-        for result in self.pm.hook.registry_shutdown(registry=self):
-            if inspect.isawaitable(result):
-                await result
-        await self.storage.shutdown()
-        await anyio.to_thread.run_sync(self.records.close)
+        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage
+        and close the record store, also when a hook fails (each failure is logged)."""
+        try:
+            await call_hook(self.pm.hook.registry_shutdown, {"registry": self}, on_error="log")
+        finally:
+            try:
+                await self.storage.shutdown()
+            finally:
+                await anyio.to_thread.run_sync(self.records.close)
 
     async def check_ready(self) -> None:
         """Return when the database and the storage answer now; raise whatever
@@ -196,13 +197,50 @@ class Registry:
             raise UnsupportedSourceOrigin(f"origin '{disabled}' is disabled")
         raise UnsupportedSourceOrigin(f"no origin accepts '{scheme}:' URLs")
 
-    async def upload_link(self, upload: UploadRequest, origin: Origin, package_url: str) -> CommitResult:
-        """Fetch ``package_url`` through ``origin`` (from :meth:`resolve_origin`) and ingest it.
+    async def _counted(self, origin: str, upload: Awaitable[CommitResult]) -> CommitResult:
+        """Await an upload, counting its outcome or error code by origin
+        (``registry_uploads_total``): every way in counts the same."""
+        try:
+            result = await upload
+        except RegistryError as exc:
+            self.metrics.uploads.labels(origin, exc.code).inc()
+            raise
+        self.metrics.uploads.labels(origin, result.outcome.value).inc()
+        return result
+
+    async def upload_link(self, upload: UploadRequest, package_url: str) -> CommitResult:
+        """Fetch ``package_url`` through the enabled origin that accepts it and ingest it.
 
         When the version is given, conflicts are decided before the body is
         read where the bytes are already known to differ: by the client's
         ``sha256``, or by the size the origin announces.
+
+        :raises UnsupportedSourceOrigin: no enabled origin accepts the URL
+            (counted under origin ``none``).
         """
+        try:
+            origin = self.resolve_origin(package_url)
+        except RegistryError as exc:
+            self.metrics.uploads.labels("none", exc.code).inc()
+            raise
+        return await self._counted(origin.name, self._fetch_and_ingest(upload, origin, package_url))
+
+    async def upload_file(self, receive: Callable[[StagingFile], Awaitable[tuple[UploadRequest, str]]]) -> CommitResult:
+        """Stage a file the caller receives and ingest it (counted under origin ``upload``).
+
+        :param receive: writes the bytes into the staging file it is given and
+            returns the upload's validated fields and the file's name; its
+            errors fail the upload like any other (the staging file is removed).
+        """
+
+        async def stage_and_ingest() -> CommitResult:
+            async with self.staging() as staged:
+                upload, file_name = await receive(staged)
+                return await self.ingest(upload, staged, file_name=file_name, origin="upload")
+
+        return await self._counted("upload", stage_and_ingest())
+
+    async def _fetch_and_ingest(self, upload: UploadRequest, origin: Origin, package_url: str) -> CommitResult:
         existing = None
         if upload.version is not None:
             existing = await self._live_version(upload, upload.version)
@@ -222,9 +260,10 @@ class Registry:
             return await self.ingest(
                 upload,
                 staged,
-                file_name=url_file_name(package_url),
+                file_name=download.file_name or default_file_name(package_url),
                 origin=origin.name,
-                source_url=redact_url(package_url),
+                # redacted whoever made it: secrets never reach the database
+                source_url=redact_url(download.display_url or package_url),
             )
 
     async def _live_version(self, upload: UploadRequest, version: str) -> Record | None:

@@ -6,6 +6,12 @@ plugins add theirs through the ``registry_settings`` hook, so a third-party
 storage can own ``[storage.mystore]`` without touching the core. Loading rejects
 any key nobody declared and any value of the wrong type, naming the key, so a
 typo stops start-up instead of being silently ignored.
+
+Every key can also come from the environment, which wins over the file:
+``REGISTRY_`` + the key upper-cased with dots as underscores
+(``REGISTRY_STORAGE_S3_BUCKET``). The value is read as a TOML value
+(``8001``, ``true``, ``["a", "b"]``); anything that is not one, such as a
+bare word, is taken as a string. Errors about such a value name the variable.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from typing import Any
 
 CONFIG_ENV = "REGISTRY_CONFIG"
 DEFAULT_CONFIG_NAME = "registry.toml"
+ENV_PREFIX = "REGISTRY_"
+#: Who declares the core's own keys, in duplicate-key errors.
+CORE = "the core"
 
 
 class SettingsError(Exception):
@@ -34,10 +43,6 @@ def positive(value: Any) -> str | None:
 def not_negative(value: Any) -> str | None:
     """A ``check`` for numbers that must be 0 or more (for plugins too)."""
     return None if value >= 0 else "must be 0 or more"
-
-
-def _not_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be 0 or greater"
 
 
 def _port(value: Any) -> str | None:
@@ -120,11 +125,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("auth.anonymous_read", "bool", False, "Allow reads without a credential."),
     Setting("retention.keep_last", "int", 0,
             "Live versions `registry gc` keeps per module, newest first; older ones are soft-deleted (0: keep all).",
-            check=_not_negative),
+            check=not_negative),
     Setting("plugins.modules", "list[str]", [], "Extra plugin modules to import and register."),
     Setting("ui.enabled", "bool", True, "Serve the web interface under `/ui/` (false: every `/ui/` path is a 404)."),
     Setting("ui.session_secret", "str", "",
             "Key that signs web sessions; empty: generated once and kept beside the SQLite database (required with `database.url`)."),
+    Setting("plugins.disabled", "list[str]", [], "Built-in plugins to switch off, by entry-point name."),
 )
 
 
@@ -178,12 +184,60 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-def plugin_modules(raw: dict[str, Any]) -> list[str]:
+def env_name(key: str) -> str:
+    """The variable that overrides ``key``: ``storage.s3.bucket`` -> ``REGISTRY_STORAGE_S3_BUCKET``."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def env_value(text: str) -> Any:
+    """A variable's text as the TOML value it spells, or as a string when it spells none."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _early_list(raw: dict[str, Any], key: str, environ: Mapping[str, str]) -> list[str]:
+    """A ``list[str]`` key read before validation (plugins declare the other keys)."""
+    table, _, name = key.partition(".")
+    variable = env_name(key)
+    if variable in environ:
+        value, where = env_value(environ[variable]), f"environment variable {variable}"
+    else:
+        section = raw.get(table, {})
+        value, where = (section.get(name, []) if isinstance(section, dict) else []), f"configuration key '{key}'"
+    if not _TYPE_CHECKS["list[str]"](value):
+        raise SettingsError(f"{where} must be of type list[str], got {value!r}")
+    return list(value)
+
+
+def plugin_modules(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> list[str]:
     """``[plugins] modules`` read before validation: plugins declare the other keys."""
-    modules = raw.get("plugins", {}).get("modules", []) if isinstance(raw.get("plugins"), dict) else []
-    if not _TYPE_CHECKS["list[str]"](modules):
-        raise SettingsError("plugins.modules: expected a list of strings")
-    return list(modules)
+    return _early_list(raw, "plugins.modules", os.environ if environ is None else environ)
+
+
+def disabled_plugins(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> list[str]:
+    """``[plugins] disabled`` read before validation, like :func:`plugin_modules`."""
+    return _early_list(raw, "plugins.disabled", os.environ if environ is None else environ)
+
+
+def merge_declarations(sources: Iterable[tuple[str, Iterable[Setting]]]) -> list[Setting]:
+    """Every declared setting, from ``(declarer, settings)`` pairs.
+
+    :raises SettingsError: a key declared twice, naming both declarers (two
+        plugins, or a plugin and the core, would otherwise silently disagree
+        on its type or default).
+    """
+    owners: dict[str, str] = {}
+    merged: list[Setting] = []
+    for declarer, settings in sources:
+        for spec in settings:
+            if spec.key in owners:
+                raise SettingsError(
+                    f"configuration key '{spec.key}' is declared twice: by {owners[spec.key]} and by {declarer}")
+            owners[spec.key] = declarer
+            merged.append(spec)
+    return merged
 
 
 def _flatten(table: dict[str, Any], declared: set[str], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -195,29 +249,44 @@ def _flatten(table: dict[str, Any], declared: set[str], prefix: str = "") -> Ite
             yield key, value
 
 
-def build_settings(raw: dict[str, Any], specs: Iterable[Setting], source: Path | None) -> Settings:
-    """Validate ``raw`` against ``specs`` and fill in defaults.
+def build_settings(
+    raw: dict[str, Any], specs: Iterable[Setting], source: Path | None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate ``raw`` and the environment's overrides against ``specs`` and fill in defaults.
 
     Relative path settings are resolved against ``source``'s folder (the
-    current directory when there is no file).
+    current directory when there is no file, and for values from the
+    environment).
 
-    :raises SettingsError: naming the first unknown key or badly typed value.
+    :param environ: the variables to read overrides from (default: ``os.environ``).
+    :raises SettingsError: naming the first unknown key or badly typed value
+        (or the variable that set it).
     """
     table = {spec.key: spec for spec in specs}
+    environ = os.environ if environ is None else environ
     base = source.parent if source is not None else Path.cwd()
     values = {key: spec.default for key, spec in table.items()}
+    bases = {key: base for key in table}
+    given: list[tuple[str, Any, str]] = []
     for key, value in _flatten(raw, set(table)):
-        spec = table.get(key)
-        if spec is None:
+        if key not in table:
             raise SettingsError(f"unknown configuration key '{key}'")
+        given.append((key, value, f"configuration key '{key}'"))
+    for key in table:
+        variable = env_name(key)
+        if variable in environ:
+            given.append((key, env_value(environ[variable]), f"environment variable {variable} (key '{key}')"))
+            bases[key] = Path.cwd()
+    for key, value, where in given:  # the environment's entries come last: they win
+        spec = table[key]
         if not _TYPE_CHECKS[spec.type](value):
-            raise SettingsError(f"configuration key '{key}' must be of type {spec.type}, got {value!r}")
+            raise SettingsError(f"{where} must be of type {spec.type}, got {value!r}")
         if spec.check is not None and (problem := spec.check(value)):
-            raise SettingsError(f"configuration key '{key}': {problem}")
+            raise SettingsError(f"{where}: {problem}")
         values[key] = value
     for key, spec in table.items():
         if spec.path:
-            values[key] = _resolve_paths(values[key], base)
+            values[key] = _resolve_paths(values[key], bases[key])
     return Settings(values, source)
 
 

@@ -91,12 +91,22 @@ class Storage(ABC):
     async def startup(self) -> None:
         """Prepare the store (create folders, check the bucket); idempotent.
 
-        Called once before the service takes requests and by ``check-config``.
+        Called once before the service takes requests.
         """
 
     @abstractmethod
     async def check(self) -> None:
         """Raise ``ObjectStoreException`` unless the store is reachable now."""
+
+    async def check_config(self) -> None:
+        """What ``registry check-config`` runs, before :meth:`startup`: raise
+        ``ObjectStoreException`` unless the store would work, creating nothing.
+
+        The default runs :meth:`check`; a backend whose :meth:`startup`
+        creates what :meth:`check` needs (folders) overrides it to accept
+        their absence when they could be created.
+        """
+        await self.check()
 
     @abstractmethod
     async def put(self, staged: Path, key: str) -> None:

@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from registry.catalog import PackageDetails, Summary
 from registry.errors import PackageAlreadyExists
@@ -261,6 +262,18 @@ class RecordStore(ABC):
     def revoke_credential(self, credential_id: int) -> bool:
         """Revoke a credential; False when no live credential has that id."""
 
+    @abstractmethod
+    def note_credential_use(self, credential_id: int, used: datetime, stale_before: datetime) -> bool:
+        """Set the credential's ``last_used`` to ``used`` unless it is already
+        at or after ``stale_before`` (another process noted it); returns
+        whether it wrote.
+
+        Called while authenticating a request, so it must never wait for
+        another writer: when the row or the database is locked it returns
+        False or raises ``DatabaseUnavailable`` at once, and the caller skips
+        the note.
+        """
+
     # -- audit events ---------------------------------------------------------------
 
     @abstractmethod
@@ -303,6 +316,30 @@ class RecordStore(ABC):
     @abstractmethod
     def import_events(self, events: Sequence[AuditEvent]) -> int:
         """:meth:`import_records` for audit events."""
+
+    # -- backup (registry backup / restore-backup) --------------------------------------
+
+    def backup_to(self, folder: Path) -> RecordStore:
+        """Write a consistent copy of every record, credential and event (one
+        committed state) into the empty ``folder`` while the store stays in
+        use, and return a store reading that copy; the caller closes it.
+
+        :raises BackupUnsupported: the database is backed up by its own tools
+            (the message names them); the default.
+        """
+        raise BackupUnsupported(f"{self.description}: back it up with the database's own tools")
+
+    def restore_from(self, folder: Path) -> None:
+        """Replace everything in this store with the copy :meth:`backup_to`
+        wrote into ``folder``. Only while no server uses the store.
+
+        :raises BackupUnsupported: as for :meth:`backup_to`.
+        """
+        raise BackupUnsupported(f"{self.description}: restore it with the database's own tools")
+
+
+class BackupUnsupported(Exception):
+    """A store that ``registry backup`` cannot copy; the message says what to use instead."""
 
 
 def decide(existing: Record | None, new: NewPackage, allow_overwrite: bool) -> Outcome:

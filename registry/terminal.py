@@ -11,9 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, tzinfo, UTC
 from typing import Protocol
 
 from registry.printable import escape_unsafe
+#: The one way the CLI shows a time, as the records' ``created``/``updated`` are.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class ProgressSink(Protocol):
@@ -109,3 +112,18 @@ def human_size(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def display_time(value: datetime | str | None, zone: tzinfo, *, never: str = "-") -> str:
+    """A time as every CLI table shows times: ``YYYY-MM-DD HH:MM:SS`` in ``zone``.
+
+    Accepts a ``datetime`` (naive means UTC), the stored text form
+    (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) and ISO 8601 with an offset; None
+    or empty gives ``never``.
+    """
+    if not value:
+        return never
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(zone).strftime(TIME_FORMAT)

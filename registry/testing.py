@@ -40,6 +40,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -47,8 +48,16 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
+from registry.auth import CredentialStore, authenticate
 from registry.catalog import PackageDetails, Summary
-from registry.errors import ObjectStoreException, PackageAlreadyExists, PackageNotFound, RegistryError
+from registry.errors import (
+    DatabaseUnavailable,
+    ObjectStoreException,
+    PackageAlreadyExists,
+    PackageNotFound,
+    RegistryError,
+    Unauthenticated,
+)
 from registry.records import AuditEvent, NewCredential, NewPackage, Order, Outcome, PageKey, Record, utc_now
 from registry.storage import BlobMissing, Storage, new_blob_key
 from registry.store import RecordStore
@@ -65,6 +74,7 @@ RANGE_BLOB_SIZE = 2 * MiB + 777
 __all__ = [
     "LARGE_OBJECT_SIZE",
     "MAX_CHUNK_SIZE",
+    "CredentialLocker",
     "RecordStoreConformance",
     "StorageConformance",
     "new_package",
@@ -287,6 +297,13 @@ class StorageConformance:
 # -- record stores ----------------------------------------------------------------
 
 StoreFactory = Callable[[], RecordStore]
+#: ``lock(store, credential_id)``: a context that holds, from another
+#: connection, the lock a write to that credential's row would wait for
+CredentialLocker = Callable[[RecordStore, int], AbstractContextManager[None]]
+#: how long a lock holder keeps the lock when the store under test waits for
+#: it: long enough that a waiting store writes only after the release (and
+#: so fails the test), not a measure of speed
+LOCK_HOLD_SECONDS = 5.0
 
 
 def new_package(version: str = "1.0.0", *, code: str = "app", module: str = "default", salt: str = "",
@@ -344,6 +361,11 @@ class RecordStoreConformance:
         store.migrate()
         yield store
         store.close()
+
+    @pytest.fixture
+    def lock_credential(self) -> CredentialLocker:
+        """Override to check that noting a credential's use never waits for a lock."""
+        pytest.skip("the store's tests provide no lock_credential fixture")
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -645,6 +667,66 @@ class RecordStoreConformance:
         assert [c.id for c in listed] == sorted(c.id for c in listed) and len(listed) == 3
         assert listed[0].revoked_at is not None
 
+    def test_credential_expiry_and_last_used_are_kept(self, store: RecordStore) -> None:
+        expires = utc_now() + timedelta(days=90)
+        made = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", [], False, expires_at=expires))
+        forever = store.add_credential(NewCredential("app_secret", "app1", "h2", "abcd", [], False))
+        assert made.expires_at == expires and made.last_used is None
+        assert forever.expires_at is None and forever.last_used is None
+        used = utc_now()
+        assert store.note_credential_use(made.id, used, stale_before=used - timedelta(minutes=1))
+        [listed, _] = store.list_credentials()
+        assert listed.last_used == used and listed.expires_at == expires
+        assert store.credential_by_hash("token", "h1") == listed
+        # noted less than the interval ago (by any process): no second write
+        assert not store.note_credential_use(made.id, used + timedelta(seconds=30), stale_before=used)
+        assert store.list_credentials()[0].last_used == used
+        later = used + timedelta(minutes=2)
+        assert store.note_credential_use(made.id, later, stale_before=later - timedelta(minutes=1))
+        assert store.list_credentials()[0].last_used == later
+        assert store.list_credentials()[1].last_used is None, "only that credential was noted"
+
+    def test_an_expired_credential_is_not_authenticated(self, store: RecordStore) -> None:
+        credentials = CredentialStore(store)
+        token = credentials.create_token("alice", [], False, expires_in=timedelta(0))  # expires at once
+        secret = credentials.create_app_secret("app1", [], expires_in=timedelta(0))
+        live = credentials.create_token("bob", [], False, expires_in=timedelta(days=1))
+        with pytest.raises(Unauthenticated):
+            authenticate(credentials, ("token", token))
+        with pytest.raises(Unauthenticated):
+            authenticate(credentials, ("app", "app1", secret))
+        principal = authenticate(credentials, ("token", live))
+        assert principal is not None and principal.operator == "bob"
+        by_name = {c.name: c for c in store.list_credentials()}
+        assert by_name["bob"].last_used is not None, "a successful authentication notes the use"
+        assert by_name["alice"].last_used is None and by_name["app1"].last_used is None
+        assert [info.status(utc_now()) for info in credentials.list()] == ["expired", "expired", "active"]
+
+    def test_noting_a_use_never_waits_for_a_lock(self, store: RecordStore,
+                                                 lock_credential: CredentialLocker) -> None:
+        credential = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", [], False))
+        locked, returned = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lock_credential(store, credential.id):
+                locked.set()
+                returned.wait(LOCK_HOLD_SECONDS)  # a store that waits writes after this
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert locked.wait(60), "the lock holder did not get the lock"
+            now = utc_now()
+            try:
+                written = store.note_credential_use(credential.id, now, stale_before=now)
+            except DatabaseUnavailable:
+                written = False
+        finally:
+            returned.set()
+            holder.join()
+        assert written is False
+        assert store.list_credentials()[0].last_used is None
+
     def test_events(self, store: RecordStore) -> None:
         assert store.recent_events() == []
         made = [store.add_event(AuditEvent(kind=kind, time=utc_now(), operator="carol", code=code, module="m",
@@ -779,6 +861,11 @@ class RecordStoreConformance:
         assert store.page_details(0, 10) == [(moved.id, details)]
         after = store.commit(new_package("8.0.0"), allow_overwrite=False).record
         assert after.id > moved.id, "new ids continue after imported ones"
+        used = utc_now()
+        copied = replace(credential, id=credential.id + 100, secret_hash="h9", last_used=used,
+                         expires_at=used + timedelta(days=1))
+        assert store.import_credentials([copied]) == 1
+        assert store.list_credentials()[-1] == copied, "expiry and last use are copied too"
 
     # -- races ----------------------------------------------------------------------------------
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: a live registry subprocess, a local file server, unique app codes."""
+"""Shared fixtures: a live registry subprocess, a local file server, an S3 server, unique app codes.
+
+Fixtures more than one module needs live here, not in copies.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,23 @@ import functools
 import http.server
 import itertools
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from registry.service import Registry
 from tests import pg
-from tests.helpers import Api, RegistryProcess, base_config, start_registry
+from tests.helpers import Api, RegistryProcess, base_config, start_registry, to_toml
 from tests.pg import PgServer
+
+if TYPE_CHECKING:
+    from tests.test_storage_conformance import MotoServer
 
 _codes = itertools.count(1)
 
@@ -72,9 +83,62 @@ def token(registry: RegistryProcess) -> str:
     return registry.token("alice")
 
 
+@dataclass
+class InProcess:
+    """The registry served by uvicorn on a thread of this process, with a token of operator ``alice``."""
+
+    service: Registry
+    url: str
+    token: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def inprocess(tmp_path_factory: pytest.TempPathFactory, file_server: FileServer) -> Iterator[InProcess]:
+    """The registry in this process, configured like the ``registry`` subprocess, started and stopped once:
+    real HTTP on loopback, without a process to start."""
+    import uvicorn
+
+    from registry.app import create_app
+    from registry.bootstrap import build_registry, load_settings
+
+    root = tmp_path_factory.mktemp("inprocess")
+    config = root / "registry.toml"
+    config.write_text(to_toml(base_config(root, files_root=file_server.root)))
+    service = build_registry(*load_settings(config))
+    token = service.credentials.create_token("alice", [], False)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process registry did not start"
+        time.sleep(0.01)
+    try:
+        yield InProcess(service, f"http://127.0.0.1:{sock.getsockname()[1]}", token, root)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
 @pytest.fixture
-def api(registry: RegistryProcess, token: str) -> Iterator[Api]:
-    client = Api(registry.url, token)
+def api(request: pytest.FixtureRequest) -> Iterator[Api]:
+    """A client of the package API with ``alice``'s token.
+
+    In-process by default; a test that also uses the live ``registry``
+    subprocess (its URL, files, CLI or log) gets that server's API instead, so
+    both see the same data.
+    """
+    if "registry" in request.fixturenames:
+        registry: RegistryProcess = request.getfixturevalue("registry")
+        client = Api(registry.url, request.getfixturevalue("token"))
+    else:
+        local: InProcess = request.getfixturevalue("inprocess")
+        client = Api(local.url, local.token)
     yield client
     client.close()
 
@@ -111,3 +175,19 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL of a fresh, empty database on :func:`pg_server`."""
     return pg_server.new_database()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, the loop uvicorn serves on."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """A real S3 server (moto's) on loopback, per module."""
+    from tests.test_storage_conformance import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()

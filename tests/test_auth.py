@@ -349,3 +349,76 @@ def test_anonymous_read(open_registry: RegistryProcess, code: str) -> None:
     assert_error(httpx.get(base, headers={"Authorization": "Bearer spr_unknown"}), 401, "UNAUTHENTICATED")
     assert_error(httpx.get(base, headers={"X-BKAPI-AUTHORIZATION": "{oops"}), 401, "UNAUTHENTICATED")
     assert httpx.get(base, headers=writer).json()["count"] == 1
+
+
+# -- expiry and last use ------------------------------------------------------------------------
+
+
+def token_row(registry: RegistryProcess, name: str) -> dict[str, Any]:
+    rows = json.loads(registry.cli("token", "list", "--json").stdout)
+    [row] = [r for r in rows if r["name"] == name]
+    return dict(row)
+
+
+def test_token_expires(registry: RegistryProcess, code: str) -> None:
+    name = f"expiring-{code}"
+    created = registry.cli("token", "create", "--operator", name, "--expires-in", "90d")
+    assert "expires in 90d" in created.stdout
+    token = created.stdout.strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert list_(registry, code, headers).status_code == 200
+    row = token_row(registry, name)
+    assert row["status"] == "active" and row["expires_at"] > row["created"]
+
+    # ninety days later, as the database sees it
+    database = Path(registry.config).parent / "registry.db"
+    conn = sqlite3.connect(database, timeout=30)
+    with conn:
+        conn.execute("UPDATE credentials SET expires_at = '2000-01-01 00:00:00.000000' WHERE id = ?", (row["id"],))
+    conn.close()
+    response = list_(registry, code, headers)
+    assert_error(response, 401, "UNAUTHENTICATED")
+    assert response.json()["detail"].endswith(": credential expired")
+    assert_error(list_(registry, code, gateway(access_token=token)), 401, "UNAUTHENTICATED")
+    assert token_row(registry, name)["status"] == "expired"
+    [line] = [line for line in registry.cli("token", "list").stdout.splitlines() if f" {name} " in line]
+    assert "2000-01-01 00:00:00" in line and line.rstrip().endswith("expired")
+
+
+def test_expired_app_secret(registry: RegistryProcess, code: str) -> None:
+    app_code = f"{code}-expiring"
+    created = registry.cli("app-secret", "create", "--app-code", app_code, "--expires-in", "1h")
+    headers = gateway(bk_app_code=app_code, bk_app_secret=created.stdout.strip().splitlines()[-1])
+    assert list_(registry, code, headers).status_code == 200
+    database = Path(registry.config).parent / "registry.db"
+    conn = sqlite3.connect(database, timeout=30)
+    with conn:
+        conn.execute("UPDATE credentials SET expires_at = '2000-01-01 00:00:00.000000' WHERE name = ?", (app_code,))
+    conn.close()
+    assert_error(list_(registry, code, headers), 401, "UNAUTHENTICATED")
+
+
+@pytest.mark.parametrize("duration", ["90", "d", "0d", "1w", "-1d", "1.5h"])
+def test_a_bad_duration_is_a_usage_error(registry: RegistryProcess, duration: str) -> None:
+    result = registry.cli("token", "create", "--operator", "x", "--expires-in", duration, check=False)
+    assert result.returncode == 2
+    assert "--expires-in" in result.stderr
+
+
+def test_token_list_shows_when_a_credential_was_last_used(registry: RegistryProcess, code: str) -> None:
+    name = f"used-{code}"
+    token = registry.token(name)
+    secret_name = f"{code}-used"
+    secret = app_secret(registry, secret_name)
+    assert token_row(registry, name)["last_used"] is None
+    [line] = [line for line in registry.cli("token", "list").stdout.splitlines() if f" {secret_name} " in line]
+    assert f" {secret[:4]}… " in line  # app secrets have a hint too
+    assert " never " in line
+
+    assert list_(registry, code, {"Authorization": f"Bearer {token}"}).status_code == 200
+    assert list_(registry, code, gateway(bk_app_code=secret_name, bk_app_secret=secret)).status_code == 200
+    first = token_row(registry, name)["last_used"]
+    assert first is not None and token_row(registry, secret_name)["last_used"] is not None
+    # a second request within the minute writes nothing
+    assert list_(registry, code, {"Authorization": f"Bearer {token}"}).status_code == 200
+    assert token_row(registry, name)["last_used"] == first

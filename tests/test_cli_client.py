@@ -6,12 +6,14 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 
+from registry import __version__ as registry_version
 from registry.client import ApiError, ChecksumError, RegistryClient
 from tests.conftest import FileServer
 from tests.helpers import (
@@ -113,6 +115,8 @@ def test_conflict_prints_code_and_english_detail(registry: RegistryProcess, toke
     assert conflict.returncode == 1
     assert conflict.stdout == ""
     assert "error: PACKAGE_ALREADY_EXISTS: Source package already exists" in conflict.stderr
+    assert "pass --overwrite to replace it" in conflict.stderr
+    assert f"it holds sha256 {hashlib.sha256(first.read_bytes()).hexdigest()}" in conflict.stderr
 
     overwritten = run("push", str(second), *args, "--overwrite")
     assert overwritten.returncode == 0, overwritten.stderr
@@ -247,7 +251,7 @@ def test_push_refuses_a_record_with_another_digest(tmp_path: Path) -> None:
 
 
 def test_error_without_the_registry_body(tmp_path: Path) -> None:
-    """A proxy's HTML error page still gives a one-line message."""
+    """A proxy's HTML error page gives a one-line message, not the page."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, text="<html><body>Bad   Gateway</body></html>")
@@ -257,7 +261,7 @@ def test_error_without_the_registry_body(tmp_path: Path) -> None:
         pytest.raises(ApiError) as caught,
     ):
         client.list("demo", "default")
-    assert str(caught.value) == "HTTP 502: <html><body>Bad Gateway</body></html>"
+    assert str(caught.value) == "HTTP 502: Bad Gateway (from http://registry.test/, not in the registry's error format)"
 
 
 def test_list_follows_pages(registry: RegistryProcess, token: str, code: str,
@@ -272,3 +276,113 @@ def test_list_follows_pages(registry: RegistryProcess, token: str, code: str,
     with RegistryClient(registry.url, token) as client:
         records = client.list(code, "default")
     assert [r["version"] for r in records] == ["1.2", "1.1", "1.0"]
+
+
+# -- what push says, references by version, rm and restore ----------------------------------
+
+
+def test_push_says_what_happened(registry: RegistryProcess, token: str, code: str, tmp_path: Path) -> None:
+    first = write_package(tmp_path, "a.tar.gz", package(salt=code + "a"))
+    second = write_package(tmp_path, "b.tar.gz", package(salt=code + "b"))
+    args = ["--app", code, "--version", "1.0.0", *connection(registry, token)]  # --module defaults to default
+
+    def push(path: Path, *extra: str) -> str:
+        result = run("push", str(path), *args, *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    assert f"{code}/default version 1.0.0: created, id " in push(first)
+    assert "identical to the stored bytes; nothing changed" in push(first)
+    assert "overwritten (the version now holds these bytes)" in push(second, "--overwrite")
+    assert run("rm", "1.0.0", *args[:1], code, *connection(registry, token)).returncode == 0
+    assert "revived (a deleted version stored again)" in push(first)
+
+
+def test_pull_rm_restore_by_version_and_latest(registry: RegistryProcess, token: str, code: str,
+                                               tmp_path: Path) -> None:
+    old, new = package(salt=code + "old"), package(salt=code + "new")
+    args = ["--app", code, *connection(registry, token)]
+    for name, data, version in (("demo-1.tar.gz", old, "1.0"), ("demo-2.tar.gz", new, "2.0")):
+        pushed = run("push", str(write_package(tmp_path, name, data)), "--version", version, *args)
+        assert pushed.returncode == 0, pushed.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def pull(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*registry_command(), "pull", *extra, *args], capture_output=True, text=True,
+                              timeout=60, cwd=out, env={k: v for k, v in os.environ.items() if k not in CLIENT_ENV})
+
+    latest = pull("latest")  # no -o: the package's file name, in the current folder
+    assert latest.returncode == 0, latest.stderr
+    assert (out / "demo-2.tar.gz").read_bytes() == new
+    by_version = pull("1.0", "-o", str(out / "old.tar.gz"))
+    assert by_version.returncode == 0, by_version.stderr
+    assert (out / "old.tar.gz").read_bytes() == old
+
+    removed = run("rm", "2.0", *args)
+    assert removed.returncode == 0, removed.stderr
+    assert f"deleted {code}/default version 2.0" in removed.stdout
+    assert pull("latest", "-o", str(out / "now-latest.tar.gz")).returncode == 0
+    assert (out / "now-latest.tar.gz").read_bytes() == old  # the deleted one is no longer latest
+    missing = run("rm", "2.0", *args)
+    assert missing.returncode == 1 and "PACKAGE_NOT_FOUND" in missing.stderr
+
+    restored = run("restore", "2.0", *args)
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["is_deleted"] is False
+    assert pull("latest", "-o", str(out / "latest-again.tar.gz")).returncode == 0
+    assert (out / "latest-again.tar.gz").read_bytes() == new
+
+
+def test_a_server_that_is_not_a_registry(file_server: FileServer, code: str) -> None:
+    """A wrong --url (here a plain web server's HTML 404) is named as such, without its page."""
+    result = run("ls", "--app", code, "--url", file_server.url, "--token", "t")
+    assert result.returncode == 1
+    assert f"error: not a registry at {file_server.url}/: it answered HTTP 404 with text/html" in result.stderr
+    assert "<" not in result.stderr
+
+
+def test_apps_and_modules_listings(tmp_path: Path) -> None:
+    """The listings follow the pages of ``/bkapps/applications/`` and ``…/{code}/modules/``."""
+    apps = [{"code": f"app{n}", "modules": 1, "packages": n, "last_uploaded": "2026-01-01 00:00:00"}
+            for n in range(3)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        offset, limit = int(request.url.params["offset"]), 2
+        if request.url.path == "/bkapps/applications/":
+            return httpx.Response(200, json={"count": 3, "results": apps[offset:offset + limit]})
+        assert request.url.path == "/bkapps/applications/app1/modules/"
+        return httpx.Response(200, json={"count": 1, "results": [{"name": "default", "packages": 1}]})
+
+    with RegistryClient("http://registry.test", None, transport=httpx.MockTransport(handler)) as client:
+        assert client.applications() == apps
+        assert client.modules("app1") == [{"name": "default", "packages": 1}]
+
+
+def test_version_flag() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"registry {registry_version}"
+
+
+# httpx's package imports its own command line (rich, click) when those are
+# installed, so a command that talks HTTP loads rich whatever the registry does.
+@pytest.mark.parametrize(("args", "heavy"), [
+    (["--version"], ("boto3", "botocore", "uvicorn", "starlette", "rich", "sqlite_utils", "registry.service", "httpx")),
+    (["ls", "--app", "a", "--url", "http://127.0.0.1:9", "--token", "t"],
+     ("boto3", "botocore", "uvicorn", "starlette", "sqlite_utils", "registry.service")),
+])
+def test_client_commands_import_no_server_stack(args: list[str], heavy: tuple[str, ...]) -> None:
+    """``--version`` and client commands load neither boto3 nor the server stack."""
+    script = (
+        "import sys\n"
+        "from registry.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"heavy = {heavy!r}\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr

@@ -6,9 +6,11 @@ so the session's shared server stays clean.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -207,16 +209,16 @@ def test_gc_collects_stale_leftovers_and_purges_old_deleted_records(scratch: Scr
 
     dry = scratch.cli("gc", "--dry-run", "--deleted-older-than", "0")
     assert dry.returncode == 0, dry.stderr
-    assert f"would purge id {purged_id} shop/default version 1.0.0" in dry.stdout
-    assert f"would orphan key shop/default/{'a' * 32}" in dry.stdout
-    assert "would staging " in dry.stdout and "upload-stale.part" in dry.stdout
+    assert f"would remove the blob of id {purged_id} shop/default version 1.0.0" in dry.stdout
+    assert f"would remove orphan blob key shop/default/{'a' * 32}" in dry.stdout
+    assert "would remove stale staging file " in dry.stdout and "upload-stale.part" in dry.stdout
     assert "b" * 32 not in dry.stdout and "upload-live.part" not in dry.stdout
     assert all(path.exists() for path in everything)
 
     # the default retention (30 days) keeps a record deleted just now
     default = scratch.cli("gc")
     assert default.returncode == 0, default.stderr
-    assert purged_blob.exists() and "0 purge" in default.stdout
+    assert purged_blob.exists() and "0 blob(s) of deleted versions purged" in default.stdout
     assert not stale_orphan.exists() and not stale_upload.exists()
     stale_orphan.write_bytes(b"leftover")
     age(stale_orphan, TWO_HOURS)
@@ -226,7 +228,9 @@ def test_gc_collects_stale_leftovers_and_purges_old_deleted_records(scratch: Scr
     assert not purged_blob.exists() and not stale_orphan.exists()
     assert kept_blob.exists() and recent_orphan.exists() and live_upload.exists() and foreign.exists()
     assert "left 1 unreferenced object(s) alone" in collected.stderr
-    assert re.search(r"gc: 0 expire, 1 purge, 1 orphan, 0 staging; freed", collected.stdout)
+    assert re.search(r"gc: 0 version\(s\) soft-deleted, 1 blob\(s\) of deleted versions purged,"
+                     r" 1 orphan blob\(s\), 0 staging file\(s\); freed", collected.stdout)
+    assert f"removed the blob of id {purged_id} shop/default version 1.0.0" in collected.stdout
 
     # the purged record stays, deleted; it cannot be restored, only uploaded again
     listed = scratch.api.list("shop", include_deleted="true").json()["results"]
@@ -248,12 +252,13 @@ def test_gc_keep_last(tmp_path: Path) -> None:
 
         dry = scratch.cli("gc", "--dry-run")
         assert dry.returncode == 0, dry.stderr
-        assert f"would expire id {ids[0]} shop/default version 1.0 (keep_last 2)" in dry.stdout
-        assert f"would expire id {ids[1]} " in dry.stdout
+        assert f"would soft-delete id {ids[0]} shop/default version 1.0 (keep_last 2)" in dry.stdout
+        assert f"would soft-delete id {ids[1]} " in dry.stdout
         assert len(scratch.api.list("shop").json()["results"]) == 4
 
         expired = scratch.cli("gc")
         assert expired.returncode == 0, expired.stderr
+        assert f"soft-deleted id {ids[0]} shop/default version 1.0 (keep_last 2)" in expired.stdout
         live = [r["id"] for r in scratch.api.list("shop").json()["results"]]
         assert live == [ids[3], ids[2]]
         assert [r["id"] for r in scratch.api.list("cart").json()["results"]] == [other_id]
@@ -282,3 +287,67 @@ def test_gc_keeps_every_blob_a_record_points_to_however_old(scratch: Scratch) ->
     assert result.returncode == 0, result.stderr
     assert scratch.blob_of(live_data).exists() and scratch.blob_of(deleted_data).exists()
     assert scratch.api.download("shop", live_id).content == live_data
+
+
+# -- backup and restore-backup ----------------------------------------------------------------
+
+
+def test_backup_while_serving_and_restore(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    with scratch_registry(root) as scratch:
+        kept_id, kept = scratch.upload("shop", "1.0")
+        gone_id, gone = scratch.upload("shop", "2.0")
+        backup = tmp_path / "backup"
+        made = scratch.cli("backup", "--to", str(backup))
+        assert made.returncode == 0, made.stderr
+        assert "manifest of 2 blob(s)" in made.stdout
+        manifest = json.loads((backup / "manifest.json").read_text())
+        assert manifest["format"] == 1 and manifest["storage"] == "filesystem"
+        assert sorted(b["sha256"] for b in manifest["blobs"]) == sorted(
+            hashlib.sha256(d).hexdigest() for d in (kept, gone))
+        for blob in manifest["blobs"]:
+            assert (scratch.packages / blob["key"]).read_bytes() in (kept, gone)
+        # the copy opens as a database on its own
+        with sqlite3.connect(backup / "registry.db") as db:
+            assert db.execute("SELECT count(*) FROM packages").fetchone()[0] == 2
+        assert scratch.cli("backup", "--to", str(backup)).returncode == 1  # never into a used folder
+
+        # changes after the backup: a deletion and a new version
+        assert scratch.api.delete("shop", gone_id).status_code == 204
+        scratch.upload("shop", "3.0")
+        refused = scratch.cli("restore-backup", str(backup))
+        assert refused.returncode == 1 and "--force" in refused.stderr
+    # servers stopped: restore
+    restored = run("--config", str(scratch.server.config), "restore-backup", str(backup), "--force")
+    assert restored.returncode == 0, restored.stderr
+    with scratch_registry(root) as again:
+        versions = sorted((r["version"], r["is_deleted"]) for r in again.api.list("shop").json()["results"])
+        assert versions == [("1.0", False), ("2.0", False)]
+        assert again.api.download("shop", kept_id).content == kept
+        assert again.api.download("shop", gone_id).content == gone
+        assert again.cli("fsck").returncode == 0
+
+
+def test_restore_refuses_a_backup_whose_blobs_are_missing(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    with scratch_registry(root) as scratch:
+        _, data = scratch.upload("shop", "1.0")
+        assert scratch.cli("backup", "--to", str(tmp_path / "backup")).returncode == 0
+        scratch.blob_of(data).unlink()
+    config = str(scratch.server.config)
+    result = run("--config", config, "restore-backup", str(tmp_path / "backup"), "--force")
+    assert result.returncode == 1
+    assert "missing blob shop/default/" in result.stderr and "lacks 1 blob(s)" in result.stderr
+    assert run("--config", config, "restore-backup", str(tmp_path), "--force").returncode == 1  # not a backup
+    allowed = run("--config", config, "restore-backup", str(tmp_path / "backup"), "--force", "--allow-missing")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_gc_command_defaults_are_the_collectors() -> None:
+    """The command states its defaults without importing the collector (start-up time): they must agree."""
+    from datetime import timedelta
+
+    from registry import cli, gc
+
+    assert timedelta(days=cli.GC_RETENTION_DAYS) == gc.DEFAULT_RETENTION
+    assert timedelta(hours=cli.GC_GRACE_HOURS) == gc.DEFAULT_GRACE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,16 @@ def test_wrong_method_on_healthz(registry: RegistryProcess) -> None:
     response = httpx.post(f"{registry.url}/healthz")
     check_shape(response, "METHOD_NOT_ALLOWED")
     assert "GET" in response.headers["allow"]
+
+
+def test_the_readme_error_table_lists_every_code_the_service_answers(registry: RegistryProcess) -> None:
+    """The README's table and the served OpenAPI description name the same codes with the same statuses."""
+    spec = httpx.get(f"{registry.url}/openapi.json").json()
+    served = {m.group(1): int(m.group(2)) for m in re.finditer(r"^- `([A-Z_]+)` \((\d{3})\)", spec["info"]["description"],
+                                                                re.MULTILINE)}
+    assert served == {cls.code: cls.status for cls in all_error_classes()}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Errors"):]
+    section = section[:section.index("\n## ")]
+    documented = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([A-Z_]+)` \| (\d{3}) \|", section, re.MULTILINE)}
+    assert documented == served

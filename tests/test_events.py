@@ -8,6 +8,7 @@ import http.server
 import json
 import sqlite3
 import threading
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,9 @@ def test_audit_table_and_webhooks(tmp_path: Path, receiver: Receiver) -> None:
         assert listed[-1]["sha256"] == rows[0][3]
         table = server.cli("events", "--app", "evt").stdout
         assert "overwritten" in table and "carol" in table
+        # times as every CLI table shows them (records, tokens): YYYY-MM-DD HH:MM:SS
+        first_row = table.splitlines()[1].split()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", first_row[1]) and re.fullmatch(r"\d\d:\d\d:\d\d", first_row[2])
         assert server.cli("events", "--app", "other", "--json").stdout.strip() == "[]"
     finally:
         server.stop()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import warnings
 import zipfile
 import zlib
@@ -253,7 +254,10 @@ def test_log_lines_escape_control_characters(registry: RegistryProcess, api: Api
     response = api.link(code, missing, version="1.0")
     assert response.status_code == 502, response.text
     assert api.http.get(f"/nowhere/{code}%e2%80%a8%e2%80%a9%c2%85%7f").status_code == 404
-    log = registry.log.read_bytes()
+    # the access line is written once the response is sent: the client may read the log first
+    deadline = time.monotonic() + 10
+    while f'"/nowhere/{code}'.encode() not in (log := registry.log.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.02)
     lines = log.split(b"\n")
     assert not any(line.startswith(f"FORGED-LINE-{code}".encode()) for line in lines)
     assert b"\x1b[31m" not in log

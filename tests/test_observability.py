@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import time
 
 import httpx
-from starlette.routing import Route
+import pytest
+from starlette.routing import Mount, Route
 
 from registry.api.openapi import build_openapi
 from registry.api.routes import build_routes
@@ -61,8 +64,14 @@ def test_access_log_is_one_json_object_per_request(api: Api, registry: RegistryP
     request_id = f"log-{code}"
     response = api.http.get(api.path(code), headers={"X-Request-ID": request_id})
     assert response.status_code == 200
-    lines = [json.loads(line) for line in registry.log.read_text().splitlines() if line.startswith("{")]
-    mine = [line for line in lines if line["request_id"] == request_id]
+    # the line is written once the response is sent: the client may read the log first
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in registry.log.read_text().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line["request_id"] == request_id]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert len(mine) == 1
     entry = mine[0]
     assert entry["method"] == "GET"
@@ -87,15 +96,28 @@ def _template(path: str) -> str:
     return path
 
 
+def served_routes() -> list[tuple[str, set[str]]]:
+    """(path, methods) of every route, mounts expanded (``{stage:stage}`` spelled ``{stage}``)."""
+    found: list[tuple[str, set[str]]] = []
+    for route in build_routes():
+        if isinstance(route, Mount):
+            prefix = route.path.replace("{stage:stage}", "stag")
+            found.extend((prefix + inner.path, set(inner.methods or ())) for inner in route.routes
+                         if isinstance(inner, Route))
+        else:
+            assert isinstance(route, Route)
+            found.append((route.path, set(route.methods or ())))
+    return found
+
+
 def test_every_route_is_in_the_openapi_document() -> None:
     spec = build_openapi()
     documented = {(path.rstrip("/"), method) for path, item in spec["paths"].items() for method in item if method != "parameters"}
-    for route in build_routes():
-        assert isinstance(route, Route)
-        for method in route.methods or ():
+    for path, methods in served_routes():
+        for method in methods:
             if method == "HEAD":
                 continue
-            assert (_template(route.path).rstrip("/"), method.lower()) in documented, (route.path, method)
+            assert (_template(path).rstrip("/"), method.lower()) in documented, (path, method)
     codes = {line.split("`")[1] for line in spec["info"]["description"].splitlines() if line.startswith("- `")}
     assert {"VALIDATION_ERROR", "UNSUPPORTED_SOURCE_ORIGIN", "SOURCE_ORIGIN_FORBIDDEN", "MISSING_VERSION_INFO",
             "INVALID_PACKAGE", "PACKAGE_ALREADY_EXISTS", "CHECKSUM_MISMATCH", "PACKAGE_TOO_LARGE",
@@ -113,3 +135,41 @@ def test_openapi_and_docs_served_without_auth(registry: RegistryProcess) -> None
     assert docs.headers["content-type"].startswith("text/html")
     assert "openapi.json" in docs.text
     assert "<script src=" not in docs.text
+
+
+def test_docs_page_shows_response_schemas_and_the_credential_headers(registry: RegistryProcess) -> None:
+    """The page, rendered by a real browser, names each response's schema and explains both headers."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page()
+            page.goto(f"{registry.url}/docs")
+            page.wait_for_selector(".op")
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert "X-BKAPI-AUTHORIZATION" in text and "Authorization" in text
+    assert "registry token create" in text and "bk_app_secret" in text
+    assert "application/json Package" in text and "sha256_signature" in text
+    assert "application/json Error" in text and "header bkapi-error-code" in text
+    assert "header Registry-Upload-Outcome" in text
+
+
+def test_a_wrong_method_lists_every_allowed_one(registry: RegistryProcess) -> None:
+    """On every route, under every prefix and without the trailing slash, a 405 names all the methods."""
+    concrete = {"{code}": "demo", "{module_name}": "default", "{package_id}": "1"}
+    checked = 0
+    for path, methods in served_routes():
+        for name, value in concrete.items():
+            path = path.replace(name, value)
+        for spelling in {path, path.rstrip("/") or "/"}:
+            response = httpx.request("PATCH", registry.url + spelling)
+            assert response.status_code == 405, spelling
+            assert response.json()["code"] == "METHOD_NOT_ALLOWED"
+            assert {m.strip() for m in response.headers["allow"].split(",")} == methods, spelling
+            checked += 1
+    assert checked >= 30

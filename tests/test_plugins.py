@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,18 +21,14 @@ from tests.helpers import Api, base_config, inprocess_registry, package, start_r
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class MemoryOrigin(Origin):
     """``memory://name``: packages held in a dict, declared sizes included."""
 
     name = "memory"
 
-    def __init__(self, blobs: dict[str, bytes]) -> None:
+    def __init__(self, blobs: dict[str, bytes], names: dict[str, str]) -> None:
         self.blobs = blobs
+        self.names = names  # key -> the file name (and display URL) the origin reports, when it does
 
     def accepts(self, url: str) -> bool:
         return url.startswith("memory://")
@@ -47,12 +44,15 @@ class MemoryOrigin(Origin):
             for start in range(0, len(data), 7):
                 yield data[start:start + 7]
 
-        yield Download(chunks=chunks(), size=len(data))
+        name = self.names.get(key, "")
+        yield Download(chunks=chunks(), size=len(data), file_name=name,
+                       display_url=f"memory://shown/{name}" if name else "")
 
 
 class MemoryPlugin:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.names: dict[str, str] = {}
         self.events: list[tuple[str, int, str]] = []
 
     @hookimpl
@@ -61,7 +61,7 @@ class MemoryPlugin:
 
     @hookimpl
     def registry_origins(self, settings: Settings) -> list[Origin]:
-        return [MemoryOrigin(self.blobs)]
+        return [MemoryOrigin(self.blobs, self.names)]
 
     @hookimpl
     async def registry_package_event(self, event) -> None:  # type: ignore[no-untyped-def]
@@ -98,6 +98,26 @@ async def test_memory_origin_upload_and_events(inprocess: tuple[httpx.AsyncClien
     assert restored.status_code == 200
     assert plugin.events == [("stored", record["id"], "plugin-tester"), ("deleted", record["id"], "plugin-tester"),
                              ("restored", record["id"], "plugin-tester")]
+
+
+async def test_origins_name_the_file_and_the_url_to_show(inprocess: tuple[httpx.AsyncClient, MemoryPlugin],
+                                                         tmp_path: Path) -> None:
+    """The core takes the file name and the stored URL from the origin, and
+    parses no URL as if it were HTTP: ``memory://name.tar.gz`` has no path."""
+    client, plugin = inprocess
+    plugin.blobs["bare.tar.gz"] = package(salt="bare")
+    plugin.blobs["opaque-key"] = package(salt="named")
+    plugin.names["opaque-key"] = "named-pkg.tar.gz"
+    path = Api.path("mem-names")
+    bare = await client.post(path + "link/", json={"package_url": "memory://bare.tar.gz", "version": "1.2.3"})
+    assert bare.status_code == 201, bare.text
+    assert bare.json()["package_name"] == "bare:1.2.3"  # not default:1.2.3
+    named = await client.post(path + "link/", json={"package_url": "memory://opaque-key", "version": "2.0"})
+    assert named.status_code == 201, named.text
+    assert named.json()["package_name"] == "named-pkg:2.0"
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        stored = dict(db.execute("SELECT version, source_url FROM packages WHERE code = 'mem-names'").fetchall())
+    assert stored == {"1.2.3": "memory://bare.tar.gz", "2.0": "memory://shown/named-pkg.tar.gz"}
 
 
 async def test_plugin_errors_reach_the_client(inprocess: tuple[httpx.AsyncClient, MemoryPlugin]) -> None:
@@ -174,3 +194,142 @@ def test_builtin_plugins_come_from_the_entry_point_group() -> None:
 
     names = {name for name, _ in make_plugin_manager().list_name_plugin()}
     assert {"origin_http", "origin_file", "storage_filesystem"} <= names
+
+
+# -- plugins that cannot load, and switching built-ins off ---------------------------------------
+
+
+def write_module(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("raise RuntimeError('no licence server')\n",
+     "plugins.modules: plugin 'broken_plugin' failed to import: RuntimeError: no licence server"),
+    ("""
+     from registry.hookspecs import hookimpl
+
+     @hookimpl
+     def registry_origins(setings):
+         return []
+     """, "plugins.modules: plugin 'broken_plugin': Plugin 'broken_plugin' for hook 'registry_origins'"),
+    ("""
+     from registry.hookspecs import hookimpl
+
+     @hookimpl
+     def registry_orgins(settings):
+         return []
+     """, "plugin 'broken_plugin': unknown hook 'registry_orgins'"),
+])
+def test_a_broken_plugin_stops_start_up_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  source: str, message: str) -> None:
+    from registry.bootstrap import load_settings
+    from registry.settings import SettingsError
+
+    name = f"broken_plugin_{tmp_path.name}"  # a module name of its own: imports are cached
+    write_module(tmp_path / "src", name, source)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    config = tmp_path / "registry.toml"
+    config.write_text(f'[plugins]\nmodules = ["{name}"]\n')
+    message = message.replace("broken_plugin", name)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_built_in_plugin_can_be_switched_off(tmp_path: Path) -> None:
+    from registry.bootstrap import load_settings
+    from registry.settings import SettingsError
+
+    config = tmp_path / "registry.toml"
+    config.write_text('[plugins]\ndisabled = ["webhook", "origin_s3"]\n[origins]\nenabled = ["http", "file"]\n')
+    settings, pm = load_settings(config)
+    names = {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+    assert "webhook" not in names and "origin_s3" not in names
+    assert {"origin_http", "origin_file", "audit"} <= names
+    assert "webhooks.urls" not in settings  # its keys go with it
+
+    config.write_text('[plugins]\ndisabled = ["webhooks"]\n')
+    with pytest.raises(SettingsError, match=r"plugins\.disabled': no installed plugin named 'webhooks' \(installed: "):
+        load_settings(config)
+
+
+# -- hooks that may return an awaitable --------------------------------------------------------
+
+
+class ShutdownProbe:
+    """A failing shutdown hook beside one that works, and a filesystem storage that notes its shutdown."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def registry_shutdown(self) -> None:
+        self.calls.append("sync shutdown")
+        raise RuntimeError("shutdown hook failed")
+
+
+class AsyncShutdown:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    @hookimpl
+    async def registry_shutdown(self, registry: object) -> None:
+        self.calls.append("async shutdown")
+        raise RuntimeError("async shutdown hook failed")
+
+
+async def test_a_failing_shutdown_hook_skips_neither_the_others_nor_the_storage(tmp_path: Path) -> None:
+    from registry.bootstrap import build_registry, load_settings
+    from tests.helpers import to_toml
+
+    config = tmp_path / "registry.toml"
+    config.write_text(to_toml(base_config(tmp_path)))
+    probe = ShutdownProbe()
+    settings, pm = load_settings(config, [probe, AsyncShutdown(probe.calls)])
+    registry = build_registry(settings, pm)
+    storage_shutdown = registry.storage.shutdown
+
+    async def noted_shutdown() -> None:
+        probe.calls.append("storage shutdown")
+        await storage_shutdown()
+
+    registry.storage.shutdown = noted_shutdown  # type: ignore[method-assign]
+    await registry.startup()
+    await registry.shutdown()
+    assert sorted(probe.calls) == ["async shutdown", "storage shutdown", "sync shutdown"]
+    assert probe.calls[-1] == "storage shutdown"
+
+
+class FailingStartup:
+    @hookimpl
+    async def registry_startup(self) -> None:
+        raise RuntimeError("cannot start")
+
+
+async def test_a_failing_startup_hook_stops_start_up(tmp_path: Path) -> None:
+    from registry.bootstrap import build_registry, load_settings
+    from tests.helpers import to_toml
+
+    config = tmp_path / "registry.toml"
+    config.write_text(to_toml(base_config(tmp_path)))
+    registry = build_registry(*load_settings(config, [FailingStartup()]))
+    with pytest.raises(RuntimeError, match="cannot start"):
+        await registry.startup()
+    await registry.storage.shutdown()
+
+
+class Wrapper:
+    @hookimpl(wrapper=True)
+    def registry_startup(self) -> object:
+        return (yield)
+
+
+def test_hook_wrappers_are_refused(tmp_path: Path) -> None:
+    from registry.bootstrap import load_settings
+    from registry.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="registry_startup is a hook wrapper; registry hooks do not support wrappers"):
+        load_settings(None, [Wrapper()])

@@ -82,6 +82,16 @@ def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: 
         assert PASSWORD not in result.stdout + result.stderr
 
 
+def test_backup_on_postgres_names_pg_dump_and_writes_nothing(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path, pg_config(tmp_path, pg_url))
+    assert run(config, "migrate").returncode == 0
+    backup = run(config, "backup", "--to", str(tmp_path / "backup"))
+    assert backup.returncode == 1
+    assert "pg_dump" in backup.stderr and "Traceback" not in backup.stderr
+    assert PASSWORD not in backup.stdout + backup.stderr
+    assert not (tmp_path / "backup").exists(), "a refused backup leaves no folder behind"
+
+
 def test_served_on_postgres_the_main_flow_works(tmp_path: Path, pg_url: str) -> None:
     server = start_registry(tmp_path, pg_config(tmp_path, pg_url))
     try:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, UTC
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlite_utils
 
 from plugins.store_postgres import PostgresStore
 from plugins.store_sqlite import MIGRATIONS, SQLiteStore
 from registry.errors import DatabaseUnavailable
-from registry.testing import RecordStoreConformance, StoreFactory, new_package
+from registry.store import RecordStore
+from registry.testing import CredentialLocker, RecordStoreConformance, StoreFactory, new_package
 
 
 class TestSQLiteStore(RecordStoreConformance):
@@ -21,11 +25,37 @@ class TestSQLiteStore(RecordStoreConformance):
     def make_store(self, tmp_path: Path) -> StoreFactory:
         return functools.partial(SQLiteStore, tmp_path / "registry.db")
 
+    @pytest.fixture
+    def lock_credential(self, tmp_path: Path) -> CredentialLocker:
+        @contextmanager
+        def hold(store: RecordStore, credential_id: int) -> Iterator[None]:
+            """SQLite locks the whole database for a writer."""
+            conn = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        return hold
+
 
 class TestPostgresStore(RecordStoreConformance):
     @pytest.fixture
     def make_store(self, pg_url: str) -> StoreFactory:
         return functools.partial(PostgresStore, pg_url, pool_size=4)
+
+    @pytest.fixture
+    def lock_credential(self, pg_url: str) -> CredentialLocker:
+        @contextmanager
+        def hold(store: RecordStore, credential_id: int) -> Iterator[None]:
+            """A transaction holding the credential's row lock, as a concurrent write would."""
+            with psycopg.connect(pg_url) as conn, conn.transaction():
+                conn.execute("SELECT id FROM credentials WHERE id = %s FOR UPDATE", (credential_id,))
+                yield
+
+        return hold
 
 
 def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path: Path) -> None:

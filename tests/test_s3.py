@@ -48,18 +48,6 @@ def s3_config(root: Path, moto: MotoServer, bucket: str) -> dict[str, dict[str, 
     return tables
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def bucket(moto: MotoServer) -> str:
     return moto.create_bucket("registry")

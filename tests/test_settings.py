@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from registry.bootstrap import load_settings
-from registry.settings import CORE_SETTINGS, SettingsError, find_config_file
+from registry.hookspecs import hookimpl
+from registry.settings import CORE_SETTINGS, Setting, SettingsError, find_config_file
 from tests.helpers import base_config, free_port, registry_command, to_toml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,6 +97,8 @@ def test_check_config(tmp_path: Path) -> None:
     failed = run_cli("--config", str(bad), "check-config")
     assert failed.returncode == 1
     assert "OBJECT_STORE_EXCEPTION" in failed.stderr
+    assert "storage.filesystem.root: cannot create" in failed.stderr
+    assert not (blocker.parent / "packages").exists()
     missing = run_cli("--config", str(tmp_path / "absent.toml"), "check-config")
     assert missing.returncode == 1
     assert "absent.toml" in missing.stderr
@@ -166,12 +169,124 @@ def test_plugin_values_are_checked_at_start_up(tmp_path: Path, text: str, key: s
 
 
 def test_operator_command_on_an_unusable_database_says_why(tmp_path: Path) -> None:
-    (tmp_path / "db-is-a-folder").mkdir()
-    config = write(tmp_path, f'[database]\npath = "{tmp_path / "db-is-a-folder"}"\n')
+    (tmp_path / "not-a-database").write_bytes(b"x" * 4096)
+    config = write(tmp_path, f'[database]\npath = "{tmp_path / "not-a-database"}"\n')
     result = run_cli("--config", str(config), "token", "list")
     assert result.returncode == 1
     assert result.stderr.startswith("error: DATABASE_UNAVAILABLE")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["db-is-a-folder", "a-file/registry.db"])
+def test_a_database_path_that_cannot_be_used_names_the_key(tmp_path: Path, where: str) -> None:
+    (tmp_path / "db-is-a-folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    config = write(tmp_path, f'[database]\npath = "{tmp_path / where}"\n')
+    for command in (["token", "list"], ["check-config"]):
+        result = run_cli("--config", str(config), *command)
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: configuration key 'database.path': "), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_misspelled_origin_stops_start_up(tmp_path: Path) -> None:
+    config = write(tmp_path, to_toml({**base_config(tmp_path), "origins": {"enabled": ["http", "htpp"]}}))
+    result = run_cli("--config", str(config), "check-config")
+    assert result.returncode == 1
+    assert "configuration key 'origins.enabled': no origin named 'htpp' (origins: file, http, s3)" in result.stderr
+
+
+def test_without_a_config_file_commands_say_so_and_check_config_creates_nothing(tmp_path: Path) -> None:
+    env = {"REGISTRY_CONFIG": ""}
+    checked = run_cli("check-config", cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "note: no config file" in checked.stderr
+    assert f"database {tmp_path / 'var' / 'registry.db'}" in checked.stderr
+    assert "(not created yet)" in checked.stdout
+    assert list(tmp_path.iterdir()) == []
+
+    created = run_cli("token", "create", "--operator", "ops", cwd=tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    assert f"note: no config file (--config, $REGISTRY_CONFIG, ./registry.toml); built-in defaults and the" \
+           f" environment, database {tmp_path / 'var' / 'registry.db'}" in created.stderr
+    again = run_cli("check-config", cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "(exists)" in again.stdout, again.stderr
+
+
+# -- the environment ------------------------------------------------------------------------
+
+
+def test_environment_overrides_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(tmp_path, '[server]\nport = 9000\n[limits]\nmax_members = 7\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REGISTRY_SERVER_PORT", "9001")  # a TOML integer
+    monkeypatch.setenv("REGISTRY_STORAGE_BACKEND", "filesystem")  # a bare word: a string
+    monkeypatch.setenv("REGISTRY_SERVER_TIME_ZONE", '"Asia/Shanghai"')  # a TOML string
+    monkeypatch.setenv("REGISTRY_ORIGINS_HTTP_ALLOWED_HOSTS", '["a.example", "b.example:8080"]')
+    monkeypatch.setenv("REGISTRY_AUTH_ANONYMOUS_READ", "true")
+    monkeypatch.setenv("REGISTRY_STORAGE_FILESYSTEM_ROOT", "elsewhere")  # relative to the current folder
+    settings, _ = load_settings(config)
+    assert settings["server.port"] == 9001
+    assert settings["limits.max_members"] == 7  # the file still counts where the environment is silent
+    assert settings["storage.backend"] == "filesystem"
+    assert settings["server.time_zone"] == "Asia/Shanghai"
+    assert settings["origins.http.allowed_hosts"] == ["a.example", "b.example:8080"]
+    assert settings["auth.anonymous_read"] is True
+    assert settings["storage.filesystem.root"] == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("REGISTRY_SERVER_PORT", "eighty", "environment variable REGISTRY_SERVER_PORT (key 'server.port') must be of type int"),
+    ("REGISTRY_SERVER_PORT", "99999", "environment variable REGISTRY_SERVER_PORT (key 'server.port'): must be a port"),
+    ("REGISTRY_ORIGINS_ENABLED", '["http"', "environment variable REGISTRY_ORIGINS_ENABLED (key 'origins.enabled')"),
+    ("REGISTRY_PLUGINS_MODULES", "nope", "environment variable REGISTRY_PLUGINS_MODULES must be of type list[str]"),
+])
+def test_a_bad_environment_value_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    variable: str, value: str, message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, ""))
+    assert message in str(caught.value)
+
+
+def test_the_environment_reaches_a_served_registry(tmp_path: Path) -> None:
+    """check-config reports the database a variable names (the command-line path, end to end)."""
+    config = write(tmp_path, to_toml(base_config(tmp_path)))
+    result = run_cli("--config", str(config), "check-config", env={"REGISTRY_DATABASE_PATH": str(tmp_path / "env.db")})
+    assert result.returncode == 0, result.stderr
+    assert f"database sqlite {tmp_path / 'env.db'}" in result.stdout
+
+
+# -- keys declared twice ----------------------------------------------------------------------
+
+
+class PortPlugin:
+    """Declares a key the core owns."""
+
+    @hookimpl
+    def registry_settings(self) -> list[Setting]:
+        return [Setting("server.port", "int", 1, "Port, again.")]
+
+
+class LabelPlugin:
+    @hookimpl
+    def registry_settings(self) -> list[Setting]:
+        return [Setting("origins.memory.label", "str", "", "A label.")]
+
+
+class OtherLabelPlugin:
+    @hookimpl
+    def registry_settings(self) -> list[Setting]:
+        return [Setting("origins.memory.label", "str", "x", "The same label.")]
+
+
+def test_a_key_declared_twice_stops_start_up_naming_both(tmp_path: Path) -> None:
+    config = write(tmp_path, "")
+    with pytest.raises(SettingsError, match=r"'server\.port' is declared twice: by the core and by plugin 'PortPlugin'"):
+        load_settings(config, [PortPlugin()])
+    with pytest.raises(SettingsError, match=r"'origins\.memory\.label' is declared twice: by plugin 'LabelPlugin'"
+                                            r" and by plugin 'OtherLabelPlugin'"):
+        load_settings(config, [LabelPlugin(), OtherLabelPlugin()])
 
 
 def test_the_listening_socket_says_it_is_tcp() -> None:

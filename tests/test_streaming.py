@@ -19,11 +19,6 @@ from tests.helpers import Api, RegistryProcess, make_zip, package
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=10**10, max_compression_ratio=100)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_follower_reads_while_the_upload_is_written(tmp_path: Path) -> None:
     data = package("1.0.0", salt="follow")

@@ -7,14 +7,12 @@ credential limited to some application codes sees only those.
 
 from __future__ import annotations
 
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from registry.api.paths import STAGE_PREFIXES
-from registry.api.routes import MAX_SEARCH_TERM, _int_param, _registry, authorize, identify
+from registry.api.routes import MAX_SEARCH_TERM, Endpoint, _int_param, _registry, authorize, identify
 from registry.api.serialize import format_time
 from registry.errors import ValidationError
 from registry.validation import parse_slug
@@ -71,11 +69,5 @@ async def list_modules(request: Request) -> Response:
 
 
 def browse_routes() -> list[BaseRoute]:
-    """Both routes under every stage prefix, with and without the trailing slash."""
-    table: list[tuple[str, Any]] = [(APPLICATIONS, list_applications), (MODULES, list_modules)]
-    return [
-        Route(variant, handler, methods=["GET"])
-        for prefix in STAGE_PREFIXES
-        for path, handler in table
-        for variant in (prefix + path, prefix + path.rstrip("/"))
-    ]
+    """Both routes, relative to a stage prefix (:func:`registry.api.routes.build_routes` mounts them)."""
+    return [Endpoint(APPLICATIONS, GET=list_applications), Endpoint(MODULES, GET=list_modules)]

@@ -23,12 +23,26 @@ DOCS_HTML = """<!doctype html>
 <body>
 <h1 id="title">Source Package Registry API</h1>
 <pre id="description"></pre>
+<h2>Credentials</h2>
+<div id="credentials"></div>
 <div id="paths">Loading /openapi.json …</div>
 <script>
 function el(tag, text, cls) { const e = document.createElement(tag); if (text) e.textContent = text; if (cls) e.className = cls; return e; }
+function resolve(spec, schema) {
+  // "#/components/schemas/Package" -> that schema, with its name
+  if (schema && schema.$ref) { const name = schema.$ref.split("/").pop(); return [name, spec.components.schemas[name]]; }
+  return [null, schema];
+}
 fetch("openapi.json").then(r => r.json()).then(spec => {
   document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
   document.getElementById("description").textContent = spec.info.description;
+  const creds = document.getElementById("credentials");
+  const ct = el("table"); ct.appendChild(el("tr")).append(el("th", "header"), el("th", "value"));
+  for (const scheme of Object.values(spec.components.securitySchemes || {})) {
+    const header = scheme.type === "http" ? "Authorization" : scheme.name;
+    ct.appendChild(el("tr")).append(el("td", header), el("td", scheme.description || ""));
+  }
+  creds.appendChild(ct);
   const root = document.getElementById("paths"); root.textContent = "";
   for (const [path, item] of Object.entries(spec.paths)) {
     if (path.startsWith("/api/") || path.startsWith("/{stage}")) continue;
@@ -50,8 +64,17 @@ fetch("openapi.json").then(r => r.json()).then(spec => {
           box.appendChild(el("pre", JSON.stringify(media.schema.properties, null, 1)));
         }
       }
-      const t = el("table"); t.appendChild(el("tr")).append(el("th", "status"), el("th", "meaning"));
-      for (const [status, resp] of Object.entries(op.responses)) t.appendChild(el("tr")).append(el("td", status), el("td", resp.description));
+      const t = el("table"); t.appendChild(el("tr")).append(el("th", "status"), el("th", "meaning"), el("th", "body"));
+      for (const [status, resp] of Object.entries(op.responses)) {
+        const body = el("td");
+        for (const [type, media] of Object.entries(resp.content || {})) {
+          const [name, schema] = resolve(spec, media.schema);
+          body.appendChild(el("div", type + (name ? " " + name : "")));
+          if (schema && schema.properties) body.appendChild(el("pre", JSON.stringify(schema.properties, null, 1)));
+        }
+        for (const header of Object.keys(resp.headers || {})) body.appendChild(el("div", "header " + header));
+        t.appendChild(el("tr")).append(el("td", status), el("td", resp.description), body);
+      }
       box.appendChild(t);
       root.appendChild(box);
     }

@@ -115,6 +115,13 @@ def _record_response(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Package"}}}}
 
 
+def _upload_response(description: str) -> dict[str, Any]:
+    """A record answered by an upload, with the header saying what the upload did."""
+    outcome = {"description": "what the upload did", "schema": {
+        "type": "string", "enum": ["created", "revived", "overwritten", "identical"]}}
+    return {**_record_response(description), "headers": {"Registry-Upload-Outcome": outcome}}
+
+
 UPLOAD_ERRORS = ("UNSUPPORTED_SOURCE_ORIGIN", "SOURCE_ORIGIN_FORBIDDEN", "MISSING_VERSION_INFO", "INVALID_PACKAGE",
                  "PACKAGE_ALREADY_EXISTS", "CHECKSUM_MISMATCH", "PACKAGE_TOO_LARGE", "PACKAGE_DOWNLOAD_FAILED",
                  "PACKAGE_DOWNLOAD_TIMEOUT", "OBJECT_STORE_EXCEPTION", "INSUFFICIENT_STORAGE")
@@ -122,8 +129,8 @@ UPLOAD_ERRORS = ("UNSUPPORTED_SOURCE_ORIGIN", "SOURCE_ORIGIN_FORBIDDEN", "MISSIN
 
 def _operations() -> dict[str, dict[str, Any]]:
     """Operations by path below a stage prefix."""
-    upload_responses = {"201": _record_response("a new version (or a soft-deleted one revived)"),
-                        "200": _record_response("overwritten, or identical bytes re-uploaded (unchanged)")}
+    upload_responses = {"201": _upload_response("a new version (or a soft-deleted one revived)"),
+                        "200": _upload_response("overwritten, or identical bytes re-uploaded (unchanged)")}
     id_param = {"name": "package_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
     return {
         f"{PACKAGES}/link/": {
@@ -305,8 +312,11 @@ def build_openapi() -> dict[str, Any]:
                         "ApplicationList": APPLICATION_LIST_SCHEMA, "ModuleList": MODULE_LIST_SCHEMA},
             "securitySchemes": {
                 "gateway": {"type": "apiKey", "in": "header", "name": "X-BKAPI-AUTHORIZATION",
-                            "description": '{"access_token": "…"} or {"bk_app_code": "…", "bk_app_secret": "…"}'},
-                "bearer": {"type": "http", "scheme": "bearer"},
+                            "description": 'JSON: {"access_token": "<token>"} (made by `registry token create`) or'
+                                           ' {"bk_app_code": "<name>", "bk_app_secret": "<secret>"} (made by'
+                                           ' `registry app-secret create`); other keys such as bk_ticket are ignored'},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "Bearer <token>: the same access token as in X-BKAPI-AUTHORIZATION"},
             },
         },
         "security": [{"gateway": []}, {"bearer": []}],

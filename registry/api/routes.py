@@ -2,30 +2,34 @@
 
 Handlers translate between HTTP and :class:`registry.service.Registry`:
 authenticate, parse and validate fields, call the service, shape the answer.
-Every route is served at the root, under ``/{stag,prod}`` and under
-``/api/bkpaas3/{stag,prod}``, with or without the trailing slash. In the
-handlers' docstrings ``P`` stands for a module's package path,
-:data:`registry.api.paths.PACKAGES`. Download responses are built in
-:mod:`registry.api.download`.
+The API's routes (:func:`api_routes`) are one list, mounted once per prefix:
+at the root, under ``/{stage}`` and under ``/api/bkpaas3/{stage}`` (``stage``
+being ``stag`` or ``prod``), each with or without the trailing slash. Adding a
+route is one line in that list. In the handlers' docstrings ``P`` stands for
+a module's package path, :data:`registry.api.paths.PACKAGES`. Download
+responses are built in :mod:`registry.api.download`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence, Callable
 from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import Scope
 
 from registry.api.docs import DOCS_HTML
 from registry.api.download import package_response
 from registry.api.forms import MULTIPART_OVERHEAD, parse_multipart, read_fields
 from registry.api import pages
 from registry.api.openapi import build_openapi
-from registry.api.paths import PACKAGES, STAGE_PREFIXES
+from registry.api.paths import PACKAGES
+from registry.api.openapi import STAGES
 from registry.api.serialize import record_json
 from registry.auth import ANONYMOUS, Principal, authenticate, parse_credentials
 from registry.errors import (
@@ -38,8 +42,9 @@ from registry.errors import (
     Unauthenticated,
     ValidationError,
 )
-from registry.records import ORDERINGS, CommitResult, Order, Outcome
+from registry.records import ORDERINGS, Order, Outcome
 from registry.service import Registry, UploadRequest
+from registry.staging import StagingFile
 from registry.storage import BlobMissing
 from registry.ui.auth import session_principal
 from registry.validation import (
@@ -154,21 +159,15 @@ def _upload_request(fields: dict[str, Any], code: str, module: str, operator: st
     return UploadRequest(code=code, module=module, operator=operator, **values)
 
 
-async def _counted(registry: Registry, origin: str, upload: Awaitable[CommitResult]) -> CommitResult:
-    """Await an upload, counting its outcome or error code by origin."""
-    try:
-        result = await upload
-    except RegistryError as exc:
-        registry.metrics.uploads.labels(origin, exc.code).inc()
-        raise
-    registry.metrics.uploads.labels(origin, result.outcome.value).inc()
-    return result
+#: The response header that says what an upload did, for clients that tell the user.
+OUTCOME_HEADER = "Registry-Upload-Outcome"
 
 
 def _upload_response(result_outcome: Outcome, record_data: dict[str, Any]) -> Response:
-    """201 for a new (or revived) version, 200 for an overwrite or an identical re-upload."""
+    """201 for a new (or revived) version, 200 for an overwrite or an identical re-upload;
+    ``Registry-Upload-Outcome`` names which (``created``, ``revived``, ``overwritten``, ``identical``)."""
     status = 201 if result_outcome in (Outcome.CREATED, Outcome.REVIVED) else 200
-    return JSONResponse(record_data, status_code=status)
+    return JSONResponse(record_data, status_code=status, headers={OUTCOME_HEADER: result_outcome.value})
 
 
 async def upload_link(request: Request) -> Response:
@@ -189,12 +188,7 @@ async def upload_link(request: Request) -> Response:
     if errors:
         raise ValidationError(errors)
     registry = _registry(request)
-    try:
-        origin = registry.resolve_origin(package_url)
-    except RegistryError as exc:
-        registry.metrics.uploads.labels("none", exc.code).inc()  # no enabled origin takes the URL
-        raise
-    result = await _counted(registry, origin.name, registry.upload_link(upload, origin, package_url))
+    result = await registry.upload_link(upload, package_url)
     return _upload_response(result.outcome, record_json(result.record, registry.time_zone))
 
 
@@ -214,15 +208,14 @@ async def upload_file(request: Request) -> Response:
         declared_size = registry.max_package_size + MULTIPART_OVERHEAD + 1  # more digits than any real size
     if declared_size is not None and declared_size > registry.max_package_size + MULTIPART_OVERHEAD:
         raise PackageTooLarge(f"the request announces {declared[:40]} bytes")
-    async def receive_and_ingest() -> CommitResult:
-        async with registry.staging() as staged:
-            form = await parse_multipart(request, "package", staged)
-            if not form.file_seen:
-                raise ValidationError.single("package", "该字段是必填项", "this field is required")
-            upload = _upload_request(form.fields, code, module, principal.operator)
-            return await registry.ingest(upload, staged, file_name=form.file_name, origin="upload")
 
-    result = await _counted(registry, "upload", receive_and_ingest())
+    async def receive(staged: StagingFile) -> tuple[UploadRequest, str]:
+        form = await parse_multipart(request, "package", staged)
+        if not form.file_seen:
+            raise ValidationError.single("package", "该字段是必填项", "this field is required")
+        return _upload_request(form.fields, code, module, principal.operator), form.file_name
+
+    result = await registry.upload_file(receive)
     return _upload_response(result.outcome, record_json(result.record, registry.time_zone))
 
 
@@ -406,44 +399,79 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def package_routes() -> list[tuple[str, str, Any]]:
-    """(method, path below a stage prefix, handler) for every package route."""
+class _StageConvertor(Convertor[str]):
+    """``{stage:stage}``: one of the platform's stages, nothing else."""
+
+    regex = "|".join(STAGES)
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("stage", _StageConvertor())
+
+#: The stage prefixes :func:`api_routes` are mounted under; they are served at the root too.
+API_PREFIXES = ("/api/bkpaas3/{stage:stage}", "/{stage:stage}")
+
+
+class Endpoint(Route):
+    """One path with a handler per method; the trailing slash is optional.
+
+    One route per path (not per method) so that a wrong method answers 405
+    with every allowed method in ``Allow``; ``HEAD`` is served wherever
+    ``GET`` is.
+    """
+
+    def __init__(self, path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handlers = handlers
+
+        async def dispatch(request: Request) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await self.handlers[method](request)
+
+        super().__init__(path, dispatch, methods=list(handlers))
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.NONE and self.path.endswith("/") and scope.get("type") == "http" \
+                and not scope["path"].endswith("/"):
+            match, child = super().matches({**scope, "path": scope["path"] + "/"})
+        return match, child
+
+
+def api_routes() -> list[BaseRoute]:
+    """The API's routes, relative to a stage prefix: add a route here, in one line."""
     return [
-        ("POST", f"{PACKAGES}/link/", upload_link),
-        ("POST", f"{PACKAGES}/", upload_file),
-        ("GET", f"{PACKAGES}/", list_packages),
-        ("GET", f"{PACKAGES}/{{package_id}}/", get_package),
-        ("DELETE", f"{PACKAGES}/{{package_id}}/", delete_package),
-        ("GET", f"{PACKAGES}/{{package_id}}/download/", download_package),
-        ("POST", f"{PACKAGES}/{{package_id}}/restore/", restore_package),
+        Endpoint(f"{PACKAGES}/", GET=list_packages, POST=upload_file),
+        Endpoint(f"{PACKAGES}/link/", POST=upload_link),
+        Endpoint(f"{PACKAGES}/{{package_id}}/", GET=get_package, DELETE=delete_package),
+        Endpoint(f"{PACKAGES}/{{package_id}}/download/", GET=download_package),
+        Endpoint(f"{PACKAGES}/{{package_id}}/restore/", POST=restore_package),
     ]
 
 
-def build_routes() -> list[BaseRoute]:
-    """The route table: package routes under every prefix, slash optional."""
-    by_path: dict[str, dict[str, Any]] = {}
-    for prefix in STAGE_PREFIXES:
-        for method, path, handler in package_routes():
-            for variant in (prefix + path, prefix + path.rstrip("/")):
-                by_path.setdefault(variant, {})[method] = handler
-    routes: list[BaseRoute] = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
+def service_routes() -> list[BaseRoute]:
+    """Routes served at the root only."""
+    return [
+        Endpoint("/healthz", GET=healthz),
+        Endpoint("/readyz", GET=readyz),
+        Endpoint("/metrics", GET=metrics),
+        Endpoint("/openapi.json", GET=openapi),
+        Endpoint("/docs", GET=docs),
     ]
-    for path, handlers in by_path.items():
-        routes.append(Route(path, _dispatch(handlers), methods=list(handlers), name=None))
-    return routes
 
 
-def _dispatch(handlers: dict[str, Any]) -> Any:
-    """One endpoint for several methods on one path (Starlette routes match
-    on path first, so methods sharing a path must share an endpoint)."""
+def build_routes(extra: Sequence[BaseRoute] = ()) -> list[BaseRoute]:
+    """The route table: the service routes and :func:`api_routes` at the root, and
+    :func:`api_routes` mounted under each of :data:`API_PREFIXES`; ``extra`` routes
+    (relative to a stage prefix, like :func:`api_routes`) are served the same way.
 
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)  # type: ignore[no-any-return]
-
-    return endpoint
+    The root's routes are listed themselves rather than mounted at ``""``: a
+    mount takes every path below it, so a wrong method on ``/healthz`` would
+    answer 404 from inside the mount instead of 405.
+    """
+    api = [*api_routes(), *extra]
+    return [*service_routes(), *api, *(Mount(prefix, routes=api) for prefix in API_PREFIXES)]
