@@ -4,10 +4,12 @@ guards and protocol errors, checked over real sockets against live servers."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -370,3 +372,48 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(serve: Any, trusted
     wait_for(lambda: any(e.get("route") == "/metrics" for e in log_entries(registry)), "the access line")
     clients = {e["client"] for e in log_entries(registry) if e.get("route") == "/metrics"}
     assert clients == ({"203.0.113.7"} if trusted else {"127.0.0.1"})
+
+
+def test_the_sweep_removes_only_folders_no_live_process_holds(tmp_path: Path) -> None:
+    from registry import staging_folders
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from registry import staging_folders as s;"
+         "held = s.claim(Path(sys.argv[1])); (held.path / 'upload-live.part').write_bytes(b'x');"
+         "print(held.path, flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, cwd=TESTS.parent,
+    )
+    try:
+        assert holder.stdout is not None
+        live = Path(holder.stdout.readline().strip())
+        abandoned = staging_folders.claim(tmp_path)
+        (abandoned.path / "upload-dead.part").write_bytes(b"y")
+        os.close(abandoned._fd)  # as if its process had died: the kernel drops the lock
+        ours = staging_folders.claim(tmp_path)
+        assert staging_folders.sweep_abandoned(tmp_path, keep=ours.path) == 1
+        assert not abandoned.path.exists()
+        assert (live / "upload-live.part").exists() and ours.path.is_dir()
+        ours.release()
+        assert not ours.path.exists()
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert staging_folders.sweep_abandoned(tmp_path) == 1  # the holder is gone now
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loop_errors_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from registry.serve import _RateLimitedLoopErrors
+
+    handler = _RateLimitedLoopErrors()
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(1000):  # what a full file table makes accept() report
+                handler(loop, {"message": "socket.accept() out of system resource", "exception": OSError(24, "EMFILE")})
+    finally:
+        loop.close()
+    assert len([r for r in caplog.records if "accept" in r.getMessage()]) == 1
