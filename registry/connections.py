@@ -103,10 +103,12 @@ class RegistryProtocol(H11Protocol):
         self._after_events()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
         self._cancel_body_timer()
         if not self.transport.is_closing():
             self._arm_head_timer()
+        # May start a pipelined request already received: re-arm for it.
+        super().on_response_complete()
+        self._after_events()
 
     def shutdown(self) -> None:
         self._cancel_timers()
