@@ -1,15 +1,19 @@
 """Built-in storage ``filesystem``: one file per blob under ``[storage.filesystem] root``.
 
-Uploads are staged in ``<root>/.staging`` (the same file system, so committing
-is a rename), fsynced, then renamed into place and the folder fsynced: a blob
-under its final name is always complete. The root holds nothing but blob files
-and that staging folder, which is emptied at start-up.
+Uploads are staged in ``storage.staging_dir`` when it is set, else in
+``<root>/.staging`` (the same file system, so committing is a rename), fsynced,
+then renamed into place and the folder fsynced: a blob under its final name is
+always complete. A staging folder on another file system costs a copy: the
+file is copied under a dot-name beside its target, fsynced and renamed. The
+root holds nothing but blob files and the default staging folder.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +38,14 @@ LIST_BATCH = 512
 class FilesystemStorage(Storage):
     name = NAME
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, staging_dir: Path | None = None) -> None:
+        """:param staging_dir: where uploads are staged; None for ``<root>/.staging``."""
         self.root = root
+        self._staging_dir = staging_dir if staging_dir is not None else root / STAGING_FOLDER
 
     @property
     def staging_dir(self) -> Path:
-        return self.root / STAGING_FOLDER
+        return self._staging_dir
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -49,9 +55,13 @@ class FilesystemStorage(Storage):
 
     async def startup(self) -> None:
         try:
-            await anyio.to_thread.run_sync(lambda: self.staging_dir.mkdir(parents=True, exist_ok=True))
+            await anyio.to_thread.run_sync(self._make_folders)
         except OSError as exc:
             raise storage_failure(exc, f"{ROOT_KEY}: cannot create {self.root}") from exc
+
+    def _make_folders(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
 
     async def check(self) -> None:
         def probe() -> None:
@@ -79,7 +89,12 @@ class FilesystemStorage(Storage):
 
         def move() -> None:
             created = _make_folders(target.parent)
-            os.replace(staged, target)
+            try:
+                os.replace(staged, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _copy_into_place(staged, target)
             # The rename is durable once its folder is synced, and a folder
             # made just now is durable once its own parent is synced too.
             for folder in [target.parent, *(f.parent for f in created)]:
@@ -173,6 +188,23 @@ def _make_folders(folder: Path) -> list[Path]:
     return missing
 
 
+def _copy_into_place(staged: Path, target: Path) -> None:
+    """Copy ``staged`` (on another file system) to ``target``: under a dot-name
+    first, which listings skip, fsynced, then renamed, so ``target`` is never
+    seen incomplete."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with staged.open("rb") as source, temporary.open("wb") as copy:
+            shutil.copyfileobj(source, copy, READ_SIZE)
+            copy.flush()
+            os.fsync(copy.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    staged.unlink(missing_ok=True)
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -190,4 +222,5 @@ def registry_settings() -> list[Setting]:
 def registry_storage(backend: str, settings: Settings) -> Storage | None:
     if backend != NAME:
         return None
-    return FilesystemStorage(Path(settings["storage.filesystem.root"]))
+    staging = settings["storage.staging_dir"]
+    return FilesystemStorage(Path(settings["storage.filesystem.root"]), Path(staging) if staging else None)

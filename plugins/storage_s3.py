@@ -350,5 +350,6 @@ def registry_storage(backend: str, settings: Settings) -> Storage | None:
         prefix=settings["storage.s3.prefix"],
         endpoint_url=settings["storage.s3.endpoint_url"],
         region=settings["storage.s3.region"],
-        staging_dir=Path(settings["storage.staging_dir"]),
+        # Unset: a "staging" folder beside the database, the local state's home.
+        staging_dir=Path(settings["storage.staging_dir"] or Path(settings["database.path"]).parent / "staging"),
     )

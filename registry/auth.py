@@ -151,6 +151,9 @@ class CredentialStore:
         #: ids revoked through this instance: never remembered again, even by
         #: a check that read the store just before the revocation committed
         self._revoked: set[int] = set()
+        # credential id -> time.monotonic() of this process's last ``last_used`` write
+        self._touched: dict[int, float] = {}
+        self._touched_lock = threading.Lock()
 
     @staticmethod
     def _cache_key(credentials: tuple[str, ...]) -> tuple[str, ...]:
@@ -179,9 +182,6 @@ class CredentialStore:
             while len(self._cache) >= CACHE_ENTRIES:
                 del self._cache[next(iter(self._cache))]
             self._cache[self._cache_key(credentials)] = (time.monotonic() + self.cache_seconds, principal)
-        # credential id -> time.monotonic() of this process's last ``last_used`` write
-        self._touched: dict[int, float] = {}
-        self._touched_lock = threading.Lock()
 
     def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool,
                 expires_in: timedelta | None) -> None:

@@ -41,8 +41,6 @@ from registry.validation import parse_slug
 # imported by the commands that use it, so ``registry --version`` and the
 # client commands start without it.
 if TYPE_CHECKING:
-    import socket
-
     from registry.gc import GcAction
     from registry.service import Registry
     from registry.store import Migration
@@ -63,45 +61,49 @@ def _load(args: argparse.Namespace) -> tuple[Settings, Registry]:
     return settings, build_registry(settings, pm)
 
 
-def bind_listening_socket(config: Any) -> socket.socket:
-    """The bound, listening socket for ``config`` (a ``uvicorn.Config``).
+def _port_flag(text: str) -> int:
+    """``--port``: checked like ``server.port`` (argparse exits 2 naming the flag)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
 
-    Re-wrapped so Python reads the protocol (TCP) back from the descriptor:
-    uvicorn's socket says proto 0, and asyncio then leaves Nagle's algorithm
-    on for accepted connections, which delays every keep-alive request by the
-    client's delayed ACK (40 ms).
-    """
-    import socket
 
-    bound = config.bind_socket()
-    return socket.socket(fileno=bound.detach())
+def _host_flag(text: str) -> str:
+    """``--host``: checked like ``server.host``."""
+    from registry.serve import host_problem
+
+    problem = host_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _workers_flag(text: str) -> int:
+    """``--workers``: checked like ``server.workers`` (0: one per core)."""
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if workers < 0:
+        raise argparse.ArgumentTypeError("must be 0 (one per core) or more")
+    return workers
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from registry.bootstrap import load_settings
+    from registry.serve import ServeError, ServeOptions, serve
 
-    from registry.app import create_app
-
-    settings, registry = _load(args)
-    host = args.host or settings["server.host"]
-    port = args.port if args.port is not None else settings["server.port"]
-    config = uvicorn.Config(
-        create_app(registry),
-        host=host,
-        port=port,
-        log_config=None,  # keep configure_logging's handlers
-        access_log=False,  # registry.access writes one JSON line per request instead
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        proxy_headers=False,
-    )
-    # Bind before the app starts (uvicorn.run binds after): start-up empties
-    # the staging folder, so a second ``serve`` started by mistake on a port in
-    # use must exit before it can delete the running server's uploads.
-    sock = bind_listening_socket(config)  # exits with status 3 when the port is taken
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
-    return 0 if server.started else 3
+    settings, pm = load_settings(find_config_file(args.config))
+    options = ServeOptions.from_settings(settings, args.host, args.port, args.workers)
+    try:
+        return serve(settings, pm, options)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.status
 
 
 def _never_migrated(pending: list[Migration]) -> bool:
@@ -462,8 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", help="listen address (default: server.host)")
-    serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    serve.add_argument("--host", type=_host_flag, help="listen address (default: server.host)")
+    serve.add_argument("--port", type=_port_flag, help="listen port (default: server.port)")
+    serve.add_argument("--workers", type=_workers_flag, metavar="N",
+                       help="processes sharing the port (default: server.workers; 0: one per core)")
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate the config and reach the database and storage")

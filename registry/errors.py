@@ -230,3 +230,23 @@ def all_error_classes() -> list[type[RegistryError]]:
         found.append(cls)
         stack.extend(cls.__subclasses__())
     return found
+
+
+class RequestTimeout(RegistryError):
+    """The client stopped sending the request head or body for longer than
+    ``server.header_timeout`` / ``server.body_idle_timeout``."""
+
+    code = "REQUEST_TIMEOUT"
+    status = 408
+    detail_zh = "请求超时"
+    detail_en = "Request timeout"
+
+
+class ServiceUnavailable(RegistryError):
+    """The process holds ``server.max_connections`` connections already: the
+    new one is answered at once and closed, never queued."""
+
+    code = "SERVICE_UNAVAILABLE"
+    status = 503
+    detail_zh = "服务繁忙，请稍后重试"
+    detail_en = "Too many connections, retry later"

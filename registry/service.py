@@ -25,7 +25,7 @@ import anyio
 import anyio.to_thread
 import pluggy
 
-from registry import events
+from registry import events, staging_folders
 from registry.archive import ArchiveInfo, ArchiveLimits, inspect_following, version_from_app_desc
 from registry.auth import CredentialStore
 from registry.catalog import PackageDetails
@@ -117,6 +117,7 @@ class Registry:
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
         self.credentials = CredentialStore(records)
+        self._staging: staging_folders.HeldFolder | None = None
         self.max_package_size: int = settings["limits.max_package_size"]
         self.archive_limits = ArchiveLimits(
             max_members=settings["limits.max_members"],
@@ -145,14 +146,19 @@ class Registry:
         for migration in applied:
             logger.info("applied record-store migration %d: %s", migration.number, migration.name)
         await self.storage.startup()
-        removed = await anyio.to_thread.run_sync(sweep_staging, self.storage.staging_dir)
+        base = self.storage.staging_dir
+        if self._staging is None:
+            self._staging = await anyio.to_thread.run_sync(staging_folders.claim, base)
+        removed = await anyio.to_thread.run_sync(sweep_staging, base)
+        removed += await anyio.to_thread.run_sync(staging_folders.sweep_abandoned, base, self._staging.path)
         if removed:
-            logger.info("removed %d stale staging file(s)", removed)
+            logger.info("removed %d stale staging file(s) or abandoned staging folder(s)", removed)
         await call_hook(self.pm.hook.registry_startup, {"registry": self}, on_error="raise")
 
     async def shutdown(self) -> None:
-        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage
-        and close the record store, also when a hook fails (each failure is logged)."""
+        """Run the plugins' ``registry_shutdown`` hooks, then stop the storage,
+        close the record store and release this process's staging folder, also
+        when a hook fails (each failure is logged)."""
         try:
             await call_hook(self.pm.hook.registry_shutdown, {"registry": self}, on_error="log")
         finally:
@@ -160,6 +166,15 @@ class Registry:
                 await self.storage.shutdown()
             finally:
                 await anyio.to_thread.run_sync(self.records.close)
+                if self._staging is not None:
+                    await anyio.to_thread.run_sync(self._staging.release)
+                    self._staging = None
+
+    @property
+    def staging_folder(self) -> Path:
+        """This process's own staging folder (held with a lock, see
+        :mod:`registry.staging_folders`); the storage's folder before start-up."""
+        return self._staging.path if self._staging is not None else self.storage.staging_dir
 
     async def check_ready(self) -> None:
         """Return when the database and the storage answer now; raise whatever
@@ -178,7 +193,7 @@ class Registry:
         """A fresh staging file, enforcing the package size limit and inspected
         as it arrives (see :func:`registry.archive.inspect_following`); always removed."""
         inspect = functools.partial(inspect_following, limits=self.archive_limits)
-        async with StagingFile(self.storage.staging_dir, self.max_package_size, follower=inspect) as staged:
+        async with StagingFile(self.staging_folder, self.max_package_size, follower=inspect) as staged:
             yield staged
 
     def resolve_origin(self, url: str) -> Origin:

@@ -16,6 +16,7 @@ bare word, is taken as a string. Errors about such a value name the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import zoneinfo
@@ -47,6 +48,23 @@ def not_negative(value: Any) -> str | None:
 
 def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number (0-65535)"
+
+
+def _host(value: Any) -> str | None:
+    from registry.serve import host_problem
+
+    return host_problem(value)
+
+
+def _addresses(value: Any) -> str | None:
+    for item in value:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP address or network"
+    return None
 
 
 def _time_zone(value: Any) -> str | None:
@@ -101,9 +119,18 @@ class Setting:
 
 
 CORE_SETTINGS: tuple[Setting, ...] = (
-    Setting("server.host", "str", "127.0.0.1", "Address `registry serve` listens on."),
+    Setting("server.host", "str", "127.0.0.1", "Address `registry serve` listens on.", check=_host),
     Setting("server.port", "int", 8000, "Port `registry serve` listens on.", check=_port),
     Setting("server.time_zone", "str", "UTC", "Time zone of `created`/`updated` in records.", check=_time_zone),
+    Setting("server.workers", "int", 1, "Processes `registry serve` runs, sharing the port (0: one per core).",
+            check=not_negative),
+    Setting("server.header_timeout", "float", 30, "Seconds a client has to send a request's head.", check=positive),
+    Setting("server.body_idle_timeout", "float", 60,
+            "Seconds without a body byte before a request is answered 408 and its upload dropped.", check=positive),
+    Setting("server.max_connections", "int", 1000,
+            "Connections per process; beyond it a new connection gets 503 at once.", check=positive),
+    Setting("server.forwarded_allow_ips", "list[str]", [],
+            "Proxy addresses whose X-Forwarded-For/Proto are trusted (`*`: any).", check=_addresses),
     Setting("database.path", "str", "var/registry.db", "SQLite database file.", path=True),
     Setting("database.url", "str", "",
             "`postgresql://user@host:5432/db`: keep records in PostgreSQL instead of the SQLite file.",
@@ -113,8 +140,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Seconds a request waits for the database (a lock, a connection) before answering 503.",
             check=positive),
     Setting("storage.backend", "str", "filesystem", "Name of the storage plugin that keeps the blobs."),
-    Setting("storage.staging_dir", "str", "var/staging",
-            "Local folder for uploads in flight, for backends that keep no local files (the filesystem backend stages inside its root).",
+    Setting("storage.staging_dir", "str", "",
+            "Local folder for uploads in flight, one locked subfolder per process (empty: `<root>/.staging` for the "
+            "filesystem backend, `staging` beside the database for others).",
             path=True),
     Setting("origins.enabled", "list[str]", ["http", "s3", "file"], "Origin plugins that may serve `package_url`."),
     Setting("limits.max_package_size", "int", 2 * 1024**3, "Largest package accepted, in bytes as received.", check=positive),

@@ -260,6 +260,14 @@ class Api:
         return self.http.post(self.path(code, module, f"{package_id}/restore/"))
 
 
+def staged_files(staging: Path) -> list[Path]:
+    """The upload files in a staging folder, in every process's own subfolder
+    (see ``registry.staging_folders``); lock files and folders left out."""
+    if not staging.is_dir():
+        return []
+    return sorted(p for p in staging.rglob("*") if p.is_file() and p.name != ".lock")
+
+
 def blob_files(packages_root: Path) -> Iterator[Path]:
     """Every blob file the filesystem storage holds (staging excluded)."""
     for path in packages_root.rglob("*"):

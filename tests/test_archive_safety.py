@@ -22,7 +22,7 @@ import pytest
 
 from registry.archive import ArchiveLimits, inspect_archive
 from registry.errors import InvalidPackage
-from tests.helpers import Api, RegistryProcess, app_desc, blob_files
+from tests.helpers import Api, RegistryProcess, app_desc, blob_files, staged_files
 
 MiB = 1024 * 1024
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=512 * MiB, max_compression_ratio=100)
@@ -540,7 +540,7 @@ def test_unsafe_archives_over_http(api: Api, code: str, registry: RegistryProces
     assert api.list(code, include_deleted="true").json()["count"] == 0
     root = registry.config.parent / "packages"
     assert list(blob_files(root / code)) == []
-    assert not any((root / ".staging").iterdir())
+    assert staged_files(root / ".staging") == []
 
 
 def test_truncated_gzip_over_http(api: Api, code: str, good_tgz: bytes) -> None:

@@ -37,6 +37,7 @@ from tests.helpers import (
     merge,
     package,
     start_registry,
+    staged_files,
 )
 from tests.test_hostile_input import hide_before_directory, local_entry, tar_entries, zip_entries
 
@@ -462,7 +463,7 @@ def snapshot(process: RegistryProcess) -> dict[str, Any]:
         conn.close()
     packages = root / "packages"
     blobs = {str(p.relative_to(packages)): hashlib.sha256(p.read_bytes()).hexdigest() for p in blob_files(packages)}
-    staging = sorted(p.name for p in (packages / ".staging").iterdir())
+    staging = [p.name for p in staged_files(packages / ".staging")]
     return {"rows": rows, "blobs": blobs, "staging": staging}
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from registry.staging import FLUSH_SIZE
 from tests import crash_plugin
-from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry
+from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry, staged_files
 from tests.hostile_servers import HostileServer, half_then_wait, serve
 import contextlib
 
@@ -108,7 +108,7 @@ class Crashable:
     def check_consistent(self) -> list[sqlite3.Row]:
         """The invariants after a crash and restart."""
         assert self.staging.is_dir()
-        assert list(self.staging.iterdir()) == [], "staging folder not emptied at start-up"
+        assert staged_files(self.staging) == [], "staging folder not emptied at start-up"
         records = self.records()
         for record in records:
             blob = self.packages.joinpath(*record["blob_key"].split("/"))
@@ -171,9 +171,7 @@ def multipart(data: bytes, version: str, file_name: str = "pkg.tar.gz") -> tuple
 
 
 def staged_bytes(registry: Crashable) -> int:
-    if not registry.staging.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in registry.staging.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in staged_files(registry.staging))
 
 
 # -- the scenarios -------------------------------------------------------------------------

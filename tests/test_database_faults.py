@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import helpers
 from tests.helpers import Api, base_config, blob_files, package, start_registry
 from tests.pg import PgServer
 from tests.test_postgres import PASSWORD, pg_config
@@ -26,7 +27,8 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 def staged_files(packages_root: Path) -> list[Path]:
-    return [p for p in packages_root.rglob("*") if p.is_file() and ".staging" in p.relative_to(packages_root).parts]
+    """Upload files left in the filesystem storage's staging folder."""
+    return helpers.staged_files(packages_root / ".staging")
 
 
 def wait_until_ready(url: str) -> None:

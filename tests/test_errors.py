@@ -33,6 +33,7 @@ CONTRACT: dict[str, tuple[int, str]] = {
     "UNAUTHENTICATED": (401, "用户未登录或登录态失效"),
     "PERMISSION_DENIED": (403, "无权限访问"),
     "INSUFFICIENT_STORAGE": (507, "存储空间不足"),
+    "REQUEST_TIMEOUT": (408, "请求超时"),
 }
 #: Codes the contract does not list, for failures outside its table (HTTP's own).
 BEYOND_CONTRACT: dict[str, int] = {
@@ -40,6 +41,7 @@ BEYOND_CONTRACT: dict[str, int] = {
     "NOT_FOUND": 404,
     "METHOD_NOT_ALLOWED": 405,
     "RANGE_NOT_SATISFIABLE": 416,
+    "SERVICE_UNAVAILABLE": 503,
 }
 BODY_KEYS = {"code", "detail", "fields_detail", "data"}
 

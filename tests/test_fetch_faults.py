@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
+from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry, staged_files
 from tests.hostile_servers import (
     FullBacklog,
     HostileServer,
@@ -56,8 +56,7 @@ def assert_nothing_left(process: RegistryProcess, api: Api, code: str) -> None:
     assert api.list(code, include_deleted="true").json()["count"] == 0
     root = process.config.parent / "packages"
     assert list(blob_files(root / code)) == []
-    staging = root / ".staging"
-    assert not staging.exists() or list(staging.iterdir()) == []
+    assert staged_files(root / ".staging") == []
 
 
 def assert_fails(faulty: tuple[RegistryProcess, Api], code: str, url: str, status: int, error: str) -> None:

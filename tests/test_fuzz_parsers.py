@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
+from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry, staged_files
 
 CODE = "fuzz"
 FUZZ_SETTINGS = settings(max_examples=150, deadline=None, database=None,
@@ -71,7 +71,7 @@ def snapshot(process: RegistryProcess) -> dict[str, Any]:
         conn.close()
     packages = root / "packages"
     blobs = {str(p.relative_to(packages)): hashlib.sha256(p.read_bytes()).hexdigest() for p in blob_files(packages)}
-    return {"rows": rows, "blobs": blobs, "staging": sorted(p.name for p in (packages / ".staging").iterdir())}
+    return {"rows": rows, "blobs": blobs, "staging": [p.name for p in staged_files(packages / ".staging")]}
 
 
 @pytest.fixture(scope="module")

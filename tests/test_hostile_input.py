@@ -44,6 +44,7 @@ from tests.helpers import (
     package,
     registry_command,
     start_registry,
+    staged_files,
 )
 
 HUGE = "9" * 5000  # past Python's 4300-digit limit on int()
@@ -324,7 +325,7 @@ def test_full_disk_is_507_keeps_nothing_and_recovers(small_disk: Path, tmp_path:
         assert ready.status_code == 507 and error_code(ready) == "INSUFFICIENT_STORAGE"
         assert api.list("full").json()["count"] == 0
         assert list(blob_files(small_disk / "packages")) == []
-        assert list((small_disk / "packages" / ".staging").iterdir()) == []
+        assert staged_files(small_disk / "packages" / ".staging") == []
 
         filler.unlink()
         assert httpx.get(f"{process.url}/readyz").status_code == 200
@@ -551,7 +552,7 @@ def test_a_full_s3_store_is_507(tmp_path: Path) -> None:
         assert response.status_code == 507, response.text
         assert error_code(response) == "INSUFFICIENT_STORAGE"
         assert api.list("s3full").json()["count"] == 0
-        assert list((tmp_path / "staging").iterdir()) == []
+        assert staged_files(tmp_path / "staging") == []
         api.close()
     finally:
         process.stop()

@@ -30,6 +30,7 @@ from tests.helpers import (
     merge,
     package,
     start_registry,
+    staged_files,
 )
 from tests.test_storage_conformance import DUMMY_AWS_ENV, REGION, MotoServer
 
@@ -250,7 +251,7 @@ def test_endpoint_down_is_503_and_records_nothing(tmp_path: Path, code: str) -> 
         listing = api.list(code).json()
         assert listing["count"] == 1
         assert [r["version"] for r in listing["results"]] == ["1.0"]
-        assert list((tmp_path / "staging").iterdir()) == []
+        assert staged_files(tmp_path / "staging") == []
 
         link = api.link(code, f"s3://{bucket}/any.tar.gz", version="3.0")
         assert link.status_code in (502, 504), link.text

@@ -137,14 +137,15 @@ def test_fresh_checkout_serves_on_the_shipped_defaults(tmp_path: Path) -> None:
 
 
 def test_stale_staging_files_are_swept_at_startup(tmp_path: Path) -> None:
-    from tests.helpers import start_registry
+    from tests.helpers import staged_files, start_registry
 
     staging = tmp_path / "packages" / ".staging"
     staging.mkdir(parents=True)
     (staging / "upload-stale.part").write_bytes(b"half an upload")
     server = start_registry(tmp_path, base_config(tmp_path))
     try:
-        assert list(staging.iterdir()) == []
+        assert staged_files(staging) == []
+        assert not (staging / "upload-stale.part").exists()
     finally:
         server.stop()
 
@@ -294,11 +295,9 @@ def test_the_listening_socket_says_it_is_tcp() -> None:
     with it on, every keep-alive request waited for a delayed ACK."""
     import socket
 
-    import uvicorn
+    from registry.serve import bind
 
-    from registry.cli import bind_listening_socket
-
-    sock = bind_listening_socket(uvicorn.Config(app=None, host="127.0.0.1", port=0, log_config=None))
+    sock = bind("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
         assert sock.getsockname()[0] == "127.0.0.1"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, make_tar, merge, package, start_registry
+from tests.helpers import Api, RegistryProcess, base_config, blob_files, make_tar, merge, package, start_registry, staged_files
 
 FORMAT_MEDIA_TYPES = {
     "tar.gz": "application/gzip",
@@ -44,8 +44,7 @@ def storage_root(process: RegistryProcess) -> Path:
 
 
 def staging_files(process: RegistryProcess) -> list[Path]:
-    staging = storage_root(process) / ".staging"
-    return list(staging.iterdir()) if staging.is_dir() else []
+    return staged_files(storage_root(process) / ".staging")
 
 
 def assert_nothing_left(api: Api, process: RegistryProcess, code: str) -> None:

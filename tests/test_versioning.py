@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import Api, RegistryProcess, blob_files, package
+from tests.helpers import Api, RegistryProcess, blob_files, package, staged_files
 
 THREADS = 8
 
@@ -282,7 +282,7 @@ def test_concurrent_identical_uploads(api: Api, registry: RegistryProcess, token
     assert len({r.json()["id"] for r in responses}) == 1
     assert len({r.json()["created"] for r in responses}) == 1
     assert [p.read_bytes() for p in blobs(registry, code)] == [data]
-    assert list((storage_root(registry) / ".staging").iterdir()) == []
+    assert staged_files(storage_root(registry) / ".staging") == []
 
 
 def test_concurrent_uploads_of_different_versions_all_succeed(api: Api, registry: RegistryProcess, token: str,

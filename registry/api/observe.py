@@ -8,6 +8,7 @@ or a new one; it is echoed in the response and logged with the access line.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -101,6 +102,7 @@ class ObserveRequests:
             "duration_ms": round(duration * 1000, 2),
             "operator": operator,
             "client": (scope.get("client") or ("", 0))[0],
+            "pid": os.getpid(),  # which of `serve --workers N` answered
         }))
 
 
