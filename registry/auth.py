@@ -59,6 +59,8 @@ class Principal:
     apps: frozenset[str]
     read_only: bool
     credential_id: int | None
+    #: when the credential stops answering (401), or None
+    expires_at: datetime | None = None
 
     def require(self, code: str, write: bool) -> None:
         """Raise ``PermissionDenied`` unless this principal may read/write ``code``."""
@@ -173,15 +175,19 @@ class CredentialStore:
             return entry[1]
 
     def remember(self, credentials: tuple[str, ...], principal: Principal) -> None:
-        """Remember that ``credentials`` checked out as ``principal``."""
-        if self.cache_seconds <= 0:
+        """Remember that ``credentials`` checked out as ``principal``, never
+        past the credential's own expiry."""
+        lifetime = self.cache_seconds
+        if principal.expires_at is not None:
+            lifetime = min(lifetime, (principal.expires_at - utc_now()).total_seconds())
+        if lifetime <= 0:
             return
         with self._cache_lock:
             if principal.credential_id in self._revoked:
                 return
             while len(self._cache) >= CACHE_ENTRIES:
                 del self._cache[next(iter(self._cache))]
-            self._cache[self._cache_key(credentials)] = (time.monotonic() + self.cache_seconds, principal)
+            self._cache[self._cache_key(credentials)] = (time.monotonic() + lifetime, principal)
 
     def _create(self, kind: str, name: str, secret: str, apps: list[str], read_only: bool,
                 expires_in: timedelta | None) -> None:
@@ -246,6 +252,7 @@ class CredentialStore:
             apps=frozenset(credential.apps),
             read_only=credential.read_only,
             credential_id=credential.id,
+            expires_at=credential.expires_at,
         )
 
     def by_token(self, token: str) -> Principal | None:
