@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from datetime import timedelta
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.auth import CACHE_SECONDS
+from plugins.store_sqlite import SQLiteStore
+from registry.auth import CACHE_SECONDS, CredentialStore, Principal
+from registry.records import utc_now
 from tests.helpers import Api, RegistryProcess, base_config, inprocess_registry, merge, package, start_registry
 
 
@@ -423,3 +426,19 @@ def test_token_list_shows_when_a_credential_was_last_used(registry: RegistryProc
     # a second request within the minute writes nothing
     assert list_(registry, code, {"Authorization": f"Bearer {token}"}).status_code == 200
     assert token_row(registry, name)["last_used"] == first
+
+
+@pytest.mark.parametrize(("expires_in", "kept"), [(None, True), (3600.0, True), (0.5, True), (-1.0, False)])
+def test_the_credential_cache_never_outlives_an_expiry(tmp_path: Path, expires_in: float | None, kept: bool) -> None:
+    store = SQLiteStore(tmp_path / "registry.db")
+    try:
+        credentials = CredentialStore(store)
+        expires_at = None if expires_in is None else utc_now() + timedelta(seconds=expires_in)
+        principal = Principal("alice", frozenset(), False, 7, expires_at=expires_at)
+        credentials.remember(("token", "secret"), principal)
+        assert (credentials.cached(("token", "secret")) == principal) is kept
+        if expires_in == 0.5:
+            time.sleep(0.6)  # the entry lives no longer than the credential
+            assert credentials.cached(("token", "secret")) is None
+    finally:
+        store.close()
