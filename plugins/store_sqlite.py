@@ -30,7 +30,7 @@ from typing import Any
 import sqlite_utils
 
 from registry.catalog import PackageDetails, Summary
-from registry.errors import DatabaseUnavailable, PackageAlreadyExists, PackageNotFound
+from registry.errors import DatabaseUnavailable, InsufficientStorage, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
 from registry.records import (
     AuditEvent,
@@ -45,6 +45,7 @@ from registry.records import (
     utc_now,
 )
 from registry.settings import Settings
+from registry.staging import check_free_space
 from registry.store import Migration, RecordStore, decide, keyset_order
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -396,6 +397,11 @@ class SQLiteStore(RecordStore):
 
     def check(self) -> None:
         self._rows("SELECT 1 FROM packages LIMIT 1")
+        # a full disk still lets reads through but fails every write: not ready
+        try:
+            check_free_space(self.path.parent)
+        except InsufficientStorage as exc:
+            raise DatabaseUnavailable("the database's disk is full") from exc
 
     def close(self) -> None:
         with self._lock:

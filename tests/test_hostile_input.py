@@ -339,6 +339,40 @@ def test_full_disk_is_507_keeps_nothing_and_recovers(small_disk: Path, tmp_path:
     assert "Traceback" not in log and "INTERNAL_ERROR" not in log
 
 
+def test_full_database_disk_is_503_keeps_nothing_and_recovers(small_disk: Path, tmp_path: Path) -> None:
+    """The record store's disk full: 503 DATABASE_UNAVAILABLE (Retry-After), no blob or
+    staging file left, /readyz says so, and uploads work again once space is freed."""
+    root = tmp_path / "registry"
+    tables = base_config(root)
+    tables["database"] = {"path": str(small_disk / "registry.db")}  # the packages stay on the big disk
+    process = start_registry(root, tables)
+    try:
+        api = Api(process.url, process.token())
+        assert api.upload("dbfull", random_package(4096, "warm-up"), version="0.1").status_code == 201
+        filler = fill(small_disk, leave=0)
+
+        data = random_package(256 * 1024, "db-full")
+        response = api.upload("dbfull", data, version="1.0")
+        assert response.status_code == 503, response.text
+        assert error_code(response) == "DATABASE_UNAVAILABLE" and int(response.headers["Retry-After"]) > 0
+        ready = httpx.get(f"{process.url}/readyz")
+        assert ready.status_code == 503 and error_code(ready) == "DATABASE_UNAVAILABLE"
+        assert [r["version"] for r in api.list("dbfull").json()["results"]] == ["0.1"]
+        assert len(list(blob_files(root / "packages"))) == 1
+        assert staged_files(root / "packages" / ".staging") == []
+
+        filler.unlink()
+        assert httpx.get(f"{process.url}/readyz").status_code == 200
+        stored = api.upload("dbfull", data, version="1.0")
+        assert stored.status_code == 201, stored.text
+        assert api.download("dbfull", stored.json()["id"]).content == data
+        api.close()
+    finally:
+        process.stop()
+    log = process.log.read_text()
+    assert "Traceback" not in log and "INTERNAL_ERROR" not in log
+
+
 def test_openapi_documents_insufficient_storage(registry: RegistryProcess) -> None:
     spec = httpx.get(f"{registry.url}/openapi.json").json()
     upload = "/bkapps/applications/{code}/modules/{module_name}/source_package/"
