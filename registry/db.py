@@ -81,9 +81,59 @@ def _integrity_marks_v2(db: sqlite_utils.Database) -> None:
     db.table("packages").add_column("purged_at", str)
 
 
+def _jobs_and_uploads_v3(db: sqlite_utils.Database) -> None:
+    """Background jobs and resumable uploads (see :mod:`registry.jobstore`).
+
+    ``holder``/``lease_until`` are the claim: which process works on the row,
+    and until when its lease holds without a heartbeat.
+    """
+    db.execute(
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            code TEXT NOT NULL,
+            module TEXT NOT NULL,
+            state TEXT NOT NULL,
+            package_url TEXT NOT NULL,
+            request TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            bytes_received INTEGER NOT NULL DEFAULT 0,
+            bytes_total INTEGER,
+            result TEXT,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            holder TEXT,
+            lease_until REAL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX jobs_state_created ON jobs (state, created)")
+    db.execute(
+        """CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            code TEXT NOT NULL,
+            module TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            upload_offset INTEGER NOT NULL DEFAULT 0,
+            metadata TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            state TEXT NOT NULL,
+            storage_state TEXT NOT NULL DEFAULT '{}',
+            result TEXT,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            expires REAL NOT NULL,
+            holder TEXT,
+            lease_until REAL
+        )"""
+    )
+    db.execute("CREATE INDEX uploads_expires ON uploads (expires)")
+
+
 #: Migrations in order; PRAGMA user_version records how many have run.
 #: Append only: a database records how many of these it has applied.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_schema_v1, _integrity_marks_v2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _schema_v1, _integrity_marks_v2, _jobs_and_uploads_v3,
+]
 
 
 class Database:

@@ -1,0 +1,204 @@
+"""Resumable uploads, below HTTP: receive a chunk, complete, terminate, expire.
+
+Bytes go first into a local chunk file in the staging folder (size-capped and
+hashed as they arrive), so a chunk whose ``Upload-Checksum`` fails is dropped
+whole and the offset stays where it was; a verified chunk is then handed to
+the storage's :class:`registry.storage.ResumableStore`, and only after that
+succeeds does the record store's offset move. A crash in between leaves the
+old offset, which the client is told on its next ``HEAD``.
+
+The PATCH that reaches ``Upload-Length`` assembles the bytes into an ordinary
+staging file and runs :meth:`Registry.ingest`, exactly as ``P/`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from registry.api.serialize import record_json
+from registry.errors import ChunkChecksumMismatch, RegistryError
+from registry.jobs import JobRunner, stored_error
+from registry.jobstore import COMPLETING, FAILED, SUCCEEDED, Upload
+from registry.records import CommitResult, Outcome
+from registry.service import Registry, UploadRequest
+from registry.staging import StagingFile
+
+logger = logging.getLogger("registry.resumable")
+
+#: Seconds a PATCH holds an upload's write lease without renewing it.
+LEASE = 30.0
+#: Renew the lease after this many seconds of receiving.
+RENEW_AFTER = 10.0
+
+
+def new_upload_id() -> str:
+    """32 hex digits."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a PATCH body did: the new offset, and whether the client went away."""
+
+    offset: int
+    disconnected: bool
+
+
+class Resumable:
+    """Resumable uploads of one registry, sharing the job runner's store and metrics."""
+
+    def __init__(self, registry: Registry, jobs: JobRunner) -> None:
+        self.registry = registry
+        self.jobs = jobs
+        self.store = jobs.store
+        self.holder = jobs.holder
+
+    @property
+    def expire_after(self) -> float:
+        return float(self.registry.settings["uploads.expire_after"])
+
+    async def create(self, upload: UploadRequest, length: int, file_name: str) -> Upload:
+        """A new upload of ``length`` bytes, its storage prepared."""
+        upload_id = new_upload_id()
+        state = await self.registry.storage.resumable().begin(upload_id)
+        metadata = {"filename": file_name, "version": upload.version, "allow_overwrite": upload.allow_overwrite,
+                    "sha256": upload.sha256}
+        return await anyio.to_thread.run_sync(
+            lambda: self.store.create_upload(upload_id, upload.code, upload.module, length, metadata,
+                                             upload.operator, state, time.time() + self.expire_after)
+        )
+
+    async def receive(self, upload: Upload, body: AsyncIterator[bytes], checksum: tuple[str, bytes] | None,
+                      disconnect: type[BaseException]) -> ChunkResult:
+        """Append ``body`` at the upload's offset (the caller holds the lease).
+
+        :param checksum: (algorithm, digest) the body must have, or None; on a mismatch
+            nothing is kept (``ChunkChecksumMismatch``, 460).
+        :param disconnect: the exception ``body`` raises when the client goes
+            away; what arrived until then is kept unless a checksum was given.
+        :raises PackageTooLarge: the body passes ``Upload-Length``; nothing is kept.
+        """
+        remaining = upload.length - upload.offset
+        disconnected = False
+        async with StagingFile(self.registry.storage.staging_dir, remaining) as chunk:
+            renewed = time.monotonic()
+            try:
+                async for data in body:
+                    await chunk.write(data)
+                    if time.monotonic() - renewed > RENEW_AFTER:
+                        renewed = time.monotonic()
+                        await anyio.to_thread.run_sync(self.store.renew_upload_lock, upload.id, self.holder, LEASE)
+            except disconnect:
+                disconnected = True
+            await chunk.finish()
+            if checksum is not None and (disconnected or not await _matches(chunk, *checksum)):
+                if disconnected:
+                    return ChunkResult(upload.offset, True)
+                raise ChunkChecksumMismatch("the chunk does not match Upload-Checksum; it was discarded")
+            if chunk.size == 0:
+                return ChunkResult(upload.offset, disconnected)
+            await chunk.synced()
+            assert chunk.path is not None
+            state = await self.registry.storage.resumable().append(upload.id, upload.storage_state,
+                                                                    upload.offset, chunk.path)
+            offset = upload.offset + chunk.size
+            await anyio.to_thread.run_sync(
+                lambda: self.store.save_progress(upload.id, self.holder, offset, state, time.time() + self.expire_after)
+            )
+            self.jobs.metrics.upload_bytes.inc(chunk.size)
+        return ChunkResult(offset, disconnected)
+
+    async def complete(self, upload: Upload) -> CommitResult:
+        """Run the ``P/`` pipeline on the assembled bytes; store and return the outcome.
+
+        The upload must hold all its bytes (``upload.offset == upload.length``)
+        and the caller the lease. A client error (4xx) ends the upload as
+        failed and removes its bytes; a server failure (5xx) leaves it
+        complete-but-unprocessed, so the same PATCH may be sent again.
+        """
+        registry = self.registry
+        await anyio.to_thread.run_sync(
+            lambda: self.store.save_progress(upload.id, self.holder, upload.offset, upload.storage_state,
+                                             time.time() + self.expire_after, state=COMPLETING)
+        )
+        meta = upload.metadata
+        request = UploadRequest(code=upload.code, module=upload.module, version=meta["version"],
+                                allow_overwrite=meta["allow_overwrite"], sha256=meta["sha256"],
+                                operator=upload.operator)
+        resumable = registry.storage.resumable()
+        try:
+            async with registry.staging() as staged:
+                await staged.write_all(resumable.assemble(upload.id, upload.storage_state))
+                result = await registry.ingest(request, staged, file_name=meta["filename"], origin="upload")
+        except RegistryError as exc:
+            registry.metrics.uploads.labels("upload", exc.code).inc()
+            if exc.status >= 500:
+                raise
+            await self._finish(upload, FAILED, stored_error(exc))
+            raise
+        registry.metrics.uploads.labels("upload", result.outcome.value).inc()
+        status = 201 if result.outcome in (Outcome.CREATED, Outcome.REVIVED) else 200
+        await self._finish(upload, SUCCEEDED, {**record_json(result.record, registry.time_zone), "status": status})
+        return result
+
+    async def _finish(self, upload: Upload, state: str, result: dict[str, Any]) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                lambda: self.store.finish_upload(upload.id, self.holder, state, result, time.time() + self.expire_after)
+            )
+            await self._discard_quietly(upload)
+
+    async def terminate(self, upload: Upload) -> None:
+        """Remove the upload's bytes and its row (the caller holds the lease)."""
+        await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
+        await anyio.to_thread.run_sync(self.store.delete_upload, upload.id)
+
+    async def _discard_quietly(self, upload: Upload) -> None:
+        try:
+            await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
+        except (RegistryError, OSError):
+            logger.warning("could not remove the bytes of upload %s; gc retries", upload.id, exc_info=True)
+
+
+async def _matches(chunk: StagingFile, algorithm: str, digest: bytes) -> bool:
+    """Whether the finished ``chunk`` has ``digest``: sha256 was computed as it
+    arrived; another algorithm reads the file again, in a worker thread."""
+    if algorithm == "sha256":
+        return bytes.fromhex(chunk.sha256) == digest
+    await chunk.synced()
+    assert chunk.path is not None
+    path = chunk.path
+
+    def compute() -> bytes:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, algorithm).digest()
+
+    return await anyio.to_thread.run_sync(compute) == digest
+
+
+async def expire_uploads(registry: Registry, store: Any, dry_run: bool = False) -> list[tuple[str, int]]:
+    """Remove every upload past its expiry time with its bytes; ``(id, bytes)`` of each.
+
+    :param store: the :class:`registry.jobstore.JobStore`.
+    """
+    removed: list[tuple[str, int]] = []
+    expired: list[Upload] = await anyio.to_thread.run_sync(store.expired_uploads, time.time())
+    for upload in expired:
+        if not dry_run:
+            try:
+                await registry.storage.resumable().discard(upload.id, upload.storage_state)
+            except (RegistryError, OSError):
+                logger.warning("could not remove the bytes of expired upload %s", upload.id, exc_info=True)
+                continue
+            await anyio.to_thread.run_sync(store.delete_upload, upload.id)
+        removed.append((upload.id, upload.offset if upload.state not in (SUCCEEDED, FAILED) else 0))
+    return removed
