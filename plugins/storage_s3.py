@@ -48,7 +48,7 @@ from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, Storage
+from registry.storage import BlobInfo, BlobMissing, ResumableStore, Storage
 
 NAME = "s3"
 MiB = 1024 * 1024
@@ -371,6 +371,12 @@ class S3Storage(Storage):
             return True
 
         return await self._call("look up blob", head)
+
+    def resumable(self) -> ResumableStore:
+        """Resumable uploads as S3 multipart uploads (see :mod:`plugins.s3_resumable`)."""
+        from plugins.s3_resumable import S3Multipart
+
+        return S3Multipart(self)
 
     async def shutdown(self) -> None:
         """Close the client's connection pool; a later call builds a new client."""
