@@ -15,6 +15,7 @@ from registry.api.paths import KeepEncodedSlashes
 from registry.api.routes import build_routes
 from registry.jobs import JobRunner, TransferMetrics
 from registry.jobstore import JobStore
+from registry.resumable import Resumable
 from registry.service import Registry
 
 
@@ -29,6 +30,7 @@ def create_app(registry: Registry) -> Starlette:
                 background.start_soon(jobs.run)
                 yield
                 background.cancel_scope.cancel()
+            await resumable.assemblies.close()
         finally:
             await registry.shutdown()
 
@@ -42,4 +44,6 @@ def create_app(registry: Registry) -> Starlette:
     # Background link uploads and resumable uploads share one store and metrics.
     jobs = JobRunner(registry, JobStore(registry.db), TransferMetrics(registry))
     app.state.jobs = jobs
+    resumable = Resumable(registry, jobs)
+    app.state.resumable = resumable
     return app

@@ -309,15 +309,20 @@ class JobStore:
                          (time.time() + lease_seconds, upload_id, holder))
 
     def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
-                      expires: float, state: str = RECEIVING) -> None:
-        """Record the durable offset, the storage's bookkeeping and the new
-        expiry time (activity extends it), keeping the lease."""
+                      expires: float, state: str = RECEIVING, release: bool = False) -> Upload | None:
+        """Record the kept offset, the storage's bookkeeping and the new expiry
+        time (activity extends it); keep the lease unless ``release`` (one
+        transaction for both, as a PATCH ends). The upload as it is now."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE uploads SET upload_offset = ?, storage_state = ?, state = ?, expires = ?, updated = ?"
+                "UPDATE uploads SET upload_offset = ?, storage_state = ?, state = ?, expires = ?, updated = ?,"
+                " holder = CASE WHEN ? THEN NULL ELSE holder END,"
+                " lease_until = CASE WHEN ? THEN NULL ELSE lease_until END"
                 " WHERE id = ? AND holder = ?",
-                (offset, json.dumps(storage_state), state, expires, utc_now(), upload_id, holder),
+                (offset, json.dumps(storage_state), state, expires, utc_now(), release, release, upload_id, holder),
             )
+            row = conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return None if row is None else Upload.from_row(row)
 
     def finish_upload(self, upload_id: str, holder: str, state: str, result: dict[str, Any], expires: float) -> None:
         """Store the completing PATCH's outcome (``succeeded`` or ``failed``),

@@ -13,7 +13,7 @@ staging file and runs :meth:`Registry.ingest`, exactly as ``P/`` does.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -25,12 +25,13 @@ import anyio
 import anyio.to_thread
 
 from registry.api.serialize import record_json
-from registry.errors import ChunkChecksumMismatch, RegistryError
+from registry.errors import ChunkChecksumMismatch, JobNotFound, RegistryError
 from registry.jobs import JobRunner, stored_error
-from registry.jobstore import COMPLETING, FAILED, SUCCEEDED, Upload
+from registry.jobstore import COMPLETING, FAILED, RECEIVING, SUCCEEDED, Upload
 from registry.records import CommitResult, Outcome
+from registry.assembly import Assemblies
+from registry.chunkfile import ChunkFile
 from registry.service import Registry, UploadRequest
-from registry.staging import StagingFile
 
 logger = logging.getLogger("registry.resumable")
 
@@ -47,10 +48,13 @@ def new_upload_id() -> str:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What a PATCH body did: the new offset, and whether the client went away."""
+    """What a PATCH body did: the upload afterwards, whether the client went
+    away, and whether the write lease was released (it is kept when the
+    upload is now complete, for the pipeline)."""
 
-    offset: int
+    upload: Upload
     disconnected: bool
+    released: bool = False
 
 
 class Resumable:
@@ -61,6 +65,20 @@ class Resumable:
         self.jobs = jobs
         self.store = jobs.store
         self.holder = jobs.holder
+        self.assemblies = Assemblies(registry)
+        #: uploads a request of this process is writing to (the lease is per process)
+        self._writing: set[str] = set()
+
+    def claim(self, upload_id: str) -> bool:
+        """Mark the upload as being written by a request of this process; False if one already is."""
+        if upload_id in self._writing:
+            return False
+        self._writing.add(upload_id)
+        return True
+
+    def release(self, upload_id: str) -> None:
+        """Undo :meth:`claim`."""
+        self._writing.discard(upload_id)
 
     @property
     def expire_after(self) -> float:
@@ -88,34 +106,71 @@ class Resumable:
         :raises PackageTooLarge: the body passes ``Upload-Length``; nothing is kept.
         """
         remaining = upload.length - upload.offset
-        disconnected = False
-        async with StagingFile(self.registry.storage.staging_dir, remaining) as chunk:
-            renewed = time.monotonic()
-            try:
-                async for data in body:
-                    await chunk.write(data)
-                    if time.monotonic() - renewed > RENEW_AFTER:
-                        renewed = time.monotonic()
-                        await anyio.to_thread.run_sync(self.store.renew_upload_lock, upload.id, self.holder, LEASE)
-            except disconnect:
-                disconnected = True
-            await chunk.finish()
-            if checksum is not None and (disconnected or not await _matches(chunk, *checksum)):
+        algorithm = checksum[0] if checksum is not None else None
+        async with ChunkFile(self.registry.storage.staging_dir, remaining, algorithm) as chunk:
+            failure: Exception | None = None
+            disconnected = False
+            # Without a checksum every byte that arrives is kept: stage it as it comes.
+            tee = await self.assemblies.writer(upload.id, upload.offset) if checksum is None else None
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._keep_lease, upload.id)
+                try:
+                    disconnected = await chunk.receive(body, disconnect, tee.write if tee else None)
+                except Exception as exc:  # raised below, not wrapped in the task group's exception group
+                    failure = exc
+                group.cancel_scope.cancel()
+            if failure is not None:
+                if tee is not None:
+                    await tee.abandon()
+                raise failure
+            if checksum is not None and (disconnected or chunk.digest != checksum[1]):
                 if disconnected:
-                    return ChunkResult(upload.offset, True)
+                    return ChunkResult(upload, True)
                 raise ChunkChecksumMismatch("the chunk does not match Upload-Checksum; it was discarded")
             if chunk.size == 0:
-                return ChunkResult(upload.offset, disconnected)
-            await chunk.synced()
+                return ChunkResult(upload, disconnected)
             assert chunk.path is not None
-            state = await self.registry.storage.resumable().append(upload.id, upload.storage_state,
-                                                                    upload.offset, chunk.path)
+            if tee is None:
+                await self.assemblies.feed(upload.id, upload.offset, chunk.path)
+            try:
+                state = await self.registry.storage.resumable().append(upload.id, upload.storage_state,
+                                                                        upload.offset, chunk.path)
+            except BaseException:
+                await self.assemblies.drop(upload.id)
+                raise
             offset = upload.offset + chunk.size
+            release = offset < upload.length
+            saved = await anyio.to_thread.run_sync(
+                lambda: self.store.save_progress(upload.id, self.holder, offset, state,
+                                                 time.time() + self.expire_after, release=release)
+            )
+            self.jobs.metrics.upload_bytes.inc(chunk.size)
+        if saved is None:
+            raise JobNotFound(upload.id)  # terminated meanwhile
+        return ChunkResult(saved, disconnected, release)
+
+    async def recover(self, upload: Upload, *, save: bool) -> Upload:
+        """``upload`` with the offset of the bytes really kept (see
+        :meth:`ResumableStore.recover`); with ``save`` (the caller holds the
+        lease) a loss is also recorded."""
+        if upload.state != RECEIVING:
+            return upload
+        state, offset = await self.registry.storage.resumable().recover(upload.id, upload.storage_state)
+        if offset is None:
+            return upload
+        logger.warning("upload %s lost its bytes after %d (a crash of the machine?); resuming there",
+                       upload.id, offset)
+        if save:
             await anyio.to_thread.run_sync(
                 lambda: self.store.save_progress(upload.id, self.holder, offset, state, time.time() + self.expire_after)
             )
-            self.jobs.metrics.upload_bytes.inc(chunk.size)
-        return ChunkResult(offset, disconnected)
+        return dataclasses.replace(upload, offset=offset, storage_state=state)
+
+    async def _keep_lease(self, upload_id: str) -> None:
+        """Renew the write lease while a long body streams in."""
+        while True:
+            await anyio.sleep(RENEW_AFTER)
+            await anyio.to_thread.run_sync(self.store.renew_upload_lock, upload_id, self.holder, LEASE)
 
     async def complete(self, upload: Upload) -> CommitResult:
         """Run the ``P/`` pipeline on the assembled bytes; store and return the outcome.
@@ -135,10 +190,19 @@ class Resumable:
                                 allow_overwrite=meta["allow_overwrite"], sha256=meta["sha256"],
                                 operator=upload.operator)
         resumable = registry.storage.resumable()
+        assembled = self.assemblies.take(upload.id, upload.length)
         try:
-            async with registry.staging() as staged:
-                await staged.write_all(resumable.assemble(upload.id, upload.storage_state))
-                result = await registry.ingest(request, staged, file_name=meta["filename"], origin="upload")
+            if assembled is not None:  # staged as it arrived: no second pass
+                context, staged = assembled  # entered by the assembly; closed here
+                try:
+                    result = await registry.ingest(request, staged, file_name=meta["filename"], origin="upload")
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await context.__aexit__(None, None, None)
+            else:
+                async with registry.staging() as staged:
+                    await staged.write_all(resumable.assemble(upload.id, upload.storage_state))
+                    result = await registry.ingest(request, staged, file_name=meta["filename"], origin="upload")
         except RegistryError as exc:
             registry.metrics.uploads.labels("upload", exc.code).inc()
             if exc.status >= 500:
@@ -159,6 +223,7 @@ class Resumable:
 
     async def terminate(self, upload: Upload) -> None:
         """Remove the upload's bytes and its row (the caller holds the lease)."""
+        await self.assemblies.drop(upload.id)
         await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
         await anyio.to_thread.run_sync(self.store.delete_upload, upload.id)
 
@@ -167,22 +232,6 @@ class Resumable:
             await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
         except (RegistryError, OSError):
             logger.warning("could not remove the bytes of upload %s; gc retries", upload.id, exc_info=True)
-
-
-async def _matches(chunk: StagingFile, algorithm: str, digest: bytes) -> bool:
-    """Whether the finished ``chunk`` has ``digest``: sha256 was computed as it
-    arrived; another algorithm reads the file again, in a worker thread."""
-    if algorithm == "sha256":
-        return bytes.fromhex(chunk.sha256) == digest
-    await chunk.synced()
-    assert chunk.path is not None
-    path = chunk.path
-
-    def compute() -> bytes:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, algorithm).digest()
-
-    return await anyio.to_thread.run_sync(compute) == digest
 
 
 async def expire_uploads(registry: Registry, store: Any, dry_run: bool = False) -> list[tuple[str, int]]:

@@ -158,10 +158,15 @@ class ResumableStore(ABC):
 
     @abstractmethod
     async def append(self, upload_id: str, state: dict[str, Any], offset: int, chunk: Path) -> dict[str, Any]:
-        """Add the complete, fsynced local file ``chunk`` at ``offset`` (the
-        upload's current size) and return the new state. ``chunk`` may be
-        moved or consumed. Bytes are durable when this returns; if it fails,
-        the old state still describes the upload."""
+        """Add the complete local file ``chunk`` at ``offset`` (the upload's
+        current size) and return the new state. ``chunk`` may be moved or
+        consumed. Its bytes must survive a crash of the process once this
+        returns; if it fails, the old state still describes the upload."""
+
+    async def recover(self, upload_id: str, state: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """After a crash of the machine: ``(state, offset)`` cut back to the bytes
+        really kept, offset None when nothing was lost. The default trusts the state."""
+        return state, None
 
     @abstractmethod
     def assemble(self, upload_id: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -175,9 +180,13 @@ class ResumableStore(ABC):
 class LocalSegments(ResumableStore):
     """Uploads as folders of segment files, ``{folder}/{upload_id}/{offset}.seg``.
 
-    An append renames the received chunk into the folder (no copy). Segment
-    files named in the state are the upload; a file left by a crash between
-    the rename and the state's commit is never listed and goes with the folder.
+    An append renames the received chunk into the folder (no copy, no fsync:
+    the page cache keeps it across a crash of the process, and the package is
+    fsynced once, when it is staged whole). After a crash of the machine,
+    :meth:`recover` drops the first segment that is missing or short and
+    every one after it. Segment files named in the state are the upload; a
+    file left by a crash between the rename and the state's commit is never
+    listed and goes with the folder.
     """
 
     READ_SIZE = 1024 * 1024
@@ -204,11 +213,6 @@ class LocalSegments(ResumableStore):
             size = chunk.stat().st_size
             folder.mkdir(parents=True, exist_ok=True)
             os.replace(chunk, folder / f"{offset:020d}.seg")
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             return size
 
         try:
@@ -216,6 +220,25 @@ class LocalSegments(ResumableStore):
         except OSError as exc:
             raise ObjectStoreException(f"cannot keep upload chunk: {exc.strerror}") from exc
         return {"segments": [*state.get("segments", []), [offset, size]]}
+
+    async def recover(self, upload_id: str, state: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        folder = self._dir(upload_id)
+        segments = state.get("segments", [])
+
+        def intact() -> int:
+            for index, (offset, size) in enumerate(segments):
+                try:
+                    if (folder / f"{offset:020d}.seg").stat().st_size < size:
+                        return index
+                except FileNotFoundError:
+                    return index
+            return len(segments)
+
+        kept = await anyio.to_thread.run_sync(intact)
+        if kept == len(segments):
+            return state, None
+        offset = segments[kept][0]
+        return {"segments": segments[:kept]}, offset
 
     async def assemble(self, upload_id: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
         folder = self._dir(upload_id)

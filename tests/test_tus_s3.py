@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,8 +54,8 @@ def test_chunks_smaller_than_a_part_survive_a_kill(tmp_path: Path, moto: MotoSer
             offset += size
         assert offset > MIN_PART
         process.kill()
-        staging = tmp_path / "staging"
-        assert not staging.exists() or [p for p in staging.rglob("*") if p.is_file()] == []
+        # Nothing local is needed to go on, as on another instance: the bytes are in the bucket.
+        shutil.rmtree(tmp_path / "staging", ignore_errors=True)
         process.start()
         api.close()
         api = Api(process.url, process.token("s3tus"))

@@ -19,7 +19,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from registry.api.errors import preferred_language
-from registry.api.jobs import runner
 from registry.api.routes import _module_path, _registry, _upload_request, authorize
 from registry.errors import (
     InvalidPackage,
@@ -67,11 +66,8 @@ def _tus(handler: Handler) -> Handler:
 
 
 def resumable(request: Request) -> Resumable:
-    """This app's resumable uploads (made on first use; they share the job runner's store)."""
-    state = request.app.state
-    if getattr(state, "resumable", None) is None:
-        state.resumable = Resumable(_registry(request), runner(request))
-    return state.resumable  # type: ignore[no-any-return]
+    """This app's resumable uploads."""
+    return request.app.state.resumable  # type: ignore[no-any-return]
 
 
 async def _find(request: Request, code: str, module: str) -> Upload:
@@ -148,6 +144,7 @@ async def head_or_get_upload(request: Request) -> Response:
     await authorize(request, code, write=False)
     upload = await _find(request, code, module)
     if request.method == "HEAD":
+        upload = await resumable(request).recover(upload, save=False)
         return Response(status_code=200, headers={
             "Upload-Offset": str(upload.offset),
             "Upload-Length": str(upload.length),
@@ -180,18 +177,32 @@ async def patch_upload(request: Request) -> Response:
     if declared is not None and declared > upload.length - upload.offset:
         raise PackageTooLarge(f"the chunk passes Upload-Length {upload.length}")
     service = resumable(request)
+    await service.assemblies.drop_idle()
+    if not service.claim(upload.id):
+        raise UploadOffsetMismatch("another request is writing to this upload")
+    try:
+        return await _patch_claimed(request, service, upload, offset, checksum)
+    finally:
+        service.release(upload.id)
+
+
+async def _patch_claimed(request: Request, service: Resumable, upload: Upload, offset: int,
+                         checksum: tuple[str, bytes] | None) -> Response:
+    """The PATCH once no other request of this process writes to the upload."""
     store = service.store
     locked = await anyio.to_thread.run_sync(store.lock_upload, upload.id, service.holder, LEASE)
     if locked is None:
         raise UploadOffsetMismatch("another request is writing to this upload")
     release = True
     try:
+        locked = await service.recover(locked, save=True)
         _check_offset(locked, offset)
         if locked.offset < locked.length:
             received = await service.receive(locked, request.stream(), checksum, ClientDisconnect)
+            release = not received.released
             if received.disconnected:
                 return Response(status_code=204)  # nobody reads it; the bytes that came are kept
-            locked = await _find(request, code, module)
+            locked = received.upload
         if locked.offset < locked.length:
             return Response(status_code=204, headers={"Upload-Offset": str(locked.offset)})
         release = False
@@ -231,9 +242,14 @@ async def terminate_upload(request: Request) -> Response:
     await authorize(request, code, write=True)
     upload = await _find(request, code, module)
     service = resumable(request)
-    locked = await anyio.to_thread.run_sync(service.store.lock_upload, upload.id, service.holder, LEASE)
-    if locked is None:
+    if not service.claim(upload.id):
         raise UploadOffsetMismatch("another request is writing to this upload")
-    await service.terminate(locked)
+    try:
+        locked = await anyio.to_thread.run_sync(service.store.lock_upload, upload.id, service.holder, LEASE)
+        if locked is None:
+            raise UploadOffsetMismatch("another request is writing to this upload")
+        await service.terminate(locked)
+    finally:
+        service.release(upload.id)
     return Response(status_code=204)
 
