@@ -19,6 +19,7 @@ JSON plus its HTTP ``status``, or the error's code, both detail texts and data.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -140,10 +141,19 @@ class JobRunner:
     registry: Registry
     store: JobStore
     metrics: TransferMetrics
-    holder: str = field(default_factory=make_holder)
+    _holder: str = ""
+    _holder_pid: int = 0
     _wake: anyio.Event | None = None
     _running: dict[str, anyio.CancelScope] = field(default_factory=dict)
     _key: bytes | None = None
+
+    @property
+    def holder(self) -> str:
+        """This process's name in leases; made anew in a forked child (a
+        worker must never share its parent's or a sibling's)."""
+        if self._holder_pid != os.getpid():
+            self._holder, self._holder_pid = make_holder(), os.getpid()
+        return self._holder
 
     @property
     def max_running(self) -> int:

@@ -64,7 +64,6 @@ class Resumable:
         self.registry = registry
         self.jobs = jobs
         self.store = jobs.store
-        self.holder = jobs.holder
         self.assemblies = Assemblies(registry)
         #: uploads a request of this process is writing to (the lease is per process)
         self._writing: set[str] = set()
@@ -79,6 +78,11 @@ class Resumable:
     def release(self, upload_id: str) -> None:
         """Undo :meth:`claim`."""
         self._writing.discard(upload_id)
+
+    @property
+    def holder(self) -> str:
+        """This process's name in write leases (the job runner's)."""
+        return self.jobs.holder
 
     @property
     def expire_after(self) -> float:
