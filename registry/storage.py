@@ -6,6 +6,7 @@ everything else about where and how bytes live belongs to the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -262,4 +263,12 @@ class LocalSegments(ResumableStore):
 
     async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
         folder = self._dir(upload_id)
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+        def remove() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+            # The shared folder goes too once empty, so an idle staging folder
+            # is empty; a concurrent begin() makes it again (mkdir parents=True).
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
+
+        await anyio.to_thread.run_sync(remove)
