@@ -195,7 +195,11 @@ class JobRunner:
         async with anyio.create_task_group() as group:
             while True:
                 while len(self._running) < self.max_running:
-                    job = await anyio.to_thread.run_sync(self.store.claim_job, self.holder, LEASE)
+                    try:
+                        job = await anyio.to_thread.run_sync(self.store.claim_job, self.holder, LEASE)
+                    except Exception:  # the database is away: try again at the next poll, never stop serving
+                        logger.warning("could not look for background jobs", exc_info=True)
+                        break
                     if job is None:
                         break
                     self._running[job.id] = anyio.CancelScope()
@@ -247,10 +251,17 @@ class JobRunner:
         if state == CANCELLED:
             logger.info("job %s cancelled", job.id)
             return
-        with anyio.CancelScope(shield=True):
-            done = await anyio.to_thread.run_sync(
-                lambda: self.store.finish_job(job.id, self.holder, state, result, progress.received, progress.total)
-            )
+        try:
+            with anyio.CancelScope(shield=True):
+                done = await anyio.to_thread.run_sync(
+                    lambda: self.store.finish_job(job.id, self.holder, state, result, progress.received,
+                                                  progress.total)
+                )
+        except Exception:
+            # The lease runs out and the job runs again; an upload that was
+            # stored then answers as an identical re-upload (200).
+            logger.warning("job %s: could not record its end", job.id, exc_info=True)
+            return
         if not done:
             logger.info("job %s was cancelled or taken over before it ended as %s", job.id, state)
 
