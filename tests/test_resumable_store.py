@@ -13,9 +13,9 @@ import pytest
 
 from plugins.s3_resumable import MIN_PART
 from plugins.storage_filesystem import FilesystemStorage
-from registry.storage import Storage
 from plugins.storage_s3 import S3Storage
-from tests.test_storage_conformance import MotoServer, aws_env, s3_storage_for  # noqa: F401 - aws_env is a fixture
+from registry.storage import Storage
+from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer, s3_storage_for
 
 MiB = 1024 * 1024
 
@@ -34,7 +34,9 @@ def moto() -> Iterator[MotoServer]:
 
 @pytest.fixture(params=["filesystem", "s3"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path, moto: MotoServer,
-                  aws_env: None) -> AsyncIterator[Storage]:
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Storage]:
+    for name, value in DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
     store: Storage = (FilesystemStorage(tmp_path / "root") if request.param == "filesystem"
                       else s3_storage_for(moto, tmp_path))
     await store.startup()
