@@ -122,6 +122,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Live versions `registry gc` keeps per module, newest first; older ones are soft-deleted (0: keep all).",
             check=_not_negative),
     Setting("plugins.modules", "list[str]", [], "Extra plugin modules to import and register."),
+    Setting("jobs.max_running", "int", 4, "Background link uploads running at once, per process.", check=positive),
+    Setting("jobs.keep_finished", "int", 7 * 86400, "Seconds a finished background job stays visible.", check=positive),
+    Setting("uploads.expire_after", "int", 86400, "Seconds an unfinished resumable upload is kept.", check=positive),
 )
 
 

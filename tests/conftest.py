@@ -11,12 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import schemathesis
 
 from tests import pg
 from tests.helpers import Api, RegistryProcess, base_config, start_registry
 from tests.pg import PgServer
 
 _codes = itertools.count(1)
+
+# tus PATCH bodies (resumable uploads) are raw bytes under their own media type.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -48,12 +48,12 @@ def test_migrate_and_check_config_on_sqlite_create_nothing_until_asked(tmp_path:
     assert "pending migration 0001" in check.stdout
     assert not (tmp_path / "registry.db").exists(), "check-config creates nothing"
     dry = run(config, "migrate", "--dry-run")
-    assert dry.returncode == 0 and "3 migration(s) pending" in dry.stdout
+    assert dry.returncode == 0 and "4 migration(s) pending" in dry.stdout
     assert not (tmp_path / "registry.db").exists()
     applied = run(config, "migrate")
-    assert applied.returncode == 0 and "applied 0003 events table" in applied.stdout
+    assert applied.returncode == 0 and "applied 0004 jobs and uploads tables" in applied.stdout
     with sqlite3.connect(tmp_path / "registry.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     again = run(config, "migrate", "--dry-run")
     assert "0 migration(s) pending" in again.stdout
     assert "pending" not in run(config, "check-config").stdout.replace("0 migration(s) pending", "")
@@ -66,7 +66,7 @@ def test_migrate_and_check_config_on_postgres_never_show_the_password(tmp_path: 
     assert "pending migration 0001" in check.stdout and "postgresql 127.0.0.1" in check.stdout
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('packages')").fetchone() == (None,)
-    assert "1 migration(s) applied" in run(config, "migrate").stdout
+    assert "2 migration(s) applied" in run(config, "migrate").stdout
     assert "0 migration(s) pending" in run(config, "migrate", "--dry-run").stdout
     broken = dict(pg_config(tmp_path, pg_url))
     broken["database"] = {**broken["database"], "url": with_password(pg_url).replace("/t_", "/missing_")}

@@ -29,7 +29,7 @@ class TestPostgresStore(RecordStoreConformance):
 
 def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path: Path) -> None:
     """Schema version 2 plus the events table the audit plugin used to create itself,
-    with times in the old stored forms: migration 3 keeps every row readable."""
+    with times in the old stored forms: migrations 3 and 4 keep every row readable."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     db = sqlite_utils.Database(conn)
@@ -54,8 +54,8 @@ def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path:
 
     store = SQLiteStore(path)
     try:
-        assert [m.number for m in store.pending_migrations()] == [3]
-        assert [m.number for m in store.migrate()] == [3]
+        assert [m.number for m in store.pending_migrations()] == [3, 4]
+        assert [m.number for m in store.migrate()] == [3, 4]
         record = store.get("app", "default", 1)
         assert record is not None
         assert record.created == datetime(2024, 5, 1, 10, 0, 0, 1, tzinfo=UTC)

@@ -353,7 +353,20 @@ async def readyz(request: Request) -> Response:
 
 def package_routes() -> list[tuple[str, str, Any]]:
     """(method, path below a stage prefix, handler) for every package route."""
+    # Imported here: those modules reuse this one's helpers. Listed first, so
+    # ``P/jobs/`` and ``P/uploads/`` win over ``P/{package_id}/``.
+    from registry.api import jobs, tus
+
     return [
+        ("POST", f"{PACKAGES}/jobs/", jobs.create_job),
+        ("GET", f"{PACKAGES}/jobs/{{job_id}}/", jobs.get_job),
+        ("DELETE", f"{PACKAGES}/jobs/{{job_id}}/", jobs.cancel_job),
+        ("OPTIONS", f"{PACKAGES}/uploads/", tus.options),
+        ("POST", f"{PACKAGES}/uploads/", tus.create_upload),
+        ("OPTIONS", f"{PACKAGES}/uploads/{{upload_id}}", tus.options),
+        ("GET", f"{PACKAGES}/uploads/{{upload_id}}", tus.head_or_get_upload),
+        ("PATCH", f"{PACKAGES}/uploads/{{upload_id}}", tus.patch_upload),
+        ("DELETE", f"{PACKAGES}/uploads/{{upload_id}}", tus.terminate_upload),
         ("POST", f"{PACKAGES}/link/", upload_link),
         ("POST", f"{PACKAGES}/", upload_file),
         ("GET", f"{PACKAGES}/", list_packages),
