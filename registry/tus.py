@@ -11,14 +11,13 @@ import binascii
 from collections.abc import Mapping
 
 from registry.errors import TusVersionUnsupported, ValidationError
+from registry.validation import MAX_NUMBER_DIGITS, parse_decimal
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination,checksum"
 CHECKSUM_ALGORITHMS = "sha256,sha1"
 DIGEST_SIZES = {"sha256": 32, "sha1": 20}
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
-#: Digits accepted in an ``Upload-*`` number: 2**63 has 19.
-MAX_NUMBER_DIGITS = 19
 #: Largest ``Upload-Metadata`` header accepted.
 MAX_METADATA_LENGTH = 4096
 METADATA_KEYS = ("filename", "version", "allow_overwrite", "sha256")
@@ -40,15 +39,16 @@ def parse_number(headers: Mapping[str, str], name: str) -> int:
     """The non-negative integer header ``name``.
 
     :raises ValidationError: absent, not decimal digits, or longer than
-        :data:`MAX_NUMBER_DIGITS` digits.
+        :data:`registry.validation.MAX_NUMBER_DIGITS` digits (so it fits a
+        signed 64-bit column in any record store).
     """
     raw = headers.get(name.lower())
     if raw is None:
         raise _invalid(name, "该请求头是必填项", "this header is required")
-    text = raw.strip()
-    if not text or not text.isascii() or not text.isdigit() or len(text) > MAX_NUMBER_DIGITS:
-        raise _invalid(name, "须为非负整数", "must be a non-negative integer")
-    return int(text)
+    number = parse_decimal(raw.strip())
+    if number is None:
+        raise _invalid(name, "须为非负整数", f"must be a non-negative integer of at most {MAX_NUMBER_DIGITS} digits")
+    return number
 
 
 def parse_metadata(raw: str | None) -> dict[str, str]:
