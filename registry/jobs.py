@@ -167,7 +167,7 @@ class JobRunner:
             return self.store.create_job(NewJob(new_job_id(), upload.code, upload.module, redacted_url, request,
                                                 upload.operator))
 
-        job = await anyio.to_thread.run_sync(create)
+        job = await self.registry.write(create)
         self.wake()
         return job
 
@@ -189,7 +189,7 @@ class JobRunner:
             while True:
                 while len(self._running) < self.max_running:
                     try:
-                        job = await anyio.to_thread.run_sync(self.store.claim_job, self.holder, LEASE)
+                        job = await self.registry.write(self.store.claim_job, self.holder, LEASE)
                     except Exception:  # the database is away: try again at the next poll, never stop serving
                         logger.warning("could not look for background jobs", exc_info=True)
                         break
@@ -209,7 +209,7 @@ class JobRunner:
         keep = timedelta(seconds=self.registry.settings["jobs.keep_finished"])
         cutoff = datetime.now(UTC) - keep
         try:
-            removed = await anyio.to_thread.run_sync(self.store.expire_jobs, cutoff)
+            removed = await self.registry.write(self.store.expire_jobs, cutoff)
         except Exception:
             logger.warning("could not expire finished jobs", exc_info=True)
             return
@@ -218,8 +218,8 @@ class JobRunner:
 
     async def _update_gauges(self) -> None:
         try:
-            counts = await anyio.to_thread.run_sync(self.store.count_jobs_by_state)
-            uploads = await anyio.to_thread.run_sync(self.store.count_uploads_in_progress)
+            counts = await self.registry.read(self.store.count_jobs_by_state)
+            uploads = await self.registry.read(self.store.count_uploads_in_progress)
         except Exception:
             logger.warning("could not count jobs", exc_info=True)
             return
@@ -246,7 +246,7 @@ class JobRunner:
             return
         try:
             with anyio.CancelScope(shield=True):
-                done = await anyio.to_thread.run_sync(
+                done = await self.registry.write(
                     lambda: self.store.finish_job(job.id, self.holder, state, result, progress.received,
                                                   progress.total)
                 )
@@ -279,7 +279,7 @@ class JobRunner:
                 group.cancel_scope.cancel()
 
         try:
-            url = await anyio.to_thread.run_sync(unseal, self.key(), job.request["sealed_url"])
+            url = await anyio.to_thread.run_sync(lambda: unseal(self.key(), job.request["sealed_url"]))  # key() may read
             origin = registry.resolve_origin(url)
             origin_name = origin.name
             await upload_beside_heartbeat(url, origin)
@@ -301,7 +301,7 @@ class JobRunner:
         while True:
             await anyio.sleep(HEARTBEAT)
             try:
-                ours = await anyio.to_thread.run_sync(
+                ours = await self.registry.write(
                     lambda: self.store.heartbeat_job(job.id, self.holder, LEASE, progress.received, progress.total)
                 )
             except Exception:

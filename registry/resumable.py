@@ -98,7 +98,7 @@ class Resumable:
         state = await self.registry.storage.resumable().begin(upload_id)
         metadata = {"filename": file_name, "version": upload.version, "allow_overwrite": upload.allow_overwrite,
                     "sha256": upload.sha256}
-        return await anyio.to_thread.run_sync(
+        return await self.registry.write(
             self.store.create_upload, NewUpload(upload_id, upload.code, upload.module, length, metadata,
                                                 upload.operator, state, self.expiry())
         )
@@ -148,7 +148,7 @@ class Resumable:
                 raise
             offset = upload.offset + chunk.size
             release = offset < upload.length
-            saved = await anyio.to_thread.run_sync(
+            saved = await self.registry.write(
                 lambda: self.store.save_progress(upload.id, self.holder, offset, state,
                                                  self.expiry(), release=release)
             )
@@ -169,7 +169,7 @@ class Resumable:
         logger.warning("upload %s lost its bytes after %d (a crash of the machine?); resuming there",
                        upload.id, offset)
         if save:
-            await anyio.to_thread.run_sync(
+            await self.registry.write(
                 lambda: self.store.save_progress(upload.id, self.holder, offset, state, self.expiry())
             )
         return dataclasses.replace(upload, offset=offset, storage_state=state)
@@ -178,7 +178,7 @@ class Resumable:
         """Renew the write lease while a long body streams in."""
         while True:
             await anyio.sleep(RENEW_AFTER)
-            await anyio.to_thread.run_sync(self.store.renew_upload_lock, upload_id, self.holder, LEASE)
+            await self.registry.write(self.store.renew_upload_lock, upload_id, self.holder, LEASE)
 
     async def complete(self, upload: Upload) -> CommitResult:
         """Run the ``P/`` pipeline on the assembled bytes; store and return the outcome.
@@ -189,7 +189,7 @@ class Resumable:
         complete-but-unprocessed, so the same PATCH may be sent again.
         """
         registry = self.registry
-        await anyio.to_thread.run_sync(
+        await self.registry.write(
             lambda: self.store.save_progress(upload.id, self.holder, upload.offset, upload.storage_state,
                                              self.expiry(), state=COMPLETING)
         )
@@ -224,7 +224,7 @@ class Resumable:
 
     async def _finish(self, upload: Upload, state: str, result: dict[str, Any]) -> None:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
+            await self.registry.write(
                 lambda: self.store.finish_upload(upload.id, self.holder, state, result, self.expiry())
             )
             await self._discard_quietly(upload)
@@ -233,7 +233,7 @@ class Resumable:
         """Remove the upload's bytes and its row (the caller holds the lease)."""
         await self.assemblies.drop(upload.id)
         await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
-        await anyio.to_thread.run_sync(self.store.delete_upload, upload.id)
+        await self.registry.write(self.store.delete_upload, upload.id)
 
     async def _discard_quietly(self, upload: Upload) -> None:
         try:
@@ -245,7 +245,7 @@ class Resumable:
 async def expire_uploads(registry: Registry, store: RecordStore, dry_run: bool = False) -> list[tuple[str, int]]:
     """Remove every upload past its expiry time with its bytes; ``(id, bytes)`` of each."""
     removed: list[tuple[str, int]] = []
-    expired: list[Upload] = await anyio.to_thread.run_sync(store.expired_uploads, utc_now())
+    expired: list[Upload] = await registry.read(store.expired_uploads, utc_now())
     for upload in expired:
         if not dry_run:
             try:
@@ -253,6 +253,6 @@ async def expire_uploads(registry: Registry, store: RecordStore, dry_run: bool =
             except (RegistryError, OSError):
                 logger.warning("could not remove the bytes of expired upload %s", upload.id, exc_info=True)
                 continue
-            await anyio.to_thread.run_sync(store.delete_upload, upload.id)
+            await registry.write(store.delete_upload, upload.id)
         removed.append((upload.id, upload.offset if upload.state not in (SUCCEEDED, FAILED) else 0))
     return removed

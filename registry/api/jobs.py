@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -97,7 +96,7 @@ async def get_job(request: Request) -> Response:
     job_id = _job_id(request)
     await authorize(request, code, write=False)
     store = runner(request).store
-    job = await anyio.to_thread.run_sync(store.get_job, code, module, job_id)
+    job = await _registry(request).read(store.get_job, code, module, job_id)
     if job is None:
         raise JobNotFound(job_id)
     return JSONResponse(job_json(job, request))
@@ -109,7 +108,7 @@ async def cancel_job(request: Request) -> Response:
     job_id = _job_id(request)
     await authorize(request, code, write=True)
     jobs = runner(request)
-    job = await anyio.to_thread.run_sync(jobs.store.cancel_job, code, module, job_id)
+    job = await _registry(request).write(jobs.store.cancel_job, code, module, job_id)
     if job is None:
         raise JobNotFound(job_id)
     jobs.cancel_here(job_id)

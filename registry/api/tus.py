@@ -77,7 +77,7 @@ async def _find(request: Request, code: str, module: str) -> Upload:
     raw = str(request.path_params["upload_id"])
     if not UPLOAD_ID.fullmatch(raw):
         raise JobNotFound()
-    upload = await anyio.to_thread.run_sync(resumable(request).store.get_upload, code, module, raw)
+    upload = await resumable(request).registry.read(resumable(request).store.get_upload, code, module, raw)
     if upload is None or upload.expires < utc_now():
         raise JobNotFound(raw)
     return upload
@@ -189,7 +189,7 @@ async def _patch_claimed(request: Request, service: Resumable, upload: Upload, o
                          checksum: tuple[str, bytes] | None) -> Response:
     """The PATCH once no other request of this process writes to the upload."""
     store = service.store
-    locked = await anyio.to_thread.run_sync(store.lock_upload, upload.id, service.holder, LEASE)
+    locked = await service.registry.write(store.lock_upload, upload.id, service.holder, LEASE)
     if locked is None:
         raise UploadOffsetMismatch("another request is writing to this upload")
     release = True
@@ -216,7 +216,7 @@ async def _patch_claimed(request: Request, service: Resumable, upload: Upload, o
     finally:
         if release:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(store.unlock_upload, upload.id, service.holder)
+                await service.registry.write(store.unlock_upload, upload.id, service.holder)
 
 
 def _check_offset(upload: Upload, offset: int) -> None:
@@ -244,7 +244,7 @@ async def terminate_upload(request: Request) -> Response:
     if not service.claim(upload.id):
         raise UploadOffsetMismatch("another request is writing to this upload")
     try:
-        locked = await anyio.to_thread.run_sync(service.store.lock_upload, upload.id, service.holder, LEASE)
+        locked = await service.registry.write(service.store.lock_upload, upload.id, service.holder, LEASE)
         if locked is None:
             raise UploadOffsetMismatch("another request is writing to this upload")
         await service.terminate(locked)
