@@ -93,15 +93,20 @@ class Resumable:
         return utc_now() + timedelta(seconds=self.expire_after)
 
     async def create(self, upload: UploadRequest, length: int, file_name: str) -> Upload:
-        """A new upload of ``length`` bytes, its storage prepared."""
+        """A new upload of ``length`` bytes, its storage prepared. When it cannot
+        be recorded (the database is away), what the storage prepared goes again."""
         upload_id = new_upload_id()
         state = await self.registry.storage.resumable().begin(upload_id)
         metadata = {"filename": file_name, "version": upload.version, "allow_overwrite": upload.allow_overwrite,
                     "sha256": upload.sha256}
-        return await self.registry.write(
-            self.store.create_upload, NewUpload(upload_id, upload.code, upload.module, length, metadata,
-                                                upload.operator, state, self.expiry())
-        )
+        new = NewUpload(upload_id, upload.code, upload.module, length, metadata, upload.operator, state,
+                        self.expiry())
+        try:
+            return await self.registry.write(self.store.create_upload, new)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._discard_quietly(upload_id, state)
+            raise
 
     async def receive(self, upload: Upload, body: AsyncIterator[bytes], checksum: tuple[str, bytes] | None,
                       disconnect: type[BaseException]) -> ChunkResult:
@@ -227,7 +232,7 @@ class Resumable:
             await self.registry.write(
                 lambda: self.store.finish_upload(upload.id, self.holder, state, result, self.expiry())
             )
-            await self._discard_quietly(upload)
+            await self._discard_quietly(upload.id, upload.storage_state)
 
     async def terminate(self, upload: Upload) -> None:
         """Remove the upload's bytes and its row (the caller holds the lease)."""
@@ -235,11 +240,11 @@ class Resumable:
         await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
         await self.registry.write(self.store.delete_upload, upload.id)
 
-    async def _discard_quietly(self, upload: Upload) -> None:
+    async def _discard_quietly(self, upload_id: str, storage_state: dict[str, Any]) -> None:
         try:
-            await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
+            await self.registry.storage.resumable().discard(upload_id, storage_state)
         except (RegistryError, OSError):
-            logger.warning("could not remove the bytes of upload %s; gc retries", upload.id, exc_info=True)
+            logger.warning("could not remove the bytes of upload %s; gc retries", upload_id, exc_info=True)
 
 
 async def expire_uploads(registry: Registry, store: RecordStore, dry_run: bool = False) -> list[tuple[str, int]]:
