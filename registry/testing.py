@@ -712,6 +712,14 @@ class RecordStoreConformance:
         claimed = [store.claim_job(f"h:{n}:x", 60) for n in range(4)]
         assert [job.id if job else None for job in claimed] == ["j_b", "j_a", "j_c", None]
 
+    def test_many_live_claims_do_not_hide_a_queued_job(self, store: RecordStore) -> None:
+        for n in range(61):
+            store.create_job(new_job(f"j_{n:03d}"))
+        for n in range(60):  # held by live processes of other hosts
+            assert store.claim_job(f"elsewhere-{n}:1:x", 3600) is not None
+        last = store.claim_job("here:1:x", 60)
+        assert last is not None and last.id == "j_060"
+
     def test_an_expired_lease_or_a_dead_holder_gives_the_job_away(self, store: RecordStore) -> None:
         store.create_job(new_job("j_1"))
         assert store.claim_job("elsewhere:1:a", 0) is not None
