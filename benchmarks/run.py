@@ -46,6 +46,7 @@ import peer
 import scale
 from clients import CurlResult, Latencies, get_args, json_args, multipart_args, probe_while_running, run_curl
 from servers import RssSampler, ServerProcess, cpu_seconds, free_port, helper_server, peak_rss_bytes
+from tus import tus_upload
 from workload import MIB, copy_and_hash, make_package
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +63,8 @@ TARGET_LINK_VS_LIMIT = 0.5
 TARGET_DOWNLOAD_VS_LIMIT = 0.7
 TARGET_PEAK_RSS = 150 * MB
 TARGET_HEALTHZ_MAX = 0.100
+TARGET_TUS_VS_UPLOAD = 0.8
+TUS_CHUNK = 8 * MIB
 
 
 # -- measurements ------------------------------------------------------------------
@@ -223,6 +226,8 @@ class Benchmark:
             Operation("limits", "copy_sha256_fsync", "limit: copy + sha256 + fsync", self._copy_and_hash),
             Operation("limits", "curl_to_sink", "limit: curl -F to a discarding server", self._to_sink),
             Operation("registry", "upload", "registry: upload (file)", self._registry_upload, self.registry),
+            Operation("registry", "tus_upload", "registry: upload (tus, 8 MiB chunks)", self._registry_tus,
+                      self.registry),
         ]
         if self.peer is not None:
             ops.append(Operation("peer", "upload", "pypiserver: upload", self._peer_upload, self.peer))
@@ -303,6 +308,14 @@ class Benchmark:
         self._check_record(result)
         self.registry_ids.append(result.json()["id"])
         return result.seconds
+
+    def _registry_tus(self, round_: int) -> float:
+        seconds, outcome = tus_upload(f"{self.registry_base}uploads/", self.payload, self.auth, TUS_CHUNK,
+                                      {"filename": PAYLOAD_NAME, "version": _version(4, round_)})
+        record = outcome.get("package") or {}
+        if outcome.get("state") != "succeeded" or record.get("sha256_signature") != self.sha256:
+            raise RuntimeError(f"tus upload: {outcome}")
+        return seconds
 
     def _registry_link(self, round_: int) -> float:
         result = expect(run_curl(json_args(
@@ -394,7 +407,8 @@ def summarize(bench: Benchmark, limits: dict[str, Measurement], registry: dict[s
     peer_download = peer_results["download"] if peer_results else None
     rows.append(row("upload (file)", registry["upload"], peer_upload, upload_limit_key))
     rows.append(row("upload (link)", registry["link_upload"], None, "curl_o_sha256sum"))
-    rows.append(row("download", registry["download"], peer_download, "curl_static_download"))
+    rows.append(row("upload (tus)", registry["tus_upload"], None, upload_limit_key))
+    rows.insert(2, row("download", registry["download"], peer_download, "curl_static_download"))
     health = registry["healthz_during_upload"].summary()
     targets = [
         target("upload >= 3x pypiserver", rows[0]["registry_over_peer"], TARGET_UPLOAD_VS_PEER, "x"),
@@ -402,6 +416,8 @@ def summarize(bench: Benchmark, limits: dict[str, Measurement], registry: dict[s
         target("link upload >= 50% of curl -o + sha256sum", rows[1]["registry_over_limit"], TARGET_LINK_VS_LIMIT, "%"),
         target("download >= 70% of curl from a static server", rows[2]["registry_over_limit"],
                TARGET_DOWNLOAD_VS_LIMIT, "%"),
+        target("tus upload (8 MiB chunks) >= 80% of the file upload",
+               registry["tus_upload"].mbps / registry["upload"].mbps, TARGET_TUS_VS_UPLOAD, "%"),
         target("peak RSS < 150 MB", registry["peak_rss_bytes"], TARGET_PEAK_RSS, "bytes", below=True),
         target("GET /healthz max latency during an upload < 100 ms",
                health["max_ms"] / 1000 if health["max_ms"] is not None else None, TARGET_HEALTHZ_MAX, "s", below=True),

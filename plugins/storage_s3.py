@@ -51,7 +51,7 @@ from registry.errors import InsufficientStorage, ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
+from registry.storage import BlobInfo, BlobMissing, ResumableStore, Storage, storage_failure
 
 NAME = "s3"
 MiB = 1024 * 1024
@@ -285,6 +285,12 @@ class S3Storage(Storage):
             return True
 
         return await self._call("look up blob", head)
+
+    def resumable(self) -> ResumableStore:
+        """Resumable uploads as S3 multipart uploads (see :mod:`plugins.s3_resumable`)."""
+        from plugins.s3_resumable import S3Multipart
+
+        return S3Multipart(self)
 
     async def shutdown(self) -> None:
         """Close the client's connection pool; a later call builds a new client."""

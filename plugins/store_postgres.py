@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,32 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
+from registry.leases import local_prefix
 from registry.records import (
+    CANCELLED,
+    COMPLETING,
+    FINISHED_STATES,
+    JOB_STATES,
+    QUEUED,
+    RECEIVING,
+    RUNNING,
     AuditEvent,
     CommitResult,
     Credential,
+    Job,
     NewCredential,
+    NewJob,
     NewPackage,
+    NewUpload,
     Order,
     Outcome,
     PageKey,
     Record,
+    Upload,
     utc_now,
 )
 from registry.settings import Settings
-from registry.store import BackupUnsupported, Migration, RecordStore, decide, keyset_order
+from registry.store import BackupUnsupported, Migration, RecordStore, decide, job_claimable, keyset_order, upload_lockable
 
 Row = dict[str, Any]
 
@@ -158,6 +170,46 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("expires_at and last_used on credentials", """
         ALTER TABLE credentials ADD COLUMN expires_at TIMESTAMPTZ, ADD COLUMN last_used TIMESTAMPTZ;
     """),
+    # holder/lease_until are the claim: which process works on the row, and
+    # until when its lease holds without a heartbeat
+    ("jobs and uploads tables", """
+        CREATE TABLE jobs (
+            id TEXT COLLATE "C" PRIMARY KEY,
+            code TEXT NOT NULL,
+            module TEXT NOT NULL,
+            state TEXT NOT NULL,
+            package_url TEXT NOT NULL,
+            request TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            bytes_received BIGINT NOT NULL DEFAULT 0,
+            bytes_total BIGINT,
+            result TEXT,
+            created TIMESTAMPTZ NOT NULL,
+            updated TIMESTAMPTZ NOT NULL,
+            holder TEXT,
+            lease_until TIMESTAMPTZ,
+            attempts INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_state_created ON jobs (state, created);
+        CREATE TABLE uploads (
+            id TEXT COLLATE "C" PRIMARY KEY,
+            code TEXT NOT NULL,
+            module TEXT NOT NULL,
+            length BIGINT NOT NULL,
+            upload_offset BIGINT NOT NULL DEFAULT 0,
+            metadata TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            state TEXT NOT NULL,
+            storage_state TEXT NOT NULL DEFAULT '{}',
+            result TEXT,
+            created TIMESTAMPTZ NOT NULL,
+            updated TIMESTAMPTZ NOT NULL,
+            expires TIMESTAMPTZ NOT NULL,
+            holder TEXT,
+            lease_until TIMESTAMPTZ
+        );
+        CREATE INDEX uploads_expires ON uploads (expires);
+    """),
 ]
 
 
@@ -197,6 +249,25 @@ def _save_details(conn: psycopg.Connection[Row], package_id: int, details: Packa
         (package_id, details.app_desc, details.app_desc_truncated,
          json.dumps(details.member_paths, ensure_ascii=False), details.members),
     )
+
+
+def _optional_json(stored: str | None) -> Any:
+    return json.loads(stored) if stored else None
+
+
+def _job(row: Row) -> Job:
+    return Job(**{**row, "request": json.loads(row["request"]), "result": _optional_json(row["result"])})
+
+
+def _upload(row: Row) -> Upload:
+    values = {**row, "metadata": json.loads(row["metadata"]), "result": _optional_json(row["result"]),
+              "storage_state": json.loads(row["storage_state"] or "{}")}
+    values["offset"] = values.pop("upload_offset")
+    return Upload(**values)
+
+
+def _dumps(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
 
 
 class PostgresStore(RecordStore):
@@ -637,9 +708,10 @@ class PostgresStore(RecordStore):
 
     def is_empty(self) -> bool:
         return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
-                              " UNION ALL SELECT 1 FROM events LIMIT 1")
+                              " UNION ALL SELECT 1 FROM events UNION ALL SELECT 1 FROM jobs"
+                              " UNION ALL SELECT 1 FROM uploads LIMIT 1")
 
-    def _insert(self, table: str, rows: builtins.list[dict[str, Any]]) -> int:
+    def _insert(self, table: str, rows: builtins.list[dict[str, Any]], identity: bool = True) -> int:
         if not rows:
             return 0
         names = ", ".join(rows[0])
@@ -651,8 +723,9 @@ class PostgresStore(RecordStore):
                                       list(values.values()))
                 inserted += cursor.rowcount
             # ids were given explicitly: move the identity past them for later inserts
-            conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                         f" GREATEST((SELECT MAX(id) FROM {table}), 1))")
+            if identity:
+                conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                             f" GREATEST((SELECT MAX(id) FROM {table}), 1))")
         return inserted
 
     def import_records(self, records: Sequence[Record]) -> int:
@@ -692,6 +765,192 @@ class PostgresStore(RecordStore):
     def restore_from(self, folder: Path) -> None:
         """Not done here: ``pg_restore`` restores what ``pg_dump`` wrote."""
         self.backup_to(folder)
+
+
+    def page_jobs(self, after_id: str, limit: int) -> builtins.list[Job]:
+        return [_job(row) for row in self._rows("SELECT * FROM jobs WHERE id > %s ORDER BY id LIMIT %s",
+                                                (after_id, limit))]
+
+    def import_jobs(self, jobs: Sequence[Job]) -> int:
+        return self._insert("jobs", [{**job.__dict__, "request": json.dumps(job.request),
+                                      "result": _dumps(job.result)} for job in jobs], identity=False)
+
+    def page_uploads(self, after_id: str, limit: int) -> builtins.list[Upload]:
+        return [_upload(row) for row in self._rows("SELECT * FROM uploads WHERE id > %s ORDER BY id LIMIT %s",
+                                                   (after_id, limit))]
+
+    def import_uploads(self, uploads: Sequence[Upload]) -> int:
+        rows = []
+        for upload in uploads:
+            values = {**upload.__dict__, "metadata": json.dumps(upload.metadata),
+                      "storage_state": json.dumps(upload.storage_state), "result": _dumps(upload.result)}
+            values["upload_offset"] = values.pop("offset")
+            rows.append(values)
+        return self._insert("uploads", rows, identity=False)
+
+    # -- background jobs ---------------------------------------------------------------------------
+
+    def create_job(self, new: NewJob) -> Job:
+        now = utc_now()
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO jobs (id, code, module, state, package_url, request, operator, created, updated)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (new.id, new.code, new.module, QUEUED, new.package_url, json.dumps(new.request), new.operator,
+                 now, now),
+            ).fetchone()
+        assert row is not None
+        return _job(row)
+
+    def get_job(self, code: str, module: str, job_id: str) -> Job | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id = %s AND code = %s AND module = %s", (job_id, code, module))
+        return _job(rows[0]) if rows else None
+
+    def claim_job(self, holder: str, lease_seconds: float) -> Job | None:
+        now = utc_now()
+        prefix = local_prefix()
+        with self._write() as conn:
+            # queued, lapsed, or held on this host (where a dead holder can be told)
+            candidates = conn.execute(
+                "SELECT id, state, holder, lease_until FROM jobs WHERE state = %s OR (state = %s AND"
+                " (lease_until IS NULL OR lease_until < %s OR left(holder, %s) = %s))"
+                " ORDER BY created, id LIMIT 50",
+                (QUEUED, RUNNING, now, len(prefix), prefix),
+            ).fetchall()
+            for candidate in candidates:
+                if not job_claimable(candidate["state"], candidate["holder"], candidate["lease_until"], now):
+                    continue
+                # Lock this one row, skipping it if another claimer holds it, and
+                # look again: the look above may predate another claim's commit.
+                row = conn.execute("SELECT state, holder, lease_until FROM jobs WHERE id = %s"
+                                   " FOR UPDATE SKIP LOCKED", (candidate["id"],)).fetchone()
+                if row is None or not job_claimable(row["state"], row["holder"], row["lease_until"], now):
+                    continue
+                claimed = conn.execute(
+                    "UPDATE jobs SET state = %s, holder = %s, lease_until = %s, bytes_received = 0,"
+                    " bytes_total = NULL, attempts = attempts + 1, updated = %s WHERE id = %s RETURNING *",
+                    (RUNNING, holder, now + timedelta(seconds=lease_seconds), now, candidate["id"]),
+                ).fetchone()
+                return _job(claimed) if claimed else None
+        return None
+
+    def heartbeat_job(self, job_id: str, holder: str, lease_seconds: float,
+                      bytes_received: int, bytes_total: int | None) -> bool:
+        now = utc_now()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE jobs SET bytes_received = %s, bytes_total = %s, lease_until = %s, updated = %s"
+                " WHERE id = %s AND holder = %s AND state = %s",
+                (bytes_received, bytes_total, now + timedelta(seconds=lease_seconds), now, job_id, holder, RUNNING),
+            ).rowcount == 1
+
+    def finish_job(self, job_id: str, holder: str, state: str, result: dict[str, Any] | None,
+                   bytes_received: int, bytes_total: int | None) -> bool:
+        if state not in FINISHED_STATES:
+            raise ValueError(f"{state!r} is not a finished state")
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE jobs SET state = %s, result = %s, bytes_received = %s, bytes_total = %s, holder = NULL,"
+                " lease_until = NULL, updated = %s WHERE id = %s AND holder = %s AND state = %s",
+                (state, _dumps(result), bytes_received, bytes_total, utc_now(), job_id, holder, RUNNING),
+            ).rowcount == 1
+
+    def cancel_job(self, code: str, module: str, job_id: str) -> Job | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = %s, holder = NULL, lease_until = NULL, updated = %s"
+                " WHERE id = %s AND code = %s AND module = %s AND state IN (%s, %s)",
+                (CANCELLED, utc_now(), job_id, code, module, QUEUED, RUNNING),
+            )
+            row = conn.execute("SELECT * FROM jobs WHERE id = %s AND code = %s AND module = %s",
+                               (job_id, code, module)).fetchone()
+        return _job(row) if row else None
+
+    def count_jobs_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(JOB_STATES, 0)
+        for row in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            if row["state"] in counts:
+                counts[row["state"]] = int(row["n"])
+        return counts
+
+    def expire_jobs(self, finished_before: datetime) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM jobs WHERE state IN (%s, %s, %s) AND updated < %s",
+                                (*FINISHED_STATES, finished_before)).rowcount
+
+    # -- resumable uploads ------------------------------------------------------------------------
+
+    def create_upload(self, new: NewUpload) -> Upload:
+        now = utc_now()
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO uploads (id, code, module, length, metadata, operator, state, storage_state,"
+                " created, updated, expires) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (new.id, new.code, new.module, new.length, json.dumps(new.metadata), new.operator, RECEIVING,
+                 json.dumps(new.storage_state), now, now, new.expires),
+            ).fetchone()
+        assert row is not None
+        return _upload(row)
+
+    def get_upload(self, code: str, module: str, upload_id: str) -> Upload | None:
+        rows = self._rows("SELECT * FROM uploads WHERE id = %s AND code = %s AND module = %s",
+                          (upload_id, code, module))
+        return _upload(rows[0]) if rows else None
+
+    def lock_upload(self, upload_id: str, holder: str, lease_seconds: float) -> Upload | None:
+        now = utc_now()
+        with self._write() as conn:
+            row = conn.execute("SELECT holder, lease_until FROM uploads WHERE id = %s FOR UPDATE",
+                               (upload_id,)).fetchone()
+            if row is None or not upload_lockable(row["holder"], row["lease_until"], holder, now):
+                return None
+            row = conn.execute("UPDATE uploads SET holder = %s, lease_until = %s WHERE id = %s RETURNING *",
+                               (holder, now + timedelta(seconds=lease_seconds), upload_id)).fetchone()
+        return _upload(row) if row else None
+
+    def renew_upload_lock(self, upload_id: str, holder: str, lease_seconds: float) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE uploads SET lease_until = %s WHERE id = %s AND holder = %s",
+                         (utc_now() + timedelta(seconds=lease_seconds), upload_id, holder))
+
+    def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
+                      expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE uploads SET upload_offset = %s, storage_state = %s, state = %s, expires = %s, updated = %s,"
+                " holder = CASE WHEN %s THEN NULL ELSE holder END,"
+                " lease_until = CASE WHEN %s THEN NULL ELSE lease_until END"
+                " WHERE id = %s AND holder = %s",
+                (offset, json.dumps(storage_state), state, expires, utc_now(), release, release, upload_id, holder),
+            )
+            row = conn.execute("SELECT * FROM uploads WHERE id = %s", (upload_id,)).fetchone()
+        return _upload(row) if row else None
+
+    def finish_upload(self, upload_id: str, holder: str, state: str, result: dict[str, Any],
+                      expires: datetime) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE uploads SET state = %s, result = %s, storage_state = '{}', holder = NULL,"
+                " lease_until = NULL, expires = %s, updated = %s WHERE id = %s AND holder = %s",
+                (state, json.dumps(result), expires, utc_now(), upload_id, holder),
+            )
+
+    def unlock_upload(self, upload_id: str, holder: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE uploads SET holder = NULL, lease_until = NULL WHERE id = %s AND holder = %s",
+                         (upload_id, holder))
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
+
+    def expired_uploads(self, now: datetime, limit: int = 500) -> builtins.list[Upload]:
+        rows = self._rows("SELECT * FROM uploads WHERE expires < %s ORDER BY expires, id LIMIT %s", (now, limit))
+        return [_upload(row) for row in rows]
+
+    def count_uploads_in_progress(self) -> int:
+        rows = self._rows("SELECT COUNT(*) AS n FROM uploads WHERE state IN (%s, %s)", (RECEIVING, COMPLETING))
+        return int(rows[0]["n"])
 
 
 @hookimpl

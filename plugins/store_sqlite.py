@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, UTC
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +32,33 @@ import sqlite_utils
 from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, InsufficientStorage, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
+from registry.leases import local_prefix
 from registry.records import (
+    CANCELLED,
+    COMPLETING,
+    FINISHED_STATES,
+    JOB_STATES,
+    QUEUED,
+    RECEIVING,
+    RUNNING,
     AuditEvent,
     CommitResult,
     Credential,
+    Job,
     NewCredential,
+    NewJob,
     NewPackage,
+    NewUpload,
     Order,
     Outcome,
     PageKey,
     Record,
+    Upload,
     utc_now,
 )
 from registry.settings import Settings
 from registry.staging import check_free_space
-from registry.store import Migration, RecordStore, decide, keyset_order
+from registry.store import Migration, RecordStore, decide, job_claimable, keyset_order, upload_lockable
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: SQLite virtual-machine steps between deadline checks (well under a millisecond)
@@ -182,6 +194,27 @@ def _credential_expiry_v6(db: sqlite_utils.Database) -> None:
             db.table("credentials").add_column(name, str)
 
 
+def _jobs_and_uploads_v7(db: sqlite_utils.Database) -> None:
+    """Background jobs and resumable uploads. ``holder``/``lease_until`` are
+    the claim: which process works on the row, and until when its lease holds."""
+    db.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, code TEXT NOT NULL, module TEXT NOT NULL,"
+        " state TEXT NOT NULL, package_url TEXT NOT NULL, request TEXT NOT NULL, operator TEXT NOT NULL,"
+        " bytes_received INTEGER NOT NULL DEFAULT 0, bytes_total INTEGER, result TEXT,"
+        " created TEXT NOT NULL, updated TEXT NOT NULL, holder TEXT, lease_until TEXT,"
+        " attempts INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("CREATE INDEX jobs_state_created ON jobs (state, created)")
+    db.execute(
+        "CREATE TABLE uploads (id TEXT PRIMARY KEY, code TEXT NOT NULL, module TEXT NOT NULL,"
+        " length INTEGER NOT NULL, upload_offset INTEGER NOT NULL DEFAULT 0, metadata TEXT NOT NULL,"
+        " operator TEXT NOT NULL, state TEXT NOT NULL, storage_state TEXT NOT NULL DEFAULT '{}',"
+        " result TEXT, created TEXT NOT NULL, updated TEXT NOT NULL, expires TEXT NOT NULL,"
+        " holder TEXT, lease_until TEXT)"
+    )
+    db.execute("CREATE INDEX uploads_expires ON uploads (expires)")
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
@@ -190,6 +223,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("package_details table and browse index", _browse_v4),
     ("listing indexes on live records, trigram search index", _pages_and_search_v5),
     ("expires_at and last_used on credentials", _credential_expiry_v6),
+    ("jobs and uploads tables", _jobs_and_uploads_v7),
 ]
 
 #: The trigram index finds substrings of at least this many characters;
@@ -254,6 +288,52 @@ def _save_details(conn: sqlite3.Connection, package_id: int, details: PackageDet
         (package_id, details.app_desc, int(details.app_desc_truncated),
          json.dumps(details.member_paths, ensure_ascii=False), details.members),
     )
+
+
+def _optional_json(stored: str | None) -> Any:
+    return json.loads(stored) if stored else None
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], code=row["code"], module=row["module"], state=row["state"],
+        package_url=row["package_url"], request=json.loads(row["request"]), operator=row["operator"],
+        bytes_received=row["bytes_received"], bytes_total=row["bytes_total"],
+        result=_optional_json(row["result"]), created=from_text(row["created"]),
+        updated=from_text(row["updated"]), holder=row["holder"],
+        lease_until=_optional_time(row["lease_until"]), attempts=row["attempts"],
+    )
+
+
+def _upload(row: sqlite3.Row) -> Upload:
+    return Upload(
+        id=row["id"], code=row["code"], module=row["module"], length=row["length"],
+        offset=row["upload_offset"], metadata=json.loads(row["metadata"]), operator=row["operator"],
+        state=row["state"], storage_state=json.loads(row["storage_state"] or "{}"),
+        result=_optional_json(row["result"]), created=from_text(row["created"]),
+        updated=from_text(row["updated"]), expires=from_text(row["expires"]), holder=row["holder"],
+        lease_until=_optional_time(row["lease_until"]),
+    )
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    return {**job.__dict__, "request": json.dumps(job.request),
+            "result": json.dumps(job.result) if job.result is not None else None,
+            "created": to_text(job.created), "updated": to_text(job.updated),
+            "lease_until": to_text(job.lease_until) if job.lease_until else None}
+
+
+def _upload_row(upload: Upload) -> dict[str, Any]:
+    values = {**upload.__dict__, "metadata": json.dumps(upload.metadata),
+              "storage_state": json.dumps(upload.storage_state),
+              "result": json.dumps(upload.result) if upload.result is not None else None,
+              "created": to_text(upload.created), "updated": to_text(upload.updated),
+              "expires": to_text(upload.expires),
+              "lease_until": to_text(upload.lease_until) if upload.lease_until else None}
+    values["upload_offset"] = values.pop("offset")
+    return values
+
+
 
 
 _UNAVAILABLE_HINTS = ("interrupted", "locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
@@ -733,7 +813,8 @@ class SQLiteStore(RecordStore):
 
     def is_empty(self) -> bool:
         return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
-                              " UNION ALL SELECT 1 FROM events LIMIT 1")
+                              " UNION ALL SELECT 1 FROM events UNION ALL SELECT 1 FROM jobs"
+                              " UNION ALL SELECT 1 FROM uploads LIMIT 1")
 
     def _insert(self, table: str, rows: builtins.list[dict[str, Any]]) -> int:
         if not rows:
@@ -831,6 +912,195 @@ class SQLiteStore(RecordStore):
                 source.close()
         with self._migrate_lock:
             self._migrated = False
+
+    def page_jobs(self, after_id: str, limit: int) -> builtins.list[Job]:
+        return [_job(row) for row in self._rows("SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?",
+                                                (after_id, limit))]
+
+    def import_jobs(self, jobs: Sequence[Job]) -> int:
+        return self._insert("jobs", [_job_row(job) for job in jobs])
+
+    def page_uploads(self, after_id: str, limit: int) -> builtins.list[Upload]:
+        return [_upload(row) for row in self._rows("SELECT * FROM uploads WHERE id > ? ORDER BY id LIMIT ?",
+                                                   (after_id, limit))]
+
+    def import_uploads(self, uploads: Sequence[Upload]) -> int:
+        return self._insert("uploads", [_upload_row(upload) for upload in uploads])
+
+    # -- background jobs ---------------------------------------------------------------------
+
+    @staticmethod
+    def _job_by_id(conn: sqlite3.Connection, job_id: str) -> Job | None:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def create_job(self, new: NewJob) -> Job:
+        now = to_text(utc_now())
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, code, module, state, package_url, request, operator, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (new.id, new.code, new.module, QUEUED, new.package_url, json.dumps(new.request), new.operator,
+                 now, now),
+            )
+            job = self._job_by_id(conn, new.id)
+        assert job is not None
+        return job
+
+    def get_job(self, code: str, module: str, job_id: str) -> Job | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id = ? AND code = ? AND module = ?", (job_id, code, module))
+        return _job(rows[0]) if rows else None
+
+    def claim_job(self, holder: str, lease_seconds: float) -> Job | None:
+        # BEGIN IMMEDIATE holds the database's write lock from the look to the
+        # update: no other thread or process can claim in between.
+        with self._write() as conn:
+            now = utc_now()
+            # queued, lapsed, or held on this host (where a dead holder can be told)
+            prefix = local_prefix()
+            candidates = conn.execute(
+                "SELECT id, state, holder, lease_until FROM jobs WHERE state = ? OR (state = ? AND"
+                " (lease_until IS NULL OR lease_until < ? OR substr(holder, 1, ?) = ?))"
+                " ORDER BY created, id LIMIT 50",
+                (QUEUED, RUNNING, to_text(now), len(prefix), prefix),
+            ).fetchall()
+            chosen = next((row["id"] for row in candidates
+                           if job_claimable(row["state"], row["holder"], _optional_time(row["lease_until"]), now)),
+                          None)
+            if chosen is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET state = ?, holder = ?, lease_until = ?, bytes_received = 0, bytes_total = NULL,"
+                " attempts = attempts + 1, updated = ? WHERE id = ?",
+                (RUNNING, holder, to_text(now + timedelta(seconds=lease_seconds)), to_text(now), chosen),
+            )
+            return self._job_by_id(conn, chosen)
+
+    def heartbeat_job(self, job_id: str, holder: str, lease_seconds: float,
+                      bytes_received: int, bytes_total: int | None) -> bool:
+        now = utc_now()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE jobs SET bytes_received = ?, bytes_total = ?, lease_until = ?, updated = ?"
+                " WHERE id = ? AND holder = ? AND state = ?",
+                (bytes_received, bytes_total, to_text(now + timedelta(seconds=lease_seconds)), to_text(now),
+                 job_id, holder, RUNNING),
+            ).rowcount == 1
+
+    def finish_job(self, job_id: str, holder: str, state: str, result: dict[str, Any] | None,
+                   bytes_received: int, bytes_total: int | None) -> bool:
+        if state not in FINISHED_STATES:
+            raise ValueError(f"{state!r} is not a finished state")
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE jobs SET state = ?, result = ?, bytes_received = ?, bytes_total = ?, holder = NULL,"
+                " lease_until = NULL, updated = ? WHERE id = ? AND holder = ? AND state = ?",
+                (state, json.dumps(result) if result is not None else None, bytes_received, bytes_total,
+                 to_text(utc_now()), job_id, holder, RUNNING),
+            ).rowcount == 1
+
+    def cancel_job(self, code: str, module: str, job_id: str) -> Job | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = ?, holder = NULL, lease_until = NULL, updated = ?"
+                " WHERE id = ? AND code = ? AND module = ? AND state IN (?, ?)",
+                (CANCELLED, to_text(utc_now()), job_id, code, module, QUEUED, RUNNING),
+            )
+            row = conn.execute("SELECT * FROM jobs WHERE id = ? AND code = ? AND module = ?",
+                               (job_id, code, module)).fetchone()
+        return _job(row) if row else None
+
+    def count_jobs_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(JOB_STATES, 0)
+        for row in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            if row["state"] in counts:
+                counts[row["state"]] = int(row["n"])
+        return counts
+
+    def expire_jobs(self, finished_before: datetime) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM jobs WHERE state IN (?, ?, ?) AND updated < ?",
+                                (*FINISHED_STATES, to_text(finished_before))).rowcount
+
+    # -- resumable uploads -----------------------------------------------------------------------
+
+    @staticmethod
+    def _upload_by_id(conn: sqlite3.Connection, upload_id: str) -> Upload | None:
+        row = conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        return _upload(row) if row else None
+
+    def create_upload(self, new: NewUpload) -> Upload:
+        now = to_text(utc_now())
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO uploads (id, code, module, length, metadata, operator, state, storage_state,"
+                " created, updated, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (new.id, new.code, new.module, new.length, json.dumps(new.metadata), new.operator, RECEIVING,
+                 json.dumps(new.storage_state), now, now, to_text(new.expires)),
+            )
+            upload = self._upload_by_id(conn, new.id)
+        assert upload is not None
+        return upload
+
+    def get_upload(self, code: str, module: str, upload_id: str) -> Upload | None:
+        rows = self._rows("SELECT * FROM uploads WHERE id = ? AND code = ? AND module = ?",
+                          (upload_id, code, module))
+        return _upload(rows[0]) if rows else None
+
+    def lock_upload(self, upload_id: str, holder: str, lease_seconds: float) -> Upload | None:
+        with self._write() as conn:
+            now = utc_now()
+            upload = self._upload_by_id(conn, upload_id)
+            if upload is None or not upload_lockable(upload.holder, upload.lease_until, holder, now):
+                return None
+            conn.execute("UPDATE uploads SET holder = ?, lease_until = ? WHERE id = ?",
+                         (holder, to_text(now + timedelta(seconds=lease_seconds)), upload_id))
+            return self._upload_by_id(conn, upload_id)
+
+    def renew_upload_lock(self, upload_id: str, holder: str, lease_seconds: float) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE uploads SET lease_until = ? WHERE id = ? AND holder = ?",
+                         (to_text(utc_now() + timedelta(seconds=lease_seconds)), upload_id, holder))
+
+    def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
+                      expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE uploads SET upload_offset = ?, storage_state = ?, state = ?, expires = ?, updated = ?,"
+                " holder = CASE WHEN ? THEN NULL ELSE holder END,"
+                " lease_until = CASE WHEN ? THEN NULL ELSE lease_until END"
+                " WHERE id = ? AND holder = ?",
+                (offset, json.dumps(storage_state), state, to_text(expires), to_text(utc_now()), release, release,
+                 upload_id, holder),
+            )
+            return self._upload_by_id(conn, upload_id)
+
+    def finish_upload(self, upload_id: str, holder: str, state: str, result: dict[str, Any],
+                      expires: datetime) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE uploads SET state = ?, result = ?, storage_state = '{}', holder = NULL, lease_until = NULL,"
+                " expires = ?, updated = ? WHERE id = ? AND holder = ?",
+                (state, json.dumps(result), to_text(expires), to_text(utc_now()), upload_id, holder),
+            )
+
+    def unlock_upload(self, upload_id: str, holder: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE uploads SET holder = NULL, lease_until = NULL WHERE id = ? AND holder = ?",
+                         (upload_id, holder))
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    def expired_uploads(self, now: datetime, limit: int = 500) -> builtins.list[Upload]:
+        rows = self._rows("SELECT * FROM uploads WHERE expires < ? ORDER BY expires, id LIMIT ?",
+                          (to_text(now), limit))
+        return [_upload(row) for row in rows]
+
+    def count_uploads_in_progress(self) -> int:
+        rows = self._rows("SELECT COUNT(*) AS n FROM uploads WHERE state IN (?, ?)", (RECEIVING, COMPLETING))
+        return int(rows[0]["n"])
 
 
 @hookimpl

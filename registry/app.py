@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -13,6 +14,8 @@ from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.observe import ObserveRequests
 from registry.api.paths import KeepEncodedSlashes
 from registry.api.routes import build_routes
+from registry.jobs import JobRunner, TransferMetrics
+from registry.resumable import Resumable
 from registry.service import Registry
 from registry.ui.routes import ui_routes
 from registry.ui.session import SessionCodec, session_key
@@ -25,7 +28,11 @@ def create_app(registry: Registry) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await registry.startup()
         try:
-            yield
+            async with anyio.create_task_group() as background:
+                background.start_soon(jobs.run)
+                yield
+                background.cancel_scope.cancel()
+            await resumable.assemblies.close()
         finally:
             await registry.shutdown()
 
@@ -41,4 +48,9 @@ def create_app(registry: Registry) -> Starlette:
     app.state.ui_sessions = (
         SessionCodec(session_key(registry.settings)) if ui_enabled else None
     )
+    # Background link uploads and resumable uploads share one store and metrics.
+    jobs = JobRunner(registry, registry.records, TransferMetrics(registry))
+    app.state.jobs = jobs
+    resumable = Resumable(registry, jobs)
+    app.state.resumable = resumable
     return app

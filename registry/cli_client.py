@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.client_errors import ApiError, ClientError
+from registry.client import RegistryClient, file_sha256
+from registry.client_transfers import DEFAULT_CHUNK_SIZE, push_link_background, push_resumable
 from registry.printable import safe_json
 from registry.terminal import print_table, progress_bar
 
@@ -64,6 +66,16 @@ def _print_record(record: dict[str, Any]) -> None:
     print(safe_json(record, indent=2))
 
 
+def _chunk_size(value: str) -> int:
+    """``--chunk-size``: a positive number of bytes, optionally with K, M or G (powers of 1024)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit() or not 0 < int(digits) * scale <= 1024**3:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a chunk size from 1 byte to 1G")
+    return int(digits) * scale
+
+
 def _existing_file(value: str) -> Path:
     """``value`` as a path; :raises UsageError: it does not name a file."""
     path = Path(value)
@@ -83,7 +95,6 @@ def _with_way_out(exc: ApiError) -> ClientError:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload a file, streamed, with its sha256 for the registry to verify."""
-    from registry.client import file_sha256
 
     path = _existing_file(args.file)
     with _client(args) as client:
@@ -91,8 +102,13 @@ def cmd_push(args: argparse.Namespace) -> int:
             digest = file_sha256(path, progress)
         with progress_bar(f"uploading {path.name}") as progress:
             try:
-                result = client.push(path, args.app, args.module, version=args.version,
-                                     overwrite=args.overwrite, sha256=digest, progress=progress)
+                if args.resumable:
+                    result = push_resumable(client, path, args.app, args.module, version=args.version,
+                                            overwrite=args.overwrite, sha256=digest, chunk_size=args.chunk_size,
+                                            progress=progress)
+                else:
+                    result = client.push(path, args.app, args.module, version=args.version,
+                                         overwrite=args.overwrite, sha256=digest, progress=progress)
             except ApiError as exc:
                 raise _with_way_out(exc) from exc
     _print_record(result.record)
@@ -104,8 +120,14 @@ def cmd_push_link(args: argparse.Namespace) -> int:
     """Have the registry fetch a package from a URL."""
     with _client(args) as client:
         try:
-            result = client.push_link(args.url_to_fetch, args.app, args.module,
-                                      version=args.version, overwrite=args.overwrite)
+            if args.background:
+                with progress_bar("fetching on the registry") as progress:
+                    result = push_link_background(client, args.url_to_fetch, args.app, args.module,
+                                                  version=args.version, overwrite=args.overwrite,
+                                                  progress=progress)
+            else:
+                result = client.push_link(args.url_to_fetch, args.app, args.module,
+                                          version=args.version, overwrite=args.overwrite)
         except ApiError as exc:
             raise _with_way_out(exc) from exc
     _print_record(result.record)
@@ -221,11 +243,17 @@ def add_client_commands(commands: Any) -> None:
     push = commands.add_parser("push", parents=[connection, module, upload],
                                help="upload a package file (streamed, sha256-verified)")
     push.add_argument("file", metavar="FILE")
+    push.add_argument("--resumable", action="store_true",
+                      help="upload over tus in chunks; run again after an interruption to resume")
+    push.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
+                      help="bytes per chunk with --resumable (default 8 MiB; K, M, G suffixes allowed)")
     push.set_defaults(func=cmd_push)
 
     push_link = commands.add_parser("push-link", parents=[connection, module, upload],
                                     help="have the registry fetch a package from a URL")
     push_link.add_argument("url_to_fetch", metavar="URL")
+    push_link.add_argument("--background", action="store_true",
+                           help="fetch as a background job, showing its progress; exits with its result")
     push_link.set_defaults(func=cmd_push_link)
 
     ls = commands.add_parser("ls", parents=[connection, module], help="list a module's packages, newest first")

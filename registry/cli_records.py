@@ -45,7 +45,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_copy_records(args: argparse.Namespace) -> int:
-    """Copy every record, credential and event into the store at ``--to``."""
+    """Copy every record, credential, event, job and upload into the store at ``--to``."""
     from registry.bootstrap import load_settings  # the server stack: only when a command runs
 
     settings, pm = load_settings(find_config_file(args.config))
@@ -66,8 +66,9 @@ def cmd_copy_records(args: argparse.Namespace) -> int:
         source.close()
         target.close()
     print(f"copied {report.records_copied} record(s), {report.details_copied} package detail(s),"
-          f" {report.credentials_copied} credential(s),"
-          f" {report.events_copied} event(s) to {target.description}; {report.skipped} already there")
+          f" {report.credentials_copied} credential(s), {report.events_copied} event(s),"
+          f" {report.jobs_copied} job(s), {report.uploads_copied} upload(s)"
+          f" to {target.description}; {report.skipped} already there")
     return 0
 
 
@@ -77,8 +78,8 @@ def add_record_commands(commands: Any) -> None:
     migrate.add_argument("--dry-run", action="store_true", help="list pending migrations; change nothing")
     migrate.set_defaults(func=cmd_migrate)
 
-    copy = commands.add_parser("copy-records", help="copy every record, credential and event into another "
-                                                    "record store (SQLite -> PostgreSQL)")
+    copy = commands.add_parser("copy-records", help="copy every record, credential, event, job and upload"
+                                                    " into another record store (SQLite -> PostgreSQL)")
     copy.add_argument("--to", required=True, metavar="URL", help="the target, e.g. postgresql://user@host/db")
     copy.add_argument("--resume", action="store_true",
                       help="accept a non-empty target: finish an interrupted copy (rows already there are kept)")

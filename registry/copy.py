@@ -2,7 +2,15 @@
 
 Everything the store keeps is copied with its ids and times: package records
 (deleted and purged ones too), the package details the web interface shows,
-credentials (hashes only, as stored) and audit events. Each row is inserted unless its id is already there, so a copy
+credentials (hashes only, as stored), audit
+events, background jobs and resumable uploads.
+
+Jobs and uploads are copied as they are, claims included: a job still
+running in the source's process is run again by the target once that
+claim's lease lapses (at once when the holder's process is gone), and a
+client can continue an unfinished tus upload on the target, whose bytes are
+in the storage both registries share (``storage_state`` says where). Copy
+with the source stopped so neither side goes on changing a job. Each row is inserted unless its id is already there, so a copy
 interrupted half-way is finished by running it again with ``resume``; a
 target holding anything else is refused unless ``resume`` is set, so a
 mistyped URL cannot mix two registries. Blobs are not copied: they stay in
@@ -36,6 +44,8 @@ class CopyReport:
     details_copied: int = 0
     credentials_copied: int = 0
     events_copied: int = 0
+    jobs_copied: int = 0
+    uploads_copied: int = 0
     skipped: int = 0
 
 
@@ -43,7 +53,8 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
                  progress: Callable[[str, int], None] = lambda kind, count: None) -> CopyReport:
     """Copy every row of ``source`` into ``target`` (both migrated by the caller). Blocks.
 
-    :param progress: called with ("records" | "details" | "credentials" | "events", rows so far).
+    :param progress: called with ("records" | "details" | "credentials" | "events" | "jobs" | "uploads",
+        rows so far).
     :raises TargetNotEmpty: ``target`` holds data and ``resume`` is false.
     """
     if not resume and not target.is_empty():
@@ -77,4 +88,18 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
         report.skipped += len(events) - copied
         after = events[-1].id
         progress("events", report.events_copied)
+    after_key = ""
+    while jobs := source.page_jobs(after_key, PAGE_SIZE):
+        copied = target.import_jobs(jobs)
+        report.jobs_copied += copied
+        report.skipped += len(jobs) - copied
+        after_key = jobs[-1].id
+        progress("jobs", report.jobs_copied)
+    after_key = ""
+    while uploads := source.page_uploads(after_key, PAGE_SIZE):
+        copied = target.import_uploads(uploads)
+        report.uploads_copied += copied
+        report.skipped += len(uploads) - copied
+        after_key = uploads[-1].id
+        progress("uploads", report.uploads_copied)
     return report

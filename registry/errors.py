@@ -198,6 +198,54 @@ class InsufficientStorage(RegistryError):
     detail_en = "Insufficient storage"
 
 
+class JobNotFound(RegistryError):
+    """No such background job or resumable upload in that module."""
+
+    code = "JOB_NOT_FOUND"
+    status = 404
+    detail_zh = "找不到指定的任务"
+    detail_en = "Job not found"
+
+
+class ChunkChecksumMismatch(RegistryError):
+    """A resumable upload's PATCH body differs from its ``Upload-Checksum``
+    (tus answers 460; the chunk is discarded, the offset unchanged). The
+    whole package's ``sha256`` is still ``CHECKSUM_MISMATCH`` (400)."""
+
+    code = "UPLOAD_CHECKSUM_MISMATCH"
+    status = 460
+    detail_zh = "上传分块校验和不匹配"
+    detail_en = "Upload chunk checksum mismatch"
+
+
+class UploadOffsetMismatch(RegistryError):
+    """A PATCH's ``Upload-Offset`` is not the upload's offset, the upload is
+    complete, or another request is writing to it (tus answers 409)."""
+
+    code = "UPLOAD_OFFSET_MISMATCH"
+    status = 409
+    detail_zh = "上传偏移量不匹配"
+    detail_en = "Upload offset mismatch"
+
+
+class TusVersionUnsupported(RegistryError):
+    """``Tus-Resumable`` missing or not a version this server speaks (tus answers 412)."""
+
+    code = "TUS_VERSION_UNSUPPORTED"
+    status = 412
+    detail_zh = "不支持的 tus 协议版本"
+    detail_en = "Unsupported tus version"
+
+
+class UnsupportedMediaType(RegistryError):
+    """A PATCH body not sent as ``application/offset+octet-stream`` (tus answers 415)."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+    detail_zh = "不支持的内容类型"
+    detail_en = "Unsupported media type"
+
+
 class NotFound(RegistryError):
     """No route matches the path (not a package lookup)."""
 

@@ -1,6 +1,6 @@
 """``registry gc``: free the storage nobody needs any more.
 
-Four passes, in this order:
+Five passes, in this order:
 
 1. **keep_last** (``[retention] keep_last = N``, 0 = off): in each module,
    every live version but the newest N (by ``created``) is soft-deleted, like
@@ -25,6 +25,9 @@ Four passes, in this order:
 4. **staging**: files in the staging folder older than the grace period
    (uploads that died without cleaning up; the server also empties the
    folder at start-up, but a long-running one never restarts).
+
+5. **uploads**: resumable uploads past ``[uploads] expire_after`` since
+   their last PATCH, with their bytes in the storage's staging area.
 
 ``dry_run`` reports what each pass would do and changes nothing.
 """
@@ -54,6 +57,7 @@ EXPIRE = "expire"
 PURGE = "purge"
 ORPHAN = "orphan"
 STAGING = "staging"
+UPLOAD = "upload"
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class GcOptions:
 class GcAction:
     """One thing gc did (or, in a dry run, would do).
 
-    :param kind: ``expire``, ``purge``, ``orphan`` or ``staging``.
+    :param kind: ``expire``, ``purge``, ``orphan``, ``staging`` or ``upload``.
     :param target: what it applies to, for people.
     :param size: bytes freed (0 for ``expire``, which frees nothing yet).
     :param error: why it failed, or None.
@@ -130,7 +134,17 @@ async def collect_garbage(registry: Registry, options: GcOptions, on_action: Act
     if note:
         report.notes.append(note)
     await sweep_staging(registry, options, orphan_cutoff, record_action)
+    await expire_transfers(registry, options, record_action)
     return report
+
+
+async def expire_transfers(registry: Registry, options: GcOptions, on_action: ActionSink) -> None:
+    """Pass 5: resumable uploads past ``[uploads] expire_after`` lose their
+    bytes and their row (see :func:`registry.resumable.expire_uploads`)."""
+    from registry.resumable import expire_uploads
+
+    for upload_id, size in await expire_uploads(registry, registry.records, options.dry_run):
+        on_action(GcAction(UPLOAD, f"resumable upload {upload_id}", size))
 
 
 async def expire_old_versions(registry: Registry, options: GcOptions, on_action: ActionSink) -> list[Record]:

@@ -1,4 +1,5 @@
-"""The record store's domain model: package records, credentials, audit events.
+"""The record store's domain model: package records, credentials, audit events,
+background jobs and resumable uploads.
 
 Plain values, no storage: every record-store plugin (``registry/store.py``)
 returns these. Times are timezone-aware UTC ``datetime`` objects; how a store
@@ -198,3 +199,114 @@ class AuditEvent:
     package_size: int
     payload: dict[str, Any] = field(default_factory=dict)
     id: int = 0
+
+
+# -- background jobs and resumable uploads -------------------------------------------
+
+#: job states; a job is claimed ``queued`` → ``running`` and ends in one of FINISHED_STATES
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+#: upload states: bytes still arriving, being ingested by the completing PATCH,
+#: or done (SUCCEEDED / FAILED, with the outcome kept until the upload expires)
+RECEIVING = "receiving"
+COMPLETING = "completing"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A background link upload to queue.
+
+    :param request: the upload's fields (version, allow_overwrite, sha256) and
+        ``sealed_url``, the full ``package_url`` sealed (see :mod:`registry.seal`).
+    :param package_url: the URL with secrets redacted, for display.
+    """
+
+    id: str
+    code: str
+    module: str
+    package_url: str
+    request: dict[str, Any]
+    operator: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One background link upload, as stored.
+
+    :param result: the record JSON plus ``status`` when succeeded, the error
+        ``{"code","detail_zh","detail_en",...}`` when failed, else None.
+    :param holder: the process running it (see :mod:`registry.leases`), None
+        unless ``running``.
+    :param lease_until: when the holder's claim lapses without a heartbeat.
+    :param attempts: how many times it was claimed.
+    """
+
+    id: str
+    code: str
+    module: str
+    state: str
+    package_url: str
+    request: dict[str, Any]
+    operator: str
+    bytes_received: int
+    bytes_total: int | None
+    result: dict[str, Any] | None
+    created: datetime
+    updated: datetime
+    holder: str | None
+    lease_until: datetime | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    """A resumable (tus) upload to create, at offset 0 and ``receiving``.
+
+    :param metadata: the validated ``Upload-Metadata`` (filename, version,
+        allow_overwrite, sha256).
+    :param storage_state: the storage's resumable-upload bookkeeping
+        (:class:`registry.storage.ResumableStore`).
+    """
+
+    id: str
+    code: str
+    module: str
+    length: int
+    metadata: dict[str, Any]
+    operator: str
+    storage_state: dict[str, Any]
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One resumable upload, as stored.
+
+    :param offset: bytes kept durably so far.
+    :param result: as for :class:`Job`, once the completing PATCH ran.
+    :param holder: the process whose request writes to it, or None.
+    :param lease_until: when that write lease lapses.
+    :param expires: when ``gc`` and the API forget it (activity extends it).
+    """
+
+    id: str
+    code: str
+    module: str
+    length: int
+    offset: int
+    metadata: dict[str, Any]
+    operator: str
+    state: str
+    storage_state: dict[str, Any]
+    result: dict[str, Any] | None
+    created: datetime
+    updated: datetime
+    expires: datetime
+    holder: str | None
+    lease_until: datetime | None

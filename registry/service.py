@@ -238,6 +238,11 @@ class Registry:
         except RegistryError as exc:
             self.metrics.uploads.labels("none", exc.code).inc()
             raise
+        return await self.upload_through(upload, origin, package_url)
+
+    async def upload_through(self, upload: UploadRequest, origin: Origin, package_url: str) -> CommitResult:
+        """:meth:`upload_link` through an origin already resolved (a background
+        job wraps it to watch the bytes go by), counted under its name."""
         return await self._counted(origin.name, self._fetch_and_ingest(upload, origin, package_url))
 
     async def upload_file(self, receive: Callable[[StagingFile], Awaitable[tuple[UploadRequest, str]]]) -> CommitResult:

@@ -159,6 +159,9 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     Setting("ui.session_secret", "str", "",
             "Key that signs web sessions; empty: generated once and kept beside the SQLite database (required with `database.url`)."),
     Setting("plugins.disabled", "list[str]", [], "Built-in plugins to switch off, by entry-point name."),
+    Setting("jobs.max_running", "int", 4, "Background link uploads running at once, per process.", check=positive),
+    Setting("jobs.keep_finished", "int", 7 * 86400, "Seconds a finished background job stays visible.", check=positive),
+    Setting("uploads.expire_after", "int", 86400, "Seconds an unfinished resumable upload is kept.", check=positive),
 )
 
 

@@ -6,14 +6,21 @@ everything else about where and how bytes live belongs to the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import re
+import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from registry.errors import InsufficientStorage, ObjectStoreException
 
@@ -147,3 +154,149 @@ class Storage(ABC):
     async def shutdown(self) -> None:
         """Release clients and pools. The default does nothing."""
         return None  # a hook with a default, not an abstract method
+
+    def resumable(self) -> ResumableStore:
+        """Where resumable uploads keep their bytes between requests (optional capability).
+
+        The default keeps them as local segment files in a subfolder of
+        :attr:`staging_dir` (:class:`LocalSegments`): they survive a restart
+        of the process, and any process sharing that folder can continue
+        them. A backend with a better place (S3 multipart uploads) overrides it.
+        """
+        return LocalSegments(self.staging_dir / RESUMABLE_FOLDER)
+
+
+#: Subfolder of the staging folder holding resumable uploads' segments; the
+#: start-up sweep removes only files, never folders, so these survive a restart.
+RESUMABLE_FOLDER = "resumable"
+
+
+class ResumableStore(ABC):
+    """The partial bytes of resumable uploads, kept between requests.
+
+    Each upload has a small JSON-able *state* that the caller keeps in the
+    record store and passes back on every call (an S3 multipart upload id and
+    its parts, a list of local segments): the store itself remembers nothing
+    in memory, so any process may continue an upload. Every call may block
+    only in worker threads; backend failures are ``ObjectStoreException``.
+    """
+
+    @abstractmethod
+    async def begin(self, upload_id: str) -> dict[str, Any]:
+        """Prepare an empty upload; its initial state."""
+
+    @abstractmethod
+    async def append(self, upload_id: str, state: dict[str, Any], offset: int, chunk: Path) -> dict[str, Any]:
+        """Add the complete local file ``chunk`` at ``offset`` (the upload's
+        current size) and return the new state. ``chunk`` may be moved or
+        consumed. Its bytes must survive a crash of the process once this
+        returns; if it fails, the old state still describes the upload."""
+
+    async def recover(self, upload_id: str, state: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """After a crash of the machine: ``(state, offset)`` cut back to the bytes
+        really kept, offset None when nothing was lost. The default trusts the state."""
+        return state, None
+
+    @abstractmethod
+    def assemble(self, upload_id: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Every byte of the upload, in order (an async generator)."""
+
+    @abstractmethod
+    async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
+        """Remove everything kept for the upload; missing parts are not an error."""
+
+
+class LocalSegments(ResumableStore):
+    """Uploads as folders of segment files, ``{folder}/{upload_id}/{offset}.seg``.
+
+    An append renames the received chunk into the folder (no copy, no fsync:
+    the page cache keeps it across a crash of the process, and the package is
+    fsynced once, when it is staged whole). After a crash of the machine,
+    :meth:`recover` drops the first segment that is missing or short and
+    every one after it. Segment files named in the state are the upload; a
+    file left by a crash between the rename and the state's commit is never
+    listed and goes with the folder.
+    """
+
+    READ_SIZE = 1024 * 1024
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _dir(self, upload_id: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
+            raise ValueError(f"invalid upload id {upload_id!r}")
+        return self.folder / upload_id
+
+    async def begin(self, upload_id: str) -> dict[str, Any]:
+        try:
+            await anyio.to_thread.run_sync(lambda: self._dir(upload_id).mkdir(parents=True, exist_ok=True))
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot create upload folder: {exc.strerror}") from exc
+        return {"segments": []}
+
+    async def append(self, upload_id: str, state: dict[str, Any], offset: int, chunk: Path) -> dict[str, Any]:
+        folder = self._dir(upload_id)
+
+        def move() -> int:
+            size = chunk.stat().st_size
+            folder.mkdir(parents=True, exist_ok=True)
+            os.replace(chunk, folder / f"{offset:020d}.seg")
+            return size
+
+        try:
+            size = await anyio.to_thread.run_sync(move)
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot keep upload chunk: {exc.strerror}") from exc
+        return {"segments": [*state.get("segments", []), [offset, size]]}
+
+    async def recover(self, upload_id: str, state: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        folder = self._dir(upload_id)
+        segments = state.get("segments", [])
+
+        def intact() -> int:
+            for index, (offset, size) in enumerate(segments):
+                try:
+                    if (folder / f"{offset:020d}.seg").stat().st_size < size:
+                        return index
+                except FileNotFoundError:
+                    return index
+            return len(segments)
+
+        kept = await anyio.to_thread.run_sync(intact)
+        if kept == len(segments):
+            return state, None
+        offset = segments[kept][0]
+        return {"segments": segments[:kept]}, offset
+
+    async def assemble(self, upload_id: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
+        folder = self._dir(upload_id)
+        for offset, size in state.get("segments", []):
+            path = folder / f"{offset:020d}.seg"
+            try:
+                f = await anyio.to_thread.run_sync(path.open, "rb")
+            except OSError as exc:
+                raise ObjectStoreException(f"cannot read upload segment: {exc.strerror}") from exc
+            try:
+                remaining = size
+                while remaining > 0:
+                    data = await anyio.to_thread.run_sync(f.read, min(self.READ_SIZE, remaining))
+                    if not data:
+                        raise ObjectStoreException("an upload segment is shorter than recorded")
+                    remaining -= len(data)
+                    yield data
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(f.close)
+
+    async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
+        folder = self._dir(upload_id)
+
+        def remove() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+            # The shared folder goes too once empty, so an idle staging folder
+            # is empty; a concurrent begin() makes it again (mkdir parents=True).
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
+
+        await anyio.to_thread.run_sync(remove)

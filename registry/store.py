@@ -17,8 +17,14 @@ store's timeout, disk full) must be raised as
 and ``Retry-After``. Nothing is half-written when one is raised: each writing
 method is one transaction.
 
-New kinds of data (background jobs, resumable uploads, the webhook outbox)
-are added as new abstract groups of methods plus a migration in each store;
+Background jobs and resumable uploads live here too, with *leases*: a claim
+names its holder (:mod:`registry.leases`) and the time it lapses; every
+later write of the holder is conditional on still holding it, so a job never
+runs twice at once and two requests never append to one upload together.
+Lease times are the caller's clock (``utc_now()`` + seconds).
+
+New kinds of data (the webhook outbox, …) are added as new abstract groups
+of methods plus a migration in each store;
 :class:`RecordStoreConformance` in ``registry/testing.py`` checks a plugin.
 """
 
@@ -30,19 +36,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from registry.catalog import PackageDetails, Summary
 from registry.errors import PackageAlreadyExists
+from registry.leases import holder_is_dead
 from registry.records import (
+    QUEUED,
+    RECEIVING,
+    RUNNING,
     AuditEvent,
     CommitResult,
     Credential,
+    Job,
     NewCredential,
+    NewJob,
     NewPackage,
+    NewUpload,
     Order,
     Outcome,
     PageKey,
     Record,
+    Upload,
 )
 
 
@@ -292,7 +307,7 @@ class RecordStore(ABC):
 
     @abstractmethod
     def is_empty(self) -> bool:
-        """True when the store holds no record, credential or event."""
+        """True when the store holds no record, credential, event, job or upload."""
 
     @abstractmethod
     def import_records(self, records: Sequence[Record]) -> int:
@@ -317,6 +332,121 @@ class RecordStore(ABC):
     def import_events(self, events: Sequence[AuditEvent]) -> int:
         """:meth:`import_records` for audit events."""
 
+    @abstractmethod
+    def page_jobs(self, after_id: str, limit: int) -> builtins.list[Job]:
+        """Up to ``limit`` jobs with ids above ``after_id`` (string order), by id."""
+
+    @abstractmethod
+    def import_jobs(self, jobs: Sequence[Job]) -> int:
+        """:meth:`import_records` for jobs, kept exactly as given (claims included)."""
+
+    @abstractmethod
+    def page_uploads(self, after_id: str, limit: int) -> builtins.list[Upload]:
+        """Up to ``limit`` resumable uploads with ids above ``after_id``, by id."""
+
+    @abstractmethod
+    def import_uploads(self, uploads: Sequence[Upload]) -> int:
+        """:meth:`import_records` for resumable uploads, kept exactly as given."""
+
+    # -- background jobs -----------------------------------------------------------------
+
+    @abstractmethod
+    def create_job(self, new: NewJob) -> Job:
+        """Store ``new`` as a ``queued`` job and return it."""
+
+    @abstractmethod
+    def get_job(self, code: str, module: str, job_id: str) -> Job | None:
+        """The job with this id in this module, or None."""
+
+    @abstractmethod
+    def claim_job(self, holder: str, lease_seconds: float) -> Job | None:
+        """Take the oldest claimable job (:func:`job_claimable`) for ``holder``:
+        make it ``running`` with a lease of ``lease_seconds``, progress back to
+        zero, one more attempt. None when no job is claimable.
+
+        Atomic across threads, processes and hosts: of any number of
+        concurrent calls, exactly one gets a given job.
+        """
+
+    @abstractmethod
+    def heartbeat_job(self, job_id: str, holder: str, lease_seconds: float,
+                      bytes_received: int, bytes_total: int | None) -> bool:
+        """Record progress and renew the lease; False when the job is no longer
+        ``holder``'s running job (cancelled, or claimed again after its lease lapsed)."""
+
+    @abstractmethod
+    def finish_job(self, job_id: str, holder: str, state: str, result: dict[str, Any] | None,
+                   bytes_received: int, bytes_total: int | None) -> bool:
+        """End ``holder``'s running job as ``state`` (one of ``FINISHED_STATES``)
+        with ``result``, dropping the claim; False when it was no longer theirs."""
+
+    @abstractmethod
+    def cancel_job(self, code: str, module: str, job_id: str) -> Job | None:
+        """Make a queued or running job ``cancelled``, dropping any claim (a
+        finished job stays as it is); the job afterwards, or None when there
+        is no such job in this module."""
+
+    @abstractmethod
+    def count_jobs_by_state(self) -> dict[str, int]:
+        """How many jobs are in each of ``JOB_STATES`` (every state present, 0 for none)."""
+
+    @abstractmethod
+    def expire_jobs(self, finished_before: datetime) -> int:
+        """Delete finished jobs last updated before ``finished_before``; how many."""
+
+    # -- resumable uploads ---------------------------------------------------------------
+
+    @abstractmethod
+    def create_upload(self, new: NewUpload) -> Upload:
+        """Store ``new`` as a ``receiving`` upload at offset 0, unlocked, and return it."""
+
+    @abstractmethod
+    def get_upload(self, code: str, module: str, upload_id: str) -> Upload | None:
+        """The upload with this id in this module (expired or not), or None."""
+
+    @abstractmethod
+    def lock_upload(self, upload_id: str, holder: str, lease_seconds: float) -> Upload | None:
+        """Take (or renew) the upload's write lease for ``holder``; the upload
+        then, or None when there is no such upload or another holder's lease
+        is live (:func:`upload_lockable`). Atomic like :meth:`claim_job`."""
+
+    @abstractmethod
+    def renew_upload_lock(self, upload_id: str, holder: str, lease_seconds: float) -> None:
+        """Extend ``holder``'s write lease (a long PATCH body); nothing if not theirs."""
+
+    @abstractmethod
+    def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
+                      expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
+        """If ``holder`` holds the lease: record the kept ``offset``, the storage's
+        bookkeeping, ``state`` and the new expiry time, releasing the lease when
+        ``release`` (one transaction). The upload as it is afterwards, changed or
+        not; None when it is gone."""
+
+    @abstractmethod
+    def finish_upload(self, upload_id: str, holder: str, state: str, result: dict[str, Any],
+                      expires: datetime) -> None:
+        """If ``holder`` holds the lease: keep the completing PATCH's outcome
+        (``succeeded``/``failed`` and ``result``) until ``expires``, clear the
+        storage state and release the lease."""
+
+    @abstractmethod
+    def unlock_upload(self, upload_id: str, holder: str) -> None:
+        """Release ``holder``'s write lease; nothing if not theirs."""
+
+    @abstractmethod
+    def delete_upload(self, upload_id: str) -> None:
+        """Forget an upload (termination, expiry); a missing one is not an error."""
+
+    @abstractmethod
+    def expired_uploads(self, now: datetime, limit: int = 500) -> builtins.list[Upload]:
+        """Up to ``limit`` uploads whose ``expires`` is before ``now`` (finished ones
+        included: their answer was given), soonest expiry first."""
+
+    @abstractmethod
+    def count_uploads_in_progress(self) -> int:
+        """Uploads still ``receiving`` or ``completing``."""
+
+
     # -- backup (registry backup / restore-backup) --------------------------------------
 
     def backup_to(self, folder: Path) -> RecordStore:
@@ -340,6 +470,22 @@ class RecordStore(ABC):
 
 class BackupUnsupported(Exception):
     """A store that ``registry backup`` cannot copy; the message says what to use instead."""
+
+
+def job_claimable(state: str, holder: str | None, lease_until: datetime | None, now: datetime) -> bool:
+    """Whether :meth:`RecordStore.claim_job` may take a job: ``queued``, or
+    ``running`` with a lapsed lease or a holder whose process is gone (its
+    progress then starts again from zero)."""
+    if state == QUEUED:
+        return True
+    return state == RUNNING and (lease_until is None or lease_until < now or holder_is_dead(holder))
+
+
+def upload_lockable(current: str | None, lease_until: datetime | None, holder: str, now: datetime) -> bool:
+    """Whether ``holder`` may take an upload's write lease now held by ``current``."""
+    if not current or current == holder:
+        return True
+    return lease_until is None or lease_until < now or holder_is_dead(current)
 
 
 def decide(existing: Record | None, new: NewPackage, allow_overwrite: bool) -> Outcome:

@@ -2,8 +2,9 @@
 
 :class:`RecordStoreConformance` (at the end) pins the record store's rules the
 same way: every versioning rule, list order, filters and pagination,
-credentials, events, copying, and one winner among racing commits of a
-version from threads and from processes.
+credentials, events, copying, one winner among racing commits of a version
+from threads and from processes, and the leases of background jobs and
+resumable uploads (one winner among processes racing to claim a job).
 
 
 The tests pin what the core relies on from a :class:`registry.storage.Storage`:
@@ -43,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 from pathlib import Path
 
 import anyio.to_thread
@@ -58,7 +60,26 @@ from registry.errors import (
     RegistryError,
     Unauthenticated,
 )
-from registry.records import AuditEvent, NewCredential, NewPackage, Order, Outcome, PageKey, Record, utc_now
+from registry.leases import holder_is_dead, make_holder
+from registry.records import (
+    CANCELLED,
+    COMPLETING,
+    FAILED,
+    QUEUED,
+    RECEIVING,
+    RUNNING,
+    SUCCEEDED,
+    AuditEvent,
+    NewCredential,
+    NewJob,
+    NewPackage,
+    NewUpload,
+    Order,
+    Outcome,
+    PageKey,
+    Record,
+    utc_now,
+)
 from registry.storage import BlobMissing, Storage, new_blob_key
 from registry.store import RecordStore
 
@@ -336,6 +357,41 @@ def migrate_in_process(factory: StoreFactory) -> int:
     store = factory()
     try:
         return len(store.migrate())
+    finally:
+        store.close()
+
+
+def new_job(job_id: str, *, code: str = "app", module: str = "default") -> NewJob:
+    """A background job to queue."""
+    return NewJob(id=job_id, code=code, module=module, package_url="http://example.com/x.tar.gz",
+                  request={"version": None, "allow_overwrite": False, "sha256": None, "sealed_url": "x"},
+                  operator="alice")
+
+
+def new_upload(upload_id: str, *, expires_in: float = 60.0, length: int = 100) -> NewUpload:
+    """A resumable upload to create, expiring ``expires_in`` seconds from now."""
+    return NewUpload(id=upload_id, code="app", module="default", length=length,
+                     metadata={"filename": "a.tar.gz", "version": None}, operator="alice",
+                     storage_state={"segments": []}, expires=utc_now() + timedelta(seconds=expires_in))
+
+
+def dead_holder() -> str:
+    """The lease-holder name of a process of this host that has exited."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(make_holder)
+
+
+def claim_in_process(factory: StoreFactory, barrier: Any) -> str | None:
+    """Claim a job through a store built by ``factory`` in this (child) process,
+    after every racer reached ``barrier``; the job's id, or None."""
+    store = factory()
+    try:
+        store.migrate()
+        holder = make_holder()
+        barrier.wait()
+        job = store.claim_job(holder, 60)
+        return None if job is None else job.id
     finally:
         store.close()
 
@@ -899,3 +955,199 @@ class RecordStoreConformance:
         assert sorted(outcomes) == ["PACKAGE_ALREADY_EXISTS"] * (self.RACERS - 1) + ["created"]
         count, [winner] = store.list("app", "default")
         assert count == 1 and winner.version == "4.0.0"
+
+    # -- background jobs ------------------------------------------------------------------------
+
+    def test_a_job_is_created_queued(self, store: RecordStore) -> None:
+        job = store.create_job(new_job("j_1"))
+        assert (job.id, job.state, job.attempts, job.holder, job.lease_until) == ("j_1", QUEUED, 0, None, None)
+        assert job.request["sealed_url"] == "x" and job.result is None and job.bytes_total is None
+        assert job.created.tzinfo is not None and job.created == job.updated
+        assert store.get_job("app", "default", "j_1") == job
+        assert store.get_job("app", "other", "j_1") is None
+        assert store.get_job("app", "default", "j_2") is None
+        assert store.count_jobs_by_state() == {QUEUED: 1, RUNNING: 0, SUCCEEDED: 0, FAILED: 0, CANCELLED: 0}
+
+    def test_a_job_is_claimed_once_while_its_lease_holds(self, store: RecordStore) -> None:
+        store.create_job(new_job("j_1"))
+        first = store.claim_job("host:1:a", 60)
+        assert first is not None and first.state == RUNNING and first.attempts == 1
+        assert first.holder == "host:1:a" and first.lease_until is not None and first.lease_until > utc_now()
+        assert store.claim_job("host:2:b", 60) is None
+        assert store.heartbeat_job("j_1", "host:1:a", 60, 10, 100)
+        assert not store.heartbeat_job("j_1", "host:2:b", 60, 10, 100)
+        beating = store.get_job("app", "default", "j_1")
+        assert beating is not None and (beating.bytes_received, beating.bytes_total) == (10, 100)
+        assert not store.finish_job("j_1", "host:2:b", SUCCEEDED, {"status": 201}, 100, 100)
+        assert store.finish_job("j_1", "host:1:a", SUCCEEDED, {"status": 201}, 100, 100)
+        done = store.get_job("app", "default", "j_1")
+        assert done is not None and done.state == SUCCEEDED and done.result == {"status": 201}
+        assert done.holder is None and done.lease_until is None
+        assert not store.heartbeat_job("j_1", "host:1:a", 60, 1, 1), "a finished job takes no heartbeat"
+        assert store.claim_job("host:2:b", 60) is None
+        with pytest.raises(ValueError):
+            store.finish_job("j_1", "host:1:a", RUNNING, None, 0, None)
+
+    def test_jobs_are_claimed_oldest_first(self, store: RecordStore) -> None:
+        for job_id in ("j_b", "j_a", "j_c"):
+            store.create_job(new_job(job_id))
+        claimed = [store.claim_job(f"h:{n}:x", 60) for n in range(4)]
+        assert [job.id if job else None for job in claimed] == ["j_b", "j_a", "j_c", None]
+
+    def test_many_live_claims_do_not_hide_a_queued_job(self, store: RecordStore) -> None:
+        for n in range(61):
+            store.create_job(new_job(f"j_{n:03d}"))
+        for n in range(60):  # held by live processes of other hosts
+            assert store.claim_job(f"elsewhere-{n}:1:x", 3600) is not None
+        last = store.claim_job("here:1:x", 60)
+        assert last is not None and last.id == "j_060"
+
+    def test_an_expired_lease_or_a_dead_holder_gives_the_job_away(self, store: RecordStore) -> None:
+        store.create_job(new_job("j_1"))
+        assert store.claim_job("elsewhere:1:a", 0) is not None
+        again = store.claim_job("elsewhere:2:b", 60)
+        assert again is not None and again.id == "j_1" and again.attempts == 2 and again.bytes_received == 0
+        assert not store.finish_job("j_1", "elsewhere:1:a", SUCCEEDED, {}, 1, 1), "the old holder lost it"
+        store.create_job(new_job("j_2"))
+        dead = dead_holder()
+        assert holder_is_dead(dead) and not holder_is_dead(make_holder())
+        assert store.claim_job(dead, 3600) is not None
+        taken = store.claim_job(make_holder(), 60)
+        assert taken is not None and taken.id == "j_2" and taken.attempts == 2
+
+    def test_cancel_stops_the_holder_and_finished_jobs_expire(self, store: RecordStore) -> None:
+        store.create_job(new_job("j_1"))
+        store.create_job(new_job("j_2"))
+        assert store.claim_job("h:1:a", 60) is not None
+        cancelled = store.cancel_job("app", "default", "j_1")
+        assert cancelled is not None and cancelled.state == CANCELLED and cancelled.holder is None
+        assert not store.heartbeat_job("j_1", "h:1:a", 60, 1, 2)
+        assert not store.finish_job("j_1", "h:1:a", SUCCEEDED, {}, 1, 2)
+        assert store.cancel_job("other", "default", "j_1") is None
+        assert store.cancel_job("app", "default", "j_9") is None
+        queued = store.cancel_job("app", "default", "j_2")
+        assert queued is not None and queued.state == CANCELLED
+        assert store.claim_job("h:1:a", 60) is None, "a cancelled job is never claimed"
+        assert store.count_jobs_by_state()[CANCELLED] == 2
+        assert store.expire_jobs(utc_now() - timedelta(hours=1)) == 0
+        assert store.expire_jobs(utc_now() + timedelta(seconds=1)) == 2
+        assert store.get_job("app", "default", "j_1") is None
+
+    def test_unfinished_jobs_never_expire(self, store: RecordStore) -> None:
+        store.create_job(new_job("j_1"))
+        store.create_job(new_job("j_2"))
+        store.claim_job("h:1:a", 60)
+        assert store.expire_jobs(utc_now() + timedelta(days=1)) == 0
+        assert store.count_jobs_by_state()[QUEUED] == 1
+
+    def test_racing_processes_claim_a_job_once(self, store: RecordStore, make_store: StoreFactory) -> None:
+        store.create_job(new_job("j_only"))
+        context = multiprocessing.get_context("spawn")
+        racers = 4
+        with context.Manager() as manager:
+            barrier = manager.Barrier(racers)
+            with context.Pool(racers) as pool:
+                won = pool.starmap(claim_in_process, [(make_store, barrier)] * racers)
+        assert sorted(won, key=str) == [None] * (racers - 1) + ["j_only"], won
+        job = store.get_job("app", "default", "j_only")
+        assert job is not None and job.attempts == 1 and job.state == RUNNING
+
+    def test_racing_threads_claim_each_job_once(self, store: RecordStore) -> None:
+        for n in range(self.RACERS // 2):
+            store.create_job(new_job(f"j_{n}"))
+        barrier = threading.Barrier(self.RACERS)
+
+        def one(n: int) -> str | None:
+            barrier.wait()
+            job = store.claim_job(f"h:{n}:x", 60)
+            return None if job is None else job.id
+
+        with ThreadPoolExecutor(self.RACERS) as pool:
+            won = [job_id for job_id in pool.map(one, range(self.RACERS)) if job_id]
+        assert sorted(won) == sorted(f"j_{n}" for n in range(self.RACERS // 2))
+
+    # -- resumable uploads ----------------------------------------------------------------------
+
+    def test_upload_write_lease_and_progress(self, store: RecordStore) -> None:
+        upload_id = "u" * 32
+        made = store.create_upload(new_upload(upload_id))
+        assert (made.offset, made.state, made.holder, made.storage_state) == (0, RECEIVING, None, {"segments": []})
+        assert made.expires > utc_now() and made.created.tzinfo is not None
+        assert store.get_upload("app", "default", upload_id) == made
+        assert store.get_upload("app", "other", upload_id) is None
+        assert store.lock_upload("f" * 32, "h:1:a", 60) is None
+        locked = store.lock_upload(upload_id, "h:1:a", 60)
+        assert locked is not None and locked.holder == "h:1:a"
+        assert store.lock_upload(upload_id, "h:2:b", 60) is None
+        assert store.lock_upload(upload_id, "h:1:a", 60) is not None, "the holder may take it again"
+        store.renew_upload_lock(upload_id, "h:1:a", 60)
+        later = utc_now() + timedelta(seconds=120)
+        ignored = store.save_progress(upload_id, "h:2:b", 50, {"x": 1}, later)
+        assert ignored is not None and ignored.offset == 0, "only the holder writes"
+        saved = store.save_progress(upload_id, "h:1:a", 10, {"segments": [[0, 10]]}, later)
+        assert saved is not None and saved.offset == 10 and saved.holder == "h:1:a" and saved.expires == later
+        assert store.count_uploads_in_progress() == 1
+        released = store.save_progress(upload_id, "h:1:a", 20, {"segments": [[0, 10], [10, 10]]}, later,
+                                       release=True)
+        assert released is not None and released.offset == 20 and released.holder is None
+        assert released.storage_state == {"segments": [[0, 10], [10, 10]]}
+        assert store.lock_upload(upload_id, "h:2:b", 60) is not None
+        store.unlock_upload(upload_id, "h:1:a")
+        assert store.lock_upload(upload_id, "h:1:a", 60) is None, "another holder's unlock does nothing"
+        store.unlock_upload(upload_id, "h:2:b")
+        assert store.lock_upload(upload_id, "h:1:a", 60) is not None
+        assert store.save_progress("f" * 32, "h:1:a", 1, {}, later) is None
+
+    def test_an_expired_write_lease_or_a_dead_holder_gives_the_upload_away(self, store: RecordStore) -> None:
+        store.create_upload(new_upload("a" * 32))
+        assert store.lock_upload("a" * 32, "elsewhere:1:a", 0) is not None
+        assert store.lock_upload("a" * 32, "elsewhere:2:b", 60) is not None
+        store.create_upload(new_upload("b" * 32))
+        assert store.lock_upload("b" * 32, dead_holder(), 3600) is not None
+        assert store.lock_upload("b" * 32, make_holder(), 60) is not None
+
+    def test_finish_keeps_the_outcome_and_uploads_expire(self, store: RecordStore) -> None:
+        upload_id = "c" * 32
+        store.create_upload(new_upload(upload_id))
+        store.lock_upload(upload_id, "h:1:a", 60)
+        completing = store.save_progress(upload_id, "h:1:a", 100, {"segments": [[0, 100]]},
+                                         utc_now() + timedelta(seconds=60), state=COMPLETING)
+        assert completing is not None and completing.state == COMPLETING and completing.holder == "h:1:a"
+        assert store.count_uploads_in_progress() == 1
+        keep_until = utc_now() + timedelta(seconds=30)
+        store.finish_upload(upload_id, "h:2:b", FAILED, {"code": "X"}, keep_until)
+        unchanged = store.get_upload("app", "default", upload_id)
+        assert unchanged is not None and unchanged.state == COMPLETING, "only the holder finishes"
+        store.finish_upload(upload_id, "h:1:a", SUCCEEDED, {"status": 201, "id": 7}, keep_until)
+        done = store.get_upload("app", "default", upload_id)
+        assert done is not None and done.state == SUCCEEDED and done.result == {"status": 201, "id": 7}
+        assert done.storage_state == {} and done.holder is None and done.expires == keep_until
+        assert store.count_uploads_in_progress() == 0
+        store.create_upload(new_upload("d" * 32, expires_in=-1))
+        store.create_upload(new_upload("e" * 32, expires_in=3600))
+        assert [u.id for u in store.expired_uploads(utc_now())] == ["d" * 32]
+        assert [u.id for u in store.expired_uploads(utc_now() + timedelta(seconds=45))] == ["d" * 32, upload_id]
+        assert len(store.expired_uploads(utc_now() + timedelta(seconds=45), limit=1)) == 1
+        store.delete_upload("d" * 32)
+        store.delete_upload("d" * 32)
+        assert store.get_upload("app", "default", "d" * 32) is None
+        assert [u.id for u in store.expired_uploads(utc_now())] == []
+
+    def test_jobs_and_uploads_are_imported_as_they_are(self, store: RecordStore, make_store: StoreFactory) -> None:
+        store.create_job(new_job("j_1"))
+        store.create_job(new_job("j_2"))
+        store.claim_job("h:1:a", 60)
+        store.create_upload(new_upload("a" * 32))
+        store.lock_upload("a" * 32, "h:1:a", 60)
+        store.create_upload(new_upload("b" * 32))
+        assert not store.is_empty()
+        jobs = store.page_jobs("", 10)
+        assert [j.id for j in jobs] == ["j_1", "j_2"] and store.page_jobs("j_1", 10) == jobs[1:]
+        uploads = store.page_uploads("", 1) + store.page_uploads("a" * 32, 10)
+        assert [u.id for u in uploads] == ["a" * 32, "b" * 32]
+        assert store.import_jobs(jobs) == 0 and store.import_uploads(uploads) == 0
+        moved_job = replace(jobs[0], id="j_3", result={"status": 200})
+        moved_upload = replace(uploads[0], id="c" * 32, offset=40)
+        assert store.import_jobs([moved_job]) == 1 and store.import_uploads([moved_upload]) == 1
+        assert store.get_job("app", "default", "j_3") == moved_job
+        assert store.get_upload("app", "default", "c" * 32) == moved_upload

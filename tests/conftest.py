@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import schemathesis
 
 from registry.service import Registry
 from tests import pg
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from tests.test_storage_conformance import MotoServer
 
 _codes = itertools.count(1)
+
+# tus PATCH bodies (resumable uploads) are raw bytes under their own media type.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from registry.tus import encode_metadata
 from tests import helpers
 from tests.helpers import Api, base_config, blob_files, package, start_registry
 from tests.pg import PgServer
@@ -108,6 +109,15 @@ def test_sqlite_locked_by_another_process(tmp_path: Path) -> None:
             for future in uploads:
                 assert_unavailable(future.result())
         assert_unavailable(api.delete("locked", first.json()["id"]))
+        # background jobs and resumable uploads live in the same store: 503, and nothing kept
+        assert_unavailable(api.http.post(Api.path("locked", suffix="jobs/"),
+                                         json={"package_url": "http://127.0.0.1:9/p.tar.gz"}))
+        tus = api.http.post(Api.path("locked", suffix="uploads/"),
+                            headers={"Tus-Resumable": "1.0.0", "Upload-Length": "100",
+                                     "Upload-Metadata": encode_metadata({"filename": "p.tar.gz"})})
+        assert_unavailable(tus)
+        assert tus.headers["tus-resumable"] == "1.0.0"
+        assert not (tmp_path / "packages" / ".staging" / "resumable").exists(), "the upload's storage is undone"
         assert set(blob_files(tmp_path / "packages")) == blobs_before, "no blob without a record"
         assert staged_files(tmp_path / "packages") == []
         assert httpx.get(f"{server.url}/readyz").status_code == 200, "reads work, so the registry is ready"

@@ -34,6 +34,7 @@ CONTRACT: dict[str, tuple[int, str]] = {
     "PERMISSION_DENIED": (403, "无权限访问"),
     "INSUFFICIENT_STORAGE": (507, "存储空间不足"),
     "REQUEST_TIMEOUT": (408, "请求超时"),
+    "JOB_NOT_FOUND": (404, "找不到指定的任务"),
 }
 #: Codes the contract does not list, for failures outside its table (HTTP's own).
 BEYOND_CONTRACT: dict[str, int] = {
@@ -42,6 +43,11 @@ BEYOND_CONTRACT: dict[str, int] = {
     "METHOD_NOT_ALLOWED": 405,
     "RANGE_NOT_SATISFIABLE": 416,
     "SERVICE_UNAVAILABLE": 503,
+    # tus 1.0.0's own statuses for resumable uploads
+    "UPLOAD_OFFSET_MISMATCH": 409,
+    "TUS_VERSION_UNSUPPORTED": 412,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "UPLOAD_CHECKSUM_MISMATCH": 460,
 }
 BODY_KEYS = {"code", "detail", "fields_detail", "data"}
 

@@ -213,3 +213,55 @@ def test_web_sessions_on_postgres_need_one_configured_secret(tmp_path: Path, pg_
     finally:
         first.stop()
         second.stop()
+
+
+def test_jobs_and_resumable_uploads_run_on_postgres_and_move_with_copy_records(tmp_path: Path, pg_url: str,
+                                                                              code: str) -> None:
+    """A finished job and a half-sent tus upload made on SQLite move with copy-records; on
+    PostgreSQL the job still answers, the upload continues where it was, and new jobs run."""
+    from tests.hostile_servers import HostileServer, serve
+    from tests.test_jobs import finished, get_job, submit
+    from tests.test_tus import create, offset_of, patch
+
+    origin = HostileServer()
+    source_root = tmp_path / "sqlite"
+    server = start_registry(source_root, base_config(source_root))
+    try:
+        token = server.token("alice")
+        api = Api(server.url, token)
+        job = submit(api, code, origin.route("/one.tar.gz", serve(package("1.0.0", salt=code))))
+        assert job.status_code == 202, job.text
+        done = finished(api, code, job.json()["id"])
+        assert done["state"] == "succeeded" and done["package"]["status"] == 201
+        body = package("2.0.0", salt=code)
+        half = len(body) // 2
+        upload_url = create(api, code, len(body), version="2.0.0")
+        assert patch(api, upload_url, 0, body[:half]).status_code == 204
+        api.close()
+    finally:
+        server.stop()
+
+    copied = run(server.config, "copy-records", "--to", with_password(pg_url))
+    assert copied.returncode == 0, copied.stderr
+    assert "1 job(s), 1 upload(s)" in copied.stdout
+
+    moved = start_registry(tmp_path / "pg", pg_config(source_root, pg_url))
+    try:
+        api = Api(moved.url, token)
+        upload_url = upload_url.replace(server.url, moved.url)  # Location is absolute
+        assert get_job(api, code, done["id"]) == done
+        assert offset_of(api, upload_url) == half
+        last = patch(api, upload_url, half, body[half:])
+        assert last.status_code == 204, last.text
+        assert api.get(code, int(last.headers["registry-package-id"])).json()["version"] == "2.0.0"
+        again = submit(api, code, origin.route("/three.tar.gz", serve(package("3.0.0", salt=code))))
+        assert again.status_code == 202, again.text
+        third = finished(api, code, again.json()["id"])
+        assert third["state"] == "succeeded" and third["package"]["version"] == "3.0.0"
+        with psycopg.connect(pg_url) as conn:
+            states = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        assert states == [("succeeded", 2)]
+        api.close()
+    finally:
+        moved.stop()
+        origin.close()

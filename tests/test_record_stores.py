@@ -60,7 +60,7 @@ class TestPostgresStore(RecordStoreConformance):
 
 def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path: Path) -> None:
     """Schema version 2 plus the events table the audit plugin used to create itself,
-    with times in the old stored forms: migration 3 keeps every row readable."""
+    with times in the old stored forms: migrations 3 and 4 keep every row readable."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     db = sqlite_utils.Database(conn)

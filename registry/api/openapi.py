@@ -132,7 +132,10 @@ def _operations() -> dict[str, dict[str, Any]]:
     upload_responses = {"201": _upload_response("a new version (or a soft-deleted one revived)"),
                         "200": _upload_response("overwritten, or identical bytes re-uploaded (unchanged)")}
     id_param = {"name": "package_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    from registry.api.openapi_transfers import transfer_operations
+
     return {
+        **transfer_operations(_errors, LINK_BODY),
         f"{PACKAGES}/link/": {
             "post": {
                 "operationId": "upload_link", "summary": "Upload by link: the registry fetches package_url",

@@ -444,7 +444,16 @@ class Endpoint(Route):
 
 def api_routes() -> list[BaseRoute]:
     """The API's routes, relative to a stage prefix: add a route here, in one line."""
+    # Imported here: those modules reuse this one's helpers. Listed first, so
+    # ``P/jobs/`` and ``P/uploads/`` win over ``P/{package_id}/``.
+    from registry.api import jobs, tus
+
     return [
+        Endpoint(f"{PACKAGES}/jobs/", POST=jobs.create_job),
+        Endpoint(f"{PACKAGES}/jobs/{{job_id}}/", GET=jobs.get_job, DELETE=jobs.cancel_job),
+        Endpoint(f"{PACKAGES}/uploads/", OPTIONS=tus.options, POST=tus.create_upload),
+        Endpoint(f"{PACKAGES}/uploads/{{upload_id}}", OPTIONS=tus.options, GET=tus.head_or_get_upload,
+                 PATCH=tus.patch_upload, DELETE=tus.terminate_upload),
         Endpoint(f"{PACKAGES}/", GET=list_packages, POST=upload_file),
         Endpoint(f"{PACKAGES}/link/", POST=upload_link),
         Endpoint(f"{PACKAGES}/{{package_id}}/", GET=get_package, DELETE=delete_package),

@@ -1,0 +1,145 @@
+"""Stage a resumable upload as its chunks arrive, so completing it costs no second pass.
+
+The completing PATCH must run the ``P/`` pipeline on the whole package:
+size, sha256, archive inspection, then fsync and commit. Done only at the
+end, that is one more full pass over the bytes after the last one arrived.
+Instead, while an upload's chunks keep arriving at this process in order
+from its first byte, each accepted chunk is also written to an ordinary
+staging file (:meth:`Registry.staging`: hashed, and inspected by its
+follower thread as it grows). When the last chunk is in, that staging file
+is complete and goes to :meth:`Registry.ingest` as it is.
+
+This is only a shortcut: whenever it cannot follow (a restart, a chunk that
+reached another instance, a chunk out of order, more than :data:`MAX_OPEN`
+uploads at once, an upload idle for :data:`IDLE_SECONDS`, an inspection that
+already refused the bytes), the assembly is dropped and the completing PATCH
+assembles the upload from the storage instead, with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from registry.service import Registry
+from registry.staging import StagingFile
+
+logger = logging.getLogger("registry.assembly")
+
+#: Uploads staged at once by one process (each holds a file and two threads).
+MAX_OPEN = 8
+#: An assembly unused this long is dropped (its upload may never finish).
+IDLE_SECONDS = 300.0
+READ_SIZE = 2 * 1024 * 1024
+
+
+@dataclass
+class _Assembly:
+    context: AbstractAsyncContextManager[StagingFile]
+    staged: StagingFile
+    offset: int
+    used: float = field(default_factory=time.monotonic)
+
+
+class Tee:
+    """Copies bytes into one assembly; a failure drops the assembly, never
+    the request (the completing PATCH then assembles from the storage and
+    answers the error properly)."""
+
+    def __init__(self, owner: Assemblies, upload_id: str, assembly: _Assembly) -> None:
+        self.owner = owner
+        self.upload_id = upload_id
+        self.assembly = assembly
+        self.alive = True
+
+    async def write(self, data: bytes) -> None:
+        if not self.alive:
+            return
+        try:
+            await self.assembly.staged.write(data)
+        except Exception:  # refused by the inspection, too large, disk trouble
+            await self.abandon()
+            return
+        self.assembly.offset += len(data)
+
+    async def abandon(self) -> None:
+        """The bytes written do not continue the upload after all: drop the assembly."""
+        if self.alive:
+            self.alive = False
+            await self.owner.drop(self.upload_id)
+
+
+class Assemblies:
+    """The uploads this process is staging as they arrive, by upload id."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._open: dict[str, _Assembly] = {}
+
+    async def writer(self, upload_id: str, offset: int) -> Tee | None:
+        """Where to copy bytes that continue the upload at ``offset`` as they
+        arrive, or None when this process cannot follow the upload from there."""
+        assembly = self._open.get(upload_id)
+        if assembly is None:
+            if offset != 0:
+                return None
+            await self._make_room()
+            context = self.registry.staging()
+            try:
+                staged = await context.__aenter__()
+            except Exception:
+                logger.warning("cannot stage upload %s as it arrives", upload_id, exc_info=True)
+                return None
+            assembly = self._open[upload_id] = _Assembly(context, staged, 0)
+        if assembly.offset != offset:
+            await self.drop(upload_id)
+            return None
+        assembly.used = time.monotonic()
+        return Tee(self, upload_id, assembly)
+
+    async def feed(self, upload_id: str, offset: int, chunk: Path) -> None:
+        """Add the accepted chunk file ``chunk``, which starts at ``offset``."""
+        tee = await self.writer(upload_id, offset)
+        if tee is None:
+            return
+        with chunk.open("rb", buffering=0) as f:
+            while tee.alive and (data := await anyio.to_thread.run_sync(f.read, READ_SIZE)):
+                await tee.write(data)
+
+    def take(self, upload_id: str, length: int) -> tuple[AbstractAsyncContextManager[StagingFile], StagingFile] | None:
+        """The staging file holding all ``length`` bytes of the upload, now the
+        caller's to ingest and close; None when it is not complete here."""
+        assembly = self._open.get(upload_id)
+        if assembly is None or assembly.offset != length:
+            return None
+        del self._open[upload_id]
+        return assembly.context, assembly.staged
+
+    async def drop(self, upload_id: str) -> None:
+        """Forget an upload's assembly, removing its staging file."""
+        assembly = self._open.pop(upload_id, None)
+        if assembly is not None:
+            with anyio.CancelScope(shield=True):
+                await assembly.context.__aexit__(None, None, None)
+
+    async def drop_idle(self) -> None:
+        """Drop assemblies unused for :data:`IDLE_SECONDS`."""
+        cutoff = time.monotonic() - IDLE_SECONDS
+        for upload_id in [key for key, a in self._open.items() if a.used < cutoff]:
+            await self.drop(upload_id)
+
+    async def close(self) -> None:
+        """Drop every assembly (at shutdown)."""
+        for upload_id in list(self._open):
+            await self.drop(upload_id)
+
+    async def _make_room(self) -> None:
+        while len(self._open) >= MAX_OPEN:
+            oldest = min(self._open, key=lambda key: self._open[key].used)
+            await self.drop(oldest)

@@ -1,0 +1,125 @@
+"""Receive one resumable-upload chunk (a tus PATCH body) into a local file.
+
+Like :class:`registry.staging.StagingFile`, but for a piece of an upload
+rather than a whole package: no archive inspection, a digest only when the
+client sent ``Upload-Checksum``, and no fsync. A chunk is kept across a crash
+of the registry process (the page cache outlives it); after a crash of the
+machine, :meth:`registry.storage.ResumableStore.recover` finds segments that
+did not reach the disk and the upload's offset goes back to before them, which
+a tus client handles by asking (``HEAD``) and sending again. The whole
+package is fsynced once, when the completing PATCH stages it.
+
+Writes run in a writer thread of the file's own, batched to about 2 MiB, so
+receiving the next batch overlaps writing the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import anyio.to_thread
+
+from registry.errors import PackageTooLarge
+
+FLUSH_SIZE = 2 * 1024 * 1024
+
+
+class ChunkFile:
+    """``async with ChunkFile(folder, limit, algorithm) as chunk``; :meth:`receive`,
+    then take :attr:`path` (rename it) before the block ends, or it is removed.
+
+    :param limit: most bytes accepted; more raise ``PackageTooLarge``.
+    :param algorithm: ``hashlib`` name of the digest to compute, or None.
+    """
+
+    def __init__(self, folder: Path, limit: int, algorithm: str | None = None) -> None:
+        self.folder = folder
+        self.limit = limit
+        self.size = 0
+        self.path: Path | None = None
+        self._hash = hashlib.new(algorithm) if algorithm else None
+        self._fd: int | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
+        self._pending: Future[None] | None = None
+
+    @property
+    def digest(self) -> bytes | None:
+        """The raw digest of everything received (after :meth:`receive`), or None."""
+        return None if self._hash is None else self._hash.digest()
+
+    async def __aenter__(self) -> ChunkFile:
+        def create() -> tuple[int, Path]:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.folder, prefix="chunk-", suffix=".part")
+            return fd, Path(name)
+
+        self._fd, self.path = await anyio.to_thread.run_sync(create)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close_and_remove)
+
+    def _close_and_remove(self) -> None:
+        self._writer.shutdown(wait=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)  # already renamed away when kept
+
+    async def receive(self, body: AsyncIterator[bytes], disconnect: type[BaseException],
+                      tee: Callable[[bytes], Awaitable[None]] | None = None) -> bool:
+        """Write all of ``body``, each piece also to ``tee`` when given; True when
+        it ended with ``disconnect`` (the client went away), with what came until
+        then written."""
+        batch: list[bytes] = []
+        batched = 0
+        disconnected = False
+        try:
+            async for data in body:
+                if not data:
+                    continue
+                self.size += len(data)
+                if self.size > self.limit:
+                    raise PackageTooLarge(f"the chunk passes the upload's length by {self.size - self.limit} bytes")
+                if tee is not None:
+                    await tee(data)
+                batch.append(data)
+                batched += len(data)
+                if batched >= FLUSH_SIZE:
+                    await self._submit(batch)
+                    batch, batched = [], 0
+        except disconnect:
+            disconnected = True
+        await self._submit(batch)
+        await self._wait()
+        return disconnected
+
+    async def _submit(self, batch: list[bytes]) -> None:
+        await self._wait()
+        if batch:
+            self._pending = self._writer.submit(self._write, b"".join(batch))
+
+    async def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            if not pending.done():
+                await anyio.to_thread.run_sync(pending.result)
+            pending.result()
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        if self._hash is not None:
+            self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]

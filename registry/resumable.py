@@ -1,0 +1,263 @@
+"""Resumable uploads, below HTTP: receive a chunk, complete, terminate, expire.
+
+Bytes go first into a local chunk file in the staging folder (size-capped and
+hashed as they arrive), so a chunk whose ``Upload-Checksum`` fails is dropped
+whole and the offset stays where it was; a verified chunk is then handed to
+the storage's :class:`registry.storage.ResumableStore`, and only after that
+succeeds does the record store's offset move. A crash in between leaves the
+old offset, which the client is told on its next ``HEAD``.
+
+The PATCH that reaches ``Upload-Length`` assembles the bytes into an ordinary
+staging file and runs :meth:`Registry.ingest`, exactly as ``P/`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from registry.api.serialize import record_json
+from registry.errors import ChunkChecksumMismatch, JobNotFound, RegistryError
+from registry.jobs import JobRunner, stored_error
+from registry.records import COMPLETING, FAILED, RECEIVING, SUCCEEDED, CommitResult, NewUpload, Outcome, Upload, utc_now
+from registry.store import RecordStore
+from registry.assembly import Assemblies
+from registry.chunkfile import ChunkFile
+from registry.service import Registry, UploadRequest
+
+logger = logging.getLogger("registry.resumable")
+
+#: Seconds a PATCH holds an upload's write lease without renewing it.
+LEASE = 30.0
+#: Renew the lease after this many seconds of receiving.
+RENEW_AFTER = 10.0
+
+
+def new_upload_id() -> str:
+    """32 hex digits."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a PATCH body did: the upload afterwards, whether the client went
+    away, and whether the write lease was released (it is kept when the
+    upload is now complete, for the pipeline)."""
+
+    upload: Upload
+    disconnected: bool
+    released: bool = False
+
+
+class Resumable:
+    """Resumable uploads of one registry, sharing the job runner's store and metrics."""
+
+    def __init__(self, registry: Registry, jobs: JobRunner) -> None:
+        self.registry = registry
+        self.jobs = jobs
+        self.store = jobs.store
+        self.assemblies = Assemblies(registry)
+        #: uploads a request of this process is writing to (the lease is per process)
+        self._writing: set[str] = set()
+
+    def claim(self, upload_id: str) -> bool:
+        """Mark the upload as being written by a request of this process; False if one already is."""
+        if upload_id in self._writing:
+            return False
+        self._writing.add(upload_id)
+        return True
+
+    def release(self, upload_id: str) -> None:
+        """Undo :meth:`claim`."""
+        self._writing.discard(upload_id)
+
+    @property
+    def holder(self) -> str:
+        """This process's name in write leases (the job runner's)."""
+        return self.jobs.holder
+
+    @property
+    def expire_after(self) -> float:
+        return float(self.registry.settings["uploads.expire_after"])
+
+    def expiry(self) -> datetime:
+        """When an upload touched now expires."""
+        return utc_now() + timedelta(seconds=self.expire_after)
+
+    async def create(self, upload: UploadRequest, length: int, file_name: str) -> Upload:
+        """A new upload of ``length`` bytes, its storage prepared. When it cannot
+        be recorded (the database is away), what the storage prepared goes again."""
+        upload_id = new_upload_id()
+        state = await self.registry.storage.resumable().begin(upload_id)
+        metadata = {"filename": file_name, "version": upload.version, "allow_overwrite": upload.allow_overwrite,
+                    "sha256": upload.sha256}
+        new = NewUpload(upload_id, upload.code, upload.module, length, metadata, upload.operator, state,
+                        self.expiry())
+        try:
+            return await self.registry.write(self.store.create_upload, new)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._discard_quietly(upload_id, state)
+            raise
+
+    async def receive(self, upload: Upload, body: AsyncIterator[bytes], checksum: tuple[str, bytes] | None,
+                      disconnect: type[BaseException]) -> ChunkResult:
+        """Append ``body`` at the upload's offset (the caller holds the lease).
+
+        :param checksum: (algorithm, digest) the body must have, or None; on a mismatch
+            nothing is kept (``ChunkChecksumMismatch``, 460).
+        :param disconnect: the exception ``body`` raises when the client goes
+            away; what arrived until then is kept unless a checksum was given.
+        :raises PackageTooLarge: the body passes ``Upload-Length``; nothing is kept.
+        """
+        remaining = upload.length - upload.offset
+        algorithm = checksum[0] if checksum is not None else None
+        async with ChunkFile(self.registry.staging_folder, remaining, algorithm) as chunk:
+            failure: Exception | None = None
+            disconnected = False
+            # Without a checksum every byte that arrives is kept: stage it as it comes.
+            tee = await self.assemblies.writer(upload.id, upload.offset) if checksum is None else None
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._keep_lease, upload.id)
+                try:
+                    disconnected = await chunk.receive(body, disconnect, tee.write if tee else None)
+                except Exception as exc:  # raised below, not wrapped in the task group's exception group
+                    failure = exc
+                group.cancel_scope.cancel()
+            if failure is not None:
+                if tee is not None:
+                    await tee.abandon()
+                raise failure
+            if checksum is not None and (disconnected or chunk.digest != checksum[1]):
+                if disconnected:
+                    return ChunkResult(upload, True)
+                raise ChunkChecksumMismatch("the chunk does not match Upload-Checksum; it was discarded")
+            if chunk.size == 0:
+                return ChunkResult(upload, disconnected)
+            assert chunk.path is not None
+            if tee is None:
+                await self.assemblies.feed(upload.id, upload.offset, chunk.path)
+            try:
+                state = await self.registry.storage.resumable().append(upload.id, upload.storage_state,
+                                                                        upload.offset, chunk.path)
+            except BaseException:
+                await self.assemblies.drop(upload.id)
+                raise
+            offset = upload.offset + chunk.size
+            release = offset < upload.length
+            saved = await self.registry.write(
+                lambda: self.store.save_progress(upload.id, self.holder, offset, state,
+                                                 self.expiry(), release=release)
+            )
+            self.jobs.metrics.upload_bytes.inc(chunk.size)
+        if saved is None:
+            raise JobNotFound(upload.id)  # terminated meanwhile
+        return ChunkResult(saved, disconnected, release)
+
+    async def recover(self, upload: Upload, *, save: bool) -> Upload:
+        """``upload`` with the offset of the bytes really kept (see
+        :meth:`ResumableStore.recover`); with ``save`` (the caller holds the
+        lease) a loss is also recorded."""
+        if upload.state != RECEIVING:
+            return upload
+        state, offset = await self.registry.storage.resumable().recover(upload.id, upload.storage_state)
+        if offset is None:
+            return upload
+        logger.warning("upload %s lost its bytes after %d (a crash of the machine?); resuming there",
+                       upload.id, offset)
+        if save:
+            await self.registry.write(
+                lambda: self.store.save_progress(upload.id, self.holder, offset, state, self.expiry())
+            )
+        return dataclasses.replace(upload, offset=offset, storage_state=state)
+
+    async def _keep_lease(self, upload_id: str) -> None:
+        """Renew the write lease while a long body streams in."""
+        while True:
+            await anyio.sleep(RENEW_AFTER)
+            await self.registry.write(self.store.renew_upload_lock, upload_id, self.holder, LEASE)
+
+    async def complete(self, upload: Upload) -> CommitResult:
+        """Run the ``P/`` pipeline on the assembled bytes; store and return the outcome.
+
+        The upload must hold all its bytes (``upload.offset == upload.length``)
+        and the caller the lease. A client error (4xx) ends the upload as
+        failed and removes its bytes; a server failure (5xx) leaves it
+        complete-but-unprocessed, so the same PATCH may be sent again.
+        """
+        registry = self.registry
+        await self.registry.write(
+            lambda: self.store.save_progress(upload.id, self.holder, upload.offset, upload.storage_state,
+                                             self.expiry(), state=COMPLETING)
+        )
+        meta = upload.metadata
+        request = UploadRequest(code=upload.code, module=upload.module, version=meta["version"],
+                                allow_overwrite=meta["allow_overwrite"], sha256=meta["sha256"],
+                                operator=upload.operator)
+        resumable = registry.storage.resumable()
+        assembled = self.assemblies.take(upload.id, upload.length)
+        try:
+            if assembled is not None:  # staged as it arrived: no second pass
+                context, staged = assembled  # entered by the assembly; closed here
+                try:
+                    result = await registry.ingest(request, staged, file_name=meta["filename"], origin="upload")
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await context.__aexit__(None, None, None)
+            else:
+                async with registry.staging() as staged:
+                    await staged.write_all(resumable.assemble(upload.id, upload.storage_state))
+                    result = await registry.ingest(request, staged, file_name=meta["filename"], origin="upload")
+        except RegistryError as exc:
+            registry.metrics.uploads.labels("upload", exc.code).inc()
+            if exc.status >= 500:
+                raise
+            await self._finish(upload, FAILED, stored_error(exc))
+            raise
+        registry.metrics.uploads.labels("upload", result.outcome.value).inc()
+        status = 201 if result.outcome in (Outcome.CREATED, Outcome.REVIVED) else 200
+        await self._finish(upload, SUCCEEDED, {**record_json(result.record, registry.time_zone), "status": status})
+        return result
+
+    async def _finish(self, upload: Upload, state: str, result: dict[str, Any]) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.registry.write(
+                lambda: self.store.finish_upload(upload.id, self.holder, state, result, self.expiry())
+            )
+            await self._discard_quietly(upload.id, upload.storage_state)
+
+    async def terminate(self, upload: Upload) -> None:
+        """Remove the upload's bytes and its row (the caller holds the lease)."""
+        await self.assemblies.drop(upload.id)
+        await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
+        await self.registry.write(self.store.delete_upload, upload.id)
+
+    async def _discard_quietly(self, upload_id: str, storage_state: dict[str, Any]) -> None:
+        try:
+            await self.registry.storage.resumable().discard(upload_id, storage_state)
+        except (RegistryError, OSError):
+            logger.warning("could not remove the bytes of upload %s; gc retries", upload_id, exc_info=True)
+
+
+async def expire_uploads(registry: Registry, store: RecordStore, dry_run: bool = False) -> list[tuple[str, int]]:
+    """Remove every upload past its expiry time with its bytes; ``(id, bytes)`` of each."""
+    removed: list[tuple[str, int]] = []
+    expired: list[Upload] = await registry.read(store.expired_uploads, utc_now())
+    for upload in expired:
+        if not dry_run:
+            try:
+                await registry.storage.resumable().discard(upload.id, upload.storage_state)
+            except (RegistryError, OSError):
+                logger.warning("could not remove the bytes of expired upload %s", upload.id, exc_info=True)
+                continue
+            await registry.write(store.delete_upload, upload.id)
+        removed.append((upload.id, upload.offset if upload.state not in (SUCCEEDED, FAILED) else 0))
+    return removed

@@ -1,0 +1,290 @@
+"""Resumable uploads (tus 1.0.0 at ``P/uploads/``) on a live registry, filesystem storage.
+
+The happy paths go through ``tuspy``, a tus client from PyPI; the protocol's
+edges are raw HTTP. The S3 variant is in ``test_tus_s3.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tusclient import client as tus_client
+from tusclient.exceptions import TusCommunicationError
+
+from registry.tus import encode_metadata
+from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
+from tests.test_jobs import big_package
+
+TUS = {"Tus-Resumable": "1.0.0"}
+MAX_SIZE = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, Api]]:
+    root = tmp_path_factory.mktemp("tus")
+    process = start_registry(root, merge(base_config(root), {"limits": {"max_package_size": MAX_SIZE}}))
+    client = Api(process.url, process.token("tus"))
+    yield process, client
+    client.close()
+    process.stop()
+
+
+def uploads_url(base: str, code: str) -> str:
+    return f"{base}{Api.path(code)}uploads/"
+
+
+def create(api: Api, code: str, length: int, **meta: str) -> str:
+    headers = {**TUS, "Upload-Length": str(length), "Upload-Metadata": encode_metadata({"filename": "p.tar.gz", **meta})}
+    response = api.http.post(Api.path(code, suffix="uploads/"), headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.headers["tus-resumable"] == "1.0.0"
+    location: str = response.headers["location"]
+    return location
+
+
+def patch(api: Api, url: str, offset: int, data: bytes, **headers: str) -> httpx.Response:
+    return api.http.patch(url, content=data, headers={
+        **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream", **headers})
+
+
+def offset_of(api: Api, url: str) -> int:
+    response = api.http.head(url, headers=TUS)
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    return int(response.headers["upload-offset"])
+
+
+def checksum(data: bytes) -> str:
+    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def segments(process: RegistryProcess, url: str = "") -> list[Path]:
+    """Files in the staging area; with ``url``, only those of that upload."""
+    staging = process.config.parent / "packages" / ".staging"
+    upload_id = url.rstrip("/").rsplit("/", 1)[-1] if url else ""
+    return [p for p in staging.rglob("*") if p.is_file() and upload_id in str(p)]
+
+
+def test_options_announce_the_server(live: tuple[RegistryProcess, Api], code: str) -> None:
+    process, _ = live
+    response = httpx.options(uploads_url(process.url, code))
+    assert response.status_code == 204
+    assert response.headers["tus-version"] == "1.0.0"
+    assert set(response.headers["tus-extension"].split(",")) == {"creation", "termination", "checksum"}
+    assert response.headers["tus-max-size"] == str(MAX_SIZE)
+    assert response.headers["tus-checksum-algorithm"].split(",") == ["sha256", "sha1"]
+
+
+def test_tuspy_upload_stores_the_package(live: tuple[RegistryProcess, Api], code: str, tmp_path: Path) -> None:
+    process, api = live
+    body = big_package(300_000, version="2.0.0")
+    path = tmp_path / "demo.tar.gz"
+    path.write_bytes(body)
+    client = tus_client.TusClient(uploads_url(process.url, code), headers=dict(api.http.headers))
+    with path.open("rb") as stream:  # tuspy leaves a file it opened itself open
+        uploader = client.uploader(file_stream=stream, chunk_size=64 * 1024, metadata={"filename": "demo.tar.gz"},
+                                   upload_checksum=True)
+        uploader.upload()
+    assert uploader.url is not None
+    status = api.http.get(uploader.url).json()
+    assert status["state"] == "succeeded" and status["error"] is None
+    record = api.get(code, status["package"]["id"]).json()
+    assert {k: v for k, v in status["package"].items() if k != "status"} == record
+    assert record["version"] == "2.0.0" and record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+    assert api.download(code, record["id"]).content == body
+    assert segments(process, uploader.url or "?") == []
+
+
+def test_completing_patch_answers_the_package_id(live: tuple[RegistryProcess, Api], code: str) -> None:
+    _, api = live
+    body = package("1.0.0", salt=code)
+    url = create(api, code, len(body), version="1.0.0")
+    half = len(body) // 2
+    first = patch(api, url, 0, body[:half])
+    assert first.status_code == 204 and first.headers["upload-offset"] == str(half)
+    assert "registry-package-id" not in first.headers
+    assert api.http.get(url).json() == {"state": "running", "package": None, "error": None}
+    last = patch(api, url, half, body[half:])
+    assert last.status_code == 204, last.text
+    assert last.headers["upload-offset"] == str(len(body))
+    package_id = int(last.headers["registry-package-id"])
+    assert api.get(code, package_id).json()["version"] == "1.0.0"
+    again = patch(api, url, len(body), b"")
+    assert again.status_code == 409 and again.json()["code"] == "UPLOAD_OFFSET_MISMATCH"
+
+
+def test_wrong_offset_is_409(live: tuple[RegistryProcess, Api], code: str) -> None:
+    _, api = live
+    url = create(api, code, 100)
+    assert patch(api, url, 0, b"x" * 10).status_code == 204
+    for wrong in (0, 5, 11):
+        response = patch(api, url, wrong, b"y")
+        assert response.status_code == 409 and response.json()["code"] == "UPLOAD_OFFSET_MISMATCH"
+        assert response.headers["tus-resumable"] == "1.0.0"
+    assert offset_of(api, url) == 10
+
+
+def test_wrong_checksum_is_460_and_keeps_the_offset(live: tuple[RegistryProcess, Api], code: str) -> None:
+    _, api = live
+    body = package("1.0.0", salt=code)
+    url = create(api, code, len(body))
+    assert patch(api, url, 0, body[:10], **{"Upload-Checksum": checksum(body[:10])}).status_code == 204
+    bad = patch(api, url, 10, body[10:], **{"Upload-Checksum": checksum(b"other bytes")})
+    assert bad.status_code == 460 and bad.json()["code"] == "UPLOAD_CHECKSUM_MISMATCH"
+    assert offset_of(api, url) == 10
+    unknown = patch(api, url, 10, body[10:], **{"Upload-Checksum": "md5 " + base64.b64encode(b"0" * 16).decode()})
+    assert unknown.status_code == 400 and offset_of(api, url) == 10
+    good = patch(api, url, 10, body[10:], **{"Upload-Checksum": checksum(body[10:])})
+    assert good.status_code == 204 and "registry-package-id" in good.headers
+
+
+def test_termination_removes_the_bytes(live: tuple[RegistryProcess, Api], code: str) -> None:
+    process, api = live
+    url = create(api, code, 1000)
+    assert patch(api, url, 0, b"z" * 500).status_code == 204
+    assert any(p.suffix == ".seg" for p in segments(process, url))
+    assert api.http.delete(url, headers=TUS).status_code == 204
+    assert segments(process, url) == []
+    for response in (api.http.head(url, headers=TUS), patch(api, url, 500, b"z"), api.http.get(url)):
+        assert response.status_code == 404
+    assert api.http.get(url).json()["code"] == "JOB_NOT_FOUND"
+
+
+def test_creation_limits(live: tuple[RegistryProcess, Api], code: str) -> None:
+    _, api = live
+    path = Api.path(code, suffix="uploads/")
+    meta = encode_metadata({"filename": "a.tar.gz"})
+    too_large = api.http.post(path, headers={**TUS, "Upload-Length": str(MAX_SIZE + 1), "Upload-Metadata": meta})
+    assert too_large.status_code == 413 and too_large.json()["code"] == "PACKAGE_TOO_LARGE"
+    # 18 digits is the most any number header may have (it then fits any store's 64-bit column)
+    huge = api.http.post(path, headers={**TUS, "Upload-Length": "9" * 18, "Upload-Metadata": meta})
+    assert huge.status_code == 413
+    for absurd in ("9" * 19, "9" * 40, "-1", "1e9", "", "0x10"):
+        response = api.http.post(path, headers={**TUS, "Upload-Length": absurd, "Upload-Metadata": meta})
+        assert response.status_code == 400, absurd
+    no_version = api.http.post(path, headers={"Upload-Length": "10", "Upload-Metadata": meta})
+    assert no_version.status_code == 412 and no_version.headers["tus-version"] == "1.0.0"
+    bad_meta = api.http.post(path, headers={**TUS, "Upload-Length": "10", "Upload-Metadata": "filename !!!"})
+    assert bad_meta.status_code == 400
+    no_name = api.http.post(path, headers={**TUS, "Upload-Length": "10",
+                                           "Upload-Metadata": encode_metadata({"version": "1.0"})})
+    assert no_name.status_code == 400
+    bad_version = api.http.post(path, headers={**TUS, "Upload-Length": "10",
+                                               "Upload-Metadata": encode_metadata({"filename": "a", "version": "../x"})})
+    assert bad_version.status_code == 400 and "version" in bad_version.json()["fields_detail"]
+    url = create(api, code, 10)
+    assert patch(api, url, 0, b"x" * 11).status_code == 413
+    assert offset_of(api, url) == 0
+    absurd_offset = patch(api, url, 0, b"x", **{"Upload-Offset": "1" * 100})
+    assert absurd_offset.status_code == 400
+    wrong_type = api.http.patch(url, content=b"x", headers={**TUS, "Upload-Offset": "0",
+                                                            "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+
+
+def test_non_archive_bytes_fail_like_a_file_upload(live: tuple[RegistryProcess, Api], code: str) -> None:
+    process, api = live
+    body = b"this is not an archive" * 100
+    expected = api.upload(code, body, version="1.0.0")
+    url = create(api, code, len(body), version="1.0.0")
+    response = patch(api, url, 0, body)
+    assert response.status_code == expected.status_code == 400
+    assert response.json() == expected.json()
+    assert response.json()["code"] == "INVALID_PACKAGE"
+    status = api.http.get(url).json()
+    assert status["state"] == "failed" and status["error"] == expected.json()
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    assert segments(process, url) == []
+
+
+def test_scoped_credentials(live: tuple[RegistryProcess, Api], code: str) -> None:
+    process, api = live
+    url = create(api, code, 10)
+    other = Api(process.url, process.token("eve", apps=("not-this-one",)))
+    try:
+        assert other.http.head(url, headers=TUS).status_code == 403
+        assert patch(other, url, 0, b"x").status_code == 403
+        assert other.http.delete(url, headers=TUS).status_code == 403
+    finally:
+        other.close()
+    assert offset_of(api, url) == 0
+
+
+def test_resume_after_kill(tmp_path: Path, code: str) -> None:
+    body = big_package(200_000, version="4.0.0")
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("kill"))
+        url = create(api, code, len(body))
+        assert patch(api, url, 0, body[:70_000]).status_code == 204
+        process.kill()
+        api.close()
+        process.start()
+        api = Api(process.url, process.token("kill"))
+        url = url.rsplit("/source_package/", 1)[1]
+        url = Api.path(code, suffix=url)
+        offset = offset_of(api, url)
+        assert offset == 70_000
+        last = patch(api, url, offset, body[offset:])
+        assert last.status_code == 204, last.text
+        record = api.get(code, int(last.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert len(list(blob_files(tmp_path / "packages" / code))) == 1
+        api.close()
+    finally:
+        process.stop()
+
+
+def test_tuspy_resumes_an_interrupted_upload(tmp_path: Path, code: str) -> None:
+    body = big_package(400_000, version="5.0.0")
+    path = tmp_path / "resume.tar.gz"
+    path.write_bytes(body)
+    process = start_registry(tmp_path / "srv", base_config(tmp_path / "srv"))
+    try:
+        headers = {"Authorization": f"Bearer {process.token('tuspy')}"}
+        client = tus_client.TusClient(uploads_url(process.url, code), headers=headers)
+        with path.open("rb") as stream:
+            uploader = client.uploader(file_stream=stream, chunk_size=100_000, metadata={"filename": "resume.tar.gz"})
+            uploader.upload_chunk()  # type: ignore[no-untyped-call]
+            uploader.upload_chunk()  # type: ignore[no-untyped-call]
+            process.kill()
+            with pytest.raises((TusCommunicationError, OSError)):
+                uploader.upload_chunk()  # type: ignore[no-untyped-call]
+        assert uploader.url is not None
+        upload_path = uploader.url.split(f"127.0.0.1:{process.port}", 1)[1]
+        process.start()
+        with path.open("rb") as stream:
+            resumed = tus_client.TusClient(process.url, headers=headers).uploader(
+                file_stream=stream, chunk_size=100_000, url=f"{process.url}{upload_path}")
+            assert resumed.get_offset() == 200_000
+            resumed.upload()
+        status: dict[str, Any] = httpx.get(f"{process.url}{upload_path}", headers=headers).json()
+        assert status["state"] == "succeeded", status
+        assert status["package"]["sha256_signature"] == hashlib.sha256(body).hexdigest()
+    finally:
+        process.stop()
+
+
+def test_expired_uploads_are_gone_and_gc_removes_their_bytes(tmp_path: Path, code: str) -> None:
+    process = start_registry(tmp_path, merge(base_config(tmp_path), {"uploads": {"expire_after": 1}}))
+    try:
+        api = Api(process.url, process.token("expiry"))
+        url = create(api, code, 1000)
+        assert patch(api, url, 0, os.urandom(100)).status_code == 204
+        assert segments(process, url)
+        time.sleep(1.5)  # past expire_after: the upload is no longer there
+        assert api.http.head(url, headers=TUS).status_code == 404
+        result = process.cli("gc")
+        assert f"upload resumable upload {url.rsplit('/', 1)[1]}" in result.stdout
+        assert segments(process, url) == []
+        api.close()
+    finally:
+        process.stop()
