@@ -283,6 +283,7 @@ GC_PHRASES = {
     "purge": ("remove the blob of", "removed the blob of"),
     "orphan": ("remove orphan blob", "removed orphan blob"),
     "staging": ("remove stale staging file", "removed stale staging file"),
+    "upload": ("remove expired", "removed expired"),
 }
 #: How the summary line counts each kind, in this order.
 GC_COUNTS = {
@@ -290,6 +291,7 @@ GC_COUNTS = {
     "purge": "blob(s) of deleted versions purged",
     "orphan": "orphan blob(s)",
     "staging": "staging file(s)",
+    "upload": "expired resumable upload(s)",
 }
 GC_RETENTION_DAYS = 30
 GC_GRACE_HOURS = 1

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.client_errors import ApiError, ClientError
-from registry.client import RegistryClient, file_sha256
-from registry.client_transfers import DEFAULT_CHUNK_SIZE, push_link_background, push_resumable
 from registry.printable import safe_json
 from registry.terminal import print_table, progress_bar
 
@@ -95,6 +93,8 @@ def _with_way_out(exc: ApiError) -> ClientError:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload a file, streamed, with its sha256 for the registry to verify."""
+    from registry.client import file_sha256
+    from registry.client_transfers import DEFAULT_CHUNK_SIZE, push_resumable
 
     path = _existing_file(args.file)
     with _client(args) as client:
@@ -104,7 +104,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             try:
                 if args.resumable:
                     result = push_resumable(client, path, args.app, args.module, version=args.version,
-                                            overwrite=args.overwrite, sha256=digest, chunk_size=args.chunk_size,
+                                            overwrite=args.overwrite, sha256=digest, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
                                             progress=progress)
                 else:
                     result = client.push(path, args.app, args.module, version=args.version,
@@ -118,6 +118,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_push_link(args: argparse.Namespace) -> int:
     """Have the registry fetch a package from a URL."""
+    from registry.client_transfers import push_link_background
+
     with _client(args) as client:
         try:
             if args.background:
@@ -245,7 +247,7 @@ def add_client_commands(commands: Any) -> None:
     push.add_argument("file", metavar="FILE")
     push.add_argument("--resumable", action="store_true",
                       help="upload over tus in chunks; run again after an interruption to resume")
-    push.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
+    push.add_argument("--chunk-size", type=_chunk_size, default=None, metavar="BYTES",
                       help="bytes per chunk with --resumable (default 8 MiB; K, M, G suffixes allowed)")
     push.set_defaults(func=cmd_push)
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import helpers
 from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
 from tests.hostile_servers import HostileServer, Request, declare_then_stall, response_head, serve
 
@@ -83,8 +84,7 @@ def finished(api: Api, code: str, job_id: str) -> dict[str, Any]:
 
 
 def staged_files(process: RegistryProcess) -> list[Path]:
-    staging = process.config.parent / "packages" / ".staging"
-    return [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else []
+    return helpers.staged_files(process.config.parent / "packages" / ".staging")
 
 
 @pytest.fixture(scope="module")
