@@ -283,7 +283,7 @@ def test_expired_uploads_are_gone_and_gc_removes_their_bytes(tmp_path: Path, cod
         time.sleep(1.5)  # past expire_after: the upload is no longer there
         assert api.http.head(url, headers=TUS).status_code == 404
         result = process.cli("gc")
-        assert f"upload resumable upload {url.rsplit('/', 1)[1]}" in result.stdout
+        assert f"removed expired resumable upload {url.rsplit('/', 1)[1]}" in result.stdout
         assert segments(process, url) == []
         api.close()
     finally:
