@@ -16,14 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from registry.api.errors import preferred_language
-from registry.api.forms import read_fields
-from registry.api.routes import _module_path, _registry, _upload_request, authorize
+from registry.api.routes import _module_path, _registry, authorize, link_request
 from registry.api.serialize import format_time
-from registry.errors import JobNotFound, RegistryError, ValidationError
+from registry.errors import JobNotFound, RegistryError
 from registry.jobs import JobRunner, error_json
 from registry.records import FAILED, SUCCEEDED, Job
 from registry.redact import redact_url
-from registry.validation import parse_package_url
 
 JOB_ID = re.compile(r"j_[0-9a-f]{32}")
 
@@ -64,21 +62,7 @@ def _job_id(request: Request) -> str:
 
 async def create_job(request: Request) -> Response:
     """POST ``P/jobs/``: the body of ``P/link/``; 202 with the queued job and its ``Location``."""
-    code, module = _module_path(request)
-    principal = await authorize(request, code, write=True)
-    fields = await read_fields(request)
-    errors: dict[str, list[tuple[str, str]]] = {}
-    package_url = ""
-    try:
-        package_url = parse_package_url(fields.get("package_url"))
-    except ValidationError as exc:
-        errors.update(exc.fields)
-    try:
-        upload = _upload_request(fields, code, module, principal.operator)
-    except ValidationError as exc:
-        errors.update(exc.fields)
-    if errors:
-        raise ValidationError(errors)
+    upload, package_url = await link_request(request)
     registry = _registry(request)
     try:
         registry.resolve_origin(package_url)  # no origin takes it: answered now, as P/link/ does

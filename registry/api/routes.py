@@ -170,8 +170,12 @@ def _upload_response(result_outcome: Outcome, record_data: dict[str, Any]) -> Re
     return JSONResponse(record_data, status_code=status, headers={OUTCOME_HEADER: result_outcome.value})
 
 
-async def upload_link(request: Request) -> Response:
-    """POST ``P/link/``: the registry fetches ``package_url`` and stores it; answers the record."""
+async def link_request(request: Request) -> tuple[UploadRequest, str]:
+    """The validated upload and ``package_url`` of a ``P/link/`` body (also ``P/jobs/``'s),
+    for a writer of the module.
+
+    :raises ValidationError: every malformed field at once.
+    """
     code, module = _module_path(request)
     principal = await authorize(request, code, write=True)
     fields = await read_fields(request)
@@ -187,6 +191,12 @@ async def upload_link(request: Request) -> Response:
         errors.update(exc.fields)
     if errors:
         raise ValidationError(errors)
+    return upload, package_url
+
+
+async def upload_link(request: Request) -> Response:
+    """POST ``P/link/``: the registry fetches ``package_url`` and stores it; answers the record."""
+    upload, package_url = await link_request(request)
     registry = _registry(request)
     result = await registry.upload_link(upload, package_url)
     return _upload_response(result.outcome, record_json(result.record, registry.time_zone))
