@@ -19,12 +19,16 @@ the storage both registries are configured with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from registry.store import RecordStore
 
 PAGE_SIZE = 500
+
+T = TypeVar("T")  # a row of one table
+K = TypeVar("K", int, str)  # the key pages follow
 
 
 class TargetNotEmpty(Exception):
@@ -60,46 +64,32 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
     if not resume and not target.is_empty():
         raise TargetNotEmpty()
     report = CopyReport()
-    after = 0
-    while page := source.page_by_id(after, PAGE_SIZE):
-        copied = target.import_records(page)
-        report.records_copied += copied
-        report.skipped += len(page) - copied
-        after = page[-1].id
-        progress("records", report.records_copied)
+
+    def pages(kind: str, page: Callable[[K, int], Sequence[T]], load: Callable[[Sequence[T]], int],
+              key: Callable[[T], K], first: K) -> int:
+        """Copy one table page by page; how many rows went in (the rest were there)."""
+        copied = 0
+        after = first
+        while rows := page(after, PAGE_SIZE):
+            inserted = load(rows)
+            copied += inserted
+            report.skipped += len(rows) - inserted
+            after = key(rows[-1])
+            progress(kind, copied)
+        return copied
+
+    report.records_copied = pages("records", source.page_by_id, target.import_records, lambda r: r.id, 0)
     # after every record: a record's details refer to it
-    after = 0
-    while details := source.page_details(after, PAGE_SIZE):
-        for package_id, kept in details:
-            if target.import_details(package_id, kept):
-                report.details_copied += 1
-            else:
-                report.skipped += 1
-        after = details[-1][0]
-        progress("details", report.details_copied)
+    report.details_copied = pages(
+        "details", source.page_details,
+        lambda rows: sum(target.import_details(package_id, kept) for package_id, kept in rows),
+        lambda row: row[0], 0,
+    )
     credentials = source.list_credentials()
     report.credentials_copied = target.import_credentials(credentials)
     report.skipped += len(credentials) - report.credentials_copied
     progress("credentials", report.credentials_copied)
-    after = 0
-    while events := source.page_events(after, PAGE_SIZE):
-        copied = target.import_events(events)
-        report.events_copied += copied
-        report.skipped += len(events) - copied
-        after = events[-1].id
-        progress("events", report.events_copied)
-    after_key = ""
-    while jobs := source.page_jobs(after_key, PAGE_SIZE):
-        copied = target.import_jobs(jobs)
-        report.jobs_copied += copied
-        report.skipped += len(jobs) - copied
-        after_key = jobs[-1].id
-        progress("jobs", report.jobs_copied)
-    after_key = ""
-    while uploads := source.page_uploads(after_key, PAGE_SIZE):
-        copied = target.import_uploads(uploads)
-        report.uploads_copied += copied
-        report.skipped += len(uploads) - copied
-        after_key = uploads[-1].id
-        progress("uploads", report.uploads_copied)
+    report.events_copied = pages("events", source.page_events, target.import_events, lambda e: e.id, 0)
+    report.jobs_copied = pages("jobs", source.page_jobs, target.import_jobs, lambda j: j.id, "")
+    report.uploads_copied = pages("uploads", source.page_uploads, target.import_uploads, lambda u: u.id, "")
     return report
