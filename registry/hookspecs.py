@@ -2,7 +2,9 @@
 
 The built-in plugins implement these hooks exactly like a third-party plugin
 does, and are found the same way: the ``registry`` entry-point group, then
-``[plugins] modules``. ``[plugins] disabled`` switches any of them off by name:
+``[plugins] modules``. They live in the ``registry_plugins`` package (the
+``plugins/registry_plugins/`` folder). ``[plugins] disabled`` switches any of
+them off by name:
 
 - ``origin_http``: ``http(s)://`` links, with the SSRF policy of ``[origins.http]``;
 - ``origin_file``: ``file://`` links below ``[origins.file] allowed_roots``;
@@ -10,7 +12,9 @@ does, and are found the same way: the ``registry`` entry-point group, then
 - ``storage_filesystem``: ``[storage] backend = "filesystem"``;
 - ``storage_s3``: ``[storage] backend = "s3"``;
 - ``audit``: keeps every package event in the ``events`` table (``registry events``);
-- ``webhook``: POSTs every package event to ``[webhooks] urls``.
+- ``webhook``: POSTs every package event to ``[webhooks] urls``;
+- ``store_sqlite``: ``[database] url`` unset or ``sqlite:///…`` (the embedded default);
+- ``store_postgres``: ``[database] url = "postgresql://…"``.
 
 Hooks may be implemented as plain functions; where a hook says it may return
 an awaitable, the core awaits it (:func:`registry.hooks.call_hook` calls those

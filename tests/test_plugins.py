@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -196,6 +199,23 @@ def test_builtin_plugins_come_from_the_entry_point_group() -> None:
     assert {"origin_http", "origin_file", "storage_filesystem"} <= names
 
 
+def test_builtin_plugins_survive_another_top_level_plugins_package(tmp_path: Path) -> None:
+    """Another distribution's ``plugins`` package, first on ``sys.path``, shadows nothing:
+    the built-ins import as ``registry_plugins``."""
+    foreign = tmp_path / "plugins"
+    foreign.mkdir()
+    (foreign / "__init__.py").write_text("raise ImportError('the wrong plugins package')\n")
+    script = ("from registry.plugins import make_plugin_manager\n"
+              "pm = make_plugin_manager()\n"
+              "print(sorted(p.__name__ for n, p in pm.list_name_plugin() if n.startswith(('store_', 'storage_'))))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("'")[1::2] == [
+        "registry_plugins.storage_filesystem", "registry_plugins.storage_s3",
+        "registry_plugins.store_postgres", "registry_plugins.store_sqlite"]
+
+
 # -- plugins that cannot load, and switching built-ins off ---------------------------------------
 
 
@@ -333,3 +353,19 @@ def test_hook_wrappers_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match="registry_startup is a hook wrapper; registry hooks do not support wrappers"):
         load_settings(None, [Wrapper()])
+
+
+def test_setup_cfg_ships_every_package_the_code_holds() -> None:
+    """``setup.cfg`` lists packages by hand (the built-ins sit under a folder of their
+    own); a new sub-package missing from that list would be left out of installs."""
+    import configparser
+
+    repo = Path(__file__).resolve().parent.parent
+    config = configparser.ConfigParser()
+    config.read(repo / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    roots = {name.strip(): repo / folder.strip() for name, folder in
+             (line.split("=") for line in config["options"]["package_dir"].strip().splitlines())}
+    found = {".".join((name, *init.parent.relative_to(root).parts))
+             for name, root in roots.items() for init in root.rglob("__init__.py")}
+    assert found == listed
