@@ -12,7 +12,7 @@ import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,3 +273,15 @@ def blob_files(packages_root: Path) -> Iterator[Path]:
     for path in packages_root.rglob("*"):
         if path.is_file() and ".staging" not in path.relative_to(packages_root).parts:
             yield path
+
+
+def wait_for(check: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy and return that; fail
+    naming ``what`` after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,7 +13,6 @@ import hashlib
 import socket
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,21 +23,12 @@ import pytest
 
 from registry.staging import FLUSH_SIZE
 from tests import crash_plugin
-from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry, staged_files
+from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry, staged_files, wait_for
 from tests.hostile_servers import HostileServer, half_then_wait, serve
 import contextlib
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def big_package(salt: str) -> bytes:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests import helpers
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
+from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry, wait_for
 from tests.hostile_servers import HostileServer, Request, declare_then_stall, response_head, serve
 
 KiB = 1024
@@ -49,17 +49,6 @@ def gated(body: bytes, gate: threading.Semaphore) -> Callable[[Request], None]:
                     return
             request.send(body[start:start + PIECE])
     return handle
-
-
-def wait_for(check: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def jobs_path(api: Api, code: str, suffix: str = "") -> str:

@@ -27,8 +27,10 @@ from tests.helpers import (
     merge,
     package,
     registry_command,
+    staged_files,
     start_registry,
     to_toml,
+    wait_for,
 )
 
 TESTS = Path(__file__).parent
@@ -98,20 +100,6 @@ def log_entries(registry: RegistryProcess) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return entries
-
-
-def staged_files(base: Path) -> list[Path]:
-    """Upload files under a staging folder (any process's), lock files excluded."""
-    return [p for p in base.rglob("*") if p.is_file() and p.name != ".lock"] if base.is_dir() else []
-
-
-def wait_for(condition: Any, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
