@@ -216,7 +216,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     # change of is_deleted and delete, whatever writes them. A module's row
     # exists while it has any record. Concurrent writers of one module queue
     # on its row for the rest of their (short) transactions.
-    ("module_counts table kept by a trigger", """
+    ("module_counts, application_counts and application_total kept by a trigger", """
         CREATE TABLE module_counts (
             code TEXT COLLATE "C" NOT NULL,
             module TEXT COLLATE "C" NOT NULL,
@@ -227,7 +227,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         INSERT INTO module_counts (code, module, live, deleted)
             SELECT code, module, COUNT(*) FILTER (WHERE NOT is_deleted), COUNT(*) FILTER (WHERE is_deleted)
             FROM packages GROUP BY code, module;
+        -- an application is a code with a module row: its modules, and how many there are
+        CREATE TABLE application_counts (
+            code TEXT COLLATE "C" PRIMARY KEY,
+            modules BIGINT NOT NULL
+        );
+        CREATE TABLE application_total (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            applications BIGINT NOT NULL
+        );
+        INSERT INTO application_counts (code, modules) SELECT code, COUNT(*) FROM module_counts GROUP BY code;
+        INSERT INTO application_total (id, applications) SELECT 1, COUNT(*) FROM application_counts;
+        -- rows are locked in one order (module, application, total), so writers never deadlock;
+        -- "xmax = 0" tells a row the upsert inserted from one it updated (a concurrent
+        -- first record of a module waits on the unique index, then updates)
         CREATE FUNCTION module_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            created BOOLEAN;
         BEGIN
             IF TG_OP IN ('UPDATE', 'DELETE') THEN
                 UPDATE module_counts
@@ -235,12 +251,28 @@ MIGRATIONS: list[tuple[str, str]] = [
                     WHERE code = OLD.code AND module = OLD.module;
                 DELETE FROM module_counts
                     WHERE code = OLD.code AND module = OLD.module AND live = 0 AND deleted = 0;
+                IF FOUND THEN
+                    UPDATE application_counts SET modules = modules - 1 WHERE code = OLD.code;
+                    DELETE FROM application_counts WHERE code = OLD.code AND modules = 0;
+                    IF FOUND THEN
+                        UPDATE application_total SET applications = applications - 1;
+                    END IF;
+                END IF;
             END IF;
             IF TG_OP IN ('UPDATE', 'INSERT') THEN
                 INSERT INTO module_counts AS m (code, module, live, deleted)
                     VALUES (NEW.code, NEW.module, (NOT NEW.is_deleted)::int, NEW.is_deleted::int)
                     ON CONFLICT (code, module) DO UPDATE
-                    SET live = m.live + EXCLUDED.live, deleted = m.deleted + EXCLUDED.deleted;
+                    SET live = m.live + EXCLUDED.live, deleted = m.deleted + EXCLUDED.deleted
+                    RETURNING (m.xmax = 0) INTO created;
+                IF created THEN
+                    INSERT INTO application_counts AS a (code, modules) VALUES (NEW.code, 1)
+                        ON CONFLICT (code) DO UPDATE SET modules = a.modules + 1
+                        RETURNING (a.xmax = 0) INTO created;
+                    IF created THEN
+                        UPDATE application_total SET applications = applications + 1;
+                    END IF;
+                END IF;
             END IF;
             RETURN NULL;
         END
@@ -623,8 +655,8 @@ class PostgresStore(RecordStore):
         page_clause = ("WHERE " + " AND ".join(page_where)) if page_where else ""
         with self._connection() as conn, conn.transaction():  # the count and the page see one snapshot
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            count_row = conn.execute(f"SELECT COUNT(DISTINCT code) AS n FROM module_counts {clause}",
-                                     params).fetchone()
+            count_row = conn.execute(f"SELECT COUNT(*) AS n FROM application_counts {clause}" if where
+                                     else "SELECT applications AS n FROM application_total", params).fetchone()
             rows = conn.execute(
                 f"SELECT code, COUNT(*) AS modules, SUM(live) AS live, MAX({_LAST_LIVE}) AS last"
                 f" FROM module_counts AS m {page_clause}"

@@ -224,6 +224,9 @@ def _module_counts_v8(db: sqlite_utils.Database) -> None:
     every insert, update of ``is_deleted`` (delete, restore, revive) and
     delete, whichever code path writes (commit, import, a restored backup's
     later writes). A module's row exists while it has any record.
+    ``application_counts`` (modules per code, a row while the code has any)
+    and the one-row ``application_total`` follow it the same way, so the
+    applications listing's count is one row too.
     """
     db.execute(
         "CREATE TABLE module_counts (code TEXT NOT NULL, module TEXT NOT NULL,"
@@ -243,6 +246,22 @@ def _module_counts_v8(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TRIGGER module_counts_update AFTER UPDATE OF is_deleted, code, module ON packages"
                " WHEN (old.is_deleted <> 0) IS NOT (new.is_deleted <> 0) OR old.code IS NOT new.code"
                f" OR old.module IS NOT new.module BEGIN {remove} {add} END")
+    # an application is a code with a module row: its modules, and how many there are
+    db.execute("CREATE TABLE application_counts (code TEXT PRIMARY KEY, modules INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE application_total (id INTEGER PRIMARY KEY CHECK (id = 1),"
+               " applications INTEGER NOT NULL)")
+    db.execute("INSERT INTO application_counts (code, modules) SELECT code, COUNT(*) FROM module_counts GROUP BY code")
+    db.execute("INSERT INTO application_total (id, applications) SELECT 1, COUNT(*) FROM application_counts")
+    db.execute("CREATE TRIGGER application_counts_add AFTER INSERT ON module_counts BEGIN"
+               " INSERT OR IGNORE INTO application_counts (code, modules) VALUES (new.code, 0);"
+               " UPDATE application_counts SET modules = modules + 1 WHERE code = new.code; END")
+    db.execute("CREATE TRIGGER application_counts_remove AFTER DELETE ON module_counts BEGIN"
+               " UPDATE application_counts SET modules = modules - 1 WHERE code = old.code;"
+               " DELETE FROM application_counts WHERE code = old.code AND modules = 0; END")
+    db.execute("CREATE TRIGGER application_total_add AFTER INSERT ON application_counts BEGIN"
+               " UPDATE application_total SET applications = applications + 1; END")
+    db.execute("CREATE TRIGGER application_total_remove AFTER DELETE ON application_counts BEGIN"
+               " UPDATE application_total SET applications = applications - 1; END")
 
 
 #: Append only: ``PRAGMA user_version`` records how many have run.
@@ -254,7 +273,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("listing indexes on live records, trigram search index", _pages_and_search_v5),
     ("expires_at and last_used on credentials", _credential_expiry_v6),
     ("jobs and uploads tables", _jobs_and_uploads_v7),
-    ("module_counts table kept by triggers", _module_counts_v8),
+    ("module_counts, application_counts and application_total kept by triggers", _module_counts_v8),
 ]
 
 #: The trigram index finds substrings of at least this many characters;
@@ -707,6 +726,8 @@ class SQLiteStore(RecordStore):
             page_params.append(after)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         page_clause = ("WHERE " + " AND ".join(page_where)) if page_where else ""
+        count_sql = (f"SELECT COUNT(*) FROM application_counts {clause}" if where
+                     else "SELECT applications FROM application_total")
         # one counter row per module (the table's key is (code, module)): a
         # page groups the rows of ``limit`` codes; each module's last upload
         # is one seek in its live-records index
@@ -714,7 +735,7 @@ class SQLiteStore(RecordStore):
             conn = self._conn()
             conn.execute("BEGIN")  # the count and the page see the same snapshot
             try:
-                count = conn.execute(f"SELECT COUNT(DISTINCT code) FROM module_counts {clause}", params).fetchone()[0]
+                count = conn.execute(count_sql, params).fetchone()[0]
                 rows = conn.execute(
                     f"SELECT code, COUNT(*), SUM(live), MAX({_LAST_LIVE}) FROM module_counts AS m {page_clause}"
                     f" GROUP BY code ORDER BY code {'DESC' if backward else 'ASC'} LIMIT ? OFFSET ?",

@@ -387,6 +387,9 @@ def assert_counts_exact(store: RecordStore, absent: tuple[str, str] = ("app", "n
     codes = sorted({code for code, _ in truth})
     count, apps = store.applications(limit=1000)
     assert count == len(codes) and [a.name for a in apps] == codes
+    some = frozenset(codes[::2]) | {"no-such-app"}
+    assert store.applications(apps=some, limit=1)[0] == len(some) - 1
+    assert store.applications(search_term="p", limit=1)[0] == sum("p" in code for code in codes)
     for app in apps:
         mine = {module: counts for (code, module), counts in truth.items() if code == app.name}
         assert (app.modules, app.packages) == (len(mine), sum(live for live, _ in mine.values())), app
@@ -399,21 +402,22 @@ def churn(store: RecordStore, seed: int, steps: int = 40) -> None:
     two modules, chosen by ``seed``; the refusals the rules give are expected."""
     chooser = random.Random(seed)
     for step in range(steps):
+        code = chooser.choice(("app", "app", "other"))
         module = chooser.choice(("default", "web"))
         version = f"1.{chooser.randrange(6)}.0"
         action = chooser.randrange(4)
         try:
             if action <= 1:
-                store.commit(new_package(version, module=module, salt=f"{seed}-{step}" if action else ""),
+                store.commit(new_package(version, code=code, module=module, salt=f"{seed}-{step}" if action else ""),
                              allow_overwrite=chooser.random() < 0.5)
                 continue
-            record = store.find_version("app", module, version)
+            record = store.find_version(code, module, version)
             if record is None:
                 continue
             if action == 2:
-                store.soft_delete("app", module, record.id)
+                store.soft_delete(code, module, record.id)
             else:
-                store.restore("app", module, record.id)
+                store.restore(code, module, record.id)
         except (PackageAlreadyExists, PackageNotFound):
             pass
 

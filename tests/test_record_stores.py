@@ -142,7 +142,7 @@ def test_postgres_counters_are_back_filled_from_the_records(pg_url: str) -> None
     name, sql = PG_MIGRATIONS[5]
     assert name.startswith("module_counts")
     with psycopg.connect(pg_url) as conn, conn.transaction():  # migration 6 over records made before it
-        conn.execute("DROP TABLE module_counts")
+        conn.execute("DROP TABLE module_counts, application_counts, application_total")
         conn.execute("DROP FUNCTION module_counts_follow() CASCADE")
         conn.execute(sql.encode())
     again = PostgresStore(pg_url, pool_size=2)
