@@ -100,9 +100,14 @@ def p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+#: Requests sent before each measure (a just-started server's first answers are slower).
+WARM_UP = 5
+
+
 def timed(client: httpx.Client, url: str, repeat: int = REPEAT) -> list[float]:
-    """Milliseconds of ``repeat`` sequential GETs of ``url`` (after one warm-up)."""
-    client.get(url).raise_for_status()
+    """Milliseconds of ``repeat`` sequential GETs of ``url`` (after ``WARM_UP`` unmeasured ones)."""
+    for _ in range(WARM_UP):
+        client.get(url).raise_for_status()
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
