@@ -239,8 +239,9 @@ async def packages_page(request: Request, viewer: Viewer) -> Response:
     position = pages.decode(cursor, ORDER) if cursor else None
     show_deleted = request.query_params.get("deleted", "") in ("1", "true", "on")
     # the count is the module's counter row (or the search's index), the page
-    # one index seek from the cursor: the last page costs what the first does
-    count, records = await registry.read(
+    # one index seek from the cursor: the last page costs what the first does;
+    # a listing runs with the slow reads, like the list route's
+    count, records = await registry.read_slow(
         lambda: registry.records.list(
             code, module, search_term=term, order_by=ORDER, include_deleted=show_deleted,
             limit=pages.read_limit(position, PAGE_SIZE), offset=0 if position else offset,
