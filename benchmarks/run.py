@@ -544,6 +544,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the WSGI server pypiserver runs on (default waitress)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where to make the temporary folder")
+    parser.add_argument("--scale-sizes", default=",".join(str(n) for n in scale.SIZES),
+                        help="records per module the scale suite fills, comma-separated (default %(default)s)")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be at least 1")
@@ -565,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "scale":
         output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "scale.json"
         with workspace(args.tmpdir) as workdir:
-            return scale.main(workdir, args.skip_peer, output)
+            sizes = tuple(int(n) for n in args.scale_sizes.split(","))
+            return scale.main(workdir, args.skip_peer, output, sizes)
     clients.require_curl()
     load = os.getloadavg()[0]
     if load > 0.5:

@@ -168,6 +168,11 @@ class RecordStore(ABC):
 
         The count and the page are read in one snapshot; with a
         ``search_term`` the store answers from a text index, not a scan.
+        Without one, the count is the module's counter: every store keeps
+        each module's live and soft-deleted record counts in a table of its
+        own, changed in the same transaction as every write that changes
+        them (commit, delete, restore, import, a purge or hard delete), so
+        a count costs one row read whatever the module's size.
 
         :param search_term: a literal substring of the version or package name
             (``%`` and ``_`` match themselves), ASCII letters matched
@@ -184,12 +189,22 @@ class RecordStore(ABC):
         search_term: str = "",
         limit: int = 100,
         offset: int = 0,
+        after: str | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Summary]]:
         """One page of applications by code, and how many match.
 
         An application is a code with at least one record, deleted or not.
         Each :class:`Summary` counts its modules (any record), its live
-        packages and the newest ``updated`` of a live one.
+        packages and the newest ``updated`` of a live one. Counts come from
+        the store's per-module counters (see :meth:`list`), never from
+        counting records, so a page costs the same however many packages
+        the applications hold.
+
+        Pages come by ``offset``, or by key like :meth:`list`'s: with
+        ``backward`` False the ``limit`` codes after ``after`` (the first
+        page when None); with ``backward`` True the ``limit`` codes before
+        it (the last page when None), still returned by code.
 
         :param apps: only these codes (a credential's scope); empty: all.
         :param search_term: only codes containing it literally (``%`` and

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import random
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -81,7 +82,7 @@ from registry.records import (
     utc_now,
 )
 from registry.storage import BlobMissing, Storage, new_blob_key
-from registry.store import RecordStore
+from registry.store import BackupUnsupported, RecordStore
 
 MiB = 1024 * 1024
 #: Default size of the "large" object: over two 8 MiB parts, not a multiple of 1 MiB.
@@ -357,6 +358,77 @@ def migrate_in_process(factory: StoreFactory) -> int:
     store = factory()
     try:
         return len(store.migrate())
+    finally:
+        store.close()
+
+
+def counted_by_records(store: RecordStore) -> dict[tuple[str, str], tuple[int, int]]:
+    """Every module's (live, all) records, counted one record at a time
+    (``page_by_id``): what the store's counters must say."""
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    after = 0
+    while page := store.page_by_id(after, 500):
+        for record in page:
+            live, every = counts.get((record.code, record.module), (0, 0))
+            counts[(record.code, record.module)] = (live + (not record.is_deleted), every + 1)
+        after = page[-1].id
+    return counts
+
+
+def assert_counts_exact(store: RecordStore, absent: tuple[str, str] = ("app", "nothing")) -> None:
+    """The store's counts (a listing's ``count`` with and without deleted
+    records, the applications and modules summaries) equal the records'."""
+    truth = counted_by_records(store)
+    for (code, module), (live, every) in truth.items():
+        assert store.list(code, module, limit=1)[0] == live, (code, module)
+        assert store.list(code, module, limit=1, include_deleted=True)[0] == every, (code, module)
+    if absent not in truth:
+        assert store.list(*absent)[0] == 0 and store.list(*absent, include_deleted=True)[0] == 0
+    codes = sorted({code for code, _ in truth})
+    count, apps = store.applications(limit=1000)
+    assert count == len(codes) and [a.name for a in apps] == codes
+    some = frozenset(codes[::2]) | {"no-such-app"}
+    assert store.applications(apps=some, limit=1)[0] == len(some) - 1
+    assert store.applications(search_term="p", limit=1)[0] == sum("p" in code for code in codes)
+    for app in apps:
+        mine = {module: counts for (code, module), counts in truth.items() if code == app.name}
+        assert (app.modules, app.packages) == (len(mine), sum(live for live, _ in mine.values())), app
+        assert [(m.name, m.packages) for m in store.modules(app.name)] == [
+            (module, mine[module][0]) for module in sorted(mine)]
+
+
+def churn(store: RecordStore, seed: int, steps: int = 40) -> None:
+    """Uploads, overwrites, deletes and restores of a few shared versions in
+    two modules, chosen by ``seed``; the refusals the rules give are expected."""
+    chooser = random.Random(seed)
+    for step in range(steps):
+        code = chooser.choice(("app", "app", "other"))
+        module = chooser.choice(("default", "web"))
+        version = f"1.{chooser.randrange(6)}.0"
+        action = chooser.randrange(4)
+        try:
+            if action <= 1:
+                store.commit(new_package(version, code=code, module=module, salt=f"{seed}-{step}" if action else ""),
+                             allow_overwrite=chooser.random() < 0.5)
+                continue
+            record = store.find_version(code, module, version)
+            if record is None:
+                continue
+            if action == 2:
+                store.soft_delete(code, module, record.id)
+            else:
+                store.restore(code, module, record.id)
+        except (PackageAlreadyExists, PackageNotFound):
+            pass
+
+
+def churn_in_process(factory: StoreFactory, seed: int, barrier: Any) -> None:
+    """:func:`churn` through a store built by ``factory`` in this (child) process."""
+    store = factory()
+    try:
+        store.migrate()
+        barrier.wait()
+        churn(store, seed)
     finally:
         store.close()
 
@@ -922,6 +994,129 @@ class RecordStoreConformance:
                          expires_at=used + timedelta(days=1))
         assert store.import_credentials([copied]) == 1
         assert store.list_credentials()[-1] == copied, "expiry and last use are copied too"
+
+
+    # -- per-module counts ----------------------------------------------------------------------
+
+    def test_counts_follow_every_versioning_rule(self, store: RecordStore) -> None:
+        assert_counts_exact(store)
+        assert store.applications() == (0, [])
+        one = store.commit(new_package("1.0.0"), allow_overwrite=False).record
+        two = store.commit(new_package("2.0.0"), allow_overwrite=False).record
+        assert_counts_exact(store)
+        assert store.list("app", "default")[0] == 2
+        store.commit(new_package("1.0.0"), allow_overwrite=False)  # identical
+        with pytest.raises(PackageAlreadyExists):
+            store.commit(new_package("1.0.0", salt="b"), allow_overwrite=False)
+        store.commit(new_package("1.0.0", salt="c"), allow_overwrite=True)  # overwritten
+        assert_counts_exact(store)
+        assert store.list("app", "default")[0] == 2
+        store.soft_delete("app", "default", one.id)
+        store.soft_delete("app", "default", one.id)  # already deleted: no change
+        assert_counts_exact(store)
+        assert (store.list("app", "default")[0], store.list("app", "default", include_deleted=True)[0]) == (1, 2)
+        store.restore("app", "default", one.id)
+        store.restore("app", "default", one.id)  # already live: no change
+        assert_counts_exact(store)
+        assert store.list("app", "default")[0] == 2
+        store.soft_delete("app", "default", two.id)
+        assert store.commit(new_package("2.0.0", salt="d"), allow_overwrite=False).outcome is Outcome.REVIVED
+        with pytest.raises(PackageAlreadyExists):
+            store.restore("app", "default", two.id)
+        assert_counts_exact(store)
+        assert store.list("app", "default")[0] == 2
+        # a purged record is still a deleted one: shown with the deleted ones
+        gone, _ = store.soft_delete("app", "default", one.id)
+        assert store.mark_purged(gone)
+        assert store.set_broken(two.id, store.get("app", "default", two.id).blob_key, "bad")  # type: ignore[union-attr]
+        assert_counts_exact(store)
+        assert (store.list("app", "default")[0], store.list("app", "default", include_deleted=True)[0]) == (1, 2)
+        # other modules and applications keep their own counts
+        store.commit(new_package("1.0.0", module="web"), allow_overwrite=False)
+        store.commit(new_package("1.0.0", code="other"), allow_overwrite=False)
+        assert_counts_exact(store)
+        # imports count what they insert, deleted records as deleted, skipped ids not at all
+        base = max(r.id for r in store.page_by_id(0, 100))
+        template = store.get("app", "web", store.find_version("app", "web", "1.0.0").id)  # type: ignore[union-attr]
+        assert template is not None
+        batch = [replace(template, id=base + n, version=f"5.{n}.0", module="imported",
+                         blob_key=new_blob_key("app", "imported"), is_deleted=n % 3 == 0,
+                         deleted_at=utc_now() if n % 3 == 0 else None) for n in range(1, 8)]
+        assert store.import_records([*batch, template]) == 7
+        assert store.import_records(batch) == 0
+        assert_counts_exact(store)
+        assert (store.list("app", "imported")[0], store.list("app", "imported", include_deleted=True)[0]) == (5, 7)
+
+    def test_counts_stay_exact_under_racing_threads(self, store: RecordStore) -> None:
+        barrier = threading.Barrier(self.RACERS)
+
+        def run(seed: int) -> None:
+            barrier.wait()
+            churn(store, seed)
+
+        with ThreadPoolExecutor(self.RACERS) as pool:
+            list(pool.map(run, range(self.RACERS)))
+        assert counted_by_records(store), "the churn stored something"
+        assert_counts_exact(store)
+
+    def test_counts_stay_exact_under_racing_processes(self, store: RecordStore, make_store: StoreFactory) -> None:
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager:
+            barrier = manager.Barrier(4)
+            with context.Pool(4) as pool:
+                pool.starmap(churn_in_process, [(make_store, 100 + n, barrier) for n in range(4)])
+        assert counted_by_records(store)
+        assert_counts_exact(store)
+
+    def test_counts_survive_a_backup_and_its_restore(self, store: RecordStore, tmp_path: Path) -> None:
+        churn(store, 7)
+        before = counted_by_records(store)
+        folder = tmp_path / "counts-backup"
+        folder.mkdir()
+        try:
+            copy = store.backup_to(folder)
+        except BackupUnsupported:
+            pytest.skip("the store is backed up by the database's own tools")
+        try:
+            assert counted_by_records(copy) == before
+            assert_counts_exact(copy)
+        finally:
+            copy.close()
+        churn(store, 8)
+        store.commit(new_package("1.0.0", module="later"), allow_overwrite=False)
+        store.restore_from(folder)
+        assert counted_by_records(store) == before
+        assert_counts_exact(store, absent=("app", "later"))
+        churn(store, 9)
+        assert_counts_exact(store)
+
+    def test_applications_page_by_key_both_ways(self, store: RecordStore) -> None:
+        codes = [f"app{n:02d}" for n in range(7)]
+        for code in codes:
+            store.commit(new_package("1.0.0", code=code), allow_overwrite=False)
+        forward: list[str] = []
+        after: str | None = None
+        while True:
+            count, page = store.applications(limit=3, after=after)
+            assert count == 7
+            if not page:
+                break
+            forward += [a.name for a in page]
+            after = page[-1].name
+        assert forward == codes
+        backward: list[str] = []
+        before: str | None = None
+        while True:
+            _, page = store.applications(limit=3, after=before, backward=True)
+            if not page:
+                break
+            backward = [a.name for a in page] + backward
+            before = page[0].name
+        assert backward == codes
+        assert [a.name for a in store.applications(limit=2, after="app03", apps=frozenset(codes[:5]))[1]] == [
+            "app04"]
+        assert store.applications(limit=2, after="app03", search_term="5") == (1, store.applications(
+            search_term="5")[1])
 
     # -- races ----------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import psycopg
 from registry_plugins.store_postgres import PostgresStore
 from registry_plugins.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from registry_plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from registry.testing import assert_counts_exact
 from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
 
 PASSWORD = "pw-never-shown-4711"
@@ -162,11 +163,15 @@ def test_copy_records_moves_a_sqlite_registry_to_postgres(tmp_path: Path, pg_url
             details = moved_store.package_details(ids[1])
             assert details is not None and "app_desc.yaml" in details.member_paths
             assert details.app_desc is not None and "1.1.0" in details.app_desc
+            assert_counts_exact(moved_store)  # the copy's inserts kept the module counters
         finally:
             moved_store.close()
         assert api.restore("mover", ids[0]).status_code == 200
         newer = api.upload("mover", package("2.0.0"), version="2.0.0")
         assert newer.status_code == 201 and newer.json()["id"] > max(ids)
+        assert api.list("mover").json()["count"] == 4
+        apps = api.http.get("/bkapps/applications/", params={"search_term": "mover"}).json()
+        assert [(a["code"], a["modules"], a["packages"]) for a in apps["results"]] == [("mover", 1, 4)]
         api.close()
     finally:
         moved.stop()

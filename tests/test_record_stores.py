@@ -13,11 +13,11 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from registry_plugins.store_postgres import PostgresStore
+from registry_plugins.store_postgres import MIGRATIONS as PG_MIGRATIONS, PostgresStore
 from registry_plugins.store_sqlite import MIGRATIONS, SQLiteStore
 from registry.errors import DatabaseUnavailable
 from registry.store import RecordStore
-from registry.testing import CredentialLocker, RecordStoreConformance, StoreFactory, new_package
+from registry.testing import CredentialLocker, RecordStoreConformance, StoreFactory, assert_counts_exact, new_package
 
 
 class TestSQLiteStore(RecordStoreConformance):
@@ -94,7 +94,9 @@ def test_a_database_made_before_the_store_was_a_plugin_opens_unchanged(tmp_path:
         assert record.updated == datetime(2024, 5, 2, 11, 0, tzinfo=UTC)
         [event] = store.recent_events()
         assert event.time == datetime(2024, 5, 1, 10, 0, tzinfo=UTC) and event.kind == "stored"
+        assert store.list("app", "default")[0] == 1, "the module's counter is back-filled"
         assert store.commit(new_package("2.0.0"), allow_overwrite=False).record.id == 2
+        assert_counts_exact(store)
     finally:
         store.close()
 
@@ -124,3 +126,29 @@ def test_postgres_statement_timeout_is_database_unavailable(pg_url: str) -> None
         store.check()
     finally:
         store.close()
+
+
+def test_postgres_counters_are_back_filled_from_the_records(pg_url: str) -> None:
+    """A database whose records predate the counters (migration 5) gets them
+    counted by the migration that adds them."""
+    store = PostgresStore(pg_url, pool_size=2)
+    try:
+        store.migrate()
+        kept = [store.commit(new_package(f"1.{n}.0", module=f"m{n % 2}"), allow_overwrite=False).record
+                for n in range(5)]
+        store.soft_delete("app", "m0", kept[0].id)
+    finally:
+        store.close()
+    name, sql = PG_MIGRATIONS[5]
+    assert name.startswith("module_counts")
+    with psycopg.connect(pg_url) as conn, conn.transaction():  # migration 6 over records made before it
+        conn.execute("DROP TABLE module_counts, application_counts, application_total")
+        conn.execute("DROP FUNCTION module_counts_follow() CASCADE")
+        conn.execute(sql.encode())
+    again = PostgresStore(pg_url, pool_size=2)
+    try:
+        assert (again.list("app", "m0")[0], again.list("app", "m0", include_deleted=True)[0]) == (2, 3)
+        assert again.list("app", "m1")[0] == 2
+        assert_counts_exact(again)
+    finally:
+        again.close()

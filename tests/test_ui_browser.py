@@ -463,6 +463,29 @@ def test_a_module_with_thousands_of_packages(page: Page, registry: RegistryProce
     page.get_by_role("link", name="Next").click()
     playwright_api.expect(rows(page)).to_have_count(50)
     assert rows(page).first.locator("td").first.inner_text() == f"1.0.{total - 51}"
+    assert "cursor=" in page.url and "offset" not in page.url
+
+    def ids_shown() -> list[str]:
+        return rows(page).evaluate_all("rows => rows.map(r => r.dataset.id)")  # type: ignore[no-any-return]
+
+    def follow(name: str) -> None:
+        with page.expect_navigation():
+            page.get_by_role("link", name=name).click()
+
+    # every page forward by Next, then every page back by Previous: each row once, the same pages
+    follow("Previous")
+    forward = [ids_shown()]
+    while page.get_by_role("link", name="Next").count():
+        follow("Next")
+        forward.append(ids_shown())
+        assert f"{total} in all" in page.locator(".pager").inner_text()
+    seen = [i for ids in forward for i in ids]
+    assert len(forward) == total // 50 and len(seen) == len(set(seen)) == total
+    backward = [ids_shown()]
+    while page.get_by_role("link", name="Previous").count():
+        follow("Previous")
+        backward.append(ids_shown())
+    assert backward == forward[::-1]
     page.get_by_label("Search", exact=True).fill("1.0.2999")
     page.get_by_role("button", name="Search").click()
     playwright_api.expect(rows(page)).to_have_count(1)

@@ -5,6 +5,7 @@ ingest. The app runs in-process (Starlette's httpx.Client speaks HTTP to it)."""
 from __future__ import annotations
 
 import base64
+import html as htmllib
 import io
 import json
 import re
@@ -23,6 +24,7 @@ from registry.app import create_app
 from registry.auth import CredentialStore
 from registry.bootstrap import build_registry, load_settings
 from registry.cli_records import open_store
+from registry.testing import new_package
 from tests.helpers import (
     PACKAGES,
     RegistryProcess,
@@ -388,7 +390,7 @@ def test_applications_and_modules_routes(web: Site) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", apps["results"][0]["last_uploaded"])
     page = client.get("/api/bkpaas3/prod/bkapps/applications/", params={"limit": 1, "search_term": "br-"}, headers=auth).json()
     assert page["count"] == 2 and [a["code"] for a in page["results"]] == ["br-alpha"]
-    assert "offset=1" in page["next"]
+    assert "cursor=" in page["next"] and "offset" not in page["next"]
     second = client.get(page["next"], headers=auth).json()
     assert [a["code"] for a in second["results"]] == ["br-beta"] and second["previous"] is not None
     found = client.get("/bkapps/applications", params={"search_term": "r-bet"}, headers=auth).json()
@@ -532,3 +534,78 @@ def test_names_that_are_not_utf8_and_nul_in_app_desc_are_kept_replaced(web: Site
     sign_in(client, token)
     page = client.get(f"/ui/odd-names/default/{record['id']}/")
     assert page.status_code == 200 and "caf\ufffd.py" in page.text
+
+
+def _links(html: str) -> dict[str, str]:
+    """The pager's links by ``rel`` (prev, next), unescaped."""
+    pager = html[html.index('class="pager"'):]
+    return {rel: htmllib.unescape(href) for href, rel in re.findall(r'<a href="([^"]+)" rel="(prev|next)"', pager)}
+
+
+def test_the_packages_page_walks_by_cursor_both_ways(web: Site) -> None:
+    """Next and Previous carry keyset cursors: every package once going forward,
+    the same pages coming back, the total read from the module's counter."""
+    total = 123
+    for n in range(total):
+        web.store.commit(new_package(f"1.{n}.0", code="kp-walk"), allow_overwrite=False)
+    gone = web.store.find_version("kp-walk", "default", "1.7.0")
+    assert gone is not None
+    web.store.soft_delete("kp-walk", "default", gone.id)
+    client = web.client()
+    sign_in(client, web.token())
+    path = "/ui/kp-walk/default/"
+    pages: list[list[int]] = []
+    while True:
+        page = client.get(path)
+        assert page.status_code == 200
+        pages.append([int(i) for i in re.findall(r'<tr data-id="(\d+)"', page.text)])
+        assert f"{total - 1}" in page.text[page.text.index('class="pager"'):]
+        links = _links(page.text)
+        assert ("prev" in links) == (len(pages) > 1)
+        if "next" not in links:
+            break
+        assert "cursor=" in links["next"] and "offset" not in links["next"]
+        path = links["next"]
+    seen = [i for ids in pages for i in ids]
+    assert [len(ids) for ids in pages] == [50, 50, 22]
+    assert len(seen) == len(set(seen)) == total - 1 and gone.id not in seen
+    assert seen == sorted(seen, reverse=True)  # newest first
+    back: list[list[int]] = []
+    while "prev" in (links := _links(page.text)):
+        page = client.get(links["prev"])
+        back.append([int(i) for i in re.findall(r'<tr data-id="(\d+)"', page.text)])
+    assert back == pages[-2::-1]
+    # the deleted one shows with "Show deleted", the count with it; a bad cursor is a 400 page
+    deleted = client.get("/ui/kp-walk/default/", params={"deleted": "1"})
+    assert f"{total}" in deleted.text[deleted.text.index('class="pager"'):]
+    assert "deleted=1" in _links(deleted.text)["next"]
+    refused = client.get("/ui/kp-walk/default/", params={"cursor": "nonsense"})
+    assert refused.status_code == 400 and "VALIDATION_ERROR" in refused.text
+
+
+def test_applications_page_and_route_walk_by_cursor(web: Site) -> None:
+    codes = [f"kp-apps-{n:02d}" for n in range(57)]
+    for code in codes:
+        web.store.commit(new_package("1.0.0", code=code), allow_overwrite=False)
+    client = web.client()
+    sign_in(client, web.token())
+    first = client.get("/ui/", params={"q": "kp-apps-"})
+    listed = re.findall(r'<a href="/ui/(kp-apps-\d+)/">', first.text)
+    assert listed == codes[:50]
+    second = client.get(_links(first.text)["next"])
+    assert re.findall(r'<a href="/ui/(kp-apps-\d+)/">', second.text) == codes[50:]
+    assert "next" not in _links(second.text)
+    back = client.get(_links(second.text)["prev"])
+    assert re.findall(r'<a href="/ui/(kp-apps-\d+)/">', back.text) == codes[:50]
+    # the JSON route's links carry cursors too, forward and back
+    auth = {"Authorization": f"Bearer {web.token()}"}
+    walked: list[str] = []
+    url: str | None = "/bkapps/applications/?search_term=kp-apps-&limit=20"
+    while url:
+        answer = client.get(url, headers=auth).json()
+        assert answer["count"] == 57
+        walked += [a["code"] for a in answer["results"]]
+        last, url = answer, answer["next"]
+    assert walked == codes
+    assert [a["code"] for a in client.get(last["previous"], headers=auth).json()["results"]] == codes[20:40]
+    assert client.get("/bkapps/applications/", params={"cursor": "x"}, headers=auth).status_code == 400

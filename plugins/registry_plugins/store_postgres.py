@@ -210,7 +210,86 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX uploads_expires ON uploads (expires);
     """),
+    # each module's live and soft-deleted records, read by a listing's count
+    # and the applications and modules summaries instead of counting records;
+    # a trigger keeps it in step inside the transaction of every insert,
+    # change of is_deleted and delete, whatever writes them. A module's row
+    # exists while it has any record. Concurrent writers of one module queue
+    # on its row for the rest of their (short) transactions.
+    ("module_counts, application_counts and application_total kept by a trigger", """
+        CREATE TABLE module_counts (
+            code TEXT COLLATE "C" NOT NULL,
+            module TEXT COLLATE "C" NOT NULL,
+            live BIGINT NOT NULL DEFAULT 0,
+            deleted BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (code, module)
+        );
+        INSERT INTO module_counts (code, module, live, deleted)
+            SELECT code, module, COUNT(*) FILTER (WHERE NOT is_deleted), COUNT(*) FILTER (WHERE is_deleted)
+            FROM packages GROUP BY code, module;
+        -- an application is a code with a module row: its modules, and how many there are
+        CREATE TABLE application_counts (
+            code TEXT COLLATE "C" PRIMARY KEY,
+            modules BIGINT NOT NULL
+        );
+        CREATE TABLE application_total (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            applications BIGINT NOT NULL
+        );
+        INSERT INTO application_counts (code, modules) SELECT code, COUNT(*) FROM module_counts GROUP BY code;
+        INSERT INTO application_total (id, applications) SELECT 1, COUNT(*) FROM application_counts;
+        -- rows are locked in one order (module, application, total), so writers never deadlock;
+        -- "xmax = 0" tells a row the upsert inserted from one it updated (a concurrent
+        -- first record of a module waits on the unique index, then updates)
+        CREATE FUNCTION module_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            created BOOLEAN;
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                UPDATE module_counts
+                    SET live = live - (NOT OLD.is_deleted)::int, deleted = deleted - OLD.is_deleted::int
+                    WHERE code = OLD.code AND module = OLD.module;
+                DELETE FROM module_counts
+                    WHERE code = OLD.code AND module = OLD.module AND live = 0 AND deleted = 0;
+                IF FOUND THEN
+                    UPDATE application_counts SET modules = modules - 1 WHERE code = OLD.code;
+                    DELETE FROM application_counts WHERE code = OLD.code AND modules = 0;
+                    IF FOUND THEN
+                        UPDATE application_total SET applications = applications - 1;
+                    END IF;
+                END IF;
+            END IF;
+            IF TG_OP IN ('UPDATE', 'INSERT') THEN
+                INSERT INTO module_counts AS m (code, module, live, deleted)
+                    VALUES (NEW.code, NEW.module, (NOT NEW.is_deleted)::int, NEW.is_deleted::int)
+                    ON CONFLICT (code, module) DO UPDATE
+                    SET live = m.live + EXCLUDED.live, deleted = m.deleted + EXCLUDED.deleted
+                    RETURNING (m.xmax = 0) INTO created;
+                IF created THEN
+                    INSERT INTO application_counts AS a (code, modules) VALUES (NEW.code, 1)
+                        ON CONFLICT (code) DO UPDATE SET modules = a.modules + 1
+                        RETURNING (a.xmax = 0) INTO created;
+                    IF created THEN
+                        UPDATE application_total SET applications = applications + 1;
+                    END IF;
+                END IF;
+            END IF;
+            RETURN NULL;
+        END
+        $$;
+        CREATE TRIGGER module_counts_insert_delete AFTER INSERT OR DELETE ON packages
+            FOR EACH ROW EXECUTE FUNCTION module_counts_follow();
+        CREATE TRIGGER module_counts_update AFTER UPDATE OF is_deleted, code, module ON packages
+            FOR EACH ROW WHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.code IS DISTINCT FROM NEW.code
+                               OR OLD.module IS DISTINCT FROM NEW.module)
+            EXECUTE FUNCTION module_counts_follow();
+    """),
 ]
+
+#: The newest ``updated`` of a live record of the module of counter row ``m``
+#: (one index scan of ``packages_live_updated``).
+_LAST_LIVE = ("(SELECT MAX(updated) FROM packages AS p WHERE p.code = m.code AND p.module = m.module"
+              " AND NOT p.is_deleted)")
 
 
 
@@ -522,7 +601,13 @@ class PostgresStore(RecordStore):
         if after is not None:
             page_where += f" AND ({order_by.column}, id) {operator} (%s, %s)"
             page_params += [after.value, after.id]
-        count_sql = f"SELECT COUNT(*) AS n FROM packages WHERE {clause}"
+        if search_term:
+            count_sql, count_params = f"SELECT COUNT(*) AS n FROM packages WHERE {clause}", params
+        else:
+            # the module's counter row (kept by a trigger), not its records
+            wanted = "live + deleted" if include_deleted else "live"
+            count_sql = f"SELECT {wanted} AS n FROM module_counts WHERE code = %s AND module = %s"
+            count_params = [code, module]
         if search_term and after is None:
             # the matches are few: count them in the same pass as the page
             page_sql = (f"SELECT *, COUNT(*) OVER () AS total FROM packages WHERE {page_where}"
@@ -530,11 +615,13 @@ class PostgresStore(RecordStore):
         else:
             page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT %s OFFSET %s"
         with self._connection() as conn, conn.transaction():
+            # one snapshot for both statements (READ COMMITTED takes one per statement)
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = conn.execute(page_sql, [*page_params, limit, offset]).fetchall()
             if rows and "total" in rows[0]:
                 count = int(rows[0]["total"])
             else:
-                count_row = conn.execute(count_sql, params).fetchone()
+                count_row = conn.execute(count_sql, count_params).fetchone()
                 count = int(count_row["n"]) if count_row else 0
         records = [_record({k: v for k, v in row.items() if k != "total"}) for row in rows]
         return count, records[::-1] if backward else records
@@ -548,6 +635,8 @@ class PostgresStore(RecordStore):
         search_term: str = "",
         limit: int = 100,
         offset: int = 0,
+        after: str | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Summary]]:
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
@@ -558,25 +647,28 @@ class PostgresStore(RecordStore):
             # ILIKE: SQLite's LIKE ignores ASCII case, and so must this store
             where.append("code ILIKE %s ESCAPE '\\'")
             params.append(_like(search_term))
+        page_where, page_params = list(where), list(params)
+        if after is not None:
+            page_where.append("code < %s" if backward else "code > %s")
+            page_params.append(after)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
+        page_clause = ("WHERE " + " AND ".join(page_where)) if page_where else ""
         with self._connection() as conn, conn.transaction():  # the count and the page see one snapshot
-            count_row = conn.execute(f"SELECT COUNT(DISTINCT code) AS n FROM packages {clause}", params).fetchone()
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            count_row = conn.execute(f"SELECT COUNT(*) AS n FROM application_counts {clause}" if where
+                                     else "SELECT applications AS n FROM application_total", params).fetchone()
             rows = conn.execute(
-                "SELECT code, COUNT(DISTINCT module) AS modules, COUNT(*) FILTER (WHERE NOT is_deleted) AS live,"
-                f" MAX(updated) FILTER (WHERE NOT is_deleted) AS last FROM packages {clause}"
-                " GROUP BY code ORDER BY code LIMIT %s OFFSET %s",
-                [*params, limit, offset],
+                f"SELECT code, COUNT(*) AS modules, SUM(live) AS live, MAX({_LAST_LIVE}) AS last"
+                f" FROM module_counts AS m {page_clause}"
+                f" GROUP BY code ORDER BY code {'DESC' if backward else 'ASC'} LIMIT %s OFFSET %s",
+                [*page_params, limit, offset],
             ).fetchall()
-        return (int(count_row["n"]) if count_row else 0,
-                [Summary(row["code"], int(row["modules"]), int(row["live"]), row["last"]) for row in rows])
+        summaries = [Summary(row["code"], int(row["modules"]), int(row["live"]), row["last"]) for row in rows]
+        return int(count_row["n"]) if count_row else 0, summaries[::-1] if backward else summaries
 
     def modules(self, code: str) -> builtins.list[Summary]:
-        rows = self._rows(
-            "SELECT module, COUNT(*) FILTER (WHERE NOT is_deleted) AS live,"
-            " MAX(updated) FILTER (WHERE NOT is_deleted) AS last"
-            " FROM packages WHERE code = %s GROUP BY module ORDER BY module",
-            (code,),
-        )
+        rows = self._rows(f"SELECT module, live, {_LAST_LIVE} AS last FROM module_counts AS m"
+                          " WHERE code = %s ORDER BY module", (code,))
         return [Summary(row["module"], 0, int(row["live"]), row["last"]) for row in rows]
 
     def package_details(self, package_id: int) -> PackageDetails | None:
@@ -616,8 +708,8 @@ class PostgresStore(RecordStore):
             return cursor.rowcount == 1
 
     def modules_with_more_live_than(self, count: int) -> builtins.list[tuple[str, str]]:
-        rows = self._rows("SELECT code, module FROM packages WHERE NOT is_deleted GROUP BY code, module"
-                          " HAVING COUNT(*) > %s ORDER BY code, module", (count,))
+        rows = self._rows("SELECT code, module FROM module_counts WHERE live > %s ORDER BY code, module",
+                          (count,))
         return [(row["code"], row["module"]) for row in rows]
 
     def purgeable(self, deleted_before: datetime) -> builtins.list[Record]:

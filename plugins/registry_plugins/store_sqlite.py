@@ -215,6 +215,55 @@ def _jobs_and_uploads_v7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX uploads_expires ON uploads (expires)")
 
 
+def _module_counts_v8(db: sqlite_utils.Database) -> None:
+    """``module_counts``: each module's live and soft-deleted records, so a
+    listing's count and the applications and modules summaries read one row
+    per module instead of counting the module's records.
+
+    Triggers on ``packages`` keep it in step inside the very transaction of
+    every insert, update of ``is_deleted`` (delete, restore, revive) and
+    delete, whichever code path writes (commit, import, a restored backup's
+    later writes). A module's row exists while it has any record.
+    ``application_counts`` (modules per code, a row while the code has any)
+    and the one-row ``application_total`` follow it the same way, so the
+    applications listing's count is one row too.
+    """
+    db.execute(
+        "CREATE TABLE module_counts (code TEXT NOT NULL, module TEXT NOT NULL,"
+        " live INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (code, module)) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO module_counts (code, module, live, deleted)"
+               " SELECT code, module, SUM(is_deleted = 0), SUM(is_deleted <> 0) FROM packages GROUP BY code, module")
+    add = ("INSERT OR IGNORE INTO module_counts (code, module) VALUES (new.code, new.module);"
+           " UPDATE module_counts SET live = live + (new.is_deleted = 0), deleted = deleted + (new.is_deleted <> 0)"
+           " WHERE code = new.code AND module = new.module;")
+    remove = ("UPDATE module_counts SET live = live - (old.is_deleted = 0), deleted = deleted - (old.is_deleted <> 0)"
+              " WHERE code = old.code AND module = old.module;"
+              " DELETE FROM module_counts WHERE code = old.code AND module = old.module AND live = 0 AND deleted = 0;")
+    db.execute(f"CREATE TRIGGER module_counts_insert AFTER INSERT ON packages BEGIN {add} END")
+    db.execute(f"CREATE TRIGGER module_counts_delete AFTER DELETE ON packages BEGIN {remove} END")
+    db.execute("CREATE TRIGGER module_counts_update AFTER UPDATE OF is_deleted, code, module ON packages"
+               " WHEN (old.is_deleted <> 0) IS NOT (new.is_deleted <> 0) OR old.code IS NOT new.code"
+               f" OR old.module IS NOT new.module BEGIN {remove} {add} END")
+    # an application is a code with a module row: its modules, and how many there are
+    db.execute("CREATE TABLE application_counts (code TEXT PRIMARY KEY, modules INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE application_total (id INTEGER PRIMARY KEY CHECK (id = 1),"
+               " applications INTEGER NOT NULL)")
+    db.execute("INSERT INTO application_counts (code, modules) SELECT code, COUNT(*) FROM module_counts GROUP BY code")
+    db.execute("INSERT INTO application_total (id, applications) SELECT 1, COUNT(*) FROM application_counts")
+    db.execute("CREATE TRIGGER application_counts_add AFTER INSERT ON module_counts BEGIN"
+               " INSERT OR IGNORE INTO application_counts (code, modules) VALUES (new.code, 0);"
+               " UPDATE application_counts SET modules = modules + 1 WHERE code = new.code; END")
+    db.execute("CREATE TRIGGER application_counts_remove AFTER DELETE ON module_counts BEGIN"
+               " UPDATE application_counts SET modules = modules - 1 WHERE code = old.code;"
+               " DELETE FROM application_counts WHERE code = old.code AND modules = 0; END")
+    db.execute("CREATE TRIGGER application_total_add AFTER INSERT ON application_counts BEGIN"
+               " UPDATE application_total SET applications = applications + 1; END")
+    db.execute("CREATE TRIGGER application_total_remove AFTER DELETE ON application_counts BEGIN"
+               " UPDATE application_total SET applications = applications - 1; END")
+
+
 #: Append only: ``PRAGMA user_version`` records how many have run.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("packages and credentials tables", _schema_v1),
@@ -224,11 +273,17 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("listing indexes on live records, trigram search index", _pages_and_search_v5),
     ("expires_at and last_used on credentials", _credential_expiry_v6),
     ("jobs and uploads tables", _jobs_and_uploads_v7),
+    ("module_counts, application_counts and application_total kept by triggers", _module_counts_v8),
 ]
 
 #: The trigram index finds substrings of at least this many characters;
 #: shorter search terms are matched by scanning the module.
 TRIGRAM = 3
+
+#: The newest ``updated`` of a live record of the module of counter row ``m``
+#: (one seek in the partial index ``packages_live_updated``).
+_LAST_LIVE = ("(SELECT MAX(updated) FROM packages AS p WHERE p.code = m.code AND p.module = m.module"
+              " AND p.is_deleted = 0)")
 
 #: The file a backup folder holds (``registry backup``).
 BACKUP_FILE = "registry.db"
@@ -619,10 +674,17 @@ class SQLiteStore(RecordStore):
             page_sql = (f"{prefix}SELECT packages.*, COUNT(*) OVER () AS total FROM {source}"
                         f" WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?")
             count_params, page_params = [text, *params], [text, *page_params]
-        else:
+        elif search_term:
             count_sql = f"SELECT COUNT(*) FROM packages WHERE {clause}"
             page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?"
             count_params = params
+        else:
+            # the module's counter row (kept by triggers), not its records
+            wanted = "live + deleted" if include_deleted else "live"
+            count_sql = (f"SELECT COALESCE((SELECT {wanted} FROM module_counts"
+                         " WHERE code = ? AND module = ?), 0)")
+            page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT ? OFFSET ?"
+            count_params = [code, module]
         with _translated(), self._deadline():
             conn = self._conn()
             # one read transaction: the count and the page see the same snapshot
@@ -647,6 +709,8 @@ class SQLiteStore(RecordStore):
         search_term: str = "",
         limit: int = 100,
         offset: int = 0,
+        after: str | None = None,
+        backward: bool = False,
     ) -> tuple[int, builtins.list[Summary]]:
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
@@ -656,28 +720,35 @@ class SQLiteStore(RecordStore):
         if search_term:
             where.append("code LIKE ? ESCAPE '\\'")
             params.append(_like(search_term))
+        page_where, page_params = list(where), list(params)
+        if after is not None:
+            page_where.append("code < ?" if backward else "code > ?")
+            page_params.append(after)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        with _translated():
+        page_clause = ("WHERE " + " AND ".join(page_where)) if page_where else ""
+        count_sql = (f"SELECT COUNT(*) FROM application_counts {clause}" if where
+                     else "SELECT applications FROM application_total")
+        # one counter row per module (the table's key is (code, module)): a
+        # page groups the rows of ``limit`` codes; each module's last upload
+        # is one seek in its live-records index
+        with _translated(), self._deadline():
             conn = self._conn()
             conn.execute("BEGIN")  # the count and the page see the same snapshot
             try:
-                count = conn.execute(f"SELECT COUNT(DISTINCT code) FROM packages {clause}", params).fetchone()[0]
+                count = conn.execute(count_sql, params).fetchone()[0]
                 rows = conn.execute(
-                    "SELECT code, COUNT(DISTINCT module), SUM(is_deleted = 0),"
-                    f" MAX(CASE WHEN is_deleted = 0 THEN updated END) FROM packages {clause}"
-                    " GROUP BY code ORDER BY code LIMIT ? OFFSET ?",
-                    [*params, limit, offset],
+                    f"SELECT code, COUNT(*), SUM(live), MAX({_LAST_LIVE}) FROM module_counts AS m {page_clause}"
+                    f" GROUP BY code ORDER BY code {'DESC' if backward else 'ASC'} LIMIT ? OFFSET ?",
+                    [*page_params, limit, offset],
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
-        return int(count), [Summary(row[0], int(row[1]), int(row[2] or 0), _optional_time(row[3])) for row in rows]
+        summaries = [Summary(row[0], int(row[1]), int(row[2] or 0), _optional_time(row[3])) for row in rows]
+        return int(count), summaries[::-1] if backward else summaries
 
     def modules(self, code: str) -> builtins.list[Summary]:
-        rows = self._rows(
-            "SELECT module, SUM(is_deleted = 0), MAX(CASE WHEN is_deleted = 0 THEN updated END)"
-            " FROM packages WHERE code = ? GROUP BY module ORDER BY module",
-            (code,),
-        )
+        rows = self._rows(f"SELECT module, live, {_LAST_LIVE} FROM module_counts AS m WHERE code = ? ORDER BY module",
+                          (code,))
         return [Summary(row[0], 0, int(row[1] or 0), _optional_time(row[2])) for row in rows]
 
     def package_details(self, package_id: int) -> PackageDetails | None:
@@ -716,8 +787,7 @@ class SQLiteStore(RecordStore):
             return cursor.rowcount == 1
 
     def modules_with_more_live_than(self, count: int) -> builtins.list[tuple[str, str]]:
-        rows = self._rows("SELECT code, module FROM packages WHERE is_deleted = 0 GROUP BY code, module"
-                          " HAVING COUNT(*) > ? ORDER BY code, module", (count,))
+        rows = self._rows("SELECT code, module FROM module_counts WHERE live > ? ORDER BY code, module", (count,))
         return [(row[0], row[1]) for row in rows]
 
     def purgeable(self, deleted_before: datetime) -> builtins.list[Record]:

@@ -2,7 +2,9 @@
 
 The applications and modules a credential may read, with their live package
 counts and last upload, for clients and the web interface alike. A
-credential limited to some application codes sees only those.
+credential limited to some application codes sees only those. Counts are
+read from the record store's per-module counters; the applications list's
+``next``/``previous`` carry an opaque ``cursor`` (``offset`` keeps working).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from registry.api import pages
 from registry.api.routes import MAX_SEARCH_TERM, Endpoint, _int_param, _registry, authorize, identify
 from registry.api.serialize import format_time
 from registry.errors import ValidationError
@@ -36,13 +39,22 @@ async def list_applications(request: Request) -> Response:
     limit = _int_param(request, "limit", 100, 1, 1000)
     offset = _int_param(request, "offset", 0, 0, 2**62)
     search_term = _search_term(request)
+    cursor = request.query_params.get("cursor", "").strip()
+    after, backward = pages.decode_code(cursor) if cursor else (None, False)
+    keyed = bool(cursor)
+    # counts come from the per-module counters; the links carry keyset
+    # cursors (by code), so the last page costs what the first does
     count, apps = await registry.read(
         lambda: registry.records.applications(apps=principal.apps, search_term=search_term,
-                                              limit=limit, offset=offset)
+                                              limit=limit + 1 if keyed else limit, offset=0 if keyed else offset,
+                                              after=after, backward=backward)
     )
-    next_url = str(request.url.include_query_params(limit=limit, offset=offset + limit)) if offset + limit < count else None
-    previous_url = (str(request.url.include_query_params(limit=limit, offset=max(0, offset - limit)))
-                    if offset > 0 else None)
+    shown, next_cursor, previous_cursor = pages.code_window(
+        [a.name for a in apps], after, backward, limit=limit, keyed=keyed, offset=offset, count=count)
+    apps = apps[shown]
+    base = request.url.remove_query_params(["offset", "cursor"])
+    next_url = str(base.include_query_params(limit=limit, cursor=next_cursor)) if next_cursor else None
+    previous_url = str(base.include_query_params(limit=limit, cursor=previous_cursor)) if previous_cursor else None
     zone = registry.time_zone
     return JSONResponse({
         "count": count,

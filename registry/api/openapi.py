@@ -245,7 +245,9 @@ def _browse_paths() -> dict[str, Any]:
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
                 {"name": "search_term", "in": "query", "schema": {"type": "string", "maxLength": 128},
-                 "description": "only codes containing it"}],
+                 "description": "only codes containing it"},
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 512},
+                 "description": "opaque page position carried by next/previous: follow those links as they are"}],
             "responses": {"200": {"description": "one page", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/ApplicationList"}}}}, **_errors()},
         }}

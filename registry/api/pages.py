@@ -92,3 +92,113 @@ def decode(cursor: str, order: Order) -> Position:
             raise _invalid()
         typed = value
     return Position(PageKey(typed, record_id), bool(backward))
+
+
+@dataclass(frozen=True)
+class Window:
+    """One page of a listing and the cursors of the pages either side (None: no page that way)."""
+
+    records: list[Record]
+    next: str | None
+    previous: str | None
+
+
+def read_limit(position: Position | None, limit: int) -> int:
+    """How many records to ask the store for: one more than the page on a
+    keyset read, which tells whether a page follows in the direction of travel."""
+    return limit if position is None else limit + 1
+
+
+def window(order: Order, position: Position | None, records: list[Record], *,
+           limit: int, offset: int, count: int) -> Window:
+    """The page among ``records`` (read with :func:`read_limit` from ``position``,
+    or by ``offset`` when it is None) and the cursors of its neighbours.
+
+    The neighbours' links always carry cursors, so a client that follows
+    them pays the same for every page of a module, the last one included.
+    """
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+    if position is None:
+        if offset + limit < count and records:
+            next_cursor = after(order, records[-1])
+        if offset > 0:
+            previous_cursor = before(order, records[0]) if records else encode(order, None, backward=True)
+        return Window(records, next_cursor, previous_cursor)
+    more = len(records) > limit
+    if position.backward:
+        records = records[1:] if more else records
+        if more:
+            previous_cursor = before(order, records[0])
+        if position.key is not None:  # None: the last page
+            next_cursor = after(order, records[-1]) if records else encode(order, None, backward=False)
+    else:
+        records = records[:limit]
+        if more:
+            next_cursor = after(order, records[-1])
+        if position.key is not None:  # None: the first page
+            previous_cursor = before(order, records[0]) if records else encode(order, None, backward=True)
+    return Window(records, next_cursor, previous_cursor)
+
+
+# -- the applications listing: keyset by code -----------------------------------------------
+
+#: The first element of an applications cursor (a package cursor starts with an ``order_by``).
+APPLICATIONS = "applications"
+
+
+def encode_code(code: str | None, backward: bool) -> str:
+    """The cursor of the applications page after ``code`` (before it when
+    ``backward``; None: the first or the last page)."""
+    raw = json.dumps([APPLICATIONS, int(backward), code], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_code(cursor: str) -> tuple[str | None, bool]:
+    """The (code, backward) an applications cursor names.
+
+    :raises ValidationError: anything :func:`encode_code` did not make.
+    """
+    if len(cursor) > MAX_CURSOR or not cursor.isascii():
+        raise _invalid()
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        kind, backward, code = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise _invalid() from None
+    if kind != APPLICATIONS or backward not in (0, 1) or not (code is None or isinstance(code, str)):
+        raise _invalid()
+    if code is not None and ("\x00" in code or len(code) > MAX_CURSOR):
+        raise _invalid()
+    return code, bool(backward)
+
+
+def code_window(codes: list[str], code: str | None, backward: bool, *, limit: int, keyed: bool,
+                offset: int, count: int) -> tuple[slice, str | None, str | None]:
+    """Like :func:`window` for applications: which of ``codes`` (read with one
+    extra from the cursor's ``code``/``backward`` when ``keyed``, else by
+    ``offset``) make the page, and the cursors either side."""
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+    if not keyed:
+        if offset + limit < count and codes:
+            next_cursor = encode_code(codes[-1], backward=False)
+        if offset > 0:
+            previous_cursor = encode_code(codes[0], backward=True) if codes else encode_code(None, backward=True)
+        return slice(None), next_cursor, previous_cursor
+    more = len(codes) > limit
+    if backward:
+        page = slice(1, None) if more else slice(None)
+        shown = codes[page]
+        if more:
+            previous_cursor = encode_code(shown[0], backward=True)
+        if code is not None:
+            next_cursor = encode_code(shown[-1], backward=False) if shown else encode_code(None, backward=False)
+    else:
+        page = slice(None, limit)
+        shown = codes[page]
+        if more:
+            next_cursor = encode_code(shown[-1], backward=False)
+        if code is not None:
+            previous_cursor = encode_code(shown[0], backward=True) if shown else encode_code(None, backward=True)
+    return page, next_cursor, previous_cursor

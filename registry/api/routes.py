@@ -269,41 +269,15 @@ async def list_packages(request: Request) -> Response:
     count, records = await registry.read_slow(
         lambda: registry.records.list(
             code, module, search_term=search_term, order_by=order, include_deleted=include_deleted,
-            limit=limit if position is None else limit + 1,
+            limit=pages.read_limit(position, limit),
             offset=offset if position is None else 0,
             after=position.key if position else None,
             backward=position.backward if position else False,
         )
     )
     base = request.url.remove_query_params("offset")
-    next_cursor: str | None = None
-    previous_cursor: str | None = None
-    if position is None:
-        if offset + limit < count and records:
-            next_cursor = pages.after(order, records[-1])
-        if offset > 0:
-            previous_cursor = (pages.before(order, records[0]) if records
-                               else pages.encode(order, None, backward=True))
-    else:
-        more = len(records) > limit
-        if position.backward:
-            records = records[1:] if more else records
-            if more:
-                previous_cursor = pages.before(order, records[0])
-            if position.key is None:  # the last page
-                next_cursor = None
-            else:
-                next_cursor = (pages.after(order, records[-1]) if records
-                               else pages.encode(order, None, backward=False))
-        else:
-            records = records[:limit]
-            if more:
-                next_cursor = pages.after(order, records[-1])
-            if position.key is None:  # the first page
-                previous_cursor = None
-            else:
-                previous_cursor = (pages.before(order, records[0]) if records
-                                   else pages.encode(order, None, backward=True))
+    shown = pages.window(order, position, records, limit=limit, offset=offset, count=count)
+    records, next_cursor, previous_cursor = shown.records, shown.next, shown.previous
     next_url = str(base.include_query_params(limit=limit, cursor=next_cursor)) if next_cursor else None
     previous_url = (str(base.include_query_params(limit=limit, cursor=previous_cursor))
                     if previous_cursor else None)

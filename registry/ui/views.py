@@ -19,9 +19,11 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from registry.api import pages
 from registry.api.paths import PACKAGES
 from registry.auth import ANONYMOUS, Principal, authenticate
 from registry.errors import NotFound, PermissionDenied, RegistryError, Unauthenticated, ValidationError
+from registry.records import Order
 from registry.service import Registry
 from registry.ui import format as fmt
 from registry.ui.auth import principal_for, session_codec
@@ -32,6 +34,8 @@ from registry.validation import parse_slug
 HERE = Path(__file__).parent
 #: Rows per page of the applications, modules and packages tables.
 PAGE_SIZE = 50
+#: The packages table's order: newest first.
+ORDER = Order.CREATED_DESC
 #: Largest offset a page link may carry (a bigger one is not a page anyone reached).
 MAX_OFFSET = 10**9
 #: Largest sign-in form accepted, in bytes.
@@ -169,16 +173,20 @@ def _search(request: Request, name: str = "q") -> str:
     return term
 
 
-def _pager(request: Request, offset: int, count: int) -> dict[str, str | None]:
-    """Links to the previous and next page, keeping the other query parameters."""
-    def link(to: int) -> str:
-        params = dict(request.query_params)
-        params["offset"] = str(to)
+def _cursor(request: Request) -> str:
+    return request.query_params.get("cursor", "").strip()
+
+
+def _pager(request: Request, next_cursor: str | None, previous_cursor: str | None) -> dict[str, str | None]:
+    """Links to the previous and next page by keyset cursor (each page costs the
+    same, the last one too), keeping the other query parameters."""
+    def link(cursor: str | None) -> str | None:
+        if cursor is None:
+            return None
+        params = {k: v for k, v in request.query_params.items() if k not in ("offset", "cursor")}
+        params["cursor"] = cursor
         return request.url.path + "?" + urlencode(params)
-    return {
-        "previous": link(max(0, offset - PAGE_SIZE)) if offset > 0 else None,
-        "next": link(offset + PAGE_SIZE) if offset + PAGE_SIZE < count else None,
-    }
+    return {"previous": link(previous_cursor), "next": link(next_cursor)}
 
 
 def _require_read(viewer: Viewer, code: str) -> None:
@@ -193,12 +201,19 @@ async def applications_page(request: Request, viewer: Viewer) -> Response:
     """``/ui/``: the applications the viewer may read, filtered by ``q``."""
     assert viewer.principal is not None
     registry = _registry(request)
-    term, offset = _search(request), _offset(request)
+    term, offset, cursor = _search(request), _offset(request), _cursor(request)
+    after, backward = pages.decode_code(cursor) if cursor else (None, False)
+    keyed = bool(cursor)
     apps = viewer.principal.apps
     count, rows = await registry.read(
-        lambda: registry.records.applications(apps=apps, search_term=term, limit=PAGE_SIZE, offset=offset)
+        lambda: registry.records.applications(
+            apps=apps, search_term=term, limit=PAGE_SIZE + 1 if keyed else PAGE_SIZE,
+            offset=0 if keyed else offset, after=after, backward=backward)
     )
-    return render(request, viewer, "applications.html", rows=rows, count=count, q=term, pager=_pager(request, offset, count))
+    shown, next_cursor, previous_cursor = pages.code_window(
+        [row.name for row in rows], after, backward, limit=PAGE_SIZE, keyed=keyed, offset=offset, count=count)
+    return render(request, viewer, "applications.html", rows=rows[shown], count=count, q=term,
+                  pager=_pager(request, next_cursor, previous_cursor))
 
 
 async def modules_page(request: Request, viewer: Viewer) -> Response:
@@ -220,14 +235,21 @@ async def packages_page(request: Request, viewer: Viewer) -> Response:
     module = _slug(request, "module", "module_name")
     _require_read(viewer, code)
     registry = _registry(request)
-    term, offset = _search(request), _offset(request)
+    term, offset, cursor = _search(request), _offset(request), _cursor(request)
+    position = pages.decode(cursor, ORDER) if cursor else None
     show_deleted = request.query_params.get("deleted", "") in ("1", "true", "on")
-    count, records = await registry.read(
-        lambda: registry.records.list(code, module, search_term=term, limit=PAGE_SIZE, offset=offset,
-                                      include_deleted=show_deleted)
+    # the count is the module's counter row (or the search's index), the page
+    # one index seek from the cursor: the last page costs what the first does;
+    # a listing runs with the slow reads, like the list route's
+    count, records = await registry.read_slow(
+        lambda: registry.records.list(
+            code, module, search_term=term, order_by=ORDER, include_deleted=show_deleted,
+            limit=pages.read_limit(position, PAGE_SIZE), offset=0 if position else offset,
+            after=position.key if position else None, backward=position.backward if position else False)
     )
-    return render(request, viewer, "packages.html", code=code, module=module, records=records, count=count,
-                  q=term, show_deleted=show_deleted, pager=_pager(request, offset, count),
+    shown = pages.window(ORDER, position, records, limit=PAGE_SIZE, offset=offset, count=count)
+    return render(request, viewer, "packages.html", code=code, module=module, records=shown.records, count=count,
+                  q=term, show_deleted=show_deleted, pager=_pager(request, shown.next, shown.previous),
                   api=_api_path(code, module), can_write=viewer.can_write(code))
 
 
