@@ -1011,13 +1011,17 @@ class PostgresStore(RecordStore):
             # now is skipped, and a row claimed since this statement's snapshot
             # is checked again (READ COMMITTED re-evaluates the outer
             # conditions on the locked row), so no two claimers get one row.
+            # Each target's head is one step down the partial index (LATERAL …
+            # LIMIT 1), however long the queue behind it.
             rows = conn.execute(
                 "UPDATE outbox SET holder = %s, lease_until = %s, updated = %s WHERE id IN ("
                 " SELECT id FROM outbox WHERE id IN ("
-                "  SELECT MIN(id) FROM outbox WHERE state = %s AND target = ANY(%s) GROUP BY target)"
+                "  SELECT head.id FROM unnest(%s::text[]) AS wanted(target) CROSS JOIN LATERAL ("
+                '   SELECT id FROM outbox WHERE target = wanted.target COLLATE "C" AND state = %s'
+                "   ORDER BY id LIMIT 1) AS head)"
                 " AND state = %s AND next_attempt <= %s AND (holder IS NULL OR lease_until < %s)"
                 " FOR UPDATE SKIP LOCKED) RETURNING *",
-                (holder, now + timedelta(seconds=lease_seconds), now, PENDING, list(targets), PENDING, now, now),
+                (holder, now + timedelta(seconds=lease_seconds), now, list(targets), PENDING, PENDING, now, now),
             ).fetchall()
         return sorted((_delivery(row) for row in rows), key=lambda delivery: delivery.id)
 

@@ -1156,13 +1156,15 @@ class SQLiteStore(RecordStore):
         if not targets:
             return []
         now = utc_now()
-        marks = ", ".join("?" for _ in targets)
+        wanted = ", ".join("(?)" for _ in targets)
         # One UPDATE … RETURNING under BEGIN IMMEDIATE: the look for each
-        # target's head and the claim hold the write lock together.
+        # target's head and the claim hold the write lock together. Each head
+        # is one step down the partial index, however long the queue behind it.
         with self._write() as conn:
             rows = conn.execute(
                 "UPDATE outbox SET holder = ?, lease_until = ?, updated = ? WHERE id IN ("
-                f" SELECT MIN(id) FROM outbox WHERE state = ? AND target IN ({marks}) GROUP BY target)"
+                " SELECT (SELECT id FROM outbox WHERE target = wanted.column1 AND state = ? ORDER BY id LIMIT 1)"
+                f" FROM (VALUES {wanted}) AS wanted)"
                 " AND next_attempt <= ? AND (holder IS NULL OR lease_until < ?) RETURNING *",
                 (holder, to_text(now + timedelta(seconds=lease_seconds)), to_text(now), PENDING, *targets,
                  to_text(now), to_text(now)),
