@@ -108,8 +108,12 @@ class OutboxDrainer:
         self._stop_by = anyio.current_time() + DRAIN_SECONDS
         self.wake.set()
         if self.task is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(asyncio.shield(self.task), DRAIN_SECONDS + 1)
+            except TimeoutError:
+                pass
+            except Exception:
+                logger.exception("the webhook deliverer failed")
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
