@@ -46,7 +46,7 @@ import httpx
 from registry.events import PackageEvent
 from registry.hookspecs import hookimpl
 from registry.leases import make_holder
-from registry.records import Delivery, NewOutboxEvent, PENDING, utc_now
+from registry.records import Delivery, NewOutboxEvent, utc_now
 from registry.redact import redact_url
 from registry.service import Registry
 from registry.settings import Setting, positive
@@ -94,6 +94,8 @@ class OutboxDrainer:
         self._stop_by: float | None = None  # anyio.current_time() deadline once stopping
         self.task: asyncio.Task[None] | None = None
         self._unavailable_logged = False
+        #: deliveries this process failed and will try again: id -> when (anyio.current_time())
+        self._retries: dict[int, float] = {}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="registry-webhooks")
@@ -104,7 +106,9 @@ class OutboxDrainer:
 
     async def stop(self) -> None:
         """Go on delivering for up to :data:`DRAIN_SECONDS` while deliveries are
-        pending, then stop; claims still held are released for other instances."""
+        due (claimable now, or this process's retries due within that time),
+        then stop; claims still held are released for other instances, and
+        what is left waits in the outbox for them or the next start."""
         self._stop_by = anyio.current_time() + DRAIN_SECONDS
         self.wake.set()
         if self.task is not None:
@@ -139,23 +143,21 @@ class OutboxDrainer:
                     self._unavailable_logged = True
                 batch = []
             if batch:
+                for delivery in batch:
+                    self._retries.pop(delivery.id, None)
                 async with anyio.create_task_group() as deliveries:
                     for delivery in batch:
                         deliveries.start_soon(self._deliver, delivery)
                 continue
-            if self._stop_by is not None and (anyio.current_time() >= self._stop_by or not await self._pending()):
-                return
+            if self._retries:  # a retry long overdue was taken by another instance
+                stale = anyio.current_time() - 10 * POLL_SECONDS
+                self._retries = {key: due for key, due in self._retries.items() if due > stale}
+            if self._stop_by is not None and not any(due < self._stop_by for due in self._retries.values()):
+                return  # nothing of ours is due before the drain ends (others' deliveries are theirs)
             with anyio.move_on_after(POLL_SECONDS):
                 await self.wake.wait()
             if self.wake.is_set():
                 self.wake = anyio.Event()
-
-    async def _pending(self) -> bool:
-        try:
-            counts = await self.registry.read(self.registry.records.count_deliveries_by_state)
-        except Exception:
-            return False
-        return counts[PENDING] > 0
 
     async def _deliver(self, delivery: Delivery) -> None:
         url = self.urls[delivery.target]
@@ -182,8 +184,10 @@ class OutboxDrainer:
             logger.warning("webhook %s attempt %d/%d of event %s failed: %s", redact_url(url), attempt,
                            self.max_attempts, delivery.event_id, problem)
             if attempt < self.max_attempts:
-                retry_at = utc_now() + timedelta(seconds=backoff(attempt))
-                await self.registry.write(records.delivery_failed, delivery.id, self.holder, problem, retry_at)
+                wait = backoff(attempt)
+                retry_at = utc_now() + timedelta(seconds=wait)
+                if await self.registry.write(records.delivery_failed, delivery.id, self.holder, problem, retry_at):
+                    self._retries[delivery.id] = anyio.current_time() + wait
                 return
             await self.registry.write(records.delivery_failed, delivery.id, self.holder, problem, None)
             logger.error("webhook %s gave up after %d attempts of event %s", redact_url(url), self.max_attempts,
