@@ -17,9 +17,10 @@ import pytest
 
 from plugins.store_postgres import PostgresStore
 from registry.records import DELIVERED, FAILED, PENDING, Delivery
-from tests.helpers import Api, RegistryProcess, package, start_registry
+from plugins.store_sqlite import SQLiteStore
+from tests.helpers import Api, RegistryProcess, base_config, free_port, package, start_registry
 from tests.test_crash_safety import WAIT, wait_for
-from tests.test_postgres import pg_config
+from tests.test_postgres import pg_config, run, with_password
 from tests.test_s3 import s3_config
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer
 
@@ -32,7 +33,7 @@ class Receiver:
     body); with ``hold_first``, the first attempt is never answered (the
     handler waits until :meth:`close`), later ones get 204."""
 
-    def __init__(self, hold_first: bool = False) -> None:
+    def __init__(self, hold_first: bool = False, port: int = 0) -> None:
         self.attempts: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.released = threading.Event()
@@ -53,7 +54,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
@@ -177,4 +178,41 @@ def test_an_instance_killed_while_delivering_leaves_the_event_to_the_other(
         api.close()
         for instance in instances:
             instance.stop()
+        receiver.close()
+
+
+def test_a_pending_delivery_moves_with_copy_records(tmp_path: Path, pg_url: str) -> None:
+    """An event a single SQLite registry could not deliver yet is delivered,
+    with its id, by an instance on the PostgreSQL database it was copied to."""
+    port = free_port()  # nothing listens yet: every attempt fails and backs off
+    hooks = {"urls": [f"http://127.0.0.1:{port}/hook"], "max_attempts": 10, "timeout": 1}
+    single = base_config(tmp_path / "single")
+    single["webhooks"] = hooks
+    server = start_registry(tmp_path / "single", single)
+    api = Api(server.url, server.token("alice"))
+    try:
+        made = api.upload("moved", package("1.0.0"), version="1.0.0")
+        assert made.status_code == 201, made.text
+    finally:
+        api.close()
+        server.stop()
+    store = SQLiteStore(tmp_path / "single" / "registry.db")
+    [waiting] = store.page_deliveries(0, 10)
+    store.close()
+    assert waiting.state == PENDING and waiting.attempts >= 1 and waiting.holder is None
+
+    copied = run(server.config, "copy-records", "--to", with_password(pg_url))
+    assert copied.returncode == 0 and "1 webhook delivery(ies)" in copied.stdout, copied.stdout + copied.stderr
+    receiver = Receiver(port=port)
+    tables = pg_config(tmp_path / "cluster", pg_url)
+    tables["webhooks"] = hooks
+    instance = start_registry(tmp_path / "cluster", tables)
+    target = PostgresStore(pg_url, pool_size=1)
+    try:
+        wait_for(lambda: target.count_deliveries_by_state()[DELIVERED] == 1, "the copied delivery to be made")
+        [(event_id, body)] = receiver.seen()
+        assert event_id == waiting.event_id and body["id"] == made.json()["id"] and body["event"] == "stored"
+    finally:
+        target.close()
+        instance.stop()
         receiver.close()
