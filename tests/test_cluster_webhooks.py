@@ -25,7 +25,7 @@ from tests.test_s3 import s3_config
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer
 
 #: seconds per delivery attempt; the lease is this plus the plugin's margin
-TIMEOUT = 4
+TIMEOUT = 6
 
 
 class Receiver:
