@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from plugins.store_postgres import PostgresStore
+from registry_plugins.store_postgres import PostgresStore
 from registry.records import DELIVERED, FAILED, PENDING, Delivery
-from plugins.store_sqlite import SQLiteStore
+from registry_plugins.store_sqlite import SQLiteStore
 from tests.helpers import Api, RegistryProcess, base_config, free_port, package, start_registry
 from tests.test_crash_safety import WAIT, wait_for
 from tests.test_postgres import pg_config, run, with_password
