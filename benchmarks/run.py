@@ -534,9 +534,11 @@ LIMIT_NAMES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suite", default="throughput", choices=["throughput", "scale"],
+    parser.add_argument("--suite", default="throughput", choices=["throughput", "scale", "cluster"],
                         help="throughput: one big package (default); scale: pages, search and small"
-                             " requests as a module grows (benchmarks/scale.py)")
+                             " requests as a module grows (benchmarks/scale.py); cluster: --workers,"
+                             " SQLite and PostgreSQL (benchmarks/cluster.py)")
+    parser.add_argument("--quick", action="store_true", help="cluster suite: smaller sizes, a run of a minute or two")
     parser.add_argument("--size-mib", type=int, default=256, help="payload size in MiB (default 256)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median counts (default 3)")
     parser.add_argument("--skip-peer", action="store_true", help="do not install or run pypiserver")
@@ -569,6 +571,12 @@ def main(argv: list[str] | None = None) -> int:
         with workspace(args.tmpdir) as workdir:
             sizes = tuple(int(n) for n in args.scale_sizes.split(","))
             return scale.main(workdir, args.skip_peer, output, sizes)
+    if args.suite == "cluster":
+        import cluster
+
+        output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "cluster.json"
+        with workspace(args.tmpdir) as workdir:
+            return cluster.main(workdir, args.skip_peer, output, quick=args.quick)
     clients.require_curl()
     load = os.getloadavg()[0]
     if load > 0.5:

@@ -67,7 +67,8 @@ def cmd_copy_records(args: argparse.Namespace) -> int:
         target.close()
     print(f"copied {report.records_copied} record(s), {report.details_copied} package detail(s),"
           f" {report.credentials_copied} credential(s), {report.events_copied} event(s),"
-          f" {report.jobs_copied} job(s), {report.uploads_copied} upload(s)"
+          f" {report.jobs_copied} job(s), {report.uploads_copied} upload(s),"
+          f" {report.deliveries_copied} webhook delivery(ies)"
           f" to {target.description}; {report.skipped} already there")
     return 0
 

@@ -3,7 +3,8 @@
 Everything the store keeps is copied with its ids and times: package records
 (deleted and purged ones too), the package details the web interface shows,
 credentials (hashes only, as stored), audit
-events, background jobs and resumable uploads.
+events, background jobs, resumable uploads and the webhook outbox (a
+delivery still pending is made by the target's instances).
 
 Jobs and uploads are copied as they are, claims included: a job still
 running in the source's process is run again by the target once that
@@ -50,6 +51,7 @@ class CopyReport:
     events_copied: int = 0
     jobs_copied: int = 0
     uploads_copied: int = 0
+    deliveries_copied: int = 0
     skipped: int = 0
 
 
@@ -57,7 +59,8 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
                  progress: Callable[[str, int], None] = lambda kind, count: None) -> CopyReport:
     """Copy every row of ``source`` into ``target`` (both migrated by the caller). Blocks.
 
-    :param progress: called with ("records" | "details" | "credentials" | "events" | "jobs" | "uploads",
+    :param progress: called with ("records" | "details" | "credentials" | "events" | "jobs" | "uploads"
+        | "deliveries",
         rows so far).
     :raises TargetNotEmpty: ``target`` holds data and ``resume`` is false.
     """
@@ -92,4 +95,6 @@ def copy_records(source: RecordStore, target: RecordStore, *, resume: bool = Fal
     report.events_copied = pages("events", source.page_events, target.import_events, lambda e: e.id, 0)
     report.jobs_copied = pages("jobs", source.page_jobs, target.import_jobs, lambda j: j.id, "")
     report.uploads_copied = pages("uploads", source.page_uploads, target.import_uploads, lambda u: u.id, "")
+    report.deliveries_copied = pages("deliveries", source.page_deliveries, target.import_deliveries,
+                                     lambda d: d.id, 0)
     return report

@@ -24,7 +24,12 @@ Five passes, in this order:
    :meth:`Storage.iter_blobs`; a backend without it is reported and skipped.
 4. **staging**: files in the staging folder older than the grace period
    (uploads that died without cleaning up; the server also empties the
-   folder at start-up, but a long-running one never restarts).
+   folder at start-up, but a long-running one never restarts), and the
+   per-process staging folders (:mod:`registry.staging_folders`) that no
+   live process holds, made before the grace period (their process died; a
+   server starting on this root would remove them too). A folder a serving
+   process holds is never touched, however old its uploads, on this host or
+   on another sharing the root.
 
 5. **uploads**: resumable uploads past ``[uploads] expire_after`` since
    their last PATCH, with their bytes in the storage's staging area.
@@ -44,6 +49,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from registry import staging_folders
 from registry.errors import RegistryError
 from registry.records import Order, Record
 from registry.service import Registry
@@ -247,12 +253,17 @@ async def _delete_blob(registry: Registry, key: str, target: str, size: int, dry
 
 
 async def sweep_staging(registry: Registry, options: GcOptions, cutoff: datetime, on_action: ActionSink) -> None:
-    """Pass 4: delete staging files last modified before ``cutoff``."""
-    actions = await anyio.to_thread.run_sync(
-        _sweep_staging_folder, registry.storage.staging_dir, cutoff.timestamp(), options.dry_run
-    )
+    """Pass 4: delete staging files last modified before ``cutoff``, and
+    abandoned process folders made before it."""
+    base = registry.storage.staging_dir
+    actions = await anyio.to_thread.run_sync(_sweep_staging_folder, base, cutoff.timestamp(), options.dry_run)
     for action in actions:
         on_action(action)
+    abandoned = await anyio.to_thread.run_sync(
+        partial(staging_folders.abandoned_folders, base, created_before=cutoff.timestamp(),
+                remove=not options.dry_run))
+    for folder, size in abandoned:
+        on_action(GcAction(STAGING, f"{folder} (abandoned by its process)", size))
 
 
 def _sweep_staging_folder(folder: Path, before: float, dry_run: bool) -> list[GcAction]:

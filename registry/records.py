@@ -310,3 +310,53 @@ class Upload:
     expires: datetime
     holder: str | None
     lease_until: datetime | None
+
+
+# -- the webhook outbox ------------------------------------------------------------------
+
+#: delivery states: waiting for its (next) attempt, done, or given up after the last attempt
+PENDING = "pending"
+DELIVERED = "delivered"
+OUTBOX_STATES = (PENDING, DELIVERED, FAILED)
+
+
+@dataclass(frozen=True)
+class NewOutboxEvent:
+    """A package event to deliver to each of ``targets``, queued in the record store.
+
+    :param event_id: unique and stable across retries (``X-Registry-Event-Id``).
+    :param targets: one name per receiver: the webhook plugin names a URL by
+        its sha256, so a URL's credentials never reach the database.
+    :param payload: the JSON body delivered.
+    """
+
+    event_id: str
+    targets: tuple[str, ...]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event for one target, as the outbox keeps it.
+
+    :param state: one of ``OUTBOX_STATES``.
+    :param attempts: failed attempts so far (an attempt cut short by a crash
+        does not count: its lease lapses and the delivery is tried again).
+    :param next_attempt: not claimed before this time (back-off).
+    :param holder: the process delivering it now (see :mod:`registry.leases`), or None.
+    :param lease_until: when that claim lapses.
+    :param last_error: why the last attempt failed, for people.
+    """
+
+    id: int
+    event_id: str
+    target: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    created: datetime
+    updated: datetime
+    next_attempt: datetime
+    holder: str | None
+    lease_until: datetime | None
+    last_error: str | None

@@ -81,30 +81,57 @@ def sweep_abandoned(base: Path, keep: Path | None = None) -> int:
     (``mkdir`` then lock) or was left half-made; it is removed only once its
     lock file exists and is free, so a starting process is never raced.
     """
+    return len(abandoned_folders(base, keep))
+
+
+def abandoned_folders(base: Path, keep: Path | None = None, *, created_before: float | None = None,
+                      remove: bool = True) -> list[tuple[Path, int]]:
+    """Blocking: the process folders under ``base`` no live process holds
+    (except ``keep``), each with the bytes of the files in it, removed unless
+    ``remove`` is false (a dry run: each is only locked for a moment).
+
+    :param created_before: only folders whose lock file was made before this
+        ``time.time()`` (``registry gc``'s grace period: the lock file is
+        never written after its process made it).
+    """
     if not base.is_dir():
-        return 0
-    removed = 0
+        return []
+    found: list[tuple[Path, int]] = []
     for entry in base.iterdir():
         if not entry.name.startswith(PREFIX) or entry == keep or entry.is_symlink() or not entry.is_dir():
             continue
-        fd = _try_lock(entry / LOCK_NAME, create=False)
+        lock_file = entry / LOCK_NAME
+        if created_before is not None:
+            try:
+                if lock_file.stat().st_mtime >= created_before:
+                    continue
+            except FileNotFoundError:
+                continue
+        fd = _try_lock(lock_file, create=False)
         if fd is None:
             continue
         try:
-            # Files first, the lock file last: a process reading the folder
-            # as we go sees it held until the very end.
-            for child in entry.iterdir():
-                if child.name == LOCK_NAME:
-                    continue
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-            (entry / LOCK_NAME).unlink(missing_ok=True)
-            entry.rmdir()
-            removed += 1
+            size = sum(child.stat().st_size for child in entry.rglob("*")
+                       if child.is_file() and not child.is_symlink() and child.name != LOCK_NAME)
+            if remove:
+                _empty_and_remove(entry)
+            found.append((entry, size))
         except OSError:
             pass  # another sweeper got there first; it is gone either way
         finally:
             os.close(fd)
-    return removed
+    return found
+
+
+def _empty_and_remove(entry: Path) -> None:
+    """Remove a process folder whose lock we hold: files first, the lock file
+    last, so a process reading the folder as we go sees it held until the end."""
+    for child in entry.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    (entry / LOCK_NAME).unlink(missing_ok=True)
+    entry.rmdir()

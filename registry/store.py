@@ -23,7 +23,11 @@ later write of the holder is conditional on still holding it, so a job never
 runs twice at once and two requests never append to one upload together.
 Lease times are the caller's clock (``utc_now()`` + seconds).
 
-New kinds of data (the webhook outbox, …) are added as new abstract groups
+The webhook outbox is a queue of deliveries with leases too: any instance
+claims the next delivery of a target, so each is delivered by one process at
+a time, in order per target, and again after a crash once its lease lapses.
+
+New kinds of data are added as new abstract groups
 of methods plus a migration in each store;
 :class:`RecordStoreConformance` in ``registry/testing.py`` checks a plugin.
 """
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,9 +52,11 @@ from registry.records import (
     AuditEvent,
     CommitResult,
     Credential,
+    Delivery,
     Job,
     NewCredential,
     NewJob,
+    NewOutboxEvent,
     NewPackage,
     NewUpload,
     Order,
@@ -322,7 +328,8 @@ class RecordStore(ABC):
 
     @abstractmethod
     def is_empty(self) -> bool:
-        """True when the store holds no record, credential, event, job or upload."""
+        """True when the store holds no record, credential, event, job, upload
+        or outbox delivery."""
 
     @abstractmethod
     def import_records(self, records: Sequence[Record]) -> int:
@@ -461,6 +468,61 @@ class RecordStore(ABC):
     def count_uploads_in_progress(self) -> int:
         """Uploads still ``receiving`` or ``completing``."""
 
+
+    # -- the webhook outbox ----------------------------------------------------------------
+
+    @abstractmethod
+    def add_outbox(self, new: NewOutboxEvent) -> builtins.list[Delivery]:
+        """Queue ``new`` as one ``pending`` delivery per target, due now, in one
+        transaction; returns them in target order. Ids grow with each call, so
+        they order a target's deliveries."""
+
+    @abstractmethod
+    def claim_deliveries(self, holder: str, lease_seconds: float,
+                         targets: Collection[str]) -> builtins.list[Delivery]:
+        """Claim, for ``holder`` and ``lease_seconds``, the first ``pending``
+        delivery (lowest id) of each of ``targets`` when it is due
+        (``next_attempt`` passed) and not claimed under a live lease; by id.
+
+        A target's later deliveries wait while its first is pending (claimed
+        or backing off), so each target receives its events in order. Atomic
+        across threads, processes and hosts: of concurrent calls, exactly one
+        gets a given delivery. A lapsed lease is claimed again (at least once
+        after a crash); ``attempts`` is unchanged by a claim.
+        """
+
+    @abstractmethod
+    def delivered(self, delivery_id: int, holder: str) -> bool:
+        """Mark ``holder``'s claimed delivery ``delivered`` and drop the claim;
+        False when it is no longer theirs (its lease lapsed and another took it)."""
+
+    @abstractmethod
+    def delivery_failed(self, delivery_id: int, holder: str, error: str, retry_at: datetime | None) -> bool:
+        """Count a failed attempt of ``holder``'s claimed delivery and drop the
+        claim: ``pending`` again, due at ``retry_at``, or ``failed`` for good
+        when ``retry_at`` is None. False when it is no longer theirs."""
+
+    @abstractmethod
+    def release_deliveries(self, holder: str) -> int:
+        """Drop every claim of ``holder`` (shutting down) without counting an
+        attempt, so another process may take them at once; how many."""
+
+    @abstractmethod
+    def count_deliveries_by_state(self) -> dict[str, int]:
+        """How many deliveries are in each of ``OUTBOX_STATES`` (0 for none)."""
+
+    @abstractmethod
+    def expire_deliveries(self, finished_before: datetime) -> int:
+        """Delete ``delivered`` and ``failed`` deliveries last updated before
+        ``finished_before``; how many."""
+
+    @abstractmethod
+    def page_deliveries(self, after_id: int, limit: int) -> builtins.list[Delivery]:
+        """Up to ``limit`` deliveries with ids above ``after_id``, by id."""
+
+    @abstractmethod
+    def import_deliveries(self, deliveries: Sequence[Delivery]) -> int:
+        """:meth:`import_records` for outbox deliveries, kept exactly as given."""
 
     # -- backup (registry backup / restore-backup) --------------------------------------
 

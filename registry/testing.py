@@ -65,7 +65,9 @@ from registry.leases import holder_is_dead, make_holder
 from registry.records import (
     CANCELLED,
     COMPLETING,
+    DELIVERED,
     FAILED,
+    PENDING,
     QUEUED,
     RECEIVING,
     RUNNING,
@@ -73,6 +75,7 @@ from registry.records import (
     AuditEvent,
     NewCredential,
     NewJob,
+    NewOutboxEvent,
     NewPackage,
     NewUpload,
     Order,
@@ -452,6 +455,24 @@ def dead_holder() -> str:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         return pool.apply(make_holder)
+
+
+def new_event(event_id: str, *targets: str) -> NewOutboxEvent:
+    """A webhook event to queue for ``targets``."""
+    return NewOutboxEvent(event_id=event_id, targets=targets, payload={"event": "stored", "id": 1, "note": "é"})
+
+
+def claim_deliveries_in_process(factory: StoreFactory, barrier: Any, targets: list[str]) -> list[int]:
+    """Claim deliveries through a store built by ``factory`` in this (child)
+    process, after every racer reached ``barrier``; the ids it got."""
+    store = factory()
+    try:
+        store.migrate()
+        holder = make_holder()
+        barrier.wait()
+        return [delivery.id for delivery in store.claim_deliveries(holder, 60, targets)]
+    finally:
+        store.close()
 
 
 def claim_in_process(factory: StoreFactory, barrier: Any) -> str | None:
@@ -1346,3 +1367,117 @@ class RecordStoreConformance:
         assert store.import_jobs([moved_job]) == 1 and store.import_uploads([moved_upload]) == 1
         assert store.get_job("app", "default", "j_3") == moved_job
         assert store.get_upload("app", "default", "c" * 32) == moved_upload
+
+    # -- the webhook outbox ------------------------------------------------------------------------
+
+    def test_an_event_is_queued_once_per_target(self, store: RecordStore) -> None:
+        made = store.add_outbox(new_event("e1", "t1", "t2"))
+        assert [(d.event_id, d.target, d.state, d.attempts) for d in made] == [("e1", "t1", PENDING, 0),
+                                                                                ("e1", "t2", PENDING, 0)]
+        assert made[0].id < made[1].id and made[0].payload == {"event": "stored", "id": 1, "note": "é"}
+        assert made[0].holder is None and made[0].lease_until is None and made[0].last_error is None
+        assert made[0].created.tzinfo is not None and made[0].next_attempt <= utc_now()
+        assert store.count_deliveries_by_state() == {PENDING: 2, DELIVERED: 0, FAILED: 0}
+        assert not store.is_empty()
+
+    def test_a_target_receives_its_deliveries_one_at_a_time_in_order(self, store: RecordStore) -> None:
+        first, = store.add_outbox(new_event("e1", "t1"))
+        second, = store.add_outbox(new_event("e2", "t1"))
+        other, = store.add_outbox(new_event("e3", "t2"))
+        claimed = store.claim_deliveries("h:1:a", 60, ["t1", "t2"])
+        assert [d.id for d in claimed] == [first.id, other.id], "the head of each target only"
+        assert claimed[0].holder == "h:1:a" and claimed[0].lease_until is not None
+        assert claimed[0].lease_until > utc_now() and claimed[0].attempts == 0
+        assert store.claim_deliveries("h:2:b", 60, ["t1", "t2"]) == [], "claimed heads hold their queues"
+        assert not store.delivered(first.id, "h:2:b"), "only the holder settles a delivery"
+        assert store.delivered(first.id, "h:1:a")
+        assert not store.delivered(first.id, "h:1:a"), "settled once"
+        assert [d.id for d in store.claim_deliveries("h:2:b", 60, ["t1", "t2"])] == [second.id]
+        assert store.claim_deliveries("h:3:c", 60, ["t9"]) == []
+        assert store.claim_deliveries("h:3:c", 60, []) == []
+        done = store.page_deliveries(0, 1)[0]
+        assert done.state == DELIVERED and done.holder is None and done.lease_until is None
+
+    def test_a_failed_attempt_backs_off_and_the_last_one_gives_up(self, store: RecordStore) -> None:
+        first, = store.add_outbox(new_event("e1", "t1"))
+        second, = store.add_outbox(new_event("e2", "t1"))
+        assert [d.id for d in store.claim_deliveries("h:1:a", 60, ["t1"])] == [first.id]
+        assert store.delivery_failed(first.id, "h:1:a", "HTTP 500", utc_now() - timedelta(seconds=1))
+        assert not store.delivery_failed(first.id, "h:1:a", "again", None), "no longer claimed"
+        again = store.claim_deliveries("h:2:b", 60, ["t1"])
+        assert [(d.id, d.attempts, d.last_error) for d in again] == [(first.id, 1, "HTTP 500")]
+        assert store.delivery_failed(first.id, "h:2:b", "gave up", None)
+        failed = store.page_deliveries(0, 1)[0]
+        assert (failed.state, failed.attempts, failed.holder) == (FAILED, 2, None)
+        assert [d.id for d in store.claim_deliveries("h:2:b", 60, ["t1"])] == [second.id], \
+            "a given-up head no longer holds its target's queue"
+        third, = store.add_outbox(new_event("e3", "t2"))
+        store.add_outbox(new_event("e4", "t2"))
+        store.claim_deliveries("h:1:a", 60, ["t2"])
+        assert store.delivery_failed(third.id, "h:1:a", "timeout", utc_now() + timedelta(hours=1))
+        assert store.claim_deliveries("h:1:a", 60, ["t2"]) == [], "backing off, and holding its queue"
+        assert store.count_deliveries_by_state() == {PENDING: 3, DELIVERED: 0, FAILED: 1}
+
+    def test_an_expired_lease_or_a_release_gives_the_delivery_away(self, store: RecordStore) -> None:
+        first, = store.add_outbox(new_event("e1", "t1"))
+        assert [d.id for d in store.claim_deliveries("elsewhere:1:a", 0, ["t1"])] == [first.id]
+        taken = store.claim_deliveries("elsewhere:2:b", 60, ["t1"])
+        assert [(d.id, d.holder, d.attempts) for d in taken] == [(first.id, "elsewhere:2:b", 0)], \
+            "a crashed attempt is not counted"
+        assert not store.delivered(first.id, "elsewhere:1:a"), "the old holder lost it"
+        second, = store.add_outbox(new_event("e2", "t2"))
+        assert store.claim_deliveries("h:3:c", 3600, ["t2"])
+        assert store.release_deliveries("h:3:c") == 1
+        assert [d.id for d in store.claim_deliveries("h:4:d", 60, ["t2"])] == [second.id]
+        assert store.delivered(first.id, "elsewhere:2:b") and store.delivered(second.id, "h:4:d")
+
+    def test_finished_deliveries_expire_pending_ones_never(self, store: RecordStore) -> None:
+        first, second = store.add_outbox(new_event("e1", "t1", "t2"))
+        store.add_outbox(new_event("e2", "t3"))
+        store.claim_deliveries("h:1:a", 60, ["t1", "t2"])
+        store.delivered(first.id, "h:1:a")
+        store.delivery_failed(second.id, "h:1:a", "gave up", None)
+        assert store.expire_deliveries(utc_now() - timedelta(hours=1)) == 0
+        assert store.expire_deliveries(utc_now() + timedelta(seconds=1)) == 2
+        assert [d.event_id for d in store.page_deliveries(0, 10)] == ["e2"]
+
+    def test_racing_threads_claim_each_delivery_once(self, store: RecordStore) -> None:
+        targets = [f"t{n}" for n in range(self.RACERS)]
+        for target in targets:
+            store.add_outbox(new_event(f"e-{target}", target))
+        barrier = threading.Barrier(self.RACERS)
+
+        def one(n: int) -> list[int]:
+            barrier.wait()
+            return [d.id for d in store.claim_deliveries(f"h:{n}:x", 60, targets)]
+
+        with ThreadPoolExecutor(self.RACERS) as pool:
+            won = [delivery for claimed in pool.map(one, range(self.RACERS)) for delivery in claimed]
+        assert sorted(won) == sorted(d.id for d in store.page_deliveries(0, 100))
+
+    def test_racing_processes_claim_each_delivery_once(self, store: RecordStore,
+                                                       make_store: StoreFactory) -> None:
+        targets = [f"t{n}" for n in range(6)]
+        for target in targets:
+            store.add_outbox(new_event(f"e-{target}", target))
+        context = multiprocessing.get_context("spawn")
+        racers = 4
+        with context.Manager() as manager:
+            barrier = manager.Barrier(racers)
+            with context.Pool(racers) as pool:
+                won = pool.starmap(claim_deliveries_in_process, [(make_store, barrier, targets)] * racers)
+        claimed = [delivery for ids in won for delivery in ids]
+        assert sorted(claimed) == sorted(d.id for d in store.page_deliveries(0, 100)), won
+
+    def test_deliveries_are_imported_as_they_are(self, store: RecordStore) -> None:
+        store.add_outbox(new_event("e1", "t1", "t2"))
+        store.claim_deliveries("h:1:a", 60, ["t1"])
+        head = store.page_deliveries(0, 1)
+        kept = head + store.page_deliveries(head[0].id, 10)
+        assert [d.target for d in kept] == ["t1", "t2"] and kept[0].holder == "h:1:a"
+        assert store.import_deliveries(kept) == 0
+        moved = replace(kept[0], id=kept[-1].id + 100, event_id="e0", attempts=3, last_error="HTTP 502")
+        assert store.import_deliveries([moved, kept[1]]) == 1
+        assert store.page_deliveries(kept[-1].id, 10) == [moved]
+        later, = store.add_outbox(new_event("e2", "t3"))
+        assert later.id > moved.id, "new deliveries follow the imported ones"

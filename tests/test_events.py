@@ -24,12 +24,14 @@ class Receiver:
     def __init__(self, failures: int) -> None:
         self.bodies: list[tuple[bytes, str]] = []
         self.attempts = 0
+        self.event_ids: list[str] = []  # X-Registry-Event-Id of every attempt
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.attempts += 1
+                receiver.event_ids.append(self.headers.get("X-Registry-Event-Id", ""))
                 if receiver.attempts <= failures:
                     self.send_response(500)
                 else:
@@ -78,6 +80,9 @@ def test_audit_table_and_webhooks(tmp_path: Path, receiver: Receiver) -> None:
 
         delivered = receiver.wait_for(4)
         assert receiver.attempts == 5  # the first delivery failed once and was retried
+        ids = receiver.event_ids
+        assert ids[0] == ids[1] and len(set(ids)) == 4 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), \
+            "one id per event, the same on its retry"
         kinds = [json.loads(body)["event"] for body, _ in delivered]
         assert kinds == ["stored", "overwritten", "deleted", "restored"]
         for body, signature in delivered:

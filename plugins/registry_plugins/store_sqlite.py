@@ -21,7 +21,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
@@ -37,16 +37,22 @@ from registry.records import (
     CANCELLED,
     COMPLETING,
     FINISHED_STATES,
+    DELIVERED,
+    FAILED,
     JOB_STATES,
+    OUTBOX_STATES,
+    PENDING,
     QUEUED,
     RECEIVING,
     RUNNING,
     AuditEvent,
     CommitResult,
     Credential,
+    Delivery,
     Job,
     NewCredential,
     NewJob,
+    NewOutboxEvent,
     NewPackage,
     NewUpload,
     Order,
@@ -262,6 +268,19 @@ def _module_counts_v8(db: sqlite_utils.Database) -> None:
                " UPDATE application_total SET applications = applications + 1; END")
     db.execute("CREATE TRIGGER application_total_remove AFTER DELETE ON application_counts BEGIN"
                " UPDATE application_total SET applications = applications - 1; END")
+def _outbox_v9(db: sqlite_utils.Database) -> None:
+    """The webhook outbox: one row per event and target (a URL's sha256, never
+    the URL). ``holder``/``lease_until`` are the claim of the delivering process."""
+    db.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,"
+        " target TEXT NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL, updated TEXT NOT NULL,"
+        " next_attempt TEXT NOT NULL, holder TEXT, lease_until TEXT, last_error TEXT,"
+        " UNIQUE (event_id, target))"
+    )
+    # the head of each target's queue, read by every claim
+    db.execute("CREATE INDEX outbox_pending ON outbox (target, id) WHERE state = 'pending'")
+    db.execute("CREATE INDEX outbox_finished ON outbox (updated) WHERE state <> 'pending'")
 
 
 #: Append only: ``PRAGMA user_version`` records how many have run.
@@ -274,6 +293,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("expires_at and last_used on credentials", _credential_expiry_v6),
     ("jobs and uploads tables", _jobs_and_uploads_v7),
     ("module_counts, application_counts and application_total kept by triggers", _module_counts_v8),
+    ("webhook outbox table", _outbox_v9),
 ]
 
 #: The trigram index finds substrings of at least this many characters;
@@ -389,6 +409,21 @@ def _upload_row(upload: Upload) -> dict[str, Any]:
     return values
 
 
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        id=row["id"], event_id=row["event_id"], target=row["target"], payload=json.loads(row["payload"]),
+        state=row["state"], attempts=row["attempts"], created=from_text(row["created"]),
+        updated=from_text(row["updated"]), next_attempt=from_text(row["next_attempt"]), holder=row["holder"],
+        lease_until=_optional_time(row["lease_until"]), last_error=row["last_error"],
+    )
+
+
+def _delivery_row(delivery: Delivery) -> dict[str, Any]:
+    return {**delivery.__dict__, "payload": json.dumps(delivery.payload, ensure_ascii=False),
+            "created": to_text(delivery.created), "updated": to_text(delivery.updated),
+            "next_attempt": to_text(delivery.next_attempt), "lease_until": _optional_text(delivery.lease_until)}
 
 
 _UNAVAILABLE_HINTS = ("interrupted", "locked", "busy", "unable to open", "disk", "full", "readonly", "i/o")
@@ -884,7 +919,7 @@ class SQLiteStore(RecordStore):
     def is_empty(self) -> bool:
         return not self._rows("SELECT 1 FROM packages UNION ALL SELECT 1 FROM credentials"
                               " UNION ALL SELECT 1 FROM events UNION ALL SELECT 1 FROM jobs"
-                              " UNION ALL SELECT 1 FROM uploads LIMIT 1")
+                              " UNION ALL SELECT 1 FROM uploads UNION ALL SELECT 1 FROM outbox LIMIT 1")
 
     def _insert(self, table: str, rows: builtins.list[dict[str, Any]]) -> int:
         if not rows:
@@ -1171,6 +1206,80 @@ class SQLiteStore(RecordStore):
     def count_uploads_in_progress(self) -> int:
         rows = self._rows("SELECT COUNT(*) AS n FROM uploads WHERE state IN (?, ?)", (RECEIVING, COMPLETING))
         return int(rows[0]["n"])
+
+    # -- the webhook outbox ----------------------------------------------------------------------
+
+    def add_outbox(self, new: NewOutboxEvent) -> builtins.list[Delivery]:
+        now = to_text(utc_now())
+        payload = json.dumps(new.payload, ensure_ascii=False)
+        with self._write() as conn:
+            return [_delivery(conn.execute(
+                "INSERT INTO outbox (event_id, target, payload, state, created, updated, next_attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (new.event_id, target, payload, PENDING, now, now, now),
+            ).fetchone()) for target in new.targets]
+
+    def claim_deliveries(self, holder: str, lease_seconds: float,
+                         targets: Collection[str]) -> builtins.list[Delivery]:
+        if not targets:
+            return []
+        now = utc_now()
+        wanted = ", ".join("(?)" for _ in targets)
+        # One UPDATE … RETURNING under BEGIN IMMEDIATE: the look for each
+        # target's head and the claim hold the write lock together. Each head
+        # is one step down the partial index, however long the queue behind it.
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE outbox SET holder = ?, lease_until = ?, updated = ? WHERE id IN ("
+                " SELECT (SELECT id FROM outbox WHERE target = wanted.column1 AND state = ? ORDER BY id LIMIT 1)"
+                f" FROM (VALUES {wanted}) AS wanted)"
+                " AND next_attempt <= ? AND (holder IS NULL OR lease_until < ?) RETURNING *",
+                (holder, to_text(now + timedelta(seconds=lease_seconds)), to_text(now), PENDING, *targets,
+                 to_text(now), to_text(now)),
+            ).fetchall()
+        return sorted((_delivery(row) for row in rows), key=lambda delivery: delivery.id)
+
+    def delivered(self, delivery_id: int, holder: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE outbox SET state = ?, holder = NULL, lease_until = NULL, updated = ?"
+                " WHERE id = ? AND holder = ? AND state = ?",
+                (DELIVERED, to_text(utc_now()), delivery_id, holder, PENDING),
+            ).rowcount == 1
+
+    def delivery_failed(self, delivery_id: int, holder: str, error: str, retry_at: datetime | None) -> bool:
+        now = utc_now()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_attempt = ?,"
+                " holder = NULL, lease_until = NULL, updated = ? WHERE id = ? AND holder = ? AND state = ?",
+                (PENDING if retry_at is not None else FAILED, error, to_text(retry_at or now), to_text(now),
+                 delivery_id, holder, PENDING),
+            ).rowcount == 1
+
+    def release_deliveries(self, holder: str) -> int:
+        with self._write() as conn:
+            return conn.execute("UPDATE outbox SET holder = NULL, lease_until = NULL WHERE holder = ?",
+                                (holder,)).rowcount
+
+    def count_deliveries_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
+        for row in self._rows("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"):
+            if row["state"] in counts:
+                counts[row["state"]] = int(row["n"])
+        return counts
+
+    def expire_deliveries(self, finished_before: datetime) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM outbox WHERE state <> ? AND updated < ?",
+                                (PENDING, to_text(finished_before))).rowcount
+
+    def page_deliveries(self, after_id: int, limit: int) -> builtins.list[Delivery]:
+        return [_delivery(row) for row in self._rows("SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                                                     (after_id, limit))]
+
+    def import_deliveries(self, deliveries: Sequence[Delivery]) -> int:
+        return self._insert("outbox", [_delivery_row(delivery) for delivery in deliveries])
 
 
 @hookimpl
