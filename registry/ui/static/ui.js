@@ -177,7 +177,7 @@
     progress(0, file.size);
     button.disabled = true;
     var above = Number(form.getAttribute("data-resumable-above") || "0");
-    if (above > 0 && file.size > above && window.localStorage) {
+    if (above > 0 && file.size > above) {
       uploadResumable(form, file, version, allow, outcome);
     } else {
       uploadMultipart(form, file, version, allow, outcome);
@@ -238,19 +238,35 @@
     return Object.keys(values).map(function (key) { return key + " " + base64Text(values[key]); }).join(",");
   }
 
-  function forgetStaleUploads(keepMs) {
+  /* localStorage, or null where the browser blocks it: uploads then still
+     resume after a dropped connection, only not after a reload. */
+  function localStore() {
+    try {
+      var store = window.localStorage;
+      store.getItem(TUS_PREFIX);
+      return store;
+    } catch (ignored) {
+      return null;
+    }
+  }
+
+  function readEntry(store, key) {
+    try {
+      var entry = JSON.parse(store.getItem(key));
+      return entry && typeof entry.url === "string" && typeof entry.saved === "number" ? entry : null;
+    } catch (ignored) {
+      return null;
+    }
+  }
+
+  function forgetStaleUploads(store, keepMs) {
     var now = Date.now();
-    for (var i = window.localStorage.length - 1; i >= 0; i -= 1) {
-      var key = window.localStorage.key(i);
+    for (var i = store.length - 1; i >= 0; i -= 1) {
+      var key = store.key(i);
       if (key && key.indexOf(TUS_PREFIX) === 0) {
-        var entry = null;
-        try {
-          entry = JSON.parse(window.localStorage.getItem(key));
-        } catch (ignored) {
-          entry = null;
-        }
-        if (!entry || typeof entry.url !== "string" || !(now - entry.saved < keepMs)) {
-          window.localStorage.removeItem(key);
+        var entry = readEntry(store, key);
+        if (!entry || !(now - entry.saved < keepMs)) {
+          store.removeItem(key);
         }
       }
     }
@@ -286,13 +302,22 @@
     var url = null;
     var offset = 0;
     var attempt = 0;
+    var store = localStore();
 
     function remember() {
-      window.localStorage.setItem(key, JSON.stringify({ url: url, saved: Date.now() }));
+      try {
+        if (store) {
+          store.setItem(key, JSON.stringify({ url: url, saved: Date.now() }));
+        }
+      } catch (ignored) {
+        /* full: this upload resumes after a dropped connection, not after a reload */
+      }
     }
 
     function forget() {
-      window.localStorage.removeItem(key);
+      if (store) {
+        store.removeItem(key);
+      }
     }
 
     function networkError() {
@@ -347,6 +372,11 @@
         if (answer.status === 404) {
           forget();
           create();
+          return;
+        }
+        if (answer.status >= 400 && answer.status < 500 && answer.status !== 423) {
+          forget();  /* not this credential's, or refused for good: nothing to resume */
+          outcome.failed(parseError(answer.status, answer.text));
           return;
         }
         if (answer.status !== 200) {
@@ -420,14 +450,12 @@
       });
     }
 
-    forgetStaleUploads(keepMs);
     var saved = null;
-    try {
-      saved = JSON.parse(window.localStorage.getItem(key));
-    } catch (ignored) {
-      saved = null;
+    if (store) {
+      forgetStaleUploads(store, keepMs);
+      saved = readEntry(store, key);
     }
-    if (saved && typeof saved.url === "string") {
+    if (saved) {
       url = saved.url;
       recover();
     } else {
