@@ -234,6 +234,14 @@
     return window.btoa(binary);
   }
 
+  function parseJson(text) {
+    try {
+      return JSON.parse(text);
+    } catch (ignored) {
+      return null;  /* not JSON: a proxy's page */
+    }
+  }
+
   function tusMetadata(values) {
     return Object.keys(values).map(function (key) { return key + " " + base64Text(values[key]); }).join(",");
   }
@@ -331,7 +339,7 @@
         outcome.failed(error);  /* the upload is kept: Upload again resumes it */
         return;
       }
-      window.setTimeout(recover, TUS_RETRY_DELAYS[attempt]);
+      window.setTimeout(function () { recover(false); }, TUS_RETRY_DELAYS[attempt]);
       attempt += 1;
     }
 
@@ -365,9 +373,10 @@
       attempt += 1;
     }
 
-    /* Where does the upload stand? Finished (by an earlier page), gone
-       (expired: start again), or receiving at the offset HEAD answers. */
-    function recover() {
+    /* Where does the upload stand? Finished, gone (expired: start again), or
+       receiving at the offset HEAD answers. An upload an earlier page saw
+       refused is not shown again: the person asks anew, so it starts anew. */
+    function recover(earlierPage) {
       tusRequest("GET", url, {}).then(function (answer) {
         if (answer.status === 404) {
           forget();
@@ -383,13 +392,17 @@
           retry(answer.status === 0 ? networkError() : parseError(answer.status, answer.text));
           return;
         }
-        var state = JSON.parse(answer.text);
+        var state = parseJson(answer.text) || {};
         if (state.state === "succeeded") {
           forget();
           outcome.stored(state.package);
         } else if (state.state === "failed") {
           forget();
-          outcome.failed(state.error);
+          if (earlierPage) {
+            create();
+          } else {
+            outcome.failed(state.error);
+          }
         } else {
           tusRequest("HEAD", url, {}).then(function (head) {
             var at = head.header("Upload-Offset");
@@ -441,7 +454,7 @@
     function finished() {
       forget();
       tusRequest("GET", url, {}).then(function (answer) {
-        var state = answer.status === 200 ? JSON.parse(answer.text) : null;
+        var state = answer.status === 200 ? parseJson(answer.text) : null;
         if (state && state.package) {
           outcome.stored(state.package);
         } else {
@@ -457,7 +470,7 @@
     }
     if (saved) {
       url = saved.url;
-      recover();
+      recover(true);
     } else {
       create();
     }
