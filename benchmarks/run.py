@@ -500,6 +500,13 @@ def render(summary: dict[str, Any]) -> str:
     ]
     if summary["peer"]:
         lines.append(f"  pypiserver peak RSS        {summary['peer']['peak_rss_bytes'] / MB:6.1f} MB")
+    # CPU seconds the server spent per upload: unlike MB/s, barely moved by other
+    # work on the machine, so the tus/file comparison survives a busy host.
+    cpu = {op: statistics.median(reg[op]["server_cpu_seconds"]) for op in ("upload", "tus_upload")
+           if reg.get(op, {}).get("server_cpu_seconds")}
+    if len(cpu) == 2:
+        lines.append(f"  registry CPU per upload     file {cpu['upload']:.2f} s, tus {cpu['tus_upload']:.2f} s "
+                     f"({cpu['tus_upload'] / cpu['upload']:.2f}x; median, user + system)")
     probes = [("registry GET /healthz during a file upload", reg["healthz_during_upload"]),
               ("registry GET /healthz during a link upload", reg["healthz_during_link_upload"])]
     if summary["peer"]:

@@ -14,7 +14,7 @@ from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.observe import ObserveRequests
 from registry.api.paths import KeepEncodedSlashes
 from registry.api.routes import build_routes
-from registry.jobs import JobRunner, TransferMetrics
+from registry.jobs import JobRunner, TransferMetrics, check_sealing_key
 from registry.resumable import Resumable
 from registry.service import Registry
 from registry.ui.routes import ui_routes
@@ -48,6 +48,7 @@ def create_app(registry: Registry) -> Starlette:
     app.state.ui_sessions = (
         SessionCodec(session_key(registry.settings)) if ui_enabled else None
     )
+    check_sealing_key(registry.settings)  # a shared key file that is missing stops start-up
     # Background link uploads and resumable uploads share one store and metrics.
     jobs = JobRunner(registry, registry.records, TransferMetrics(registry))
     app.state.jobs = jobs

@@ -10,7 +10,12 @@ a tus client handles by asking (``HEAD``) and sending again. The whole
 package is fsynced once, when the completing PATCH stages it.
 
 Writes run in a writer thread of the file's own, batched to about 2 MiB, so
-receiving the next batch overlaps writing the last one.
+receiving the next batch overlaps writing the last one. A *tee* (the upload's
+staging file, see :mod:`registry.assembly`) is handed the same batches, the
+very same ``bytes`` objects: the body is joined into a batch once, not once
+per consumer, and the tee's own writer receives 2 MiB pieces it need not
+join again. Feeding the tee piece by piece measured about twice the time
+per 8 MiB PATCH body (two writer threads each waking per piece).
 """
 
 from __future__ import annotations
@@ -78,9 +83,10 @@ class ChunkFile:
 
     async def receive(self, body: AsyncIterator[bytes], disconnect: type[BaseException],
                       tee: Callable[[bytes], Awaitable[None]] | None = None) -> bool:
-        """Write all of ``body``, each piece also to ``tee`` when given; True when
-        it ended with ``disconnect`` (the client went away), with what came until
-        then written."""
+        """Write all of ``body``, each batch also to ``tee`` when given (in
+        order, before it is written here); True when it ended with
+        ``disconnect`` (the client went away), with what came until then
+        written."""
         batch: list[bytes] = []
         batched = 0
         disconnected = False
@@ -91,23 +97,25 @@ class ChunkFile:
                 self.size += len(data)
                 if self.size > self.limit:
                     raise PackageTooLarge(f"the chunk passes the upload's length by {self.size - self.limit} bytes")
-                if tee is not None:
-                    await tee(data)
                 batch.append(data)
                 batched += len(data)
                 if batched >= FLUSH_SIZE:
-                    await self._submit(batch)
+                    await self._submit(batch, tee)
                     batch, batched = [], 0
         except disconnect:
             disconnected = True
-        await self._submit(batch)
+        await self._submit(batch, tee)
         await self._wait()
         return disconnected
 
-    async def _submit(self, batch: list[bytes]) -> None:
+    async def _submit(self, batch: list[bytes], tee: Callable[[bytes], Awaitable[None]] | None) -> None:
+        if not batch:
+            return
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        if tee is not None:
+            await tee(data)
         await self._wait()
-        if batch:
-            self._pending = self._writer.submit(self._write, b"".join(batch))
+        self._pending = self._writer.submit(self._write, data)
 
     async def _wait(self) -> None:
         pending, self._pending = self._pending, None

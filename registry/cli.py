@@ -120,6 +120,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from registry.ui.session import check_session_secret  # the web stack only where it is checked
 
         check_session_secret(settings)  # raises SettingsError, naming the key to set
+    from registry.jobs import check_sealing_key
+
+    check_sealing_key(settings)  # reads a configured key file, creates none
 
     async def probe() -> list[Migration]:
         # look, create nothing: no database file or table, no storage folder

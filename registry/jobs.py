@@ -22,11 +22,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, UTC
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,7 +38,8 @@ from registry.errors import RegistryError
 from registry.leases import make_holder
 from registry.origins import Download, Origin
 from registry.records import CANCELLED, FAILED, JOB_STATES, SUCCEEDED, CommitResult, Job, NewJob, Outcome
-from registry.seal import load_key, seal, unseal
+from registry.seal import SealBroken, key_path, read_key, seal, sealing_key, unseal
+from registry.settings import SettingsError
 from registry.service import Registry, UploadRequest
 from registry.store import RecordStore
 
@@ -54,6 +54,24 @@ POLL = 2.0
 #: Seconds between two expiry sweeps of finished jobs.
 EXPIRY_INTERVAL = 60.0
 JOB_DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
+
+
+def check_sealing_key(settings: Mapping[str, Any]) -> None:
+    """Refuse a ``[jobs] key_file`` that cannot be used, naming the key; warn
+    when instances on a database server would each make a key of their own
+    (a job made on one could not run on another). Creates nothing.
+
+    :raises SettingsError: the configured key file is missing or holds no key.
+    """
+    path, configured = key_path(settings)
+    if configured:
+        try:
+            read_key(path)
+        except SealBroken as exc:
+            raise SettingsError(f"configuration key 'jobs.key_file': {exc}") from None
+    elif settings["database.url"]:
+        logger.warning("[jobs] key_file is not set: the key that seals background jobs is kept in %s, which only"
+                       " instances on this host share; give every instance the same key_file", path)
 
 
 def new_job_id() -> str:
@@ -153,9 +171,9 @@ class JobRunner:
         return int(self.registry.settings["jobs.max_running"])
 
     def key(self) -> bytes:
-        """The sealing key beside the database (blocking on first use)."""
+        """The sealing key, ``[jobs] key_file`` or beside the database (blocking on first use)."""
         if self._key is None:
-            self._key = load_key(Path(self.registry.settings["database.path"]).with_suffix(".jobs-key"))
+            self._key = sealing_key(self.registry.settings)
         return self._key
 
     async def submit(self, upload: UploadRequest, package_url: str, redacted_url: str) -> Job:
@@ -285,6 +303,11 @@ class JobRunner:
             await upload_beside_heartbeat(url, origin)
         except RegistryError as exc:
             outcome.append(exc)
+        except SealBroken:
+            # Made by an instance with another key: a configuration error, not a bug of the job.
+            logger.error("job %s was sealed with another key than this instance's: give every instance"
+                         " sharing the database the same [jobs] key_file", job.id)
+            outcome.append(RegistryError(f"job {job.id}"))
         except Exception:
             logger.exception("job %s failed unexpectedly", job.id)
             outcome.append(RegistryError(f"job {job.id}"))

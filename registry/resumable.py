@@ -39,6 +39,8 @@ logger = logging.getLogger("registry.resumable")
 LEASE = 30.0
 #: Renew the lease after this many seconds of receiving.
 RENEW_AFTER = 10.0
+#: Uploads whose recorded offset a process remembers (see ``Resumable.recover``).
+MAX_RECORDED = 4096
 
 
 def new_upload_id() -> str:
@@ -67,6 +69,9 @@ class Resumable:
         self.assemblies = Assemblies(registry)
         #: uploads a request of this process is writing to (the lease is per process)
         self._writing: set[str] = set()
+        #: the offset this process last recorded for an upload: its bytes were kept
+        #: by this very process, so no crash of the machine can have lost them since
+        self._recorded: dict[str, int] = {}
 
     def claim(self, upload_id: str) -> bool:
         """Mark the upload as being written by a request of this process; False if one already is."""
@@ -160,13 +165,21 @@ class Resumable:
             self.jobs.metrics.upload_bytes.inc(chunk.size)
         if saved is None:
             raise JobNotFound(upload.id)  # terminated meanwhile
+        self._remember(saved)
         return ChunkResult(saved, disconnected, release)
+
+    def _remember(self, upload: Upload) -> None:
+        if len(self._recorded) >= MAX_RECORDED:
+            self._recorded.clear()  # forgetting only costs the next PATCH a look at the storage
+        self._recorded[upload.id] = upload.offset
 
     async def recover(self, upload: Upload, *, save: bool) -> Upload:
         """``upload`` with the offset of the bytes really kept (see
         :meth:`ResumableStore.recover`); with ``save`` (the caller holds the
-        lease) a loss is also recorded."""
-        if upload.state != RECEIVING:
+        lease) a loss is also recorded. An offset this process recorded
+        itself needs no look at the storage: the machine has not crashed
+        since, or this process would not be running."""
+        if upload.state != RECEIVING or self._recorded.get(upload.id) == upload.offset:
             return upload
         state, offset = await self.registry.storage.resumable().recover(upload.id, upload.storage_state)
         if offset is None:
@@ -228,6 +241,7 @@ class Resumable:
         return result
 
     async def _finish(self, upload: Upload, state: str, result: dict[str, Any]) -> None:
+        self._recorded.pop(upload.id, None)
         with anyio.CancelScope(shield=True):
             await self.registry.write(
                 lambda: self.store.finish_upload(upload.id, self.holder, state, result, self.expiry())
@@ -236,6 +250,7 @@ class Resumable:
 
     async def terminate(self, upload: Upload) -> None:
         """Remove the upload's bytes and its row (the caller holds the lease)."""
+        self._recorded.pop(upload.id, None)
         await self.assemblies.drop(upload.id)
         await self.registry.storage.resumable().discard(upload.id, upload.storage_state)
         await self.registry.write(self.store.delete_upload, upload.id)

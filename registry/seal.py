@@ -4,7 +4,9 @@ A background job must be able to run again after a restart, on any instance,
 so its full ``package_url`` (a pre-signed URL carries its signature in the
 query) has to outlive the request; but secrets never reach the database in
 clear. The URL is stored sealed with a key kept in a file beside the
-database (mode 0600, made on first use): encrypted with an HMAC-SHA256
+database (mode 0600, made on first use), or in ``[jobs] key_file``, which
+every instance sharing a database server must be given (see
+:func:`key_path`): encrypted with an HMAC-SHA256
 keystream (a fresh 16-byte nonce per seal) and authenticated with an
 HMAC-SHA256 tag, standard library only. A database copied without the key
 file reveals no secret.
@@ -16,7 +18,10 @@ import base64
 import hashlib
 import hmac
 import os
+import string
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 KEY_SIZE = 32
 NONCE_SIZE = 16
@@ -25,6 +30,44 @@ TAG_SIZE = 32
 
 class SealBroken(Exception):
     """The sealed text was not made with this key, or was altered."""
+
+
+def key_path(settings: Mapping[str, Any]) -> tuple[Path, bool]:
+    """Where this registry's sealing key is, and whether it was configured:
+    ``[jobs] key_file``, else ``{database.path}`` with the suffix ``.jobs-key``
+    (made on first use; only instances on one host share that file)."""
+    configured = settings["jobs.key_file"]
+    if configured:
+        return Path(configured), True
+    return Path(settings["database.path"]).with_suffix(".jobs-key"), False
+
+
+def read_key(path: Path) -> bytes:
+    """The key an operator put in ``path``: 32 bytes, raw or as 64 hex digits
+    (``openssl rand -hex 32``); never made here, because instances that each
+    made their own would not open each other's jobs. Blocking.
+
+    :raises SealBroken: the file is missing, unreadable or holds no key.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SealBroken(f"cannot read {path}: {exc.strerror}") from None
+    text = raw.strip()
+    if len(text) == 2 * KEY_SIZE and all(chr(c) in string.hexdigits for c in text):
+        return bytes.fromhex(text.decode())
+    if len(raw) == KEY_SIZE:
+        return raw
+    raise SealBroken(f"{path} holds neither {KEY_SIZE} bytes nor {2 * KEY_SIZE} hex digits")
+
+
+def sealing_key(settings: Mapping[str, Any]) -> bytes:
+    """The key that seals background jobs' URLs (see :func:`key_path`). Blocking.
+
+    :raises SealBroken: a configured key file cannot be used.
+    """
+    path, configured = key_path(settings)
+    return read_key(path) if configured else load_key(path)
 
 
 def load_key(path: Path) -> bytes:

@@ -160,6 +160,10 @@ CORE_SETTINGS: tuple[Setting, ...] = (
             "Key that signs web sessions; empty: generated once and kept beside the SQLite database (required with `database.url`)."),
     Setting("plugins.disabled", "list[str]", [], "Built-in plugins to switch off, by entry-point name."),
     Setting("jobs.max_running", "int", 4, "Background link uploads running at once, per process.", check=positive),
+    Setting("jobs.key_file", "str", "",
+            "File with the 32-byte key (raw or 64 hex digits) that seals background jobs' URLs in the record store;"
+            " empty: made beside the SQLite database. Give every instance sharing `database.url` the same key.",
+            path=True),
     Setting("jobs.keep_finished", "int", 7 * 86400, "Seconds a finished background job stays visible.", check=positive),
     Setting("uploads.expire_after", "int", 86400, "Seconds an unfinished resumable upload is kept.", check=positive),
 )

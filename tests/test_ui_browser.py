@@ -492,3 +492,142 @@ def test_a_module_with_thousands_of_packages(page: Page, registry: RegistryProce
     answer = httpx.get(f"{registry.url}/bkapps/applications/", params={"search_term": "ui-bulk"},
                        headers={"Authorization": f"Bearer {writer_token}"})
     assert answer.json()["results"][0]["packages"] == total
+
+
+# -- large files go over tus and resume -------------------------------------------------------
+
+#: Above the page's threshold for resumable uploads (64 MiB): nine 8 MiB pieces.
+LARGE = 64 * 1024 * 1024 + 3 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024
+SLOW = 90_000  # ms: a 67 MiB upload on a busy machine
+
+
+@pytest.fixture(scope="module")
+def large_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("large") / "large-app.tar"
+    path.write_bytes(make_tar({"app_desc.yaml": app_desc("9.0.0"), "blob.bin": os.urandom(LARGE)}, compression=""))
+    return path
+
+
+class UploadTraffic:
+    """What a page sends to ``P/uploads/``, in order: ``(method, Upload-Offset)`` of
+    each request and ``("offset", n)`` for each offset a ``HEAD`` answered."""
+
+    def __init__(self, page: Page) -> None:
+        self.events: list[tuple[str, int | None]] = []
+        self.multipart_posts = 0
+        page.on("request", self._request)
+        page.on("response", self._response)
+
+    def _request(self, request: Any) -> None:
+        if "/source_package/uploads/" in request.url:
+            offset = request.headers.get("upload-offset")
+            self.events.append((request.method, int(offset) if offset is not None else None))
+        elif request.method == "POST" and request.url.endswith("/source_package/"):
+            self.multipart_posts += 1
+
+    def _response(self, response: Any) -> None:
+        if "/source_package/uploads/" in response.url and response.request.method == "HEAD" and response.ok:
+            self.events.append(("offset", int(response.headers["upload-offset"])))
+
+    def patches(self) -> list[int]:
+        return [offset for method, offset in self.events if method == "PATCH" and offset is not None]
+
+
+def stored_sha256(registry: RegistryProcess, token: str, code: str) -> list[str]:
+    api = Api(registry.url, token)
+    try:
+        return [r["sha256_signature"] for r in api.list(code).json()["results"]]
+    finally:
+        api.close()
+
+
+def test_a_large_file_goes_over_tus_with_progress(page: Page, registry: RegistryProcess, writer_token: str,
+                                                  large_package: Path) -> None:
+    sign_in(page, registry.url, writer_token)
+    page.goto(f"{registry.url}/ui/ui-tus/default/")
+    traffic = UploadTraffic(page)
+    page.evaluate("""() => {
+        window.seen = [];
+        const bar = document.querySelector('[role=progressbar]');
+        new MutationObserver(() => window.seen.push(Number(bar.getAttribute('aria-valuenow'))))
+            .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+    }""")
+    upload_in_page(page, large_package, version="9.0.1")
+    playwright_api.expect(status(page)).to_contain_text("Stored: large-app:9.0.1", timeout=SLOW)
+    assert traffic.multipart_posts == 0, "a large file is not sent as one multipart body"
+    assert traffic.events[0] == ("POST", None), traffic.events  # tus creation
+    size = large_package.stat().st_size
+    assert traffic.patches() == list(range(0, size, CHUNK)), traffic.events
+    seen = page.evaluate("window.seen")
+    assert seen[0] == 0 and seen[-1] == 100 and seen == sorted(seen) and len(set(seen)) > 5, seen
+    assert stored_sha256(registry, writer_token, "ui-tus") == [hashlib.sha256(large_package.read_bytes()).hexdigest()]
+    assert page.evaluate("Object.keys(localStorage).length") == 0, "a finished upload is forgotten"
+
+
+def test_a_dropped_connection_resumes_at_the_registry_offset(page: Page, registry: RegistryProcess,
+                                                             writer_token: str, large_package: Path) -> None:
+    sign_in(page, registry.url, writer_token)
+    page.goto(f"{registry.url}/ui/ui-tus-drop/default/")
+    traffic = UploadTraffic(page)
+    patches = []
+
+    def drop_the_second_patch(route: Any) -> None:
+        if route.request.method == "PATCH":
+            patches.append(route.request.headers.get("upload-offset"))
+            if len(patches) == 2:
+                route.abort("connectionreset")
+                return
+        route.continue_()
+
+    page.route("**/source_package/uploads/**", drop_the_second_patch)
+    upload_in_page(page, large_package, version="9.0.2")
+    playwright_api.expect(status(page)).to_contain_text("Stored: large-app:9.0.2", timeout=SLOW)
+    page.unroute("**/source_package/uploads/**")
+    offsets = traffic.patches()
+    assert offsets[:2] == [0, CHUNK], traffic.events  # the second one never arrived
+    asked = traffic.events.index(("offset", CHUNK))  # the page asked where the upload stands
+    assert traffic.events[asked + 1] == ("PATCH", CHUNK), traffic.events  # and went on from there
+    assert [m for m, _ in traffic.events].count("POST") == 1, "the same upload went on"
+    assert stored_sha256(registry, writer_token, "ui-tus-drop") == [
+        hashlib.sha256(large_package.read_bytes()).hexdigest()]
+
+
+def test_a_reloaded_page_resumes_the_same_file(page: Page, registry: RegistryProcess, writer_token: str,
+                                               large_package: Path) -> None:
+    sign_in(page, registry.url, writer_token)
+    page.goto(f"{registry.url}/ui/ui-tus-reload/default/")
+    with page.expect_response(lambda r: r.request.method == "PATCH" and r.status == 204):
+        upload_in_page(page, large_package, version="9.0.3")
+    page.reload()  # cuts the second PATCH short; the registry keeps what it received
+    traffic = UploadTraffic(page)
+    upload_in_page(page, large_package, version="9.0.3")
+    playwright_api.expect(status(page)).to_contain_text("Stored: large-app:9.0.3", timeout=SLOW)
+    methods = [m for m, _ in traffic.events]
+    assert "POST" not in methods, f"the upload was resumed, not created again: {traffic.events}"
+    first_head = next(offset for method, offset in traffic.events if method == "offset")
+    assert first_head is not None and first_head >= CHUNK, traffic.events
+    assert traffic.patches()[0] == first_head, traffic.events  # from the registry's offset, not byte 0
+    assert min(traffic.patches()) >= CHUNK, traffic.events
+    assert stored_sha256(registry, writer_token, "ui-tus-reload") == [
+        hashlib.sha256(large_package.read_bytes()).hexdigest()]
+
+
+def test_a_large_conflict_then_overwrite_over_tus(page: Page, registry: RegistryProcess, writer_token: str,
+                                                  large_package: Path) -> None:
+    api = Api(registry.url, writer_token)
+    try:
+        assert api.upload("ui-tus-conflict", package("1.0.0", salt="small"), version="9.9.9").status_code == 201
+    finally:
+        api.close()
+    sign_in(page, registry.url, writer_token)
+    page.goto(f"{registry.url}/ui/ui-tus-conflict/default/")
+    traffic = UploadTraffic(page)
+    upload_in_page(page, large_package, version="9.9.9")
+    playwright_api.expect(alert(page)).to_contain_text("PACKAGE_ALREADY_EXISTS", timeout=SLOW)
+    assert "already exists" in alert(page).inner_text().lower()
+    alert(page).get_by_role("button", name="Overwrite").click()
+    playwright_api.expect(status(page)).to_contain_text("Stored: large-app:9.9.9", timeout=SLOW)
+    assert traffic.multipart_posts == 0 and [m for m, _ in traffic.events].count("POST") == 2, traffic.events
+    assert stored_sha256(registry, writer_token, "ui-tus-conflict") == [
+        hashlib.sha256(large_package.read_bytes()).hexdigest()]

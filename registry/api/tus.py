@@ -69,14 +69,20 @@ def resumable(request: Request) -> Resumable:
     return request.app.state.resumable  # type: ignore[no-any-return]
 
 
+def _upload_id(request: Request) -> str:
+    """The upload id of the path. :raises JobNotFound: not 32 hex digits (404)."""
+    raw = str(request.path_params["upload_id"])
+    if not UPLOAD_ID.fullmatch(raw):
+        raise JobNotFound()
+    return raw
+
+
 async def _find(request: Request, code: str, module: str) -> Upload:
     """The upload named by the path in this module; expired ones are gone.
 
     :raises JobNotFound: no such upload (404).
     """
-    raw = str(request.path_params["upload_id"])
-    if not UPLOAD_ID.fullmatch(raw):
-        raise JobNotFound()
+    raw = _upload_id(request)
     upload = await resumable(request).registry.read(resumable(request).store.get_upload, code, module, raw)
     if upload is None or upload.expires < utc_now():
         raise JobNotFound(raw)
@@ -171,31 +177,40 @@ async def patch_upload(request: Request) -> Response:
     offset = parse_number(request.headers, "Upload-Offset")
     checksum = parse_checksum(request.headers.get("upload-checksum"))
     declared = parse_number(request.headers, "Content-Length") if "content-length" in request.headers else None
-    upload = await _find(request, code, module)
-    _check_offset(upload, offset)
-    if declared is not None and declared > upload.length - upload.offset:
-        raise PackageTooLarge(f"the chunk passes Upload-Length {upload.length}")
+    upload_id = _upload_id(request)
     service = resumable(request)
     await service.assemblies.drop_idle()
-    if not service.claim(upload.id):
+    if not service.claim(upload_id):
         raise UploadOffsetMismatch("another request is writing to this upload")
     try:
-        return await _patch_claimed(request, service, upload, offset, checksum)
+        return await _patch_claimed(request, service, (code, module, upload_id), offset, checksum, declared)
     finally:
-        service.release(upload.id)
+        service.release(upload_id)
 
 
-async def _patch_claimed(request: Request, service: Resumable, upload: Upload, offset: int,
-                         checksum: tuple[str, bytes] | None) -> Response:
-    """The PATCH once no other request of this process writes to the upload."""
+async def _patch_claimed(request: Request, service: Resumable, path: tuple[str, str, str], offset: int,
+                         checksum: tuple[str, bytes] | None, declared: int | None) -> Response:
+    """The PATCH once no other request of this process writes to the upload.
+
+    The write lease is taken first, by the transaction that also reads the
+    upload: a PATCH costs the record store two transactions, this one and
+    the one that records the new offset (and releases the lease). Checks
+    that fail after the lease was taken release it again.
+    """
+    code, module, upload_id = path
     store = service.store
-    locked = await service.registry.write(store.lock_upload, upload.id, service.holder, LEASE)
+    locked = await service.registry.write(store.lock_upload, upload_id, service.holder, LEASE)
     if locked is None:
+        await _find(request, code, module)  # 404 when there is no such upload in this module
         raise UploadOffsetMismatch("another request is writing to this upload")
     release = True
     try:
+        if locked.code != code or locked.module != module or locked.expires < utc_now():
+            raise JobNotFound(upload_id)
         locked = await service.recover(locked, save=True)
         _check_offset(locked, offset)
+        if declared is not None and declared > locked.length - locked.offset:
+            raise PackageTooLarge(f"the chunk passes Upload-Length {locked.length}")
         if locked.offset < locked.length:
             received = await service.receive(locked, request.stream(), checksum, ClientDisconnect)
             release = not received.released
@@ -216,7 +231,7 @@ async def _patch_claimed(request: Request, service: Resumable, upload: Upload, o
     finally:
         if release:
             with anyio.CancelScope(shield=True):
-                await service.registry.write(store.unlock_upload, upload.id, service.holder)
+                await service.registry.write(store.unlock_upload, upload_id, service.holder)
 
 
 def _check_offset(upload: Upload, offset: int) -> None:

@@ -225,6 +225,11 @@ async def modules_page(request: Request, viewer: Viewer) -> Response:
     return render(request, viewer, "modules.html", code=code, rows=rows)
 
 
+#: Files larger than this are uploaded by the page over tus (``P/uploads/``) in
+#: pieces, so a reload or a dropped connection resumes instead of starting again.
+RESUMABLE_ABOVE = 64 * 1024 * 1024
+
+
 def _api_path(code: str, module: str) -> str:
     return PACKAGES.format(code=code, module_name=module) + "/"
 
@@ -250,7 +255,8 @@ async def packages_page(request: Request, viewer: Viewer) -> Response:
     shown = pages.window(ORDER, position, records, limit=PAGE_SIZE, offset=offset, count=count)
     return render(request, viewer, "packages.html", code=code, module=module, records=shown.records, count=count,
                   q=term, show_deleted=show_deleted, pager=_pager(request, shown.next, shown.previous),
-                  api=_api_path(code, module), can_write=viewer.can_write(code))
+                  api=_api_path(code, module), can_write=viewer.can_write(code),
+                  resumable_above=RESUMABLE_ABOVE, resumable_keep=registry.settings["uploads.expire_after"])
 
 
 async def package_page(request: Request, viewer: Viewer) -> Response:

@@ -141,14 +141,8 @@
       return;
     }
     var file = input.files[0];
-    var data = new FormData();
     var version = form.querySelector('input[name="version"]').value.trim();
-    if (version) {
-      data.append("version", version);
-    }
-    var allow = overwrite || form.querySelector('input[name="allow_overwrite"]').checked;
-    data.append("allow_overwrite", allow ? "true" : "false");
-    data.append("package", file, file.name);
+    var allow = Boolean(overwrite || form.querySelector('input[name="allow_overwrite"]').checked);
 
     var bar = form.querySelector('[role="progressbar"]');
     var fill = bar.querySelector(".bar");
@@ -166,31 +160,320 @@
         " · " + humanSize(Math.round(loaded / seconds)) + "/s";
     }
 
+    var outcome = {
+      progress: progress,
+      stored: function (record) {
+        button.disabled = false;
+        progress(file.size, file.size);
+        afterChange(msg("stored") + ": " + record.package_name);
+      },
+      failed: function (error) {
+        button.disabled = false;
+        showError(error, function () { uploadFile(form, true); });
+      }
+    };
+
     bar.hidden = false;
     progress(0, file.size);
     button.disabled = true;
+    var above = Number(form.getAttribute("data-resumable-above") || "0");
+    if (above > 0 && file.size > above) {
+      uploadResumable(form, file, version, allow, outcome);
+    } else {
+      uploadMultipart(form, file, version, allow, outcome);
+    }
+  }
+
+  function uploadMultipart(form, file, version, allow, outcome) {
+    var data = new FormData();
+    if (version) {
+      data.append("version", version);
+    }
+    data.append("allow_overwrite", allow ? "true" : "false");
+    data.append("package", file, file.name);
     var xhr = new XMLHttpRequest();
     xhr.open("POST", form.getAttribute("data-api"));
     xhr.setRequestHeader("X-CSRF-Token", csrf);
     xhr.setRequestHeader("Accept-Language", acceptLanguage);
     xhr.upload.addEventListener("progress", function (event) {
-      progress(event.loaded, event.lengthComputable ? event.total : file.size);
+      outcome.progress(event.loaded, event.lengthComputable ? event.total : file.size);
     });
     xhr.addEventListener("load", function () {
-      button.disabled = false;
       if (xhr.status >= 200 && xhr.status < 300) {
-        progress(file.size, file.size);
-        var record = JSON.parse(xhr.responseText);
-        afterChange(msg("stored") + ": " + record.package_name);
+        outcome.stored(JSON.parse(xhr.responseText));
       } else {
-        showError(parseError(xhr.status, xhr.responseText), function () { uploadFile(form, true); });
+        outcome.failed(parseError(xhr.status, xhr.responseText));
       }
     });
     xhr.addEventListener("error", function () {
-      button.disabled = false;
-      showError({ code: "NETWORK", detail: msg("network") });
+      outcome.failed({ code: "NETWORK", detail: msg("network") });
     });
     xhr.send(data);
+  }
+
+  /* -- resumable upload of a large file: a small tus 1.0.0 client ---------------
+     The file goes to P/uploads/ in TUS_CHUNK pieces. The upload's URL is kept
+     in localStorage under the file's fingerprint (target, name, size, last
+     modification, version, overwrite), so choosing the same file again after a
+     reload asks the registry how far it got (HEAD) and sends only the rest; a
+     dropped connection is retried the same way. No credential is kept: the
+     session cookie and the CSRF token authenticate every request, as for every
+     other write of this page. The PATCH that completes the upload answers the
+     registry's pipeline: 204, or the error P/ would have answered. */
+
+  var TUS_CHUNK = 8 * 1024 * 1024;
+  var TUS_RETRY_DELAYS = [500, 1000, 3000, 5000];
+  var TUS_PREFIX = "registry-upload:";
+
+  function base64Text(value) {
+    var bytes = new TextEncoder().encode(value);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i += 1) {
+      binary += String.fromCharCode(bytes[i]);
+    }
+    return window.btoa(binary);
+  }
+
+  function parseJson(text) {
+    try {
+      return JSON.parse(text);
+    } catch (ignored) {
+      return null;  /* not JSON: a proxy's page */
+    }
+  }
+
+  function tusMetadata(values) {
+    return Object.keys(values).map(function (key) { return key + " " + base64Text(values[key]); }).join(",");
+  }
+
+  /* localStorage, or null where the browser blocks it: uploads then still
+     resume after a dropped connection, only not after a reload. */
+  function localStore() {
+    try {
+      var store = window.localStorage;
+      store.getItem(TUS_PREFIX);
+      return store;
+    } catch (ignored) {
+      return null;
+    }
+  }
+
+  function readEntry(store, key) {
+    try {
+      var entry = JSON.parse(store.getItem(key));
+      return entry && typeof entry.url === "string" && typeof entry.saved === "number" ? entry : null;
+    } catch (ignored) {
+      return null;
+    }
+  }
+
+  function forgetStaleUploads(store, keepMs) {
+    var now = Date.now();
+    for (var i = store.length - 1; i >= 0; i -= 1) {
+      var key = store.key(i);
+      if (key && key.indexOf(TUS_PREFIX) === 0) {
+        var entry = readEntry(store, key);
+        if (!entry || !(now - entry.saved < keepMs)) {
+          store.removeItem(key);
+        }
+      }
+    }
+  }
+
+  function tusRequest(method, url, headers, body, onProgress) {
+    return new Promise(function (resolve) {
+      var xhr = new XMLHttpRequest();
+      xhr.open(method, url);
+      xhr.setRequestHeader("Tus-Resumable", "1.0.0");
+      xhr.setRequestHeader("X-CSRF-Token", csrf);
+      xhr.setRequestHeader("Accept-Language", acceptLanguage);
+      Object.keys(headers).forEach(function (name) { xhr.setRequestHeader(name, headers[name]); });
+      if (onProgress) {
+        xhr.upload.addEventListener("progress", function (event) { onProgress(event.loaded); });
+      }
+      xhr.addEventListener("load", function () {
+        resolve({ status: xhr.status, text: xhr.responseText, header: function (name) {
+          return xhr.getResponseHeader(name);
+        } });
+      });
+      xhr.addEventListener("error", function () {
+        resolve({ status: 0, text: "", header: function () { return null; } });
+      });
+      xhr.send(body === undefined ? null : body);
+    });
+  }
+
+  function uploadResumable(form, file, version, allow, outcome) {
+    var target = new URL(form.getAttribute("data-uploads"), window.location.href).href;
+    var keepMs = Number(form.getAttribute("data-resumable-keep") || "86400") * 1000;
+    var key = TUS_PREFIX + JSON.stringify([target, file.name, file.size, file.lastModified, version, allow]);
+    var url = null;
+    var offset = 0;
+    var attempt = 0;
+    var store = localStore();
+
+    function remember() {
+      try {
+        if (store) {
+          store.setItem(key, JSON.stringify({ url: url, saved: Date.now() }));
+        }
+      } catch (ignored) {
+        /* full: this upload resumes after a dropped connection, not after a reload */
+      }
+    }
+
+    function forget() {
+      if (store) {
+        store.removeItem(key);
+      }
+    }
+
+    function networkError() {
+      return { code: "NETWORK", detail: msg("network") };
+    }
+
+    /* A failure worth trying again (the connection, the server, or another
+       request still writing): ask where the upload stands, after a pause. */
+    function retry(error) {
+      if (attempt >= TUS_RETRY_DELAYS.length) {
+        outcome.failed(error);  /* the upload is kept: Upload again resumes it */
+        return;
+      }
+      window.setTimeout(function () { recover(false); }, TUS_RETRY_DELAYS[attempt]);
+      attempt += 1;
+    }
+
+    function create() {
+      var metadata = { filename: file.name, allow_overwrite: allow ? "true" : "false" };
+      if (version) {
+        metadata.version = version;
+      }
+      tusRequest("POST", target, { "Upload-Length": String(file.size), "Upload-Metadata": tusMetadata(metadata) })
+        .then(function (answer) {
+          if (answer.status === 201 && answer.header("Location")) {
+            url = new URL(answer.header("Location"), target).href;
+            offset = 0;
+            remember();
+            send();
+          } else if (answer.status === 0 || answer.status >= 500) {
+            retryCreate(answer);
+          } else {
+            outcome.failed(parseError(answer.status, answer.text));
+          }
+        });
+    }
+
+    function retryCreate(answer) {
+      var error = answer.status === 0 ? networkError() : parseError(answer.status, answer.text);
+      if (attempt >= TUS_RETRY_DELAYS.length) {
+        outcome.failed(error);
+        return;
+      }
+      window.setTimeout(create, TUS_RETRY_DELAYS[attempt]);
+      attempt += 1;
+    }
+
+    /* Where does the upload stand? Finished, gone (expired: start again), or
+       receiving at the offset HEAD answers. An upload an earlier page saw
+       refused is not shown again: the person asks anew, so it starts anew. */
+    function recover(earlierPage) {
+      tusRequest("GET", url, {}).then(function (answer) {
+        if (answer.status === 404) {
+          forget();
+          create();
+          return;
+        }
+        if (answer.status >= 400 && answer.status < 500 && answer.status !== 423) {
+          forget();  /* not this credential's, or refused for good: nothing to resume */
+          outcome.failed(parseError(answer.status, answer.text));
+          return;
+        }
+        if (answer.status !== 200) {
+          retry(answer.status === 0 ? networkError() : parseError(answer.status, answer.text));
+          return;
+        }
+        var state = parseJson(answer.text) || {};
+        if (state.state === "succeeded") {
+          forget();
+          outcome.stored(state.package);
+        } else if (state.state === "failed") {
+          forget();
+          if (earlierPage) {
+            create();
+          } else {
+            outcome.failed(state.error);
+          }
+        } else {
+          tusRequest("HEAD", url, {}).then(function (head) {
+            var at = head.header("Upload-Offset");
+            if (head.status === 200 && at !== null) {
+              offset = Number(at);
+              outcome.progress(offset, file.size);
+              send();
+            } else if (head.status === 404) {
+              forget();
+              create();
+            } else {
+              retry(head.status === 0 ? networkError() : parseError(head.status, head.text));
+            }
+          });
+        }
+      });
+    }
+
+    function send() {
+      var end = Math.min(offset + TUS_CHUNK, file.size);
+      var from = offset;
+      tusRequest("PATCH", url, { "Upload-Offset": String(from), "Content-Type": "application/offset+octet-stream" },
+        file.slice(from, end), function (loaded) { outcome.progress(from + loaded, file.size); })
+        .then(function (answer) {
+          if (answer.status === 204) {
+            attempt = 0;
+            offset = Number(answer.header("Upload-Offset"));
+            if (offset < file.size) {
+              remember();
+              outcome.progress(offset, file.size);
+              send();
+            } else {
+              finished();
+            }
+            return;
+          }
+          var error = answer.status === 0 ? networkError() : parseError(answer.status, answer.text);
+          if (answer.status === 0 || answer.status >= 500 || answer.status === 423 ||
+              error.code === "UPLOAD_OFFSET_MISMATCH" || error.code === "UPLOAD_CHECKSUM_MISMATCH") {
+            retry(error);
+          } else {
+            /* the registry refused the package: the upload is over */
+            forget();
+            outcome.failed(error);
+          }
+        });
+    }
+
+    function finished() {
+      forget();
+      tusRequest("GET", url, {}).then(function (answer) {
+        var state = answer.status === 200 ? parseJson(answer.text) : null;
+        if (state && state.package) {
+          outcome.stored(state.package);
+        } else {
+          outcome.failed(answer.status === 0 ? networkError() : parseError(answer.status, answer.text));
+        }
+      });
+    }
+
+    var saved = null;
+    if (store) {
+      forgetStaleUploads(store, keepMs);
+      saved = readEntry(store, key);
+    }
+    if (saved) {
+      url = saved.url;
+      recover(true);
+    } else {
+      create();
+    }
   }
 
   /* -- upload from a link ---------------------------------------------------- */
