@@ -300,6 +300,10 @@ class PostgresStore(RecordStore):
         )
         self._opened = False
         self._open_lock = threading.Lock()
+        #: Listings and searches (their cost grows with a module) hold at most
+        #: half the pool, so a burst of them never leaves a point lookup, a
+        #: credential check or a commit waiting for a connection.
+        self._listing_slots = threading.BoundedSemaphore(max(1, pool_size // 2))
         self._migrated = False
 
     # -- connections ----------------------------------------------------------------
@@ -344,6 +348,20 @@ class PostgresStore(RecordStore):
                 self.migrate()
             with self._pool.connection() as conn:
                 yield conn
+
+    @contextmanager
+    def _listing_connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """:meth:`_connection` for a listing or search: one of at most half the pool.
+
+        :raises DatabaseUnavailable: no slot within ``timeout`` seconds, like an exhausted pool.
+        """
+        if not self._listing_slots.acquire(timeout=self.timeout):
+            raise DatabaseUnavailable(f"no database connection within {self.timeout:g} s")
+        try:
+            with self._connection() as conn:
+                yield conn
+        finally:
+            self._listing_slots.release()
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Row]]:
@@ -529,7 +547,7 @@ class PostgresStore(RecordStore):
                         f" ORDER BY {order_sql} LIMIT %s OFFSET %s")
         else:
             page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT %s OFFSET %s"
-        with self._connection() as conn, conn.transaction():
+        with self._listing_connection() as conn, conn.transaction():
             rows = conn.execute(page_sql, [*page_params, limit, offset]).fetchall()
             if rows and "total" in rows[0]:
                 count = int(rows[0]["total"])
@@ -559,7 +577,7 @@ class PostgresStore(RecordStore):
             where.append("code ILIKE %s ESCAPE '\\'")
             params.append(_like(search_term))
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        with self._connection() as conn, conn.transaction():  # the count and the page see one snapshot
+        with self._listing_connection() as conn, conn.transaction():  # the count and the page see one snapshot
             count_row = conn.execute(f"SELECT COUNT(DISTINCT code) AS n FROM packages {clause}", params).fetchone()
             rows = conn.execute(
                 "SELECT code, COUNT(DISTINCT module) AS modules, COUNT(*) FILTER (WHERE NOT is_deleted) AS live,"
