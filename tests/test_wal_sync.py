@@ -7,8 +7,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from plugins.sqlite_wal_sync import WalSync
-from plugins.store_sqlite import SQLiteStore
+from registry_plugins.sqlite_wal_sync import WalSync
+from registry_plugins.store_sqlite import SQLiteStore
 from registry.records import NewCredential
 
 

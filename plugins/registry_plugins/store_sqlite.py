@@ -32,7 +32,7 @@ import sqlite_utils
 from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, InsufficientStorage, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
-from plugins.sqlite_wal_sync import WalSync
+from registry_plugins.sqlite_wal_sync import WalSync
 from registry.leases import local_prefix
 from registry.records import (
     CANCELLED,
