@@ -12,7 +12,9 @@ HTTP client on loopback:
 - a selective ``search_term`` (p50);
 - at the largest size, GET one record (p99) while 64 clients search;
 - 1 KiB downloads per second from a 10-file store, against pypiserver
-  serving the same 10 files (unless ``--skip-peer``).
+  serving the same 10 files (unless ``--skip-peer``);
+- 1 KiB uploads per second into one ``serve`` worker from 16 clients, each
+  a new version (against :data:`SMALL_UPLOADS_BEFORE`).
 
 It prints each target with met or missed and writes the numbers to
 ``benchmarks/results/scale.json``. Targets are reported, never asserted. The
@@ -21,7 +23,9 @@ numbers are only as quiet as the machine: other work on it skews them.
 
 from __future__ import annotations
 
+import http.client
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -36,7 +40,7 @@ from typing import Any
 import httpx
 
 import peer
-from servers import ServerProcess, free_port
+from servers import ServerProcess, cpu_seconds, free_port
 
 HERE = Path(__file__).resolve().parent
 CODE, MODULE = "bench", "default"
@@ -44,6 +48,12 @@ PACKAGES = f"/bkapps/applications/{CODE}/modules/{MODULE}/source_package/"
 SIZES = (1_000, 10_000, 100_000)
 BATCH = 5_000
 REPEAT = 30
+#: 1 KiB uploads per second on one worker before they were made cheaper (the
+#: issue's measure on the 2-core development VM: about 4 ms of CPU each); the
+#: target is twice this. On another machine, measure the older code with this
+#: suite and pass its rate in the environment as SMALL_UPLOADS_BEFORE.
+SMALL_UPLOADS_BEFORE = float(os.environ.get("SMALL_UPLOADS_BEFORE", "200"))
+UPLOAD_CLIENTS = 16
 
 
 def _record(n: int, start: datetime) -> Any:
@@ -148,33 +158,50 @@ def measure_size(workdir: Path, count: int, contention: bool) -> dict[str, Any]:
 
 
 def get_while_searching(client: httpx.Client, url: str, auth: dict[str, str]) -> dict[str, Any]:
-    """p99 of GET one record while 64 clients search without pause (two-letter terms: a scan)."""
+    """p99 of GET one record while 64 clients search without pause (two-letter terms: a scan).
+
+    The searching clients run in a process of their own: in this one, 64
+    threads parsing search results would hold the timing client's GIL and
+    count their own waits as the server's.
+    """
     record_id = client.get(f"{PACKAGES}?limit=1").json()["results"][0]["id"]
-    stop = threading.Event()
-    searches = [0]
+    context = multiprocessing.get_context("fork")  # no thread of this process runs yet
+    stop, searches = context.Event(), context.Value("i", 0)
+    load = context.Process(target=_search_load, args=(url, auth, stop, searches), daemon=True)
+    load.start()
+    try:
+        time.sleep(2)
+        times = timed(client, f"{PACKAGES}{record_id}/", repeat=200)
+    finally:
+        stop.set()
+        load.join(timeout=60)
+    return {"get_during_search_p50_ms": statistics.median(times), "get_during_search_p99_ms": p(times, 0.99),
+            "get_during_search_max_ms": max(times), "searches_done": searches.value}
+
+
+def _search_load(url: str, auth: dict[str, str], stop: Any, searches: Any, clients: int = 64) -> None:
+    """In a child process: ``clients`` threads searching until ``stop`` is set."""
 
     def search(n: int) -> None:
         with httpx.Client(base_url=url, headers=auth, timeout=300) as own:
             while not stop.is_set():
                 own.get(f"{PACKAGES}?search_term={n % 10}{(n + 3) % 10}&limit=100")
-                searches[0] += 1
+                with searches.get_lock():
+                    searches.value += 1
 
-    with ThreadPoolExecutor(64) as pool:
-        for n in range(64):
-            pool.submit(search, n)
-        time.sleep(2)
-        times = timed(client, f"{PACKAGES}{record_id}/", repeat=100)
-        stop.set()
-    return {"get_during_search_p50_ms": statistics.median(times), "get_during_search_p99_ms": p(times, 0.99),
-            "searches_done": searches[0]}
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(search, range(clients)))
 
 
-def small_downloads(workdir: Path, skip_peer: bool, seconds: float = 3.0) -> dict[str, Any]:
-    """1 KiB downloads per second from a 10-file store: this registry and pypiserver."""
+def small_downloads(workdir: Path, skip_peer: bool, rounds: int = 5, seconds: float = 1.0) -> dict[str, Any]:
+    """1 KiB downloads per second from a 10-file store: this registry and
+    pypiserver, in alternating rounds (the median of each), so that other
+    work on the machine weighs on both alike."""
     body = os.urandom(1024)
     root = workdir / "small"
     root.mkdir()
     server, auth = start_registry(root)
+    peer_server = None
     results: dict[str, Any] = {}
     try:
         with httpx.Client(base_url=server.url, headers=auth, timeout=60) as client:
@@ -184,20 +211,84 @@ def small_downloads(workdir: Path, skip_peer: bool, seconds: float = 3.0) -> dic
                                    files={"package": (f"small-{n}.tar.gz", _tiny_tar(body, n), "application/gzip")})
                 sent.raise_for_status()
                 ids.append(sent.json()["id"])
-        results["registry_rps"] = _rate(server.url, auth, [f"{PACKAGES}{i}/download/" for i in ids], seconds)
-    finally:
-        server.stop()
-    if not skip_peer:
-        peer_server = peer.pypiserver(workdir).start()
-        try:
+        ours = (server, auth, [f"{PACKAGES}{i}/download/" for i in ids])
+        if not skip_peer:
+            peer_server = peer.pypiserver(workdir).start()
             folder = workdir / "peer-packages"
             for n in range(10):
                 (folder / f"bench-0.{n}.tar.gz").write_bytes(body)
-            results["pypiserver_rps"] = _rate(peer_server.url, {},
-                                              [f"/packages/bench-0.{n}.tar.gz" for n in range(10)], seconds)
-        finally:
+        theirs = (peer_server, {}, [f"/packages/bench-0.{n}.tar.gz" for n in range(10)]) if peer_server else None
+        registry_rates: list[tuple[float, float]] = []
+        peer_rates: list[tuple[float, float]] = []
+        for _ in range(rounds):
+            registry_rates.append(_rate(*ours, seconds))
+            if theirs is not None:
+                peer_rates.append(_rate(*theirs, seconds))
+        results["registry_rps"] = statistics.median(r for r, _ in registry_rates)
+        results["registry_cpu_us_per_download"] = round(statistics.median(c for _, c in registry_rates), 1)
+        if peer_rates:
+            results["pypiserver_rps"] = statistics.median(r for r, _ in peer_rates)
+            results["pypiserver_cpu_us_per_download"] = round(statistics.median(c for _, c in peer_rates), 1)
+    finally:
+        server.stop()
+        if peer_server is not None:
             peer_server.stop()
     return results
+
+
+def small_uploads(workdir: Path, seconds: float = 5.0, clients: int = UPLOAD_CLIENTS) -> dict[str, Any]:
+    """1 KiB uploads per second into one ``serve`` worker, ``clients`` at once, each a new version.
+
+    The clients send a prepared multipart body over kept-alive ``http.client``
+    connections: a full HTTP client library would spend more CPU per request
+    than the server does, on the same cores.
+    """
+    root = workdir / "small-uploads"
+    root.mkdir()
+    server, auth = start_registry(root)
+    package = _tiny_tar(os.urandom(1024), 0)
+    done = [0]
+    lock = threading.Lock()
+    try:
+        def run(n: int, until: float) -> None:
+            count = 0
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            try:
+                while time.monotonic() < until:
+                    body, content_type = _upload_body(package, f"{n}.{count}.{until:.0f}")
+                    connection.request("POST", PACKAGES, body, {**auth, "Content-Type": content_type})
+                    answer = connection.getresponse()
+                    text = answer.read()
+                    if answer.status != 201:
+                        raise RuntimeError(f"upload answered {answer.status}: {text[:200]!r}")
+                    count += 1
+            finally:
+                connection.close()
+            with lock:
+                done[0] += count
+
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda n: run(n, time.monotonic() + 1.0), range(clients)))  # warm-up
+            done[0] = 0
+            cpu = cpu_seconds(server.pid)
+            deadline = time.monotonic() + seconds
+            list(pool.map(lambda n: run(n, deadline), range(clients)))
+            cpu = cpu_seconds(server.pid) - cpu
+    finally:
+        server.stop()
+    return {"registry_uploads_per_s": done[0] / seconds, "clients": clients,
+            "server_cpu_ms_per_upload": round(cpu * 1000 / max(1, done[0]), 2)}
+
+
+def _upload_body(package: bytes, version: str) -> tuple[bytes, str]:
+    """A multipart body with the fields ``version`` and ``package``, and its content type."""
+    boundary = "benchmark-boundary-7MA4YWxkTrZu0gW"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n{version}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"package\"; filename=\"small.tar.gz\"\r\n"
+        f"Content-Type: application/gzip\r\n\r\n"
+    ).encode() + package + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def _tiny_tar(body: bytes, n: int) -> bytes:
@@ -212,23 +303,36 @@ def _tiny_tar(body: bytes, n: int) -> bytes:
     return out.getvalue()
 
 
-def _rate(url: str, headers: dict[str, str], paths: list[str], seconds: float, clients: int = 8) -> float:
+def _rate(server: ServerProcess, headers: dict[str, str], paths: list[str], seconds: float,
+          clients: int = 8) -> tuple[float, float]:
+    """Requests per second of ``clients`` kept-alive connections GETting ``paths``
+    in turn, and the server's CPU microseconds per request (steadier than the
+    rate on a machine shared with other work)."""
     done = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def run(n: int) -> None:
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-            count = 0
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        count = 0
+        try:
             while time.monotonic() < deadline:
-                client.get(paths[(n + count) % len(paths)]).raise_for_status()
+                connection.request("GET", paths[(n + count) % len(paths)], headers=headers)
+                answer = connection.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"GET answered {answer.status}")
                 count += 1
-            with lock:
-                done[0] += count
+        finally:
+            connection.close()
+        with lock:
+            done[0] += count
 
+    cpu = cpu_seconds(server.pid)
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(run, range(clients)))
-    return done[0] / seconds
+    cpu = cpu_seconds(server.pid) - cpu
+    return done[0] / seconds, cpu * 1e6 / max(1, done[0])
 
 
 def targets(sizes: dict[int, dict[str, Any]], small: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -248,12 +352,16 @@ def targets(sizes: dict[int, dict[str, Any]], small: dict[str, Any]) -> list[tup
     if "get_during_search_p99_ms" in high:
         value = high["get_during_search_p99_ms"]
         rows.append(("GET one record p99 while 64 searches run", f"{value:.1f} ms (goal < 20 ms)", value < 20))
+    if "registry_uploads_per_s" in small:
+        rate, goal = small["registry_uploads_per_s"], 2 * SMALL_UPLOADS_BEFORE
+        rows.append((f"1 KiB uploads/s, one worker, {small['clients']} clients",
+                     f"{rate:.0f}/s (goal >= {goal:.0f}/s: 2x {SMALL_UPLOADS_BEFORE:.0f}/s before)", rate >= goal))
     if "pypiserver_rps" in small:
         ours, theirs = small["registry_rps"], small["pypiserver_rps"]
         rows.append(("1 KiB downloads/s vs pypiserver, 10-file store",
                      f"{ours:.0f} vs {theirs:.0f} /s = {ours / theirs:.2f}x (goal >= 1x)", ours >= theirs))
     for name in ("200 downloads of 16 MiB under 150 MB RSS", "64 uploads in flight >= 90% of 4 in flight",
-                 "1 KiB uploads/s >= 2x before", "serve start within 2x pypiserver"):
+                 "serve start within 2x pypiserver"):
         rows.append((name, "not measured by this suite", None))
     return rows
 
@@ -265,7 +373,8 @@ def main(workdir: Path, skip_peer: bool, output: Path, sizes: tuple[int, ...] = 
         peer.ensure_venv()
     results = {count: measure_size(workdir, count, contention=count == max(sizes)) for count in sizes}
     small = small_downloads(workdir, skip_peer)
-    print(f"  small downloads: {small}", flush=True)
+    small.update(small_uploads(workdir))
+    print(f"  small downloads and uploads: {small}", flush=True)
     print()
     print(f"{'target':<72} {'measured':<52} result")
     for name, value, met in targets(results, small):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import posixpath
 import stat
@@ -148,6 +149,18 @@ def inspect_archive(path: Path, limits: ArchiveLimits) -> ArchiveInfo:
     return info
 
 
+def inspect_bytes(data: bytes, limits: ArchiveLimits) -> ArchiveInfo:
+    """:func:`inspect_archive` of a package held whole in memory (a small
+    upload): the same checks and errors, before anything is written.
+
+    :raises InvalidPackage: as :func:`inspect_archive`.
+    """
+    fmt = detect_format(data[:512])
+    info = _inspect(io.BytesIO(data), fmt, _Budget(limits, lambda: len(data)))
+    refuse_other_format(io.BytesIO(data), info.format)
+    return info
+
+
 def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveInfo:
     """Inspect an upload while it is being received, as far as the format allows.
 
@@ -172,7 +185,7 @@ def inspect_following(upload: FollowedUpload, limits: ArchiveLimits) -> ArchiveI
     return info
 
 
-def refuse_other_format(path: Path, fmt: str) -> None:
+def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
     """Refuse a file that another tool reads as another archive than ``fmt``.
 
     ``unzip`` looks for a zip's directory at the end of a file, wherever the
@@ -180,6 +193,7 @@ def refuse_other_format(path: Path, fmt: str) -> None:
     after its members, and unzip then unpacks entries inspection never saw.
     A zip may likewise start with a valid tar header. Such a polyglot is
     refused whatever it holds, since no single reading of it can be checked.
+    ``path`` is the file, or a binary file object over the package's bytes.
 
     :raises InvalidPackage: ``path`` also opens as a zip (or, for a zip, as a tar).
     """
@@ -196,7 +210,8 @@ def refuse_other_format(path: Path, fmt: str) -> None:
             )
         return
     try:
-        with tarfile.open(path, mode="r:") as other:
+        with (tarfile.open(path, mode="r:") if isinstance(path, Path)
+              else tarfile.open(fileobj=path, mode="r:")) as other:
             first = other.next()
     except (tarfile.TarError, OSError, ValueError, EOFError):
         return

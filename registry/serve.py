@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -207,6 +208,11 @@ def _run_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOpti
 
     async def run() -> None:
         asyncio.get_running_loop().set_exception_handler(_RateLimitedLoopErrors())
+        # What exists now (modules, the app, the plugins) lives as long as the
+        # process: frozen, the cyclic collector no longer walks it each time
+        # request garbage triggers a full collection (a 1 KiB download then
+        # took about a quarter less CPU).
+        gc.freeze()
         await server.serve(sockets=[sock])
 
     asyncio.run(run())

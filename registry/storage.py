@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -72,6 +72,15 @@ def new_blob_key(code: str, module: str) -> str:
 #: What :func:`new_blob_key` makes; ``registry gc`` deletes nothing else, so
 #: foreign objects in a shared bucket or folder are never taken for orphans.
 BLOB_KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}/[a-z0-9][a-z0-9_-]{0,31}/[0-9a-f]{32}")
+
+
+class BlockingStorage(Protocol):
+    """:meth:`Storage.put` and :meth:`Storage.delete` as blocking calls, for a
+    caller already in a worker thread; same contracts and errors."""
+
+    def put_blocking(self, staged: Path, key: str) -> None: ...
+
+    def delete_blocking(self, key: str) -> None: ...
 
 
 class Storage(ABC):
@@ -154,6 +163,17 @@ class Storage(ABC):
     async def shutdown(self) -> None:
         """Release clients and pools. The default does nothing."""
         return None  # a hook with a default, not an abstract method
+
+    def blocking(self) -> BlockingStorage | None:
+        """This backend's :meth:`put` and :meth:`delete` as plain blocking
+        calls (optional capability), or None (the default).
+
+        A small upload, received whole in memory, is then written, stored and
+        committed in one worker thread instead of a hand-off per step. A
+        backend offers it only where those calls do exactly what its
+        :meth:`put` and :meth:`delete` do.
+        """
+        return None
 
     def resumable(self) -> ResumableStore:
         """Where resumable uploads keep their bytes between requests (optional capability).

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.archive import ArchiveLimits, inspect_archive
+from registry.archive import ArchiveLimits, inspect_archive, inspect_bytes
 from registry.errors import InvalidPackage
 from tests.helpers import Api, RegistryProcess, app_desc, blob_files, staged_files
 
@@ -90,12 +90,15 @@ def zip_symlink(name: str, target: str, extra: tuple[tuple[str, bytes], ...] = (
     return buffer.getvalue()
 
 
-@pytest.fixture
-def inspect(tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """Inspect bytes as a staged file; afterwards the folder holds only that file."""
+@pytest.fixture(params=["staged", "in-memory"])
+def inspect(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Inspect bytes as a staged file, or held in memory as a small upload is
+    (``inspect_bytes``: the same verdicts); afterwards the folder holds at most that file."""
     path = tmp_path / "staged.part"
 
     def run(data: bytes, limits: ArchiveLimits = LIMITS) -> object:
+        if request.param == "in-memory":
+            return inspect_bytes(data, limits)
         path.write_bytes(data)
         return inspect_archive(path, limits)
 

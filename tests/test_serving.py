@@ -34,6 +34,9 @@ from tests.helpers import (
 )
 
 TESTS = Path(__file__).parent
+#: Makes a package that does not compress below SMALL_BODY: its upload is
+#: streamed through a staging file (a small one is received in memory).
+STREAMED_SALT = os.urandom(400_000).hex()
 
 
 # -- raw HTTP over a socket ----------------------------------------------------------
@@ -275,7 +278,7 @@ def test_two_workers_answer_upload_and_stop_together(serve: Any, code: str) -> N
 def test_a_second_server_on_the_same_root_keeps_the_first_ones_uploads(serve: Any, tmp_path: Path, code: str) -> None:
     first = serve("a")
     token = first.token()
-    head, body = upload_request(first, token, code, package("1.0.0", salt="y" * 3_000_000))
+    head, body = upload_request(first, token, code, package("1.0.0", salt=STREAMED_SALT))
     staging = tmp_path / "packages" / ".staging"
     with connect(first) as sock:
         sock.sendall(head + body[: len(body) - 1000])
@@ -291,7 +294,7 @@ def test_the_filesystem_backend_stages_in_storage_staging_dir(serve: Any, tmp_pa
     elsewhere = tmp_path / "elsewhere-staging"
     registry = serve(storage={"backend": "filesystem", "staging_dir": str(elsewhere)})
     token = registry.token()
-    head, body = upload_request(registry, token, code, package("1.0.0", salt="z" * 3_000_000))
+    head, body = upload_request(registry, token, code, package("1.0.0", salt=STREAMED_SALT))
     with connect(registry) as sock:
         sock.sendall(head + body[:-1000])
         wait_for(lambda: staged_files(elsewhere), "the upload to reach storage.staging_dir")

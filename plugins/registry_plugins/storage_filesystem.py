@@ -17,6 +17,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -25,7 +26,7 @@ from registry.fsutil import creatable_problem
 from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
+from registry.storage import BlobInfo, BlobMissing, BlockingStorage, Storage, storage_failure
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
@@ -85,6 +86,10 @@ class FilesystemStorage(Storage):
         await anyio.to_thread.run_sync(probe)
 
     async def put(self, staged: Path, key: str) -> None:
+        await anyio.to_thread.run_sync(self.put_blocking, staged, key)
+
+    def put_blocking(self, staged: Path, key: str) -> None:
+        """:meth:`put` in the calling thread."""
         target = self._path(key)
 
         def move() -> None:
@@ -101,37 +106,55 @@ class FilesystemStorage(Storage):
                 _fsync_dir(folder)
 
         try:
-            await anyio.to_thread.run_sync(move)
+            move()
         except OSError as exc:  # a full disk (a new folder needs a block) is a 507
             raise storage_failure(exc, "cannot store blob") from exc
 
+    def blocking(self) -> BlockingStorage | None:
+        # Only where put and delete are this class's own: a subclass that adds
+        # to them (a pause, a fault) keeps its own way for every upload.
+        cls = type(self)
+        if cls.put is FilesystemStorage.put and cls.delete is FilesystemStorage.delete:
+            return self
+        return None
+
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         path = self._path(key)
+        # Opening, seeking and the first read are one thread hand-off, and a
+        # blob that fits in it (most packages are small) is also closed there:
+        # a small download costs one hand-off, not five.
         try:
-            f = await anyio.to_thread.run_sync(path.open, "rb")
+            f, chunk, done = await anyio.to_thread.run_sync(_open_and_read, path, start, end)
         except FileNotFoundError:
             raise BlobMissing(key) from None
         except OSError as exc:
             raise ObjectStoreException(f"cannot read blob: {exc.strerror}") from exc
+        if done:
+            if chunk:
+                yield chunk
+            return
         try:
-            await anyio.to_thread.run_sync(f.seek, start)
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
+            remaining = None if end is None else end - start - len(chunk)
+            while chunk:
+                yield chunk
+                if remaining is not None and remaining <= 0:
+                    break
                 size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
                 chunk = await anyio.to_thread.run_sync(f.read, size)
-                if not chunk:
-                    break
                 if remaining is not None:
                     remaining -= len(chunk)
-                yield chunk
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(f.close)
 
     async def delete(self, key: str) -> None:
+        await anyio.to_thread.run_sync(self.delete_blocking, key)
+
+    def delete_blocking(self, key: str) -> None:
+        """:meth:`delete` in the calling thread."""
         path = self._path(key)
         try:
-            await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+            path.unlink(missing_ok=True)
         except OSError as exc:
             raise ObjectStoreException(f"cannot delete blob: {exc.strerror}") from exc
 
@@ -175,6 +198,24 @@ def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
                 continue
             modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             yield BlobInfo(key=key, size=stat.st_size, modified=modified)
+
+
+def _open_and_read(path: Path, start: int, end: int | None) -> tuple[BinaryIO, bytes, bool]:
+    """Open ``path`` at ``start`` and read its first chunk (at most up to
+    ``end``): the open file, the chunk, and whether that was all of it, in
+    which case the file is closed already."""
+    f = path.open("rb")
+    try:
+        f.seek(start)
+        size = READ_SIZE if end is None else min(READ_SIZE, end - start)
+        chunk = f.read(size)
+        done = len(chunk) < size or (end is not None and start + len(chunk) >= end)
+    except BaseException:
+        f.close()
+        raise
+    if done:
+        f.close()
+    return f, chunk, done
 
 
 def _make_folders(folder: Path) -> list[Path]:

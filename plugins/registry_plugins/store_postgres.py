@@ -410,6 +410,10 @@ class PostgresStore(RecordStore):
         )
         self._opened = False
         self._open_lock = threading.Lock()
+        #: Listings and searches (their cost grows with a module) hold at most
+        #: half the pool, so a burst of them never leaves a point lookup, a
+        #: credential check or a commit waiting for a connection.
+        self._listing_slots = threading.BoundedSemaphore(max(1, pool_size // 2))
         self._migrated = False
 
     # -- connections ----------------------------------------------------------------
@@ -454,6 +458,20 @@ class PostgresStore(RecordStore):
                 self.migrate()
             with self._pool.connection() as conn:
                 yield conn
+
+    @contextmanager
+    def _listing_connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """:meth:`_connection` for a listing or search: one of at most half the pool.
+
+        :raises DatabaseUnavailable: no slot within ``timeout`` seconds, like an exhausted pool.
+        """
+        if not self._listing_slots.acquire(timeout=self.timeout):
+            raise DatabaseUnavailable(f"no database connection within {self.timeout:g} s")
+        try:
+            with self._connection() as conn:
+                yield conn
+        finally:
+            self._listing_slots.release()
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Row]]:
@@ -645,7 +663,7 @@ class PostgresStore(RecordStore):
                         f" ORDER BY {order_sql} LIMIT %s OFFSET %s")
         else:
             page_sql = f"SELECT * FROM packages WHERE {page_where} ORDER BY {order_sql} LIMIT %s OFFSET %s"
-        with self._connection() as conn, conn.transaction():
+        with self._listing_connection() as conn, conn.transaction():
             # one snapshot for both statements (READ COMMITTED takes one per statement)
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = conn.execute(page_sql, [*page_params, limit, offset]).fetchall()
@@ -684,7 +702,7 @@ class PostgresStore(RecordStore):
             page_params.append(after)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         page_clause = ("WHERE " + " AND ".join(page_where)) if page_where else ""
-        with self._connection() as conn, conn.transaction():  # the count and the page see one snapshot
+        with self._listing_connection() as conn, conn.transaction():  # the count and the page see one snapshot
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             count_row = conn.execute(f"SELECT COUNT(*) AS n FROM application_counts {clause}" if where
                                      else "SELECT applications AS n FROM application_total", params).fetchone()

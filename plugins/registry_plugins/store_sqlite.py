@@ -32,6 +32,7 @@ import sqlite_utils
 from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, InsufficientStorage, PackageAlreadyExists, PackageNotFound
 from registry.hookspecs import hookimpl
+from registry_plugins.sqlite_wal_sync import WalSync
 from registry.leases import local_prefix
 from registry.records import (
     CANCELLED,
@@ -77,12 +78,14 @@ def to_text(moment: datetime) -> str:
 
 
 def from_text(stored: str) -> datetime:
-    """A stored time back as an aware UTC datetime (also reads ISO 8601 with an offset)."""
-    try:
-        return datetime.strptime(stored, TIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        moment = datetime.fromisoformat(stored)
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """A stored time back as an aware UTC datetime (also reads ISO 8601 with an offset).
+
+    ``fromisoformat`` reads :data:`TIME_FORMAT` itself, seven times faster
+    than ``strptime``: building a page of records is mostly parsing its times,
+    and it holds the GIL the event loop needs.
+    """
+    moment = datetime.fromisoformat(stored)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _optional_time(stored: str | None) -> datetime | None:
@@ -456,6 +459,7 @@ class SQLiteStore(RecordStore):
         self._migrate_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._migrated = False
+        self._wal_sync = WalSync(path)
 
     def _past_deadline(self) -> int:
         return int(time.monotonic() > getattr(self._local, "deadline", math.inf))
@@ -479,8 +483,13 @@ class SQLiteStore(RecordStore):
                                    timeout=self.timeout)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            wal = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+            # In WAL mode a COMMIT does not sync; _write syncs the log after
+            # it, outside the write lock, one flush for all who committed
+            # meanwhile (see plugins/sqlite_wal_sync.py). Any other journal
+            # (a file system without shared memory) syncs at COMMIT.
+            conn.execute(f"PRAGMA synchronous = {'NORMAL' if wal else 'FULL'}")
+            self._local.group_commit = wal
             conn.execute("PRAGMA foreign_keys = ON")
             # a read running past its deadline is interrupted ("interrupted",
             # 503 DATABASE_UNAVAILABLE) instead of holding its thread
@@ -502,24 +511,30 @@ class SQLiteStore(RecordStore):
         """``BEGIN IMMEDIATE`` … ``COMMIT`` on this thread's connection; rolled back on any error.
 
         :param durable: False for a commit that may be lost to a power failure
-            (never half-applied): its WAL frames are not fsynced until the next
-            durable commit. Only for what a crash of the machine makes moot anyway.
+            (never half-applied): it returns without waiting for the log to
+            reach the disk (the next durable commit's flush takes it along).
+            Only for what a crash of the machine makes moot anyway.
         """
         with _translated():
             conn = self._conn()
-            if not durable:
-                conn.execute("PRAGMA synchronous = NORMAL")  # not settable inside a transaction
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                if not durable:
-                    conn.execute("PRAGMA synchronous = FULL")
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        if durable:
+            self._durable()
+
+    def _durable(self) -> None:
+        """Return once what this thread just committed is on disk (the WAL flushed)."""
+        if not getattr(self._local, "group_commit", False):
+            return  # synchronous = FULL: COMMIT synced it
+        try:
+            self._wal_sync.commit_done()
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot sync the database's log: {exc.strerror}") from exc
 
     def _rows(self, sql: str, params: tuple[Any, ...] | builtins.list[Any] = ()) -> builtins.list[sqlite3.Row]:
         with _translated(), self._deadline():
@@ -573,6 +588,7 @@ class SQLiteStore(RecordStore):
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            self._durable()
             self._migrated = True
             return applied
 

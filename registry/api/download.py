@@ -73,6 +73,8 @@ async def package_response(storage: Storage, record: Record, request: Request) -
             raise BlobMissing(record.blob_key)
         return Response(status_code=status, headers=headers, media_type=media_type)
     body = await _open_blob(storage, record.blob_key, start, end)
+    if isinstance(body, bytes):  # all of it came with the first read: no stream to run
+        return Response(body, status_code=status, headers=headers, media_type=media_type)
     return StreamingResponse(body, status_code=status, headers=headers, media_type=media_type)
 
 
@@ -146,14 +148,19 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-async def _open_blob(storage: Storage, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+async def _open_blob(storage: Storage, key: str, start: int, end: int) -> AsyncIterator[bytes] | bytes:
     """Open the blob and read its first chunk now, so a missing blob is an
-    error response rather than a cut-off body.
+    error response rather than a cut-off body; the bytes themselves when that
+    chunk is the whole range (a small package: a plain response is cheaper
+    than a stream, which runs a task listening for the client's disconnect).
 
     :raises BlobMissing: no blob under ``key``.
     """
     stream = storage.open(key, start, end)
     first = await anext(stream, b"")
+    if len(first) == end - start:
+        await stream.aclose()  # type: ignore[attr-defined]
+        return first
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import FormParserError
@@ -19,7 +19,6 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from registry.errors import PackageTooLarge, ValidationError
-from registry.staging import StagingFile
 
 MAX_FIELDS_BODY = 64 * 1024
 MAX_FIELD_SIZE = 16 * 1024
@@ -32,6 +31,16 @@ MAX_PART_HEADERS = 16 * 1024
 #: a multipart body that carries fields only (the link route): the fields'
 #: own limits plus room for parts that are discarded
 MAX_FIELDS_ONLY_MULTIPART = 1024 * 1024
+
+
+class PackageSink(Protocol):
+    """Where the ``package`` part's bytes go: a staging file, or a small
+    upload's memory buffer (:class:`registry.small_uploads.BodyBuffer`).
+    ``write`` raises ``PackageTooLarge`` once past ``max_size``."""
+
+    max_size: int
+
+    async def write(self, chunk: bytes) -> None: ...
 
 
 def _body_error(zh: str, en: str) -> ValidationError:
@@ -113,7 +122,7 @@ class _Part:
         self.is_file_field = False
 
 
-async def parse_multipart(request: Request, file_field: str | None, sink: StagingFile | None = None) -> MultipartResult:
+async def parse_multipart(request: Request, file_field: str | None, sink: PackageSink | None = None) -> MultipartResult:
     """Parse a multipart body as it streams in.
 
     :param file_field: the name of the part whose bytes go to ``sink``

@@ -25,7 +25,7 @@ from starlette.types import Scope
 
 from registry.api.docs import DOCS_HTML
 from registry.api.download import package_response
-from registry.api.forms import MULTIPART_OVERHEAD, parse_multipart, read_fields
+from registry.api.forms import MULTIPART_OVERHEAD, PackageSink, parse_multipart, read_fields
 from registry.api import pages
 from registry.api.openapi import build_openapi
 from registry.api.paths import PACKAGES
@@ -44,7 +44,7 @@ from registry.errors import (
 )
 from registry.records import ORDERINGS, Order, Outcome
 from registry.service import Registry, UploadRequest
-from registry.staging import StagingFile
+from registry.small_uploads import SMALL_BODY
 from registry.storage import BlobMissing
 from registry.ui.auth import session_principal
 from registry.validation import (
@@ -219,13 +219,17 @@ async def upload_file(request: Request) -> Response:
     if declared_size is not None and declared_size > registry.max_package_size + MULTIPART_OVERHEAD:
         raise PackageTooLarge(f"the request announces {declared[:40]} bytes")
 
-    async def receive(staged: StagingFile) -> tuple[UploadRequest, str]:
-        form = await parse_multipart(request, "package", staged)
+    async def receive(sink: PackageSink) -> tuple[UploadRequest, str]:
+        form = await parse_multipart(request, "package", sink)
         if not form.file_seen:
             raise ValidationError.single("package", "该字段是必填项", "this field is required")
         return _upload_request(form.fields, code, module, principal.operator), form.file_name
 
-    result = await registry.upload_file(receive)
+    if declared_size is not None and declared_size <= SMALL_BODY:
+        # received whole into memory, then stored in one worker-thread hand-off
+        result = await registry.upload_small(receive)
+    else:
+        result = await registry.upload_file(receive)
     return _upload_response(result.outcome, record_json(result.record, registry.time_zone))
 
 

@@ -1,0 +1,75 @@
+"""The SQLite store's group commit: every commit waits for a WAL flush that
+started after it completed, and writers arriving together share one."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from registry_plugins.sqlite_wal_sync import WalSync
+from registry_plugins.store_sqlite import SQLiteStore
+from registry.records import NewCredential
+
+
+class CountingSync(WalSync):
+    """A WalSync whose flushes are counted, the first one held until released."""
+
+    def __init__(self, database: Path) -> None:
+        super().__init__(database)
+        self.flushes = 0
+        self.first_started = threading.Event()
+        self.release = threading.Event()
+
+    def _flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == 1:
+            self.first_started.set()
+            assert self.release.wait(30)
+        super()._flush()
+
+
+def test_each_commit_after_a_flush_gets_a_flush_of_its_own(tmp_path: Path) -> None:
+    sync = CountingSync(tmp_path / "db")
+    sync.release.set()
+    for _ in range(5):
+        sync.commit_done()
+    assert sync.flushes == 5
+
+
+def test_commits_waiting_behind_a_flush_share_the_next_one(tmp_path: Path) -> None:
+    sync = CountingSync(tmp_path / "db")
+    first = threading.Thread(target=sync.commit_done)
+    first.start()
+    assert sync.first_started.wait(30)
+    # These commits complete while the first flush runs: it started before
+    # them, so it cannot cover them; one more flush covers them all.
+    waiting = [threading.Thread(target=sync.commit_done) for _ in range(8)]
+    for thread in waiting:
+        thread.start()
+    while sync._committed < 9:  # every one has counted its commit and waits for the flush lock
+        threading.Event().wait(0.01)
+    sync.release.set()
+    for thread in [first, *waiting]:
+        thread.join(30)
+    assert sync.flushes == 2
+
+
+def test_the_store_flushes_its_wal_after_each_write(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "registry.db")
+    sync = CountingSync(store.path)
+    sync.release.set()
+    store._wal_sync = sync
+    try:
+        store.migrate()
+        before = sync.flushes
+        store.add_credential(NewCredential(kind="token", name="a", secret_hash="h" * 64, hint="spr_abcd",
+                                           apps=[], read_only=False))
+        assert sync.flushes == before + 1
+        assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: COMMIT does not sync
+        # the flush found the log the commit wrote
+        assert (tmp_path / "registry.db-wal").stat().st_size > 0
+    finally:
+        store.close()
+    # and another connection reads it once the store is gone
+    assert sqlite3.connect(tmp_path / "registry.db").execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 1
