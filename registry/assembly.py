@@ -32,7 +32,7 @@ from registry.staging import StagingFile
 
 logger = logging.getLogger("registry.assembly")
 
-#: Uploads staged at once by one process (each holds a file and two threads).
+#: Uploads staged at once by one process (each holds a staging file and its buffers).
 MAX_OPEN = 8
 #: An assembly unused this long is dropped (its upload may never finish).
 IDLE_SECONDS = 300.0
