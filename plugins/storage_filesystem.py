@@ -10,11 +10,13 @@ root holds nothing but blob files and the default staging folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
 from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
+from registry.transfers import READERS, download_chunk_size, wait
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
@@ -106,27 +109,34 @@ class FilesystemStorage(Storage):
             raise storage_failure(exc, "cannot store blob") from exc
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the blob in chunks of :func:`registry.transfers.download_chunk_size`,
+        read by the shared reader pool; the next chunk is read only once the
+        caller asks for it, so a download holds one chunk at a time."""
         path = self._path(key)
         try:
-            f = await anyio.to_thread.run_sync(path.open, "rb")
+            f = await READERS.run(path.open, "rb", 0)
         except FileNotFoundError:
             raise BlobMissing(key) from None
         except OSError as exc:
             raise ObjectStoreException(f"cannot read blob: {exc.strerror}") from exc
+        reading: Future[bytes] | None = None
         try:
-            await anyio.to_thread.run_sync(f.seek, start)
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
-                size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
-                chunk = await anyio.to_thread.run_sync(f.read, size)
+            offset = start
+            while end is None or offset < end:
+                size = download_chunk_size() if end is None else min(download_chunk_size(), end - offset)
+                reading = READERS.submit(os.pread, f.fileno(), size, offset)
+                chunk = await wait(reading)
+                reading = None
                 if not chunk:
                     break
-                if remaining is not None:
-                    remaining -= len(chunk)
+                offset += len(chunk)
                 yield chunk
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(f.close)
+                if reading is not None:  # cancelled mid-read: let it end before the file is closed
+                    with contextlib.suppress(OSError):
+                        await wait(reading)
+                await READERS.run(f.close)
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
