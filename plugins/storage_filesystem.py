@@ -28,7 +28,7 @@ from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
 from registry.storage import BlobInfo, BlobMissing, Storage, storage_failure
-from registry.transfers import READERS, download_chunk_size, wait
+from registry.transfers import READERS, download_chunk_size, read_cached, wait
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
@@ -109,9 +109,10 @@ class FilesystemStorage(Storage):
             raise storage_failure(exc, "cannot store blob") from exc
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Stream the blob in chunks of :func:`registry.transfers.download_chunk_size`,
-        read by the shared reader pool; the next chunk is read only once the
-        caller asks for it, so a download holds one chunk at a time."""
+        """Stream the blob in chunks of :func:`registry.transfers.download_chunk_size`:
+        straight from the page cache when it holds them (never waiting for the
+        disk), else by the shared reader pool; the next chunk is read only once
+        the caller asks for it, so a download holds one chunk at a time."""
         path = self._path(key)
         try:
             f = await READERS.run(path.open, "rb", 0)
@@ -124,9 +125,11 @@ class FilesystemStorage(Storage):
             offset = start
             while end is None or offset < end:
                 size = download_chunk_size() if end is None else min(download_chunk_size(), end - offset)
-                reading = READERS.submit(os.pread, f.fileno(), size, offset)
-                chunk = await wait(reading)
-                reading = None
+                chunk = read_cached(f.fileno(), size, offset)
+                if chunk is None:
+                    reading = READERS.submit(os.pread, f.fileno(), size, offset)
+                    chunk = await wait(reading)
+                    reading = None
                 if not chunk:
                     break
                 offset += len(chunk)

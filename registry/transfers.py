@@ -167,3 +167,27 @@ def upload_batch_size() -> int:
 def download_chunk_size() -> int:
     """The chunk a download reads now: its share of :data:`DOWNLOAD_BUDGET`."""
     return _share(DOWNLOAD_BUDGET, 2 * downloads_in_flight.value, MIN_DOWNLOAD_CHUNK, MAX_DOWNLOAD_CHUNK)
+
+
+#: ``preadv`` flag: read only what the page cache holds, never wait for the disk.
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def read_cached(fd: int, size: int, offset: int) -> bytes | None:
+    """Up to ``size`` bytes at ``offset`` when the page cache holds them, else None.
+
+    Never waits for the disk (``RWF_NOWAIT``: the kernel answers ``EAGAIN``
+    instead), so it may run on the event loop: a blob read recently costs no
+    thread hand-off. ``b""`` at the end of the file. None also where the
+    kernel or the file system lacks the flag: read in :data:`READERS` then.
+    """
+    if not _NOWAIT:
+        return None
+    buffer = bytearray(size)
+    try:
+        count = os.preadv(fd, [buffer], offset, _NOWAIT)
+    except OSError:  # EAGAIN (not cached), EOPNOTSUPP (no support on this file system)
+        return None
+    if count == size:
+        return bytes(buffer)
+    return bytes(memoryview(buffer)[:count])

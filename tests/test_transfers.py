@@ -304,3 +304,15 @@ def test_pool_threads_are_bounded_and_started_on_use() -> None:
     for future in futures:
         future.result()
     assert len(seen) == 2 and pool.queued == 0
+
+
+def test_a_cached_read_returns_the_bytes_or_defers_to_the_pool(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    with blob.open("rb") as f:
+        for offset, size in ((0, 300_000), (1000, 4096), (299_000, 4096), (300_000, 10)):
+            got = transfers.read_cached(f.fileno(), size, offset)
+            assert got is None or got == data[offset:offset + size][: len(got)]
+            if got is not None and offset < len(data):
+                assert got  # something cached was read, or None: never a false end of file
