@@ -58,7 +58,7 @@ def _record(n: int, start: datetime) -> Any:
 
 def fill(db: Path, count: int) -> float:
     """Fill a fresh SQLite store with ``count`` records; returns seconds taken."""
-    from plugins.store_sqlite import SQLiteStore
+    from registry_plugins.store_sqlite import SQLiteStore
 
     store = SQLiteStore(db)
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from plugins.storage_filesystem import FilesystemStorage
+from registry_plugins.storage_filesystem import FilesystemStorage
 from registry.hookspecs import hookimpl
 from registry.settings import Settings
 from registry.storage import Storage

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from plugins.store_sqlite import SQLiteStore
+from registry_plugins.store_sqlite import SQLiteStore
 from registry.auth import CACHE_SECONDS, CredentialStore, Principal
 from registry.records import utc_now
 from tests.helpers import Api, RegistryProcess, base_config, inprocess_registry, merge, package, start_registry

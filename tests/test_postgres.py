@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from plugins.store_postgres import PostgresStore
-from plugins.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-from plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from registry_plugins.store_postgres import PostgresStore
+from registry_plugins.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from registry_plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
 
 PASSWORD = "pw-never-shown-4711"

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from plugins.store_postgres import PostgresStore
-from plugins.store_sqlite import MIGRATIONS, SQLiteStore
+from registry_plugins.store_postgres import PostgresStore
+from registry_plugins.store_sqlite import MIGRATIONS, SQLiteStore
 from registry.errors import DatabaseUnavailable
 from registry.store import RecordStore
 from registry.testing import CredentialLocker, RecordStoreConformance, StoreFactory, new_package

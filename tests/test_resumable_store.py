@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from plugins.s3_resumable import MIN_PART
-from plugins.storage_filesystem import FilesystemStorage
-from plugins.storage_s3 import S3Storage
+from registry_plugins.s3_resumable import MIN_PART
+from registry_plugins.storage_filesystem import FilesystemStorage
+from registry_plugins.storage_s3 import S3Storage
 from registry.storage import Storage
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer, s3_storage_for
 

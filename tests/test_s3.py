@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from plugins.origin_s3 import S3Object, S3Origin, parse_s3_url
-from plugins.storage_s3 import MULTIPART_CHUNKSIZE, S3Storage
+from registry_plugins.origin_s3 import S3Object, S3Origin, parse_s3_url
+from registry_plugins.storage_s3 import MULTIPART_CHUNKSIZE, S3Storage
 from registry.bootstrap import build_registry, load_settings
 from registry.errors import SourceOriginForbidden, ValidationError
 from tests.helpers import (

@@ -81,7 +81,7 @@ def test_redact_text() -> None:
 
 def test_httpx_request_log_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
     """httpx logs each request URL at INFO; the http origin plugin filters it."""
-    from plugins.origin_http import registry_origins
+    from registry_plugins.origin_http import registry_origins
     from registry.bootstrap import load_settings
 
     settings, _ = load_settings(None)

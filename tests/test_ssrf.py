@@ -1,7 +1,7 @@
 """SSRF: the ``http`` origin never connects where policy forbids.
 
 No traffic may leave this machine, so addresses that are not loopback are only
-ever judged by pure unit tests of :mod:`plugins.http_policy` and of the
+ever judged by pure unit tests of :mod:`registry_plugins.http_policy` and of the
 origin with a transport that fails the test if it is reached. Live HTTP tests
 use loopback spellings only, against a counting server that proves no
 connection was attempted.
@@ -20,9 +20,9 @@ import anyio
 import httpx
 import pytest
 
-import plugins.origin_http as origin_http
-from plugins.http_policy import HostEntry, HostPolicy, is_public, literal_address, normalize_host, parse_entry
-from plugins.origin_http import HttpOrigin
+import registry_plugins.origin_http as origin_http
+from registry_plugins.http_policy import HostEntry, HostPolicy, is_public, literal_address, normalize_host, parse_entry
+from registry_plugins.origin_http import HttpOrigin
 from registry.bootstrap import load_settings
 from registry.errors import PackageDownloadFailed, SourceOriginForbidden, ValidationError
 from registry.settings import SettingsError
@@ -646,7 +646,7 @@ def test_file_origin_relative_forms_unsupported(api: Api, code: str) -> None:
 def test_file_origin_checks_the_file_actually_opened(tmp_path: Path) -> None:
     """Between the check and the open, a folder can be swapped for a link:
     the opened file is checked against the roots again."""
-    from plugins.origin_file import FileOrigin
+    from registry_plugins.origin_file import FileOrigin
 
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)

@@ -19,8 +19,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import EndpointConnectionError
 from moto.server import ThreadedMotoServer
 
-from plugins.storage_filesystem import FilesystemStorage
-from plugins.storage_s3 import MULTIPART_CHUNKSIZE, S3Storage, make_s3_client
+from registry_plugins.storage_filesystem import FilesystemStorage
+from registry_plugins.storage_s3 import MULTIPART_CHUNKSIZE, S3Storage, make_s3_client
 from registry.bootstrap import build_registry, load_settings
 from registry.errors import ObjectStoreException
 from registry.settings import SettingsError
@@ -209,7 +209,7 @@ def test_selected_and_configured_through_the_settings_table(tmp_path: Path) -> N
 
 def test_naming_the_builtin_module_in_plugins_modules_too_is_harmless(tmp_path: Path) -> None:
     config = tmp_path / "registry.toml"
-    config.write_text(to_toml({"storage": {"backend": "s3"}, "plugins": {"modules": ["plugins.storage_s3"]}}))
+    config.write_text(to_toml({"storage": {"backend": "s3"}, "plugins": {"modules": ["registry_plugins.storage_s3"]}}))
     settings, pm = load_settings(config)
     assert isinstance(build_registry(settings, pm).storage, S3Storage)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.s3_resumable import MIN_PART
+from registry_plugins.s3_resumable import MIN_PART
 from tests.helpers import Api, app_desc, make_tar, start_registry
 from tests.test_s3 import s3_config
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer

@@ -152,8 +152,8 @@ def test_fetch_reads_no_ca_bundle_on_the_event_loop(file_server: FileServer, cod
 
     import anyio
 
-    from plugins.http_policy import HostPolicy
-    from plugins.origin_http import HttpOrigin
+    from registry_plugins.http_policy import HostPolicy
+    from registry_plugins.origin_http import HttpOrigin
 
     origin = HttpOrigin(HostPolicy((), True), connect_timeout=5, read_timeout=5, total_timeout=30, max_redirects=0)
     loads: list[object] = []
@@ -230,7 +230,7 @@ def test_file_origin_resolves_paths_off_the_event_loop(file_server: FileServer, 
 
     import anyio
 
-    from plugins import origin_file
+    from registry_plugins import origin_file
 
     data = package(salt=code)
     file_server.add(f"{code}/thread.tar.gz", data)

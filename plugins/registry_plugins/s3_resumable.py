@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from registry.storage import ResumableStore
 
 if TYPE_CHECKING:
-    from plugins.storage_s3 import S3Storage
+    from registry_plugins.storage_s3 import S3Storage
 
 MiB = 1024 * 1024
 #: S3's smallest part (every part but the last).

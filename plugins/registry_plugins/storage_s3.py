@@ -40,7 +40,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from plugins.s3_common import (
+from registry_plugins.s3_common import (
     BOTO_ERRORS,
     brief_error,
     check_endpoint_url,
@@ -288,8 +288,8 @@ class S3Storage(Storage):
         return await self._call("look up blob", head)
 
     def resumable(self) -> ResumableStore:
-        """Resumable uploads as S3 multipart uploads (see :mod:`plugins.s3_resumable`)."""
-        from plugins.s3_resumable import S3Multipart
+        """Resumable uploads as S3 multipart uploads (see :mod:`registry_plugins.s3_resumable`)."""
+        from registry_plugins.s3_resumable import S3Multipart
 
         return S3Multipart(self)
 

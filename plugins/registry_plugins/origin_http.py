@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import httpx
 
-from plugins.http_policy import HostPolicy, normalize_host, parse_entry
+from registry_plugins.http_policy import HostPolicy, normalize_host, parse_entry
 from registry import __version__
 from registry.errors import (
     PackageDownloadFailed,

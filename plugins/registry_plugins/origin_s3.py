@@ -27,7 +27,7 @@ import anyio.to_thread
 from botocore.client import BaseClient
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
-from plugins.s3_common import (
+from registry_plugins.s3_common import (
     BOTO_ERRORS,
     brief_error,
     check_endpoint_url,
