@@ -44,6 +44,7 @@ from typing import Any
 import clients
 import peer
 import scale
+import transfers
 from clients import CurlResult, Latencies, get_args, json_args, multipart_args, probe_while_running, run_curl
 from servers import RssSampler, ServerProcess, cpu_seconds, free_port, helper_server, peak_rss_bytes
 from tus import tus_upload
@@ -541,11 +542,13 @@ LIMIT_NAMES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suite", default="throughput", choices=["throughput", "scale", "cluster"],
+    parser.add_argument("--suite", default="throughput", choices=["throughput", "scale", "cluster", "transfers"],
                         help="throughput: one big package (default); scale: pages, search and small"
                              " requests as a module grows (benchmarks/scale.py); cluster: --workers,"
-                             " SQLite and PostgreSQL (benchmarks/cluster.py)")
+                             " SQLite and PostgreSQL (benchmarks/cluster.py); transfers: 64 uploads"
+                             " and 200 downloads in flight (benchmarks/transfers.py)")
     parser.add_argument("--quick", action="store_true", help="cluster suite: smaller sizes, a run of a minute or two")
+    parser.add_argument("--workers", type=int, default=1, help="registry serve --workers for --suite transfers")
     parser.add_argument("--size-mib", type=int, default=256, help="payload size in MiB (default 256)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median counts (default 3)")
     parser.add_argument("--skip-peer", action="store_true", help="do not install or run pypiserver")
@@ -584,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "cluster.json"
         with workspace(args.tmpdir) as workdir:
             return cluster.main(workdir, args.skip_peer, output, quick=args.quick)
+    if args.suite == "transfers":
+        output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "transfers.json"
+        with workspace(args.tmpdir) as workdir:
+            return transfers.main(workdir, output, args.workers)
     clients.require_curl()
     load = os.getloadavg()[0]
     if load > 0.5:

@@ -6,7 +6,7 @@ end, that is one more full pass over the bytes after the last one arrived.
 Instead, while an upload's chunks keep arriving at this process in order
 from its first byte, each accepted chunk is also written to an ordinary
 staging file (:meth:`Registry.staging`: hashed, and inspected by its
-follower thread as it grows). When the last chunk is in, that staging file
+follower as it grows). When the last chunk is in, that staging file
 is complete and goes to :meth:`Registry.ingest` as it is.
 
 This is only a shortcut: whenever it cannot follow (a restart, a chunk that
@@ -32,7 +32,7 @@ from registry.staging import StagingFile
 
 logger = logging.getLogger("registry.assembly")
 
-#: Uploads staged at once by one process (each holds a file and two threads).
+#: Uploads staged at once by one process (each holds a staging file and its buffers).
 MAX_OPEN = 8
 #: An assembly unused this long is dropped (its upload may never finish).
 IDLE_SECONDS = 300.0

@@ -9,31 +9,31 @@ did not reach the disk and the upload's offset goes back to before them, which
 a tus client handles by asking (``HEAD``) and sending again. The whole
 package is fsynced once, when the completing PATCH stages it.
 
-Writes run in a writer thread of the file's own, batched to about 2 MiB, so
-receiving the next batch overlaps writing the last one. A *tee* (the upload's
-staging file, see :mod:`registry.assembly`) is handed the same batches, the
-very same ``bytes`` objects: the body is joined into a batch once, not once
-per consumer, and the tee's own writer receives 2 MiB pieces it need not
-join again. Feeding the tee piece by piece measured about twice the time
-per 8 MiB PATCH body (two writer threads each waking per piece).
+Writes run in the process's shared writer pool (:data:`registry.transfers.WRITERS`),
+in batches of the upload's share of the upload budget (2 MiB alone), so
+receiving the next batch overlaps writing the last one and a chunk in
+flight holds no thread of its own. A *tee* (the upload's staging file, see
+:mod:`registry.assembly`) is handed the same batches, the very same
+``bytes`` objects: the body is joined into a batch once, not once per
+consumer. Feeding the tee piece by piece measured about twice the time per
+8 MiB PATCH body.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 
 import anyio
-import anyio.to_thread
 
 from registry.errors import PackageTooLarge
-
-FLUSH_SIZE = 2 * 1024 * 1024
+from registry.transfers import WRITERS, upload_batch_size, uploads_in_flight, wait
 
 
 class ChunkFile:
@@ -51,8 +51,10 @@ class ChunkFile:
         self.path: Path | None = None
         self._hash = hashlib.new(algorithm) if algorithm else None
         self._fd: int | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
+        #: the batch in the writer pool, kept until it has ended (the exit
+        #: never closes the file under a running write)
         self._pending: Future[None] | None = None
+        self._counted = False
 
     @property
     def digest(self) -> bytes | None:
@@ -65,21 +67,31 @@ class ChunkFile:
             fd, name = tempfile.mkstemp(dir=self.folder, prefix="chunk-", suffix=".part")
             return fd, Path(name)
 
-        self._fd, self.path = await anyio.to_thread.run_sync(create)
+        with anyio.CancelScope(shield=True):  # a cancelled creation would leave the file behind
+            self._fd, self.path = await WRITERS.run(create)
+        uploads_in_flight.add(1)
+        self._counted = True
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._close_and_remove)
+            if self._counted:
+                uploads_in_flight.add(-1)
+                self._counted = False
+            pending, self._pending = self._pending, None
+            if pending is not None:  # a batch still being written ends before its file is closed
+                with contextlib.suppress(Exception):
+                    await wait(pending)
+            fd, self._fd = self._fd, None
+            await WRITERS.run(self._close_and_remove, fd, self.path)
 
-    def _close_and_remove(self) -> None:
-        self._writer.shutdown(wait=True)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)  # already renamed away when kept
+    @staticmethod
+    def _close_and_remove(fd: int | None, path: Path | None) -> None:
+        if fd is not None:
+            os.close(fd)
+        if path is not None:
+            path.unlink(missing_ok=True)  # already renamed away when kept
 
     async def receive(self, body: AsyncIterator[bytes], disconnect: type[BaseException],
                       tee: Callable[[bytes], Awaitable[None]] | None = None) -> bool:
@@ -99,7 +111,7 @@ class ChunkFile:
                     raise PackageTooLarge(f"the chunk passes the upload's length by {self.size - self.limit} bytes")
                 batch.append(data)
                 batched += len(data)
-                if batched >= FLUSH_SIZE:
+                if batched >= upload_batch_size():
                     await self._submit(batch, tee)
                     batch, batched = [], 0
         except disconnect:
@@ -115,14 +127,16 @@ class ChunkFile:
         if tee is not None:
             await tee(data)
         await self._wait()
-        self._pending = self._writer.submit(self._write, data)
+        self._pending = WRITERS.submit(self._write, data)
 
     async def _wait(self) -> None:
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is not None:
-            if not pending.done():
-                await anyio.to_thread.run_sync(pending.result)
-            pending.result()
+            try:
+                await wait(pending)
+            finally:
+                if pending.done():
+                    self._pending = None
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None

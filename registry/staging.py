@@ -1,47 +1,70 @@
 """Receive a package into a staging file: size limit and sha256 in one pass.
 
 The bytes are hashed and written as they arrive; nothing reads the file again
-to checksum it. Writes and hashing run in a writer thread of the file's own,
-batched to about 2 MiB, so the event loop only moves buffers around. One batch
-is written while the next is being received: receiving and writing overlap,
-and an upload takes the longer of the two rather than their sum, with at most
-two batches (4 MiB) held per upload.
+to checksum it. Writes, hashing and the fsync run in the process's shared
+writer pool (:data:`registry.transfers.WRITERS`), in batches, so the event
+loop only moves buffers around and an upload holds no thread of its own. One
+batch is written while the next is being received: receiving and writing
+overlap, and an upload takes the longer of the two rather than their sum.
+An upload holds at most two batches; a batch is the upload's share of a
+process-wide budget (:func:`registry.transfers.upload_batch_size`: 2 MiB
+alone, less when many uploads run), so memory stays bounded however many
+uploads are in flight.
 
 A *follower* (the archive inspection) may read the file while it is being
-written: it runs in a thread of its own, reading from the page cache what the
-writer has written and waiting for more, so the upload is checked without a
-second pass, and a follower that fails stops the upload at the next batch.
+written: it runs in the shared inspection pool
+(:data:`registry.transfers.FOLLOWERS`), reading from the page cache what
+the writer has written and waiting for more, so the upload is checked
+without a second write, and a follower that fails stops the upload at the
+next batch. When every inspection thread is busy, a follower starts once one
+frees (and then catches up from the page cache). A follower that waits for
+bytes longer than :data:`FOLLOW_GRACE` while others queue gives its thread
+up: it is run again from the start once the upload is complete, so slow
+clients never hold every inspection thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from registry.errors import InsufficientStorage, PackageTooLarge
 from registry.storage import storage_failure
+from registry.transfers import FOLLOWERS, MAX_UPLOAD_BATCH, WRITERS, upload_batch_size, uploads_in_flight, wait
 
 #: Less free space than this in the staging folder's file system counts as
 #: full for ``/readyz``: not even a small upload could be received.
 MIN_FREE_BYTES = 1024 * 1024
-#: Batch size handed to the writer thread. 2 MiB measured 13% faster uploads
-#: than 1 MiB (fewer thread hand-offs; benchmarks/run.py, 256 MiB) for 7 MB
-#: more peak RSS; larger batches gain little more and cost memory per upload.
-FLUSH_SIZE = 2 * 1024 * 1024
+#: The largest batch handed to the writer pool (one upload alone uses it).
+#: 2 MiB measured 13% faster uploads than 1 MiB (fewer thread hand-offs;
+#: benchmarks/run.py, 256 MiB); with many uploads in flight batches shrink.
+FLUSH_SIZE = MAX_UPLOAD_BATCH
+#: Seconds a follower waits for bytes before it gives its thread to a
+#: queued follower (only when one is queued).
+FOLLOW_GRACE = 1.0
+#: Batches of at most this many chunks are written with one ``writev``.
+MAX_VECTOR = 256
 
 
 class UploadAbandoned(Exception):
     """Raised to a follower when the upload it reads ends without completing."""
+
+
+class _Deferred(Exception):
+    """Raised to a follower that gave its thread up; it runs again once the upload is complete."""
+
+
+_DEFERRED = object()
 
 
 class _Progress:
@@ -63,6 +86,13 @@ class _Progress:
                 self.state = state
             self.condition.notify_all()
 
+    def wait_for_change(self) -> None:
+        """Wait (holding the condition) for the next notification; raise
+        ``_Deferred`` after :data:`FOLLOW_GRACE` seconds without one while
+        other followers are queued for a thread."""
+        if not self.condition.wait(FOLLOW_GRACE) and FOLLOWERS.queued > 0:
+            raise _Deferred()
+
 
 class _Follower:
     """The reading side handed to a follower (see ``FollowedUpload`` in archive.py)."""
@@ -80,7 +110,7 @@ class _Follower:
         while True:
             with progress.condition:
                 while progress.written <= self.consumed and progress.state == "receiving":
-                    progress.condition.wait()
+                    progress.wait_for_change()
                 if progress.state == "abandoned":
                     raise UploadAbandoned()
                 available = progress.written - self.consumed
@@ -96,7 +126,7 @@ class _Follower:
         """Wait for the end of the upload; the path of the finished file."""
         with self.progress.condition:
             while self.progress.state == "receiving":
-                self.progress.condition.wait()
+                self.progress.wait_for_change()
             if self.progress.state == "abandoned":
                 raise UploadAbandoned()
         return self.path
@@ -113,12 +143,13 @@ class StagingFile:
 
     Use as ``async with StagingFile(folder, max_size) as staged:``, then
     ``await staged.write(chunk)`` for each chunk, ``await staged.finish()``
-    and, before committing the file, ``await staged.synced()``.
+    and, before committing the file, ``await staged.synced()``. Entering and
+    leaving may happen in different tasks (a resumable upload's assembly).
     """
 
     def __init__(self, folder: Path, max_size: int, follower: Callable[[_Follower], Any] | None = None) -> None:
-        """:param follower: called in a thread of its own with a reader of the
-            upload as it is written; its result is :meth:`followed`'s."""
+        """:param follower: called in an inspection thread with a reader of
+            the upload as it is written; its result is :meth:`followed`'s."""
         self.folder = folder
         self.max_size = max_size
         self._follow = follower
@@ -130,59 +161,61 @@ class StagingFile:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._fd: int | None = None
-        self._writer: ThreadPoolExecutor | None = None
+        #: the batch (or fsync) in the writer pool; kept until it has ended,
+        #: so the exit never closes the file under a running write
         self._pending: Future[None] | None = None
+        self._counted = False
 
     async def __aenter__(self) -> StagingFile:
-        def create() -> tuple[int, Path, _Follower | None]:
+        def create() -> tuple[int, Path]:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.folder, prefix="upload-", suffix=".part")
-            path = Path(name)
-            if self._follow is None:
-                return fd, path, None
-            try:
-                return fd, path, _Follower(path, self._progress)  # opens the file: disk I/O
-            except BaseException:
-                os.close(fd)
-                path.unlink(missing_ok=True)
-                raise
+            return fd, Path(name)
 
-        try:
-            self._fd, self.path, reader = await anyio.to_thread.run_sync(create)
-        except OSError as exc:  # a full disk (no inode left), a read-only or missing folder
-            raise storage_failure(exc, "cannot create a staging file") from exc
-        self._writer = ThreadPoolExecutor(max_workers=2 if self._follow else 1, thread_name_prefix="staging")
+        # Shielded: a cancellation while the pool creates the file would leave it behind.
+        with anyio.CancelScope(shield=True):
+            try:
+                self._fd, self.path = await WRITERS.run(create)
+            except OSError as exc:  # a full disk (no inode left), a read-only or missing folder
+                raise storage_failure(exc, "cannot create a staging file") from exc
+        uploads_in_flight.add(1)
+        self._counted = True
         if self._follow is not None:
-            assert reader is not None
-            self._following = self._writer.submit(self._run_follower, self._follow, reader)
+            self._following = FOLLOWERS.submit(self._run_follower, self._follow, self.path, self._progress)
         return self
 
     @staticmethod
-    def _run_follower(follow: Callable[[_Follower], Any], reader: _Follower) -> Any:
+    def _run_follower(follow: Callable[[_Follower], Any], path: Path, progress: _Progress) -> Any:
+        """In an inspection thread: the follower's result, or ``_DEFERRED``."""
+        if progress.state == "abandoned":
+            raise UploadAbandoned()
+        reader = _Follower(path, progress)  # opens the file: disk I/O, off the event loop
         try:
             return follow(reader)
+        except _Deferred:
+            return _DEFERRED
         finally:
             reader.close()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # Shielded: in a cancelled scope run_sync would raise before starting,
-        # leaving the file (and the writer thread) behind.
+        # Shielded: in a cancelled scope the waits would raise at once,
+        # leaving the file behind (or closing it under a running write).
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._close_and_remove)
-
-    def _close_and_remove(self) -> None:
-        self._progress.end("abandoned")  # wakes a follower still waiting for bytes
-        if self._writer is not None:
-            # Let a batch still being written end before its file is closed.
-            self._writer.shutdown(wait=True)
-            self._writer = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            self._progress.end("abandoned")  # wakes a follower still waiting for bytes
+            if self._counted:
+                uploads_in_flight.add(-1)
+                self._counted = False
+            following, self._following = self._following, None
+            if following is not None and not following.cancel():  # a queued follower never starts
+                await _ended(following)
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                await _ended(pending)  # a batch still being written ends before its file is closed
+            fd, self._fd = self._fd, None
+            if fd is not None or self.path is not None:
+                await _ended(WRITERS.submit(_close_and_remove, fd, self.path))
 
     @property
     def sha256(self) -> str:
@@ -198,7 +231,7 @@ class StagingFile:
             raise PackageTooLarge(f"more than {self.max_size} bytes")
         self._buffer.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered >= FLUSH_SIZE:
+        if self._buffered >= upload_batch_size():
             self._raise_if_follower_failed()
             await self._flush()
 
@@ -208,52 +241,49 @@ class StagingFile:
             await self.write(chunk)
 
     async def _flush(self) -> None:
-        """Hand the buffered chunks to the writer thread once the previous batch is written."""
+        """Hand the buffered chunks to the writer pool once the previous batch is written."""
         if not self._buffer:
             return
+        await self._wait_for_writer()
         chunks = self._buffer
         self._buffer = []
         self._buffered = 0
-        await self._wait_for_writer()
-        assert self._writer is not None
-        self._pending = self._writer.submit(self._write_blocking, chunks)
+        self._pending = WRITERS.submit(self._write_blocking, chunks)
 
     async def _wait_for_writer(self) -> None:
         """Wait for the batch in flight, if any; raise its error as
         ``InsufficientStorage`` (disk or quota full) or ``ObjectStoreException``."""
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             return
         try:
-            if not pending.done():
-                await anyio.to_thread.run_sync(pending.result)
-            pending.result()
+            await wait(pending)
         except OSError as exc:  # ENOSPC from write() or fsync() is the client's 507, not a bug
             raise storage_failure(exc, "cannot write the staging file") from exc
+        finally:
+            if pending.done():
+                self._pending = None
 
     def _write_blocking(self, chunks: list[bytes]) -> None:
-        """In the writer thread: hash and append one batch."""
+        """In a writer thread: hash and append one batch."""
         assert self._fd is not None
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._hash.update(data)
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._progress.advance(len(data))
+        for chunk in chunks:
+            self._hash.update(chunk)
+        _write_fully(self._fd, chunks)
+        self._progress.advance(sum(len(chunk) for chunk in chunks))
 
     async def finish(self) -> None:
         """Write out every byte and start the fsync; :attr:`sha256` is then final.
 
-        The fsync runs in the writer thread while the caller goes on (archive
+        The fsync runs in the writer pool while the caller goes on (archive
         inspection reads the file from the page cache meanwhile); call
         :meth:`synced` before the file is committed anywhere.
         """
         await self._flush()
         await self._wait_for_writer()
         self._progress.end("complete")
-        assert self._writer is not None and self._fd is not None
-        self._pending = self._writer.submit(os.fsync, self._fd)
+        assert self._fd is not None
+        self._pending = WRITERS.submit(os.fsync, self._fd)
 
     async def synced(self) -> None:
         """Wait until the file is durable on disk.
@@ -268,17 +298,52 @@ class StagingFile:
 
         Call after :meth:`finish`.
         """
-        assert self._following is not None, "no follower was given"
-        following = self._following
-        if not following.done():
-            await anyio.to_thread.run_sync(following.result)
-        return following.result()
+        assert self._following is not None and self._follow is not None and self.path is not None, \
+            "no follower was given"
+        result = await wait(self._following)
+        if result is _DEFERRED:
+            # It gave its thread up while bytes were slow to come; the upload
+            # is complete now, so this run reads straight through.
+            self._following = FOLLOWERS.submit(self._run_follower, self._follow, self.path, self._progress)
+            result = await wait(self._following)
+        return result
 
     def _raise_if_follower_failed(self) -> None:
         """Stop receiving once the follower has refused the upload."""
         following = self._following
-        if following is not None and following.done() and following.exception() is not None:
+        if following is not None and following.done() and not following.cancelled() \
+                and following.exception() is not None:
             raise following.exception()  # type: ignore[misc]
+
+
+async def _ended(future: Future[Any]) -> None:
+    """Wait until a pool task has ended, whatever it raised (its error is
+    reported where its result is used)."""
+    with contextlib.suppress(Exception):
+        await wait(future)
+
+
+def _close_and_remove(fd: int | None, path: Path | None) -> None:
+    """In a writer thread: close the staging file and remove it."""
+    if fd is not None:
+        os.close(fd)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def _write_fully(fd: int, chunks: list[bytes]) -> None:
+    """Append every chunk (``writev``, without joining them into one copy)."""
+    if len(chunks) > MAX_VECTOR:
+        chunks = [b"".join(chunks)]
+    views = [memoryview(chunk) for chunk in chunks]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first:first + MAX_VECTOR])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
 
 
 def sweep_staging(folder: Path) -> int:

@@ -86,6 +86,7 @@ from registry.records import (
 )
 from registry.storage import BlobMissing, Storage, new_blob_key
 from registry.store import BackupUnsupported, RecordStore
+from registry.transfers import MAX_DOWNLOAD_CHUNK
 
 MiB = 1024 * 1024
 #: Default size of the "large" object: over two 8 MiB parts, not a multiple of 1 MiB.
@@ -272,6 +273,15 @@ class StorageConformance:
         key = _key()
         await put_bytes(store, key, bytes(range(100)))
         assert await read_blob(store, key, start, end) == b""
+
+    async def test_a_blob_streams_in_bounded_chunks(self, store: Storage) -> None:
+        """A download holds one chunk at a time: no chunk is larger than
+        :data:`registry.transfers.MAX_DOWNLOAD_CHUNK`, however large the blob."""
+        key, data = _key(), os.urandom(3 * MAX_DOWNLOAD_CHUNK + 17)
+        await put_bytes(store, key, data)
+        chunks = await read_chunks(store, key)
+        assert b"".join(chunks) == data
+        assert max(len(chunk) for chunk in chunks) <= MAX_DOWNLOAD_CHUNK
 
     async def test_a_stream_closed_early_releases_cleanly(self, store: Storage) -> None:
         key, data = _key(), os.urandom(RANGE_BLOB_SIZE)

@@ -7,9 +7,12 @@ import hashlib
 import select
 import socket
 import tarfile
+import threading
 import zlib
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from registry.archive import ArchiveLimits, inspect_following
@@ -45,8 +48,10 @@ async def test_follower_reads_while_the_upload_is_written(tmp_path: Path) -> Non
 @pytest.mark.anyio
 async def test_an_abandoned_upload_releases_its_follower(tmp_path: Path) -> None:
     errors: list[BaseException] = []
+    started = threading.Event()
 
     def follow(upload):  # type: ignore[no-untyped-def]
+        started.set()
         try:
             return inspect_following(upload, LIMITS)
         except BaseException as exc:
@@ -56,6 +61,8 @@ async def test_an_abandoned_upload_releases_its_follower(tmp_path: Path) -> None
     with pytest.raises(RuntimeError):
         async with StagingFile(tmp_path, 10**9, follower=follow) as staged:
             await staged.write(gzip.compress(b"\0" * 1024)[:20])
+            # the follower runs in a shared pool: let it start and wait for bytes
+            await anyio.to_thread.run_sync(started.wait)
             raise RuntimeError("client went away")
     assert len(errors) == 1 and isinstance(errors[0], UploadAbandoned)
     assert list(tmp_path.iterdir()) == []

@@ -10,14 +10,15 @@ root holds nothing but blob files and the default staging folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -27,6 +28,7 @@ from registry.errors import ObjectStoreException
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
 from registry.storage import BlobInfo, BlobMissing, BlockingStorage, Storage, storage_failure
+from registry.transfers import READERS, download_chunk_size, read_cached, wait
 
 NAME = "filesystem"
 STAGING_FOLDER = ".staging"
@@ -119,12 +121,16 @@ class FilesystemStorage(Storage):
         return None
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the blob in chunks of :func:`registry.transfers.download_chunk_size`:
+        straight from the page cache when it holds them (never waiting for the
+        disk), else by the shared reader pool; the next chunk is read only once
+        the caller asks for it, so a download holds one chunk at a time."""
         path = self._path(key)
         # Opening, seeking and the first read are one thread hand-off, and a
         # blob that fits in it (most packages are small) is also closed there:
         # a small download costs one hand-off, not five.
         try:
-            f, chunk, done = await anyio.to_thread.run_sync(_open_and_read, path, start, end)
+            fd, chunk, done = await READERS.run(_open_and_read, path, start, end, download_chunk_size())
         except FileNotFoundError:
             raise BlobMissing(key) from None
         except OSError as exc:
@@ -133,19 +139,29 @@ class FilesystemStorage(Storage):
             if chunk:
                 yield chunk
             return
+        reading: Future[bytes] | None = None
         try:
-            remaining = None if end is None else end - start - len(chunk)
-            while chunk:
-                yield chunk
-                if remaining is not None and remaining <= 0:
+            offset = start + len(chunk)
+            yield chunk
+            while end is None or offset < end:
+                size = download_chunk_size() if end is None else min(download_chunk_size(), end - offset)
+                cached = read_cached(fd, size, offset)
+                if cached is None:
+                    reading = READERS.submit(os.pread, fd, size, offset)
+                    chunk = await wait(reading)
+                    reading = None
+                else:
+                    chunk = cached
+                if not chunk:
                     break
-                size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
-                chunk = await anyio.to_thread.run_sync(f.read, size)
-                if remaining is not None:
-                    remaining -= len(chunk)
+                offset += len(chunk)
+                yield chunk
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(f.close)
+                if reading is not None:  # cancelled mid-read: let it end before the file is closed
+                    with contextlib.suppress(OSError):
+                        await wait(reading)
+                await READERS.run(os.close, fd)
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(self.delete_blocking, key)
@@ -200,22 +216,21 @@ def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
             yield BlobInfo(key=key, size=stat.st_size, modified=modified)
 
 
-def _open_and_read(path: Path, start: int, end: int | None) -> tuple[BinaryIO, bytes, bool]:
-    """Open ``path`` at ``start`` and read its first chunk (at most up to
-    ``end``): the open file, the chunk, and whether that was all of it, in
-    which case the file is closed already."""
-    f = path.open("rb")
+def _open_and_read(path: Path, start: int, end: int | None, size: int) -> tuple[int, bytes, bool]:
+    """Open ``path`` and read its first ``size`` bytes from ``start`` (at most
+    up to ``end``): the open descriptor, the chunk, and whether that was all of
+    it, in which case the descriptor is closed already."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        f.seek(start)
-        size = READ_SIZE if end is None else min(READ_SIZE, end - start)
-        chunk = f.read(size)
+        size = size if end is None else min(size, end - start)
+        chunk = os.pread(fd, size, start)
         done = len(chunk) < size or (end is not None and start + len(chunk) >= end)
     except BaseException:
-        f.close()
+        os.close(fd)
         raise
     if done:
-        f.close()
-    return f, chunk, done
+        os.close(fd)
+    return fd, chunk, done
 
 
 def _make_folders(folder: Path) -> list[Path]:

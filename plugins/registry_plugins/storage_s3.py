@@ -12,7 +12,9 @@ configuration holds a secret, so nothing here can log one.
   (``PutObject`` or ``CompleteMultipartUpload``), and a failed multipart upload
   is aborted by the transfer manager, so a failed put leaves nothing under the
   key.
-- ``open`` streams a ranged ``GetObject`` body in :data:`READ_SIZE` chunks.
+- ``open`` streams a ranged ``GetObject`` body in chunks of
+  :func:`registry.transfers.download_chunk_size` (at most 1 MiB, smaller
+  when many downloads run), reading the next only when the caller asks.
 - Every boto3 call (client creation included: it reads model files and the
   credential chain) runs in a worker thread, never on the event loop.
 - Any boto3/botocore failure becomes ``ObjectStoreException`` (503); a
@@ -52,6 +54,7 @@ from registry.hookspecs import hookimpl
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
 from registry.storage import BlobInfo, BlobMissing, ResumableStore, Storage, storage_failure
+from registry.transfers import download_chunk_size
 
 NAME = "s3"
 MiB = 1024 * 1024
@@ -60,8 +63,6 @@ MULTIPART_THRESHOLD = 8 * MiB
 #: Size of each part; with MAX_CONCURRENCY this bounds a put's memory (~32 MiB).
 MULTIPART_CHUNKSIZE = 8 * MiB
 MAX_CONCURRENCY = 4
-#: Bytes read from a GetObject body per worker-thread call.
-READ_SIZE = 1 * MiB
 #: Error codes meaning "no such key" (HeadObject answers a bare 404).
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 #: Error codes meaning "no such bucket" (HeadBucket answers a bare 404).
@@ -239,7 +240,7 @@ class S3Storage(Storage):
         if body is _PAST_END:
             return
         try:
-            while chunk := await self._run("read blob", lambda: body.read(READ_SIZE)):
+            while chunk := await self._run("read blob", lambda: body.read(download_chunk_size())):
                 yield chunk
         finally:
             with anyio.CancelScope(shield=True):

@@ -1,6 +1,12 @@
 """Serving a package's bytes: ETag and ``If-None-Match``, one byte range
 (with ``If-Range``), ``HEAD``, and a streamed body.
 
+The body is read a chunk at a time as the connection drains: uvicorn waits
+for a response's send buffer to empty before it accepts the next chunk, so
+a download holds at most a chunk read and a chunk being sent, and a client
+that stops reading stops the reads. Chunks shrink as more downloads run
+(:func:`registry.transfers.download_chunk_size`).
+
 The route handler (:func:`registry.api.routes.download_package`) authorizes
 and finds the record; :func:`package_response` answers with its bytes.
 """
@@ -17,6 +23,7 @@ from registry.archive import FORMATS
 from registry.errors import ObjectStoreException, PackageNotFound, RangeNotSatisfiable
 from registry.records import Record
 from registry.storage import BlobMissing, Storage
+from registry.transfers import downloads_in_flight
 from registry.validation import MAX_NUMBER_DIGITS, parse_decimal
 
 #: Stands for any byte position of more than :data:`MAX_NUMBER_DIGITS` digits.
@@ -157,18 +164,26 @@ async def _open_blob(storage: Storage, key: str, start: int, end: int) -> AsyncI
     :raises BlobMissing: no blob under ``key``.
     """
     stream = storage.open(key, start, end)
-    first = await anext(stream, b"")
+    downloads_in_flight.add(1)  # counted while opening too: a burst of downloads opens at once
+    try:
+        first = await anext(stream, b"")
+    finally:
+        downloads_in_flight.add(-1)
     if len(first) == end - start:
         await stream.aclose()  # type: ignore[attr-defined]
         return first
 
     async def body() -> AsyncIterator[bytes]:
+        # Counted while streamed: the storage sizes its chunks by how many
+        # downloads share the process's budget (registry.transfers).
+        downloads_in_flight.add(1)
         try:
             if first:
                 yield first
             async for chunk in stream:
                 yield chunk
         finally:
+            downloads_in_flight.add(-1)
             await stream.aclose()  # type: ignore[attr-defined]
 
     return body()
