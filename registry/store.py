@@ -182,7 +182,9 @@ class RecordStore(ABC):
 
         :param search_term: a literal substring of the version or package name
             (``%`` and ``_`` match themselves), ASCII letters matched
-            regardless of case.
+            regardless of case. A term holding NUL finds nothing (no stored
+            name holds one: they are made printable at ingest) and must
+            never reach the database, whose query syntax or driver refuses it.
         """
 
     # -- browsing (the applications and modules routes, the web interface) ----------
@@ -214,7 +216,7 @@ class RecordStore(ABC):
 
         :param apps: only these codes (a credential's scope); empty: all.
         :param search_term: only codes containing it literally (``%`` and
-            ``_`` match themselves).
+            ``_`` match themselves); one holding NUL finds nothing, as for :meth:`list`.
         """
 
     @abstractmethod

@@ -687,6 +687,17 @@ class RecordStoreConformance:
         assert found("\\") == []
         assert store.list("app", "default", search_term="api")[0] == 1
 
+    def test_search_with_a_nul_finds_nothing(self, store: RecordStore) -> None:
+        """No stored name holds NUL (they are made printable at ingest), and a
+        term with one (a client's ``%00``) finds nothing rather than failing in
+        the database's query syntax or driver."""
+        store.commit(new_package("1.0.0", name="web.tar.gz"), allow_overwrite=False)
+        for term in ("\x00", "web\x00", "we\x00b.tar"):
+            assert store.list("app", "default", search_term=term) == (0, [])
+            assert store.list("app", "default", search_term=term, include_deleted=True) == (0, [])
+            assert store.applications(search_term=term) == (0, [])
+        assert store.list("app", "default", search_term="web")[0] == 1
+
     def test_keyset_pages_walk_every_order_both_ways(self, store: RecordStore) -> None:
         # equal sizes and versions that sort apart from their ids: ties must break by id
         for n in range(7):

@@ -634,6 +634,8 @@ class PostgresStore(RecordStore):
         after: PageKey | None = None,
         backward: bool = False,
     ) -> tuple[int, builtins.list[Record]]:
+        if "\x00" in search_term:
+            return 0, []  # no stored text holds NUL: see RecordStore.list
         where = ["code = %s", "module = %s"]
         params: builtins.list[Any] = [code, module]
         if not include_deleted:
@@ -687,6 +689,8 @@ class PostgresStore(RecordStore):
         after: str | None = None,
         backward: bool = False,
     ) -> tuple[int, builtins.list[Summary]]:
+        if "\x00" in search_term:
+            return 0, []  # no stored text holds NUL: see RecordStore.list
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         if apps:

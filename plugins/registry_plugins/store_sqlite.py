@@ -707,6 +707,8 @@ class SQLiteStore(RecordStore):
         after: PageKey | None = None,
         backward: bool = False,
     ) -> tuple[int, builtins.list[Record]]:
+        if "\x00" in search_term:
+            return 0, []  # no stored text holds NUL: see RecordStore.list
         where = ["code = ?", "module = ?"]
         params: builtins.list[Any] = [code, module]
         if not include_deleted:
@@ -774,6 +776,8 @@ class SQLiteStore(RecordStore):
         after: str | None = None,
         backward: bool = False,
     ) -> tuple[int, builtins.list[Summary]]:
+        if "\x00" in search_term:
+            return 0, []  # no stored text holds NUL: see RecordStore.list
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         if apps:
