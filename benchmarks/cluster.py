@@ -233,14 +233,18 @@ def list_latency(make: Callable[[], Any], label: str, sizes: tuple[int, ...]) ->
                     store.import_records(batch)
                 filled = time.perf_counter() - began
                 count, _ = store.list("app-0", "default", limit=1)
-                page = functools.partial(store.list, "app-0", "default", order_by=Order.CREATED_DESC, limit=100)
+                # Spread over 1,000 applications the listed module grows too (1
+                # record at 1k, 100 at 100k): a page of one record keeps the work
+                # per page equal, so the ratio shows what the store's size costs.
+                limit = 100 if apps == 1 else 1
+                page = functools.partial(store.list, "app-0", "default", order_by=Order.CREATED_DESC, limit=limit)
                 first = _timed(page)
-                last = _timed(functools.partial(page, offset=max(0, count - 100)))
+                last = _timed(functools.partial(page, offset=max(0, count - limit)))
                 # across applications: the first page of the applications listing
                 apps_page = _timed(functools.partial(store.applications, limit=100)) if apps > 1 else []
             finally:
                 store.close()
-            row = {"records": size, "listed_module_records": count, "fill_s": round(filled, 2),
+            row = {"records": size, "listed_module_records": count, "page_limit": limit, "fill_s": round(filled, 2),
                    "first_p50_ms": _q(first, 50), "first_p99_ms": _q(first, 99),
                    "last_p50_ms": _q(last, 50), "last_p99_ms": _q(last, 99)}
             if apps_page:
@@ -287,9 +291,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         for layout, by_size in layouts.items():
             low, high = by_size[min(by_size, key=int)], by_size[max(by_size, key=int)]
             ratio = high["first_p50_ms"] / low["first_p50_ms"]
-            # spread over 1,000 applications, the listed module itself grows
-            # (1 record at 1k, 100 at 100k): the page holds more as well
-            held = (f", the module holds {low['listed_module_records']:,} vs {high['listed_module_records']:,}"
+            held = (f", pages of {high['page_limit']} record(s): the module holds"
+                    f" {low['listed_module_records']:,} vs {high['listed_module_records']:,}"
                     if layout == "1000_apps" else "")
             rows.append((f"first page p50, {store}, {layout.replace('_', ' ')}, {high['records']:,} vs {low['records']:,}",
                          f"{high['first_p50_ms']:.2f} / {low['first_p50_ms']:.2f} ms = {ratio:.2f}x"
@@ -298,7 +301,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 grew = high["applications_p50_ms"] / low["applications_p50_ms"]
                 rows.append((f"applications page p50, {store}, {high['records']:,} vs {low['records']:,}",
                              f"{high['applications_p50_ms']:.2f} / {low['applications_p50_ms']:.2f} ms"
-                             f" = {grew:.2f}x", None))
+                             f" = {grew:.2f}x (goal <= {TARGET_FIRST_PAGE_RATIO}x)", grew <= TARGET_FIRST_PAGE_RATIO))
     return rows
 
 
