@@ -911,6 +911,19 @@ class RecordStoreConformance:
         assert store.recent_events()[0].payload == {"event": "restored", "n": 2}
         assert store.page_events(made[0].id, 10) == made[1:]
 
+    def test_events_added_together(self, store: RecordStore) -> None:
+        first = store.add_event(AuditEvent(kind="stored", time=utc_now(), operator="a", code="app", module="m",
+                                           package_id=1, version="1.0.0", sha256="ab" * 32, package_size=5,
+                                           payload={"n": 0}))
+        batch = [AuditEvent(kind="stored", time=utc_now(), operator="a", code="app", module="m", package_id=n,
+                            version=f"1.{n}.0", sha256="cd" * 32, package_size=n, payload={"n": n})
+                 for n in range(1, 6)]
+        added = store.add_events(batch)
+        assert [e.version for e in added] == [e.version for e in batch]  # in order, with their ids
+        assert [e.id for e in added] == sorted(e.id for e in added) and added[0].id > first.id
+        assert store.page_events(first.id, 10) == added
+        assert store.add_events([]) == []
+
     def test_credential_by_id_is_live_only(self, store: RecordStore) -> None:
         token = store.add_credential(NewCredential("token", "alice", "h1", "spr_abcd", ["a"], True))
         other = store.add_credential(NewCredential("app_secret", "app1", "h2", "", [], False))

@@ -130,3 +130,36 @@ def test_dead_webhook_never_fails_an_upload(tmp_path: Path) -> None:
     assert "gave up after 2 attempts" in log
     for secret in ("hookuser", "HOOKPASSx", "HOOKTOKENx", "HOOKSIGx"):
         assert secret not in log
+
+
+def test_concurrent_uploads_each_leave_one_event(tmp_path: Path) -> None:
+    """Events of concurrent requests are written together (one transaction for
+    those that wait on the same write); each upload still has its own event,
+    in the trail before its answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        token = registry.token("burst")
+
+        def upload(n: int) -> int:
+            api = Api(registry.url, token)
+            try:
+                answer = api.upload("burst", package(f"1.0.{n}", salt=f"burst-{n}"))
+                assert answer.status_code == 201, answer.text
+                # the event is committed before the answer: it is there at once
+                events = sqlite3.connect(tmp_path / "registry.db").execute(
+                    "SELECT COUNT(*) FROM events WHERE package_id = ?", (answer.json()["id"],)).fetchone()[0]
+                assert events == 1
+                return int(answer.json()["id"])
+            finally:
+                api.close()
+
+        with ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(upload, range(48)))
+        with sqlite3.connect(tmp_path / "registry.db") as db:
+            rows = db.execute("SELECT package_id, kind FROM events ORDER BY id").fetchall()
+        assert sorted(package_id for package_id, _ in rows) == sorted(ids)
+        assert {kind for _, kind in rows} == {"stored"}
+    finally:
+        registry.stop()

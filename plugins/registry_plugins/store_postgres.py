@@ -828,15 +828,21 @@ class PostgresStore(RecordStore):
     # -- events ----------------------------------------------------------------------------------
 
     def add_event(self, event: AuditEvent) -> AuditEvent:
+        return self.add_events([event])[0]
+
+    def add_events(self, events: Sequence[AuditEvent]) -> builtins.list[AuditEvent]:
+        added = []
         with self._write() as conn:
-            row = conn.execute(
-                "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
-                " package_size, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                (event.kind, event.time, event.operator, event.code, event.module, event.package_id,
-                 event.version, event.sha256, event.package_size, json.dumps(event.payload, ensure_ascii=False)),
-            ).fetchone()
-            assert row is not None
-            return _event(row)
+            for event in events:
+                row = conn.execute(
+                    "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
+                    " package_size, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    (event.kind, event.time, event.operator, event.code, event.module, event.package_id,
+                     event.version, event.sha256, event.package_size, json.dumps(event.payload, ensure_ascii=False)),
+                ).fetchone()
+                assert row is not None
+                added.append(_event(row))
+        return added
 
     def recent_events(self, limit: int = 100, code: str | None = None) -> builtins.list[AuditEvent]:
         if code:

@@ -924,15 +924,21 @@ class SQLiteStore(RecordStore):
     # -- events ------------------------------------------------------------------------------
 
     def add_event(self, event: AuditEvent) -> AuditEvent:
+        return self.add_events([event])[0]
+
+    def add_events(self, events: Sequence[AuditEvent]) -> builtins.list[AuditEvent]:
+        added = []
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
-                " package_size, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.kind, to_text(event.time), event.operator, event.code, event.module, event.package_id,
-                 event.version, event.sha256, event.package_size,
-                 json.dumps(event.payload, ensure_ascii=False)),
-            )
-            return _event(conn.execute("SELECT * FROM events WHERE id = ?", (cursor.lastrowid,)).fetchone())
+            for event in events:
+                cursor = conn.execute(
+                    "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
+                    " package_size, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.kind, to_text(event.time), event.operator, event.code, event.module, event.package_id,
+                     event.version, event.sha256, event.package_size,
+                     json.dumps(event.payload, ensure_ascii=False)),
+                )
+                added.append(_event(conn.execute("SELECT * FROM events WHERE id = ?", (cursor.lastrowid,)).fetchone()))
+        return added
 
     def recent_events(self, limit: int = 100, code: str | None = None) -> builtins.list[AuditEvent]:
         if code:
