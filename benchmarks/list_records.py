@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from registry_plugins.store_postgres import PostgresStore
+from registry_plugins.postgres_store import PostgresStore
 from registry_plugins.store_sqlite import SQLiteStore
 from registry.records import Order, Record
 from registry.store import RecordStore

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from registry_plugins.store_postgres import PostgresStore
+from registry_plugins.postgres_store import PostgresStore
 from registry.records import DELIVERED, FAILED, PENDING, Delivery
 from registry_plugins.store_sqlite import SQLiteStore
 from tests.helpers import Api, RegistryProcess, base_config, free_port, package, start_registry

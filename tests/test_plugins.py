@@ -369,3 +369,15 @@ def test_setup_cfg_ships_every_package_the_code_holds() -> None:
     found = {".".join((name, *init.parent.relative_to(root).parts))
              for name, root in roots.items() for init in root.rglob("__init__.py")}
     assert found == listed
+
+
+def test_loading_the_builtins_does_not_import_psycopg() -> None:
+    """The PostgreSQL store's driver is imported only when ``database.url``
+    names PostgreSQL: a registry on SQLite does not pay for it at start-up."""
+    script = ("import sys\n"
+              "from registry.plugins import make_plugin_manager\n"
+              "make_plugin_manager()\n"
+              "print(sorted(m for m in ('psycopg', 'psycopg_pool') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from registry_plugins.store_postgres import PostgresStore
-from registry_plugins.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from registry_plugins.postgres_store import PostgresStore
+from registry_plugins.postgres_store import MIGRATIONS as POSTGRES_MIGRATIONS
 from registry_plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from registry.testing import assert_counts_exact
 from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml

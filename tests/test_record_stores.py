@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from registry_plugins.store_postgres import MIGRATIONS as PG_MIGRATIONS, PostgresStore
+from registry_plugins.postgres_store import MIGRATIONS as PG_MIGRATIONS, PostgresStore
 from registry_plugins.store_sqlite import MIGRATIONS, SQLiteStore
 from registry.errors import DatabaseUnavailable
 from registry.store import RecordStore
