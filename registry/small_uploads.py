@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from registry.errors import PackageTooLarge
+from registry.errors import PackageTooLarge, ValidationError
 from registry.storage import storage_failure
 
 #: Request bodies announcing at most this many bytes are received in memory:
@@ -36,10 +36,18 @@ class BodyBuffer:
         self._chunks: list[bytes] = []
 
     async def write(self, chunk: bytes) -> None:
-        """Append ``chunk``; raise ``PackageTooLarge`` once past the limit."""
+        """Append ``chunk``; raise ``PackageTooLarge`` once past the limit.
+
+        :raises ValidationError: past :data:`SMALL_BODY`, which a body whose
+            request announced at most that cannot reach: memory held per
+            request stays bounded whatever a client sends.
+        """
         self.size += len(chunk)
         if self.size > self.max_size:
             raise PackageTooLarge(f"more than {self.max_size} bytes")
+        if self.size > SMALL_BODY:
+            raise ValidationError.single("package", "请求体长于其 Content-Length",
+                                         "the request body is longer than its Content-Length")
         self._chunks.append(chunk)
 
     @property

@@ -11,6 +11,7 @@ import threading
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,40 @@ def test_concurrent_uploads_each_leave_one_event(tmp_path: Path) -> None:
         assert {kind for _, kind in rows} == {"stored"}
     finally:
         registry.stop()
+
+
+@pytest.mark.anyio
+async def test_an_event_the_store_refuses_costs_no_other_request_its_event(tmp_path: Path) -> None:
+    """Events written together, one of them refused: the others are still kept
+    (written one by one), and only the refused one's request hears of it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import anyio.to_thread
+
+    from registry.errors import DatabaseUnavailable
+    from registry.records import AuditEvent, utc_now
+    from registry_plugins.audit import EventWriter
+    from registry_plugins.store_sqlite import SQLiteStore
+
+    class RefusingStore(SQLiteStore):
+        def add_events(self, events: Any) -> Any:
+            if any(event.version == "bad" for event in events):
+                raise DatabaseUnavailable("refused")
+            return super().add_events(events)
+
+    store = RefusingStore(tmp_path / "registry.db")
+    store.migrate()
+    try:
+        registry = SimpleNamespace(records=store, write=lambda call, *args: anyio.to_thread.run_sync(call, *args))
+        writer = EventWriter(registry)  # type: ignore[arg-type]
+        versions = ["1.0", "1.1", "bad", "1.2", "1.3"]
+        events = [AuditEvent(kind="stored", time=utc_now(), operator="a", code="app", module="m", package_id=n,
+                             version=version, sha256="ab" * 32, package_size=1, payload={})
+                  for n, version in enumerate(versions)]
+        # all five are waiting before the writer first runs: they go as one batch
+        outcomes = await asyncio.gather(*(writer.add(event) for event in events), return_exceptions=True)
+        assert [isinstance(outcome, DatabaseUnavailable) for outcome in outcomes] == [False, False, True, False, False]
+        assert sorted(event.version for event in store.recent_events()) == ["1.0", "1.1", "1.2", "1.3"]
+    finally:
+        store.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
+import os
+import socket
 import sqlite3
 import tarfile
 import threading
@@ -192,3 +194,40 @@ def test_a_zip_received_in_memory_is_inspected_whole(small_registry: RegistryPro
     stored = _send(small_registry, token, code, data, chunked=False)
     assert stored.status_code == 201, stored.text
     assert stored.json()["version"] == "2.0.0"
+
+
+def test_a_body_framed_by_chunks_streams_whatever_its_content_length(small_registry: RegistryProcess) -> None:
+    """Content-Length and Transfer-Encoding together: the chunks frame the body
+    (h11 passes both headers on), so a small Content-Length does not get a large
+    body held in memory; it streams and is stored like any upload."""
+    token = small_registry.token("framing")
+    data = package("1.0.0", salt=os.urandom(600_000).hex())  # well past SMALL_BODY, barely compressible
+    body, content_type = multipart_body([("package", "demo.tar.gz", data)])
+    assert len(body) > 4 * SMALL_BODY
+    head = (f"POST {Api.path('framing')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: 1000\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", small_registry.port), timeout=60) as client:
+        client.sendall(head)
+        for start in range(0, len(body), 65536):
+            piece = body[start:start + 65536]
+            client.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        client.sendall(b"0\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:300]
+    assert hashlib.sha256(data).hexdigest().encode() in answer
+
+
+@pytest.mark.anyio
+async def test_the_small_body_buffer_holds_no_more_than_a_small_body() -> None:
+    """Whatever reaches it, the in-memory buffer refuses to grow past SMALL_BODY."""
+    from registry.errors import ValidationError
+    from registry.small_uploads import BodyBuffer
+
+    buffer = BodyBuffer(max_size=10 * SMALL_BODY)
+    await buffer.write(b"x" * SMALL_BODY)
+    with pytest.raises(ValidationError):
+        await buffer.write(b"x")
+    assert buffer.size == SMALL_BODY + 1 and len(buffer.data) == SMALL_BODY

@@ -73,3 +73,42 @@ def test_the_store_flushes_its_wal_after_each_write(tmp_path: Path) -> None:
         store.close()
     # and another connection reads it once the store is gone
     assert sqlite3.connect(tmp_path / "registry.db").execute("SELECT COUNT(*) FROM credentials").fetchone()[0] == 1
+
+
+class FailingSecondFlush(CountingSync):
+    """The first flush is held until released, the second fails like a lost write-back."""
+
+    def _flush(self) -> None:
+        if self.flushes == 1:  # the one after the held first flush
+            self.flushes += 1
+            raise OSError(5, "Input/output error")
+        super()._flush()
+
+
+def test_every_commit_of_a_failed_flush_is_told_so(tmp_path: Path) -> None:
+    """A failed flush fails each commit it held, not only the writer that ran it:
+    flushing again would succeed (the kernel reports a lost write-back once)
+    and call commits durable that may be gone."""
+    sync = FailingSecondFlush(tmp_path / "db")
+    first = threading.Thread(target=sync.commit_done)
+    first.start()
+    assert sync.first_started.wait(30)
+    failed: list[OSError] = []
+
+    def commit() -> None:
+        try:
+            sync.commit_done()
+        except OSError as exc:
+            failed.append(exc)
+
+    waiting = [threading.Thread(target=commit) for _ in range(4)]
+    for thread in waiting:
+        thread.start()
+    while sync._committed < 5:
+        threading.Event().wait(0.01)
+    sync.release.set()
+    for thread in [first, *waiting]:
+        thread.join(30)
+    assert len(failed) == 4 and sync.flushes == 2
+    sync.commit_done()  # a commit after the failure gets a flush of its own
+    assert sync.flushes == 3

@@ -60,18 +60,34 @@ class EventWriter:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
-                await self._registry.write(self._registry.records.add_events, [event for event, _ in batch])
-            except Exception as exc:
-                for _, done in batch:
-                    done.set_exception(exc)
+                await self._write(batch)
             except BaseException:  # the loop is going away: nobody waits forever
                 for _, done in batch + self._waiting:
-                    done.cancel()
+                    if not done.done():
+                        done.cancel()
                 self._waiting = []
                 raise
+
+    async def _write(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
+        try:
+            await self._registry.write(self._registry.records.add_events, [event for event, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+            else:  # one event the store refuses must not cost the others theirs
+                await self._write_one_by_one(batch)
+        else:
+            for _, done in batch:
+                done.set_result(None)
+
+    async def _write_one_by_one(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
+        for event, done in batch:
+            try:
+                await self._registry.write(self._registry.records.add_event, event)
+            except Exception as exc:
+                done.set_exception(exc)
             else:
-                for _, done in batch:
-                    done.set_result(None)
+                done.set_result(None)
 
 
 @hookimpl

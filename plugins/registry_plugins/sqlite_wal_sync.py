@@ -23,6 +23,7 @@ no caller is ever told it was stored).
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -39,6 +40,10 @@ class WalSync:
         self._flush_lock = threading.Lock()
         self._committed = 0  # commits completed (numbered as they complete)
         self._flushed = 0  # every commit up to this number is on disk
+        # Every commit up to this number was in a flush that failed. A retry
+        # would not tell: the kernel reports a lost write-back once, to the
+        # first flush after it, and then forgets it.
+        self._failed = 0
 
     def commit_done(self) -> None:
         """Return once the transaction this thread just committed is on disk.
@@ -54,11 +59,17 @@ class WalSync:
             self._committed += 1
             mine = self._committed
         with self._flush_lock:
+            if mine <= self._failed:
+                raise OSError(errno.EIO, "a flush of the database's log that held this commit failed")
             if self._flushed >= mine:
                 return  # another writer's flush started after this commit
             with self._count_lock:
                 target = self._committed  # each of these has written its frames
-            self._flush()
+            try:
+                self._flush()
+            except OSError:
+                self._failed = target  # every writer waiting on this flush is told, not only this one
+                raise
             self._flushed = target
 
     def _flush(self) -> None:

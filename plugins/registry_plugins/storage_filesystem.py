@@ -129,12 +129,16 @@ class FilesystemStorage(Storage):
         # Opening, seeking and the first read are one thread hand-off, and a
         # blob that fits in it (most packages are small) is also closed there:
         # a small download costs one hand-off, not five.
+        opening = READERS.submit(_open_and_read, path, start, end, download_chunk_size())
         try:
-            fd, chunk, done = await READERS.run(_open_and_read, path, start, end, download_chunk_size())
+            fd, chunk, done = await wait(opening)
         except FileNotFoundError:
             raise BlobMissing(key) from None
         except OSError as exc:
             raise ObjectStoreException(f"cannot read blob: {exc.strerror}") from exc
+        except BaseException:  # cancelled while the pool opens it: close what it opens
+            opening.add_done_callback(_close_opened)
+            raise
         if done:
             if chunk:
                 yield chunk
@@ -146,7 +150,7 @@ class FilesystemStorage(Storage):
             while end is None or offset < end:
                 size = download_chunk_size() if end is None else min(download_chunk_size(), end - offset)
                 cached = read_cached(fd, size, offset)
-                if cached is None:
+                if not cached:  # not in the page cache, or an empty answer only a real read may confirm
                     reading = READERS.submit(os.pread, fd, size, offset)
                     chunk = await wait(reading)
                     reading = None
@@ -214,6 +218,15 @@ def _walk(folder: Path, prefix: str) -> Iterator[BlobInfo]:
                 continue
             modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             yield BlobInfo(key=key, size=stat.st_size, modified=modified)
+
+
+def _close_opened(opening: Future[tuple[int, bytes, bool]]) -> None:
+    """Close the descriptor an :func:`_open_and_read` nobody waited for left open."""
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    fd, _, done = opening.result()
+    if not done:
+        os.close(fd)
 
 
 def _open_and_read(path: Path, start: int, end: int | None, size: int) -> tuple[int, bytes, bool]:
