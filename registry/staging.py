@@ -267,10 +267,14 @@ class StagingFile:
     def _write_blocking(self, chunks: list[bytes]) -> None:
         """In a writer thread: hash and append one batch."""
         assert self._fd is not None
-        for chunk in chunks:
-            self._hash.update(chunk)
-        _write_fully(self._fd, chunks)
-        self._progress.advance(sum(len(chunk) for chunk in chunks))
+        # One join, then one hash update and one write: hashing piece by piece
+        # takes and drops the GIL once per piece, and each time this thread
+        # wants it back it waits on the event loop (a 64 MiB upload measured
+        # 10-25% slower that way).
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._hash.update(data)
+        _write_fully(self._fd, [data])
+        self._progress.advance(len(data))
 
     async def finish(self) -> None:
         """Write out every byte and start the fsync; :attr:`sha256` is then final.
