@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, UTC
+from dataclasses import replace
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import psycopg
 import pytest
 import sqlite_utils
 
+from registry_plugins import postgres_store
 from registry_plugins.postgres_store import MIGRATIONS as PG_MIGRATIONS, PostgresStore
 from registry_plugins.store_sqlite import MIGRATIONS, SQLiteStore
 from registry.errors import DatabaseUnavailable
 from registry.store import RecordStore
-from registry.testing import CredentialLocker, RecordStoreConformance, StoreFactory, assert_counts_exact, new_package
+from registry.storage import new_blob_key
+from registry.testing import (
+    CredentialLocker,
+    RecordStoreConformance,
+    StoreFactory,
+    assert_counts_exact,
+    new_event,
+    new_job,
+    new_package,
+    new_upload,
+)
+from tests.helpers import wait_for
 
 
 class TestSQLiteStore(RecordStoreConformance):
@@ -152,3 +167,91 @@ def test_postgres_counters_are_back_filled_from_the_records(pg_url: str) -> None
         assert_counts_exact(again)
     finally:
         again.close()
+
+
+def test_postgres_import_across_modules_outlives_a_deadlock_with_an_upload(pg_url: str) -> None:
+    """An import that creates a new application (taking the application total's row)
+    and then adds to module ``b/m``, against an upload's transaction that holds
+    ``b/m``'s counter and then creates an application too: each waits for the
+    other. PostgreSQL breaks the deadlock by aborting one transaction (the one
+    that waited first, the import); the store runs an aborted transaction again,
+    so both land and every counter stays exact."""
+    store = PostgresStore(pg_url, pool_size=2)
+    try:
+        store.migrate()
+        existing = store.commit(new_package("0.1.0", code="b", module="m"), allow_overwrite=False).record
+        records = [replace(existing, id=existing.id + 100 + n, code=code, version=f"1.{n}.0",
+                           blob_key=new_blob_key(code, "m"))
+                   for n, code in enumerate(["a", "b"], start=1)]
+        with psycopg.connect(pg_url, autocommit=True) as upload:
+            # the upload's own deadlock check comes well after the import's (1 s)
+            upload.execute("SET deadlock_timeout = '20s'")
+            with upload.transaction():
+                # an upload's first step: a record in b/m, holding b/m's counter row
+                upload.execute("INSERT INTO packages (code, module, version, package_name, package_size, sha256,"
+                               " blob_key, format, created, updated, operator) SELECT code, module, '2.0.0',"
+                               " package_name, package_size, sha256, blob_key || 'x', format, created, updated,"
+                               " operator FROM packages WHERE id = %s", (existing.id,))
+                imported: list[int | BaseException] = []
+
+                def run_import() -> None:
+                    try:
+                        imported.append(store.import_records(records))
+                    except BaseException as exc:  # reported by the assertion below
+                        imported.append(exc)
+
+                importer = threading.Thread(target=run_import)
+                importer.start()
+                # the import now holds a/m's, a's and the total's rows and waits for b/m's
+                wait_for(lambda: _waiting_on_a_lock(pg_url), "the import to wait for b/m's counter", limit=10)
+                # the upload's record in a new application needs the total's row: a deadlock
+                try:
+                    upload.execute("INSERT INTO packages (code, module, version, package_name, package_size,"
+                                   " sha256, blob_key, format, created, updated, operator) SELECT 'c', module,"
+                                   " version, package_name, package_size, sha256, blob_key || 'y', format,"
+                                   " created, updated, operator FROM packages WHERE id = %s", (existing.id,))
+                except psycopg.errors.DeadlockDetected:
+                    pytest.fail("PostgreSQL chose the upload as the victim; the test expects the import")
+            importer.join(timeout=30)
+        assert imported == [2], "the import was run again after the deadlock and inserted both records"
+        assert store.list("b", "m")[0] == 3 and store.list("a", "m")[0] == 1 and store.list("c", "m")[0] == 1
+        assert_counts_exact(store)
+    finally:
+        store.close()
+
+
+def _waiting_on_a_lock(pg_url: str) -> bool:
+    """Whether some session of the database waits for a lock."""
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND wait_event_type = 'Lock'").fetchone()
+        return bool(row and row[0])
+
+
+def test_postgres_leases_follow_the_database_clock(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances whose clocks disagree by an hour agree on every lease: the
+    one ahead takes no job, upload or webhook delivery the other holds for 60 s.
+    The clocks are the only thing faked here (a test cannot move a real one)."""
+    store = PostgresStore(pg_url, pool_size=2)
+    try:
+        store.migrate()
+        store.create_job(new_job("j" * 32))
+        upload = store.create_upload(new_upload("u" * 32))
+        store.add_outbox(new_event("e1", "target"))
+        first, second = "host-one:1:aaaa", "host-two:2:bbbb"  # other hosts: judged by their leases alone
+        assert store.claim_job(first, 60) is not None
+        assert store.lock_upload(upload.id, first, 60) is not None
+        assert len(store.claim_deliveries(first, 60, ["target"])) == 1
+        ahead = postgres_store.utc_now() + timedelta(hours=1)
+        monkeypatch.setattr(postgres_store, "utc_now", lambda: ahead)
+        assert store.claim_job(second, 60) is None, "a job whose lease runs 60 s more"
+        assert store.lock_upload(upload.id, second, 60) is None, "an upload whose lease runs 60 s more"
+        assert store.claim_deliveries(second, 60, ["target"]) == [], "a delivery whose lease runs 60 s more"
+        # and a lease that did lapse by the database's clock is taken
+        assert store.heartbeat_job("j" * 32, first, 0, 0, None)
+        store.renew_upload_lock(upload.id, first, 0)
+        time.sleep(0.05)
+        assert store.claim_job(second, 60) is not None
+        assert store.lock_upload(upload.id, second, 60) is not None
+    finally:
+        store.close()

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import builtins
 import json
+import functools
 import logging
+import random
 import threading
-from collections.abc import Collection, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -219,7 +222,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     # a trigger keeps it in step inside the transaction of every insert,
     # change of is_deleted and delete, whatever writes them. A module's row
     # exists while it has any record. Concurrent writers of one module queue
-    # on its row for the rest of their (short) transactions.
+    # on its row for the rest of their (short) transactions. A write of one
+    # record takes the rows in one order; an import of several modules' records
+    # can meet an upload in a deadlock, which _rerun_on_conflict resolves.
     ("module_counts, application_counts and application_total kept by a trigger", """
         CREATE TABLE module_counts (
             code TEXT COLLATE "C" NOT NULL,
@@ -378,6 +383,55 @@ def _dumps(value: Any) -> str | None:
     return json.dumps(value) if value is not None else None
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: When a lease taken or renewed now ends, by the database's clock (the
+#: parameter is the lease in seconds). Every instance reads and writes leases
+#: by this one clock, so an instance whose own clock runs ahead never takes
+#: a lease another still holds, nor one behind keeps a lapsed one.
+LEASE_END = "now() + make_interval(secs => %s)"
+
+#: Times a write transaction aborted by a deadlock or a serialization failure
+#: is run before the failure is the caller's (503 DATABASE_UNAVAILABLE).
+CONFLICT_ATTEMPTS = 4
+
+
+class TransactionConflict(DatabaseUnavailable):
+    """PostgreSQL aborted the transaction to break a deadlock (40P01) or a
+    serialization failure (40001). Nothing of it was kept, so running it again
+    is safe; :func:`_rerun_on_conflict` does, and only the last attempt's
+    failure reaches the client, as a 503."""
+
+
+def _rerun_on_conflict(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Run ``method`` (one write transaction, no effect outside it) again when
+    PostgreSQL aborts it as a deadlock's victim.
+
+    The counter triggers lock a module's row, then its application's, then
+    the total's; a single-record write always takes them in that order, but an
+    import of records of several modules takes them module after module, so it
+    can hold the total's row while it waits for a module's row an upload holds,
+    and the upload then wait for the total. PostgreSQL finds such a cycle after
+    ``deadlock_timeout`` and aborts one side; the other goes on, and the aborted
+    one, run again a moment later, no longer meets it.
+    """
+
+    @functools.wraps(method)
+    def rerun(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except TransactionConflict:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                # apart, so two victims of one another do not meet again at once
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    return rerun
+
+
 class PostgresStore(RecordStore):
     """A connection pool to one PostgreSQL database."""
 
@@ -428,6 +482,10 @@ class PostgresStore(RecordStore):
         """
         try:
             yield
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            logger.info("transaction aborted by the database: %s", type(exc).__name__)
+            raise TransactionConflict("the database aborted the transaction (a deadlock or a serialization"
+                                      " conflict)") from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             text = str(exc).strip()
             logger.warning("database unavailable: %s: %s", type(exc).__name__,
@@ -544,6 +602,7 @@ class PostgresStore(RecordStore):
                           (code, module, version))
         return _record(rows[0]) if rows else None
 
+    @_rerun_on_conflict
     def commit(self, new: NewPackage, allow_overwrite: bool) -> CommitResult:
         now = utc_now()
         with self._write() as conn:
@@ -591,6 +650,7 @@ class PostgresStore(RecordStore):
             raise PackageNotFound(f"id {package_id}")
         return record
 
+    @_rerun_on_conflict
     def soft_delete(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
         with self._write() as conn:
             record = self._for_update(conn, code, module, package_id)
@@ -602,6 +662,7 @@ class PostgresStore(RecordStore):
             assert changed is not None
             return changed, True
 
+    @_rerun_on_conflict
     def restore(self, code: str, module: str, package_id: int) -> tuple[Record, bool]:
         with self._write() as conn:
             record = self._for_update(conn, code, module, package_id)
@@ -752,6 +813,7 @@ class PostgresStore(RecordStore):
                          " WHERE purged_at IS NULL")[0]
         return int(row["n"]), int(row["total"])
 
+    @_rerun_on_conflict
     def set_broken(self, package_id: int, blob_key: str, reason: str | None) -> bool:
         with self._write() as conn:
             cursor = conn.execute("UPDATE packages SET broken = %s WHERE id = %s AND blob_key = %s",
@@ -768,6 +830,7 @@ class PostgresStore(RecordStore):
                           " ORDER BY deleted_at, id", (deleted_before,))
         return [_record(row) for row in rows]
 
+    @_rerun_on_conflict
     def mark_purged(self, record: Record) -> bool:
         with self._write() as conn:
             cursor = conn.execute(
@@ -860,6 +923,7 @@ class PostgresStore(RecordStore):
                               " UNION ALL SELECT 1 FROM events UNION ALL SELECT 1 FROM jobs"
                               " UNION ALL SELECT 1 FROM uploads UNION ALL SELECT 1 FROM outbox LIMIT 1")
 
+    @_rerun_on_conflict
     def _insert(self, table: str, rows: builtins.list[dict[str, Any]], identity: bool = True) -> int:
         if not rows:
             return 0
@@ -961,24 +1025,26 @@ class PostgresStore(RecordStore):
         with self._write() as conn:
             # queued, lapsed, or held on this host (where a dead holder can be told)
             candidates = conn.execute(
-                "SELECT id, state, holder, lease_until FROM jobs WHERE state = %s OR (state = %s AND"
-                " (lease_until IS NULL OR lease_until < %s OR left(holder, %s) = %s))"
+                "SELECT id, state, holder, lease_until, now() AS lease_clock FROM jobs WHERE state = %s OR"
+                " (state = %s AND (lease_until IS NULL OR lease_until < now() OR left(holder, %s) = %s))"
                 " ORDER BY created, id LIMIT 50",
-                (QUEUED, RUNNING, now, len(prefix), prefix),
+                (QUEUED, RUNNING, len(prefix), prefix),
             ).fetchall()
             for candidate in candidates:
-                if not job_claimable(candidate["state"], candidate["holder"], candidate["lease_until"], now):
+                lease_clock = candidate["lease_clock"]
+                if not job_claimable(candidate["state"], candidate["holder"], candidate["lease_until"],
+                                     lease_clock):
                     continue
                 # Lock this one row, skipping it if another claimer holds it, and
                 # look again: the look above may predate another claim's commit.
                 row = conn.execute("SELECT state, holder, lease_until FROM jobs WHERE id = %s"
                                    " FOR UPDATE SKIP LOCKED", (candidate["id"],)).fetchone()
-                if row is None or not job_claimable(row["state"], row["holder"], row["lease_until"], now):
+                if row is None or not job_claimable(row["state"], row["holder"], row["lease_until"], lease_clock):
                     continue
                 claimed = conn.execute(
-                    "UPDATE jobs SET state = %s, holder = %s, lease_until = %s, bytes_received = 0,"
+                    f"UPDATE jobs SET state = %s, holder = %s, lease_until = {LEASE_END}, bytes_received = 0,"
                     " bytes_total = NULL, attempts = attempts + 1, updated = %s WHERE id = %s RETURNING *",
-                    (RUNNING, holder, now + timedelta(seconds=lease_seconds), now, candidate["id"]),
+                    (RUNNING, holder, lease_seconds, now, candidate["id"]),
                 ).fetchone()
                 return _job(claimed) if claimed else None
         return None
@@ -988,9 +1054,9 @@ class PostgresStore(RecordStore):
         now = utc_now()
         with self._write() as conn:
             return conn.execute(
-                "UPDATE jobs SET bytes_received = %s, bytes_total = %s, lease_until = %s, updated = %s"
+                f"UPDATE jobs SET bytes_received = %s, bytes_total = %s, lease_until = {LEASE_END}, updated = %s"
                 " WHERE id = %s AND holder = %s AND state = %s",
-                (bytes_received, bytes_total, now + timedelta(seconds=lease_seconds), now, job_id, holder, RUNNING),
+                (bytes_received, bytes_total, lease_seconds, now, job_id, holder, RUNNING),
             ).rowcount == 1
 
     def finish_job(self, job_id: str, holder: str, state: str, result: dict[str, Any] | None,
@@ -1047,20 +1113,19 @@ class PostgresStore(RecordStore):
         return _upload(rows[0]) if rows else None
 
     def lock_upload(self, upload_id: str, holder: str, lease_seconds: float) -> Upload | None:
-        now = utc_now()
         with self._write() as conn:
-            row = conn.execute("SELECT holder, lease_until FROM uploads WHERE id = %s FOR UPDATE",
-                               (upload_id,)).fetchone()
-            if row is None or not upload_lockable(row["holder"], row["lease_until"], holder, now):
+            row = conn.execute("SELECT holder, lease_until, now() AS lease_clock FROM uploads WHERE id = %s"
+                               " FOR UPDATE", (upload_id,)).fetchone()
+            if row is None or not upload_lockable(row["holder"], row["lease_until"], holder, row["lease_clock"]):
                 return None
-            row = conn.execute("UPDATE uploads SET holder = %s, lease_until = %s WHERE id = %s RETURNING *",
-                               (holder, now + timedelta(seconds=lease_seconds), upload_id)).fetchone()
+            row = conn.execute(f"UPDATE uploads SET holder = %s, lease_until = {LEASE_END} WHERE id = %s RETURNING *",
+                               (holder, lease_seconds, upload_id)).fetchone()
         return _upload(row) if row else None
 
     def renew_upload_lock(self, upload_id: str, holder: str, lease_seconds: float) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE uploads SET lease_until = %s WHERE id = %s AND holder = %s",
-                         (utc_now() + timedelta(seconds=lease_seconds), upload_id, holder))
+            conn.execute(f"UPDATE uploads SET lease_until = {LEASE_END} WHERE id = %s AND holder = %s",
+                         (lease_seconds, upload_id, holder))
 
     def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
                       expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
@@ -1131,14 +1196,14 @@ class PostgresStore(RecordStore):
             # Each target's head is one step down the partial index (LATERAL …
             # LIMIT 1), however long the queue behind it.
             rows = conn.execute(
-                "UPDATE outbox SET holder = %s, lease_until = %s, updated = %s WHERE id IN ("
+                f"UPDATE outbox SET holder = %s, lease_until = {LEASE_END}, updated = %s WHERE id IN ("
                 " SELECT id FROM outbox WHERE id IN ("
                 "  SELECT head.id FROM unnest(%s::text[]) AS wanted(target) CROSS JOIN LATERAL ("
                 '   SELECT id FROM outbox WHERE target = wanted.target COLLATE "C" AND state = %s'
                 "   ORDER BY id LIMIT 1) AS head)"
-                " AND state = %s AND next_attempt <= %s AND (holder IS NULL OR lease_until < %s)"
+                " AND state = %s AND next_attempt <= %s AND (holder IS NULL OR lease_until < now())"
                 " FOR UPDATE SKIP LOCKED) RETURNING *",
-                (holder, now + timedelta(seconds=lease_seconds), now, list(targets), PENDING, PENDING, now, now),
+                (holder, lease_seconds, now, list(targets), PENDING, PENDING, now),
             ).fetchall()
         return sorted((_delivery(row) for row in rows), key=lambda delivery: delivery.id)
 
