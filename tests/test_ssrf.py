@@ -296,7 +296,7 @@ def mock_web(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, ht
 
     def install(routes: dict[str, httpx.Response]) -> Recorder:
         recorder = Recorder(routes)
-        monkeypatch.setattr(origin_http.httpx, "AsyncClient",
+        monkeypatch.setattr(httpx, "AsyncClient",
                             functools.partial(real, transport=httpx.MockTransport(recorder)))
         return recorder
 
