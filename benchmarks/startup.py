@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline is not None:
             baseline = [str(args.baseline)]
             commands["registry --version (baseline)"] = lambda: time_once([*baseline, "--version"], env)
+            commands["registry ls (refused, baseline)"] = lambda: time_once(
+                [*baseline, "ls", "--app", "demo", "--url", refused, "--token", "t"], env)
             commands["registry serve (baseline)"] = lambda: time_server(
                 serve_argv(baseline, config), "/healthz", workdir / "serve-baseline.log", env)
         if not args.skip_peer:
