@@ -14,11 +14,14 @@ It times, as wall-clock medians of interleaved runs:
   listens (the client stack is loaded and the connection is refused at once,
   so no server time is counted);
 - ``registry serve`` on the default configuration (SQLite and the filesystem
-  storage in a temporary folder, the database already created by a first
-  start) and ``pypi-server run`` (installed on first use into
+  storage in a temporary folder, the database already made by ``registry
+  migrate``: a restart, the usual case) and ``pypi-server run`` (installed on first use into
   ``benchmarks/.venv-peer``): from spawning the process to the first answer
   of its health route (``/healthz``, pypiserver's ``/health``), polled every
   2 ms on a fresh connection. Each server is stopped before the next starts.
+  ``python -c pass`` in pypiserver's virtualenv shows the floor there: an
+  editable install (``pip install -e``) adds an import hook to every start
+  of this one's.
 
 Every command runs from bytecode, as an installed registry does (pip
 compiles it at install time; pypiserver's virtualenv has it): the
@@ -185,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 serve_argv(baseline, config), "/healthz", workdir / "serve-baseline.log", env)
         if not args.skip_peer:
             peer = peer_argv(workdir)
+            # the peer's floor: its virtualenv has no editable install's import hook
+            peer_python = str(Path(peer(0)[0]).with_name("python"))
+            commands["python -c pass (peer venv)"] = lambda: time_once([peer_python, "-c", "pass"], env)
             commands["pypi-server run"] = lambda: time_server(peer, "/health", workdir / "peer.log", env)
         loads = [os.getloadavg()[0]]
         for measure in commands.values():  # warm the file cache and compile the bytecode once
