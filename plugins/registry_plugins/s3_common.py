@@ -29,7 +29,6 @@ READ_TIMEOUT = 60
 MAX_ATTEMPTS = 3
 
 
-
 def boto_errors() -> tuple[type[Exception], ...]:
     """Everything boto3 raises for a failed request: botocore's own errors
     (connection, timeout, credentials, streaming), error answers, and boto3's
