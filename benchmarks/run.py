@@ -542,11 +542,14 @@ LIMIT_NAMES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suite", default="throughput", choices=["throughput", "scale", "cluster", "transfers"],
+    parser.add_argument("--suite", default="throughput",
+                        choices=["throughput", "scale", "cluster", "transfers", "startup"],
                         help="throughput: one big package (default); scale: pages, search and small"
                              " requests as a module grows (benchmarks/scale.py); cluster: --workers,"
                              " SQLite and PostgreSQL (benchmarks/cluster.py); transfers: 64 uploads"
-                             " and 200 downloads in flight (benchmarks/transfers.py)")
+                             " and 200 downloads in flight (benchmarks/transfers.py); startup: serve's"
+                             " first answer against pypiserver's, 15 runs (benchmarks/startup.py, which"
+                             " takes --repeat and --baseline itself)")
     parser.add_argument("--quick", action="store_true", help="cluster suite: smaller sizes, a run of a minute or two")
     parser.add_argument("--workers", type=int, default=1, help="registry serve --workers for --suite transfers")
     parser.add_argument("--size-mib", type=int, default=256, help="payload size in MiB (default 256)")
@@ -587,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "cluster.json"
         with workspace(args.tmpdir) as workdir:
             return cluster.main(workdir, args.skip_peer, output, quick=args.quick)
+    if args.suite == "startup":
+        import startup
+
+        return startup.main(["--skip-peer"] if args.skip_peer else [])
     if args.suite == "transfers":
         output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "transfers.json"
         with workspace(args.tmpdir) as workdir:

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
-import yaml
-
 from registry.errors import InvalidPackage
 from registry.zip_layout import check_zip_layout
 
@@ -42,9 +40,6 @@ READ_SIZE = 1024 * 1024
 RATIO_CHECK_FLOOR = 64 * 1024 * 1024
 APP_DESC_NAMES = frozenset({"app_desc.yaml", "app_desc.yml"})
 APP_DESC_MAX_SIZE = 1024 * 1024
-#: Every scalar as a string (so ``1.10`` stays ``1.10``); libyaml's loader when
-#: PyYAML has it, about ten times faster on a large file, else the pure one.
-_STRING_LOADER: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 BLOCK_SIZE = tarfile.BLOCKSIZE
 #: Decompressed bytes kept to look at the block where tarfile stopped.
 TAIL_SIZE = 128 * 1024
@@ -639,8 +634,13 @@ def version_from_app_desc(content: bytes) -> str | None:
 
     :raises InvalidPackage: the file is not a YAML mapping.
     """
+    import yaml  # here, not at start-up: about 10 ms, paid by the first package that has the file
+
+    # Every scalar as a string (so ``1.10`` stays ``1.10``); libyaml's loader
+    # when PyYAML has it, about ten times faster on a large file, else the pure one.
+    loader: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
     try:
-        data = yaml.load(content, Loader=_STRING_LOADER)
+        data = yaml.load(content, Loader=loader)
     except yaml.YAMLError as exc:
         raise InvalidPackage(f"app_desc.yaml is not valid YAML ({_reason(exc)})") from exc
     if data is None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.copy import TargetNotEmpty, copy_records
 from registry.settings import Settings, SettingsError, find_config_file
-from registry.store import RecordStore
+
+# The record store's model and the copier load with the command that runs
+# them: every other command (``--version``, ``serve``, the client commands)
+# only needs this module's parser.
+if TYPE_CHECKING:
+    from registry.store import RecordStore
 
 
 def open_store(settings: Settings, pm: Any) -> RecordStore:
@@ -47,6 +51,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_copy_records(args: argparse.Namespace) -> int:
     """Copy every record, credential, event, job and upload into the store at ``--to``."""
     from registry.bootstrap import load_settings  # the server stack: only when a command runs
+    from registry.copy import TargetNotEmpty, copy_records
 
     settings, pm = load_settings(find_config_file(args.config))
     source = open_store(settings, pm)

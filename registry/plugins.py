@@ -38,11 +38,6 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, label:
         raise SettingsError(f"{label}: {exc}") from exc
 
 
-def builtin_names() -> list[str]:
-    """Entry-point names of the installed plugins (what ``[plugins] disabled`` may list)."""
-    return sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
-
-
 def make_plugin_manager(
     modules: Iterable[str] = (), extra: Iterable[object] = (), disabled: Iterable[str] = ()
 ) -> pluggy.PluginManager:
@@ -58,14 +53,16 @@ def make_plugin_manager(
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    installed = builtin_names()
+    # one scan of every installed distribution's metadata (a few ms each)
+    entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    installed = sorted(set(entry_points.names))  # what ``[plugins] disabled`` may list
     for name in disabled:
         if name not in installed:
             raise SettingsError(
                 f"configuration key 'plugins.disabled': no installed plugin named {name!r}"
                 f" (installed: {', '.join(installed)})")
         pm.set_blocked(name)
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in entry_points:
         if pm.is_blocked(entry_point.name) or pm.get_plugin(entry_point.name) is not None:
             continue
         label = f"plugin {entry_point.name!r} ({entry_point.value})"

@@ -368,7 +368,8 @@ def test_version_flag() -> None:
 # httpx's package imports its own command line (rich, click) when those are
 # installed, so a command that talks HTTP loads rich whatever the registry does.
 @pytest.mark.parametrize(("args", "heavy"), [
-    (["--version"], ("boto3", "botocore", "uvicorn", "starlette", "rich", "sqlite_utils", "registry.service", "httpx")),
+    (["--version"], ("boto3", "botocore", "uvicorn", "starlette", "rich", "sqlite_utils", "registry.service", "httpx",
+                     "registry.store", "registry.copy", "yaml")),
     (["ls", "--app", "a", "--url", "http://127.0.0.1:9", "--token", "t"],
      ("boto3", "botocore", "uvicorn", "starlette", "sqlite_utils", "registry.service")),
 ])

@@ -20,7 +20,6 @@ import anyio
 import httpx
 import pytest
 
-import registry_plugins.origin_http as origin_http
 from registry_plugins.http_policy import HostEntry, HostPolicy, is_public, literal_address, normalize_host, parse_entry
 from registry_plugins.origin_http import HttpOrigin
 from registry.bootstrap import load_settings
@@ -296,7 +295,7 @@ def mock_web(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, ht
 
     def install(routes: dict[str, httpx.Response]) -> Recorder:
         recorder = Recorder(routes)
-        monkeypatch.setattr(origin_http.httpx, "AsyncClient",
+        monkeypatch.setattr(httpx, "AsyncClient",
                             functools.partial(real, transport=httpx.MockTransport(recorder)))
         return recorder
 

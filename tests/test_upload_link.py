@@ -146,24 +146,27 @@ def test_malformed_punycode_host_is_validation_error(api: Api, code: str, url: s
 
 def test_fetch_reads_no_ca_bundle_on_the_event_loop(file_server: FileServer, code: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The TLS context (CA bundle read from disk) is built once with the
-    origin, not by every fetch on the event loop."""
+    """The TLS context (CA bundle read from disk) is built once, by the first
+    fetch in a worker thread, not by every fetch, never on the event loop (nor
+    at start-up: a registry never sent a link never reads it)."""
     import ssl
+    import threading
 
     import anyio
 
     from registry_plugins.http_policy import HostPolicy
     from registry_plugins.origin_http import HttpOrigin
 
-    origin = HttpOrigin(HostPolicy((), True), connect_timeout=5, read_timeout=5, total_timeout=30, max_redirects=0)
-    loads: list[object] = []
+    loads: list[threading.Thread] = []
     real_load = ssl.SSLContext.load_verify_locations
 
     def spy(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
-        loads.append(args)
+        loads.append(threading.current_thread())
         real_load(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", spy)
+    origin = HttpOrigin(HostPolicy((), True), connect_timeout=5, read_timeout=5, total_timeout=30, max_redirects=0)
+    assert loads == []
     data = package(salt=code)
     url = file_server.add(f"{code}/ctx.tar.gz", data)
 
@@ -175,7 +178,8 @@ def test_fetch_reads_no_ca_bundle_on_the_event_loop(file_server: FileServer, cod
         return bodies
 
     assert anyio.run(fetch_twice) == [data, data]
-    assert loads == []
+    assert len(loads) == 1
+    assert loads[0] is not threading.main_thread()  # anyio.run runs the event loop on this (main) thread
 
 
 def test_connection_refused_is_download_failed(api: Api, code: str) -> None:

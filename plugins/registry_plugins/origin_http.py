@@ -6,17 +6,22 @@ address that was checked, with the original name in ``Host`` and TLS SNI, so
 certificates are still verified against the name. Redirects are followed by
 hand, at most ``max_redirects``. Connect and read timeouts come from httpx; a
 deadline over the whole fetch stops a server that trickles bytes forever.
+
+httpx is imported, and its TLS context built, by the first fetch in a worker
+thread: together they take about 70 ms that neither start-up nor the event
+loop should pay, and a registry that is never sent a link never pays them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 import anyio
-import httpx
+import anyio.to_thread
 
 from registry_plugins.http_policy import HostPolicy, normalize_host, parse_entry
 from registry import __version__
@@ -32,10 +37,23 @@ from registry.redact import install_log_redaction, redact_text, redact_url
 from registry.settings import Setting, Settings, not_negative, positive
 from registry.validation import MAX_NUMBER_DIGITS, parse_decimal, url_file_name
 
+if TYPE_CHECKING:
+    import ssl
+
+    import httpx
+
 NAME = "http"
 SCHEMES = ("http", "https")
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 USER_AGENT = f"source-package-registry/{__version__}"
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """What every fetch's ``httpx.AsyncClient`` is made with."""
+
+    timeout: httpx.Timeout
+    ssl_context: ssl.SSLContext
 
 
 class HttpOrigin(Origin):
@@ -61,12 +79,28 @@ class HttpOrigin(Origin):
         max_redirects: int,
     ) -> None:
         self.policy = policy
-        self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.total_timeout = total_timeout
         self.max_redirects = max_redirects
-        # Built once, here at start-up: building one reads the CA bundle from
-        # disk, which each fetch would otherwise do on the event loop.
-        self.ssl_context = httpx.create_ssl_context(trust_env=False)
+        self._options: ClientOptions | None = None
+
+    async def client_options(self) -> ClientOptions:
+        """The fetches' timeout and TLS context, made by the first fetch in a
+        worker thread (which also imports httpx) and kept: building a TLS
+        context reads the CA bundle from disk, which each fetch would
+        otherwise do on the event loop. Two first fetches at once may both
+        build them; either result serves."""
+        if self._options is None:
+            self._options = await anyio.to_thread.run_sync(self._make_client_options)
+        return self._options
+
+    def _make_client_options(self) -> ClientOptions:
+        import httpx
+
+        timeout = httpx.Timeout(connect=self.connect_timeout, read=self.read_timeout, write=self.read_timeout,
+                                pool=self.connect_timeout)
+        return ClientOptions(timeout=timeout, ssl_context=httpx.create_ssl_context(trust_env=False))
 
     def accepts(self, url: str) -> bool:
         scheme = url.split(":", 1)[0].lower()
@@ -74,10 +108,13 @@ class HttpOrigin(Origin):
 
     @asynccontextmanager
     async def open(self, url: str, max_size: int) -> AsyncIterator[Download]:
+        options = await self.client_options()
+        import httpx  # loaded by client_options
+
         try:
             with anyio.fail_after(self.total_timeout):
                 async with httpx.AsyncClient(
-                    timeout=self.timeout, follow_redirects=False, trust_env=False, verify=self.ssl_context
+                    timeout=options.timeout, follow_redirects=False, trust_env=False, verify=options.ssl_context
                 ) as client:
                     response = await self._follow(client, url)
                     try:
@@ -93,6 +130,8 @@ class HttpOrigin(Origin):
             raise PackageDownloadFailed(_describe(exc)) from None
 
     async def _follow(self, client: httpx.AsyncClient, url: str) -> httpx.Response:
+        import httpx
+
         current = url
         locations: list[str] = []
 
@@ -141,6 +180,8 @@ class HttpOrigin(Origin):
         A malformed first URL is the client's mistake (``VALIDATION_ERROR``);
         a malformed redirect target is the origin's (``PACKAGE_DOWNLOAD_FAILED``).
         """
+        import httpx
+
         try:
             target = httpx.URL(url)
         except httpx.InvalidURL:

@@ -10,6 +10,8 @@ does: no percent-decoding, and ``?`` or ``#`` are part of the key. The body is
 read in :data:`READ_SIZE` chunks in worker threads; the object's
 ``ContentLength`` is the announced size, so a truncated body fails the upload.
 Every failure is a ``PACKAGE_DOWNLOAD_*`` error naming the object, never a 500.
+boto3 is loaded by the first fetch, in the worker thread that builds the
+client: a registry that is never sent an ``s3://`` link never imports it.
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from botocore.client import BaseClient
-from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
 from registry_plugins.s3_common import (
-    BOTO_ERRORS,
+    boto_errors,
     brief_error,
     check_endpoint_url,
     describe_error,
@@ -46,6 +46,9 @@ from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 NAME = "s3"
 SCHEME_PREFIX = "s3://"
@@ -133,7 +136,7 @@ async def _fetch(location: S3Object, work: Callable[[], T]) -> T:
     """Run blocking boto3 ``work`` in a worker thread, mapping its failures."""
     try:
         return await anyio.to_thread.run_sync(work)
-    except BOTO_ERRORS as exc:
+    except boto_errors() as exc:
         logger.warning("s3 origin: cannot fetch %s: %s", location, describe_error(exc))
         raise download_error(location, exc) from exc
 
@@ -146,6 +149,8 @@ async def _read(location: S3Object, body: Any) -> AsyncIterator[bytes]:
 
 def download_error(location: S3Object, exc: BaseException) -> RegistryError:
     """The client-facing error for a failed fetch of ``location``."""
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
     if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
         return PackageDownloadTimeout(f"{location}: {type(exc).__name__}")
     code = error_code(exc)

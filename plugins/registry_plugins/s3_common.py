@@ -2,20 +2,23 @@
 
 Not a plugin itself (no hooks): a helper module, so that neither plugin
 reaches into the other's internals.
+
+boto3 is imported by the functions here that need it, never at module load:
+importing it costs about 100 ms, which a registry that neither stores in S3
+nor has fetched an ``s3://`` link yet must not pay at start-up. Every
+function that inspects an error imports it only to classify an exception a
+boto3 call raised, so boto3 is loaded by then.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import boto3
-import boto3.exceptions
-import boto3.session
-from botocore.client import BaseClient
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
 from registry.redact import redact_url
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 #: Seconds to open a connection: a dead endpoint fails in seconds, not minutes.
 CONNECT_TIMEOUT = 5
@@ -25,10 +28,20 @@ READ_TIMEOUT = 60
 #: between them); a few, so transient errors heal and outages surface quickly.
 MAX_ATTEMPTS = 3
 
-#: Everything boto3 raises for a failed request: botocore's own errors
-#: (connection, timeout, credentials, streaming), error answers, and boto3's
-#: transfer wrapper (``S3UploadFailedError``).
-BOTO_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError, boto3.exceptions.Boto3Error)
+
+def boto_errors() -> tuple[type[Exception], ...]:
+    """Everything boto3 raises for a failed request: botocore's own errors
+    (connection, timeout, credentials, streaming), error answers, and boto3's
+    transfer wrapper (``S3UploadFailedError``).
+
+    A function, not a constant, so that boto3 loads with the first client:
+    ``except boto_errors()`` evaluates it only when an exception is raised.
+    """
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, Boto3Error)
+
 
 def check_endpoint_url(value: str) -> str | None:
     """A settings ``check``: empty (AWS) or an ``http(s)://host[:port]`` URL.
@@ -61,6 +74,9 @@ def make_s3_client(endpoint_url: str, region: str) -> BaseClient:
         which such servers support without wildcard DNS.
     :param region: the signing region.
     """
+    import boto3.session
+    from botocore.config import Config
+
     config = Config(
         region_name=region or None,
         connect_timeout=CONNECT_TIMEOUT,
@@ -74,6 +90,8 @@ def make_s3_client(endpoint_url: str, region: str) -> BaseClient:
 
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a ``ClientError`` ("NoSuchKey", "404", …), else ""."""
+    from botocore.exceptions import ClientError
+
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return ""
@@ -82,6 +100,8 @@ def error_code(exc: BaseException) -> str:
 def brief_error(exc: BaseException) -> str:
     """What failed, for clients: ``PutObject answered AccessDenied`` or the
     error's type, ``EndpointConnectionError``; no endpoint, key or secret."""
+    from botocore.exceptions import ClientError
+
     exc = unwrap_error(exc)
     if isinstance(exc, ClientError):
         return f"{exc.operation_name} answered {error_code(exc) or '?'}"
@@ -94,6 +114,8 @@ def describe_error(exc: BaseException) -> str:
     Error answers add S3's message; transport errors botocore's (which names
     at most the endpoint URL, redacted).
     """
+    from botocore.exceptions import ClientError
+
     exc = unwrap_error(exc)
     if isinstance(exc, ClientError):
         message = exc.response.get("Error", {}).get("Message") or ""
@@ -103,7 +125,9 @@ def describe_error(exc: BaseException) -> str:
 
 def unwrap_error(exc: BaseException) -> BaseException:
     """The botocore error under boto3's ``S3UploadFailedError`` (which names the local file)."""
-    if isinstance(exc, boto3.exceptions.S3UploadFailedError) and isinstance(exc.__context__, BaseException):
+    from boto3.exceptions import S3UploadFailedError
+
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, BaseException):
         return exc.__context__
     return exc
 

@@ -19,6 +19,8 @@ configuration holds a secret, so nothing here can log one.
   credential chain) runs in a worker thread, never on the event loop.
 - Any boto3/botocore failure becomes ``ObjectStoreException`` (503); a
   missing key on ``open`` is ``BlobMissing``.
+- boto3 is imported when an :class:`S3Storage` is made, not when the plugin
+  loads: a registry storing on the filesystem never loads it for its storage.
 
 The bucket must exist: ``startup`` checks it and refuses to start otherwise,
 rather than creating one with whatever policy and region the credentials
@@ -32,16 +34,13 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from boto3.s3.transfer import TransferConfig
-from botocore.client import BaseClient
-from botocore.exceptions import ClientError
 
 from registry_plugins.s3_common import (
-    BOTO_ERRORS,
+    boto_errors,
     brief_error,
     check_endpoint_url,
     describe_error,
@@ -55,6 +54,9 @@ from registry.redact import redact_url
 from registry.settings import Setting, Settings
 from registry.storage import BlobInfo, BlobMissing, ResumableStore, Storage, storage_failure
 from registry.transfers import download_chunk_size
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 NAME = "s3"
 MiB = 1024 * 1024
@@ -75,7 +77,7 @@ _DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKey
 logger = logging.getLogger("registry.storage.s3")
 T = TypeVar("T")
 
-__all__ = ["BOTO_ERRORS", "S3Storage", "make_s3_client"]
+__all__ = ["S3Storage", "boto_errors", "make_s3_client"]
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -106,6 +108,8 @@ class S3Storage(Storage):
         staging_dir: Path,
         client_factory: Callable[[str, str], BaseClient] = make_s3_client,
     ) -> None:
+        from boto3.s3.transfer import TransferConfig
+
         self.bucket = bucket
         self.prefix = normalize_prefix(prefix)
         self.endpoint_url = endpoint_url
@@ -159,7 +163,7 @@ class S3Storage(Storage):
         """
         try:
             return await anyio.to_thread.run_sync(work)
-        except BOTO_ERRORS as exc:
+        except boto_errors() as exc:
             # The client sees what failed; the log says where and why.
             logger.warning("s3: cannot %s in %s: %s", action, self.where, describe_error(exc))
             if error_code(unwrap_error(exc)) in _FULL_CODES:
@@ -184,7 +188,7 @@ class S3Storage(Storage):
         """``HeadBucket``: the endpoint answers, the bucket exists, access is allowed."""
         try:
             await anyio.to_thread.run_sync(lambda: self._s3().head_bucket(Bucket=self.bucket))
-        except BOTO_ERRORS as exc:
+        except boto_errors() as exc:
             raise ObjectStoreException(self._bucket_problem(exc)) from exc
 
     def _bucket_problem(self, exc: BaseException) -> str:
@@ -279,7 +283,7 @@ class S3Storage(Storage):
         def head(client: BaseClient) -> bool:
             try:
                 client.head_object(Bucket=self.bucket, Key=target)
-            except ClientError as exc:
+            except Exception as exc:  # a ClientError has a code; anything else has none and is raised
                 if error_code(exc) in _MISSING_KEY_CODES:
                     return False
                 raise
@@ -327,7 +331,7 @@ def _get_body(client: BaseClient, bucket: str, key: str, start: int, end: int | 
         request["Range"] = f"bytes={start}-{last}"
     try:
         return client.get_object(**request)["Body"]
-    except ClientError as exc:
+    except Exception as exc:  # a ClientError has a code; anything else has none and is raised
         code = error_code(exc)
         if code in _MISSING_KEY_CODES:
             return _MISSING

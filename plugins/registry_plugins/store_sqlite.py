@@ -25,9 +25,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from registry.catalog import PackageDetails, Summary
 from registry.errors import DatabaseUnavailable, InsufficientStorage, PackageAlreadyExists, PackageNotFound
@@ -66,6 +64,9 @@ from registry.records import (
 from registry.settings import Settings
 from registry.staging import check_free_space
 from registry.store import Migration, RecordStore, decide, job_claimable, keyset_order, upload_lockable
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: SQLite virtual-machine steps between deadline checks (well under a millisecond)
@@ -574,6 +575,15 @@ class SQLiteStore(RecordStore):
             applied: builtins.list[Migration] = []
             with _translated():
                 conn = self._connect()
+                # Up to date, as on every start but the first after an upgrade
+                # (user_version only grows): no lock to take, nothing to flush.
+                if self._applied(conn) >= len(MIGRATIONS):
+                    self._migrated = True
+                    return applied
+                # Only migrations use sqlite-utils: its import (about 20 ms)
+                # stays off the start of an up-to-date store.
+                import sqlite_utils
+
                 # BEGIN IMMEDIATE: one process at a time; the others wait on the
                 # lock, then read the new user_version and find nothing to do.
                 conn.execute("BEGIN IMMEDIATE")
