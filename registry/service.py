@@ -277,11 +277,12 @@ class Registry:
         whole into memory first.
 
         With a storage that offers :meth:`Storage.blocking`, everything after
-        the body has arrived takes two thread hand-offs: one stores the blob
-        (:meth:`_store_small`), one commits it in a write thread
-        (:meth:`_commit_small`), so that uploads waiting on a locked database
-        hold write threads only. With any other storage the bytes go through
-        a staging file as usual.
+        the body has arrived is one hand-off to a write thread: it stores the
+        blob (:meth:`_store_small`) and commits it (:meth:`_commit_small`), so
+        that uploads waiting on a locked database hold write threads only
+        (each hand-off wakes a worker thread, a tenth of an upload's CPU on
+        the event loop in a profile).
+        With any other storage the bytes go through a staging file as usual.
 
         :param receive: writes the package into the buffer it is given and
             returns the upload's validated fields and the file's name.
@@ -295,18 +296,23 @@ class Registry:
                 async with self.staging() as staged:
                     await staged.write(body.data)
                     return await self.ingest(upload, staged, file_name=file_name, origin="upload")
-            # Shielded: a blob stored by the first hand-off must reach the
-            # second, which commits it or deletes it; a cancellation between
-            # the two would leave it behind.
+            # Shielded: the blob it stores is committed or deleted by the same
+            # call; the caller must not walk away while it runs.
             with anyio.CancelScope(shield=True):
-                stored = await anyio.to_thread.run_sync(self._store_small, storage, upload, body.data, file_name)
-                if isinstance(stored, CommitResult):
-                    return stored
-                result = await self.write(self._commit_small, storage, stored, upload.allow_overwrite)
+                result = await self.write(self._store_and_commit_small, storage, upload, body.data, file_name)
             await self._announce(result, upload.operator)
             return result
 
         return await self._counted("upload", receive_and_ingest())
+
+    def _store_and_commit_small(self, storage: BlockingStorage, upload: UploadRequest, data: bytes,
+                                file_name: str) -> CommitResult:
+        """:meth:`_store_small`, then :meth:`_commit_small` of what it stored,
+        in the calling (write) thread."""
+        stored = self._store_small(storage, upload, data, file_name)
+        if isinstance(stored, CommitResult):
+            return stored
+        return self._commit_small(storage, stored, upload.allow_overwrite)
 
     def _store_small(self, storage: BlockingStorage, upload: UploadRequest, data: bytes,
                      file_name: str) -> CommitResult | NewPackage:

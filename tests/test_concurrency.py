@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.service import WRITE_THREADS
 from tests.helpers import Api, RegistryProcess, base_config, blob_files, package, start_registry
 from tests.hostile_servers import HostileServer, serve
 
@@ -198,10 +199,12 @@ def test_many_versions_with_reads_and_deletes(busy: tuple[RegistryProcess, str],
 
 
 def test_writers_queue_behind_a_held_write_lock(busy: tuple[RegistryProcess, str], code: str) -> None:
-    """Another process holds SQLite's write lock while uploads arrive: each
-    upload puts its blob, waits for the lock, and commits once it is released."""
+    """Another process holds SQLite's write lock while uploads arrive: as many
+    as there are write threads put their blob and wait for the lock, the rest
+    wait for a write thread (no other thread is held by a locked database);
+    every one commits once the lock is released."""
     registry, token = busy
-    count = 12
+    count = WRITE_THREADS + 4
     payloads = [package(salt=f"{code}-{i}") for i in range(count)]
     lock = sqlite3.connect(registry.config.parent / "registry.db", timeout=WAIT, isolation_level=None)
     results: list[httpx.Response] = []
@@ -211,9 +214,10 @@ def test_writers_queue_behind_a_held_write_lock(busy: tuple[RegistryProcess, str
             count, lambda api, i: api.upload(code, payloads[i], version=f"6.{i}"), registry, token)))
         worker.start()
         deadline = time.monotonic() + WAIT
-        while len(blobs(registry, code)) < count and time.monotonic() < deadline:
+        while len(blobs(registry, code)) < WRITE_THREADS and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(blobs(registry, code)) == count, "uploads did not reach the commit"
+        time.sleep(0.5)  # room for any upload that would wrongly go further
+        assert len(blobs(registry, code)) == WRITE_THREADS, "uploads did not reach the commit"
         assert not results  # every one of them is waiting for the database
     finally:
         lock.execute("ROLLBACK")
@@ -236,7 +240,7 @@ def test_identical_retries_under_a_held_lock(busy: tuple[RegistryProcess, str], 
             CLIENTS, lambda api, i: api.upload(code, data, version="7.0"), registry, token)))
         worker.start()
         deadline = time.monotonic() + WAIT
-        while len(blobs(registry, code)) < CLIENTS and time.monotonic() < deadline:
+        while len(blobs(registry, code)) < min(CLIENTS, WRITE_THREADS) and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         lock.execute("ROLLBACK")

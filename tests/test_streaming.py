@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import select
 import socket
 import tarfile
@@ -16,7 +17,7 @@ import anyio.to_thread
 import pytest
 
 from registry.archive import ArchiveLimits, inspect_following
-from registry.staging import StagingFile, UploadAbandoned
+from registry.staging import READ_AHEAD, StagingFile, UploadAbandoned
 from tests.helpers import Api, RegistryProcess, make_zip, package
 
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=10**10, max_compression_ratio=100)
@@ -43,6 +44,29 @@ async def test_follower_reads_while_the_upload_is_written(tmp_path: Path) -> Non
     assert info.app_desc is not None
     assert seen == [len(data)]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_a_follower_reading_small_pieces_gets_every_byte_once(tmp_path: Path) -> None:
+    """The decompressors read 8 KiB at a time: served from larger reads of
+    the file, the pieces are still every written byte in order, and
+    ``consumed`` counts what was handed out, not what was read ahead."""
+    data = os.urandom(3 * READ_AHEAD + 12_345)
+    handed: list[int] = []
+
+    def follow(upload):  # type: ignore[no-untyped-def]
+        pieces = []
+        while piece := upload.read(8192):
+            pieces.append(piece)
+            handed.append(upload.consumed - sum(map(len, pieces)))
+        return b"".join(pieces)
+
+    async with StagingFile(tmp_path, 10**9, follower=follow) as staged:
+        for start in range(0, len(data), 100_000):
+            await staged.write(data[start:start + 100_000])
+        await staged.finish()
+        assert await staged.followed() == data
+    assert handed and set(handed) == {0}
 
 
 @pytest.mark.anyio

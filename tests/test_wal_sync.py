@@ -1,14 +1,22 @@
-"""The SQLite store's group commit: every commit waits for a WAL flush that
-started after it completed, and writers arriving together share one."""
+"""The SQLite store's write path: every commit waits for a WAL flush that
+started after it completed, writers arriving together share one, and the
+writers of one process queue on a lock of their own within the timeout."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from registry_plugins.sqlite_wal_sync import WalSync
 from registry_plugins.store_sqlite import SQLiteStore
+from registry.errors import DatabaseUnavailable
 from registry.records import NewCredential
 
 
@@ -112,3 +120,73 @@ def test_every_commit_of_a_failed_flush_is_told_so(tmp_path: Path) -> None:
     assert len(failed) == 4 and sync.flushes == 2
     sync.commit_done()  # a commit after the failure gets a flush of its own
     assert sync.flushes == 3
+
+
+def _credential(name: str) -> NewCredential:
+    return NewCredential(kind="token", name=name, secret_hash="h" * 64, hint="spr_abcd", apps=[], read_only=False)
+
+
+@contextmanager
+def _write_held(store: SQLiteStore) -> Iterator[None]:
+    """A write transaction of ``store`` open in another thread while inside."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._write():
+            holding.set()
+            assert release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_a_writer_waits_for_another_writer_of_its_process(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "registry.db")
+    store.migrate()
+    added: list[object] = []
+    try:
+        with _write_held(store):
+            waiting = threading.Thread(target=lambda: added.append(store.add_credential(_credential("b"))))
+            waiting.start()
+            waiting.join(0.3)
+            assert waiting.is_alive() and not added  # queued behind the open transaction
+        waiting.join(30)
+        assert len(added) == 1
+    finally:
+        store.close()
+
+
+def test_a_writer_behind_a_held_write_gives_up_within_the_timeout(tmp_path: Path) -> None:
+    """Both waits, for the process's lock and then SQLite's, add up to at most ``timeout``."""
+    store = SQLiteStore(tmp_path / "registry.db", timeout=1.0)
+    store.migrate()
+    try:
+        with _write_held(store):
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable, match="locked"):
+                store.add_credential(_credential("b"))
+            assert time.monotonic() - started < 1.9
+    finally:
+        store.close()
+
+
+def test_noting_a_credential_use_never_waits_for_a_writer(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "registry.db", timeout=30.0)
+    store.migrate()
+    credential = store.add_credential(_credential("a"))
+    now = datetime.now(UTC)
+    try:
+        with _write_held(store):
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable, match="locked"):
+                store.note_credential_use(credential.id, now, now)
+            assert time.monotonic() - started < 10  # at once, not after the 30 s timeout
+        assert store.note_credential_use(credential.id, now, now)  # and the next one is noted
+    finally:
+        store.close()
