@@ -3,17 +3,26 @@
 The completing PATCH must run the ``P/`` pipeline on the whole package:
 size, sha256, archive inspection, then fsync and commit. Done only at the
 end, that is one more full pass over the bytes after the last one arrived.
-Instead, while an upload's chunks keep arriving at this process in order
-from its first byte, each accepted chunk is also written to an ordinary
-staging file (:meth:`Registry.staging`: hashed, and inspected by its
-follower as it grows). When the last chunk is in, that staging file
-is complete and goes to :meth:`Registry.ingest` as it is.
+Instead, each upload this process is receiving has a staging file
+(:meth:`Registry.staging_over`: hashed, and inspected by its follower as it
+grows), kept from one PATCH to the next. When the last chunk is in, that
+staging file is complete and goes to :meth:`Registry.ingest` as it is.
 
-This is only a shortcut: whenever it cannot follow (a restart, a chunk that
-reached another instance, a chunk out of order, more than :data:`MAX_OPEN`
-uploads at once, an upload idle for :data:`IDLE_SECONDS`, an inspection that
-already refused the bytes), the assembly is dropped and the completing PATCH
-assembles the upload from the storage instead, with the same result.
+Two kinds, after the storage (:class:`registry.storage.ResumableStore`):
+
+- *in place* (:meth:`Assemblies.in_place`): the store offers the upload's
+  own local file, and the staging file writes into it. Each byte is written
+  once. When this process cannot follow the upload (a restart, a chunk that
+  reached another instance, a failed chunk, eviction), a new staging file
+  takes the file over, reading its first bytes once to hash and inspect them.
+- *tee* (:meth:`Assemblies.writer`): the store keeps chunks elsewhere (S3),
+  and accepted chunks are also copied into an ordinary staging file while
+  the upload arrives at this process in order from its first byte. When it
+  cannot follow, the assembly is dropped and the completing PATCH assembles
+  the upload from the storage instead, with the same result.
+
+At most :data:`MAX_OPEN` uploads are staged at once, and one unused for
+:data:`IDLE_SECONDS` is dropped (an in-place file stays with its store).
 """
 
 from __future__ import annotations
@@ -42,8 +51,7 @@ READ_SIZE = 2 * 1024 * 1024
 @dataclass
 class _Assembly:
     context: AbstractAsyncContextManager[StagingFile]
-    staged: StagingFile
-    offset: int
+    staged: StagingFile  # its size is the upload's offset it continues from
     used: float = field(default_factory=time.monotonic)
 
 
@@ -65,8 +73,6 @@ class Tee:
             await self.assembly.staged.write(data)
         except Exception:  # refused by the inspection, too large, disk trouble
             await self.abandon()
-            return
-        self.assembly.offset += len(data)
 
     async def abandon(self) -> None:
         """The bytes written do not continue the upload after all: drop the assembly."""
@@ -96,12 +102,36 @@ class Assemblies:
             except Exception:
                 logger.warning("cannot stage upload %s as it arrives", upload_id, exc_info=True)
                 return None
-            assembly = self._open[upload_id] = _Assembly(context, staged, 0)
-        if assembly.offset != offset:
+            assembly = self._open[upload_id] = _Assembly(context, staged)
+        if assembly.staged.size != offset:
             await self.drop(upload_id)
             return None
         assembly.used = time.monotonic()
         return Tee(self, upload_id, assembly)
+
+    async def in_place(self, upload_id: str, path: Path, offset: int, length: int) -> StagingFile:
+        """The staging file writing into the upload's own file ``path`` (of
+        ``length`` bytes in all) from ``offset``: the one kept from this
+        process's last PATCH when that ended there, else a new one that
+        takes the file over from ``offset`` (:meth:`StagingFile.resume_from`).
+        On any failure while it is written, :meth:`drop` it (its bytes past
+        the recorded offset are then cut off by the next one)."""
+        assembly = self._open.get(upload_id)
+        if assembly is not None and assembly.staged.size == offset:
+            assembly.used = time.monotonic()
+            return assembly.staged
+        await self.drop(upload_id)
+        await self._make_room()
+        staged = self.registry.staging_over(path, length)
+        await staged.__aenter__()
+        try:
+            await staged.resume_from(offset)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await staged.__aexit__(None, None, None)
+            raise
+        self._open[upload_id] = _Assembly(staged, staged)
+        return staged
 
     async def feed(self, upload_id: str, offset: int, chunk: Path) -> None:
         """Add the accepted chunk file ``chunk``, which starts at ``offset``."""
@@ -116,7 +146,7 @@ class Assemblies:
         """The staging file holding all ``length`` bytes of the upload, now the
         caller's to ingest and close; None when it is not complete here."""
         assembly = self._open.get(upload_id)
-        if assembly is None or assembly.offset != length:
+        if assembly is None or assembly.staged.size != length:
             return None
         del self._open[upload_id]
         return assembly.context, assembly.staged

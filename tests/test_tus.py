@@ -66,7 +66,7 @@ def checksum(data: bytes) -> str:
     return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def segments(process: RegistryProcess, url: str = "") -> list[Path]:
+def upload_files(process: RegistryProcess, url: str = "") -> list[Path]:
     """Files in the staging area; with ``url``, only those of that upload."""
     staging = process.config.parent / "packages" / ".staging"
     upload_id = url.rstrip("/").rsplit("/", 1)[-1] if url else ""
@@ -100,7 +100,7 @@ def test_tuspy_upload_stores_the_package(live: tuple[RegistryProcess, Api], code
     assert {k: v for k, v in status["package"].items() if k != "status"} == record
     assert record["version"] == "2.0.0" and record["sha256_signature"] == hashlib.sha256(body).hexdigest()
     assert api.download(code, record["id"]).content == body
-    assert segments(process, uploader.url or "?") == []
+    assert upload_files(process, uploader.url or "?") == []
 
 
 def test_completing_patch_answers_the_package_id(live: tuple[RegistryProcess, Api], code: str) -> None:
@@ -150,9 +150,9 @@ def test_termination_removes_the_bytes(live: tuple[RegistryProcess, Api], code: 
     process, api = live
     url = create(api, code, 1000)
     assert patch(api, url, 0, b"z" * 500).status_code == 204
-    assert any(p.suffix == ".seg" for p in segments(process, url))
+    assert [p.stat().st_size for p in upload_files(process, url)] == [500]  # kept in one file
     assert api.http.delete(url, headers=TUS).status_code == 204
-    assert segments(process, url) == []
+    assert upload_files(process, url) == []
     for response in (api.http.head(url, headers=TUS), patch(api, url, 500, b"z"), api.http.get(url)):
         assert response.status_code == 404
     assert api.http.get(url).json()["code"] == "JOB_NOT_FOUND"
@@ -202,7 +202,7 @@ def test_non_archive_bytes_fail_like_a_file_upload(live: tuple[RegistryProcess, 
     status = api.http.get(url).json()
     assert status["state"] == "failed" and status["error"] == expected.json()
     assert api.list(code, include_deleted="true").json()["count"] == 0
-    assert segments(process, url) == []
+    assert upload_files(process, url) == []
 
 
 def test_scoped_credentials(live: tuple[RegistryProcess, Api], code: str) -> None:
@@ -279,12 +279,12 @@ def test_expired_uploads_are_gone_and_gc_removes_their_bytes(tmp_path: Path, cod
         api = Api(process.url, process.token("expiry"))
         url = create(api, code, 1000)
         assert patch(api, url, 0, os.urandom(100)).status_code == 204
-        assert segments(process, url)
+        assert upload_files(process, url)
         time.sleep(1.5)  # past expire_after: the upload is no longer there
         assert api.http.head(url, headers=TUS).status_code == 404
         result = process.cli("gc")
         assert f"removed expired resumable upload {url.rsplit('/', 1)[1]}" in result.stdout
-        assert segments(process, url) == []
+        assert upload_files(process, url) == []
         api.close()
     finally:
         process.stop()
