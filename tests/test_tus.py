@@ -146,6 +146,33 @@ def test_wrong_checksum_is_460_and_keeps_the_offset(live: tuple[RegistryProcess,
     assert good.status_code == 204 and "registry-package-id" in good.headers
 
 
+def test_a_chunk_past_the_length_keeps_nothing_and_the_upload_goes_on(live: tuple[RegistryProcess, Api],
+                                                                      code: str) -> None:
+    """A body without Content-Length that runs past Upload-Length is 413 once
+    the server sees it pass (sent slowly, so after some of it was written into
+    the upload's file): the offset stays, and the package is the client's bytes."""
+    _, api = live
+    body = big_package(3 * 1024 * 1024, version="6.0.0")
+    url = create(api, code, len(body))
+    first = 1024 * 1024
+    assert patch(api, url, 0, body[:first]).status_code == 204
+
+    def too_long() -> Iterator[bytes]:  # sent chunked: the server learns the size only as it comes
+        for _ in range(64):
+            time.sleep(0.002)
+            yield b"\0" * (64 * 1024)
+
+    refused = api.http.patch(url, content=too_long(), headers={
+        **TUS, "Upload-Offset": str(first), "Content-Type": "application/offset+octet-stream"})
+    assert refused.status_code == 413 and refused.json()["code"] == "PACKAGE_TOO_LARGE"
+    assert offset_of(api, url) == first
+    last = patch(api, url, first, body[first:])
+    assert last.status_code == 204, last.text
+    record = api.get(code, int(last.headers["registry-package-id"])).json()
+    assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+    assert api.download(code, record["id"]).content == body
+
+
 def test_termination_removes_the_bytes(live: tuple[RegistryProcess, Api], code: str) -> None:
     process, api = live
     url = create(api, code, 1000)
@@ -238,6 +265,49 @@ def test_resume_after_kill(tmp_path: Path, code: str) -> None:
         record = api.get(code, int(last.headers["registry-package-id"])).json()
         assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
         assert len(list(blob_files(tmp_path / "packages" / code))) == 1
+        api.close()
+    finally:
+        process.stop()
+
+
+def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path, code: str) -> None:
+    """Killed while a PATCH was being written: the upload's file holds bytes
+    past the recorded offset. The restarted server answers that offset, cuts
+    the rest off when the upload goes on, and stores the client's bytes."""
+    body = big_package(6 * 1024 * 1024, version="7.0.0")
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("kill"))
+        url = create(api, code, len(body))
+        first = 1024 * 1024
+        assert patch(api, url, 0, body[:first]).status_code == 204
+
+        def garbage_then_wait() -> Iterator[bytes]:
+            yield b"\xff" * (3 * 1024 * 1024)  # more than a batch: written before the rest comes
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sum(p.stat().st_size for p in upload_files(process, url)) <= first:
+                time.sleep(0.01)
+            process.kill()  # the bytes past the offset are in the file, the offset is not recorded
+            yield b"\xff"
+
+        with pytest.raises(httpx.TransportError):
+            api.http.patch(url, content=garbage_then_wait(), headers={
+                **TUS, "Upload-Offset": str(first), "Content-Type": "application/offset+octet-stream"})
+        assert [p.stat().st_size for p in upload_files(process, url)] > [first]
+        api.close()
+        process.start()
+        api = Api(process.url, process.token("kill"))
+        path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
+        assert offset_of(api, path) == first
+        middle = first + 1024 * 1024
+        assert patch(api, path, first, body[first:middle]).status_code == 204
+        assert [p.stat().st_size for p in upload_files(process, url)] == [middle], "nothing past the offset is kept"
+        last = patch(api, path, middle, body[middle:])
+        assert last.status_code == 204, last.text
+        record = api.get(code, int(last.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert api.download(code, record["id"]).content == body
+        assert upload_files(process, url) == []
         api.close()
     finally:
         process.stop()
