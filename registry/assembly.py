@@ -21,7 +21,8 @@ Two kinds, after the storage (:class:`registry.storage.ResumableStore`):
   cannot follow, the assembly is dropped and the completing PATCH assembles
   the upload from the storage instead, with the same result.
 
-At most :data:`MAX_OPEN` uploads are staged at once, and one unused for
+At most :data:`MAX_OPEN` uploads are staged at once beyond those a request
+is writing to right now (never dropped under it), and one unused for
 :data:`IDLE_SECONDS` is dropped (an in-place file stays with its store).
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Container
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +86,11 @@ class Tee:
 class Assemblies:
     """The uploads this process is staging as they arrive, by upload id."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, busy: Container[str] = frozenset()) -> None:
+        """:param busy: the uploads a request of this process is writing to
+            now (kept up to date by the caller): their assemblies stay open."""
         self.registry = registry
+        self.busy = busy
         self._open: dict[str, _Assembly] = {}
 
     async def writer(self, upload_id: str, offset: int) -> Tee | None:
@@ -161,7 +166,7 @@ class Assemblies:
     async def drop_idle(self) -> None:
         """Drop assemblies unused for :data:`IDLE_SECONDS`."""
         cutoff = time.monotonic() - IDLE_SECONDS
-        for upload_id in [key for key, a in self._open.items() if a.used < cutoff]:
+        for upload_id in [key for key, a in self._open.items() if a.used < cutoff and key not in self.busy]:
             await self.drop(upload_id)
 
     async def close(self) -> None:
@@ -170,6 +175,10 @@ class Assemblies:
             await self.drop(upload_id)
 
     async def _make_room(self) -> None:
+        """Drop the least recently used assemblies no request is writing to
+        until fewer than :data:`MAX_OPEN` are open (or only busy ones are)."""
         while len(self._open) >= MAX_OPEN:
-            oldest = min(self._open, key=lambda key: self._open[key].used)
-            await self.drop(oldest)
+            idle = [key for key in self._open if key not in self.busy]
+            if not idle:
+                return
+            await self.drop(min(idle, key=lambda key: self._open[key].used))

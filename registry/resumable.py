@@ -75,9 +75,9 @@ class Resumable:
         self.registry = registry
         self.jobs = jobs
         self.store = jobs.store
-        self.assemblies = Assemblies(registry)
         #: uploads a request of this process is writing to (the lease is per process)
         self._writing: set[str] = set()
+        self.assemblies = Assemblies(registry, busy=self._writing)
         #: the offset this process last recorded for an upload: its bytes were kept
         #: by this very process, so no crash of the machine can have lost them since
         self._recorded: dict[str, int] = {}

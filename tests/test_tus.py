@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
+from registry.assembly import MAX_OPEN
 from registry.tus import encode_metadata
 from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
 from tests.test_jobs import big_package
@@ -171,6 +174,36 @@ def test_a_chunk_past_the_length_keeps_nothing_and_the_upload_goes_on(live: tupl
     record = api.get(code, int(last.headers["registry-package-id"])).json()
     assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
     assert api.download(code, record["id"]).content == body
+
+
+def test_more_uploads_at_once_than_are_kept_staged(live: tuple[RegistryProcess, Api], code: str) -> None:
+    """More PATCHes in flight at once than the uploads a process keeps staged
+    between PATCHes (assembly.MAX_OPEN): none is dropped under its request."""
+    _, api = live
+    count = MAX_OPEN + 2
+    bodies = [package("1.0.0", salt=f"{code}-{n}") for n in range(count)]
+    urls = [create(api, code, len(body), version=f"1.0.{n}") for n, body in enumerate(bodies)]
+    all_started = threading.Barrier(count)
+
+    def send(n: int) -> httpx.Response:
+        body = bodies[n]
+
+        def halves() -> Iterator[bytes]:
+            yield body[:100]
+            all_started.wait(timeout=30)
+            time.sleep(0.3)  # every request's head is in: each has its staging file open
+            yield body[100:]
+
+        return api.http.patch(urls[n], content=halves(), headers={
+            **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(len(body))})
+
+    with ThreadPoolExecutor(count) as pool:
+        responses = list(pool.map(send, range(count)))
+    assert [r.status_code for r in responses] == [204] * count, [r.text for r in responses if r.status_code != 204]
+    for response, body in zip(responses, bodies, strict=True):
+        record = api.get(code, int(response.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
 
 
 def test_termination_removes_the_bytes(live: tuple[RegistryProcess, Api], code: str) -> None:
