@@ -123,8 +123,10 @@ class Resumable:
             raise
 
     async def receive(self, upload: Upload, body: AsyncIterator[bytes], checksum: tuple[str, bytes] | None,
-                      disconnect: type[BaseException]) -> ChunkResult:
+                      disconnect: type[BaseException], declared: int | None = None) -> ChunkResult:
         """Append ``body`` at the upload's offset (the caller holds the lease).
+
+        :param declared: the body's length, when the client said (``Content-Length``).
 
         :param checksum: (algorithm, digest) the body must have, or None; on a mismatch
             nothing is kept (``ChunkChecksumMismatch``, 460).
@@ -134,7 +136,7 @@ class Resumable:
         """
         path = self.registry.storage.resumable().in_place(upload.id)
         if path is not None:
-            return await self._receive_in_place(upload, path, body, checksum, disconnect)
+            return await self._receive_in_place(upload, path, body, checksum, disconnect, declared)
         remaining = upload.length - upload.offset
         algorithm = checksum[0] if checksum is not None else None
         async with ChunkFile(self.registry.staging_folder, remaining, algorithm) as chunk:
@@ -171,8 +173,8 @@ class Resumable:
             return await self._record(upload, upload.offset + chunk.size, state, disconnected)
 
     async def _receive_in_place(self, upload: Upload, path: Path, body: AsyncIterator[bytes],
-                                checksum: tuple[str, bytes] | None,
-                                disconnect: type[BaseException]) -> ChunkResult:
+                                checksum: tuple[str, bytes] | None, disconnect: type[BaseException],
+                                declared: int | None) -> ChunkResult:
         """:meth:`receive` into the upload's own file ``path`` (see
         :meth:`registry.storage.ResumableStore.in_place`). A failure after
         bytes went in drops the upload's staging file: the next PATCH takes
@@ -186,6 +188,7 @@ class Resumable:
                 group.start_soon(self._keep_lease, upload.id)
                 try:
                     if checksum is None:
+                        staged.expect(declared or 0)  # the PATCH answers once they are written
                         disconnected = await _write_body(body, staged, disconnect)
                     else:
                         disconnected = await self._write_verified(upload, body, staged, checksum, disconnect)

@@ -55,6 +55,9 @@ FLUSH_SIZE = MAX_UPLOAD_BATCH
 FOLLOW_GRACE = 1.0
 #: Batches of at most this many chunks are written with one ``writev``.
 MAX_VECTOR = 256
+#: The batch size for the last bytes the caller said are coming
+#: (:meth:`StagingFile.expect`): what is left to write once they are in.
+TAIL_BATCH = 256 * 1024
 
 
 class UploadAbandoned(Exception):
@@ -174,6 +177,8 @@ class StagingFile:
         self._hash = hashlib.sha256()
         self._buffer: list[bytes] = []
         self._buffered = 0
+        #: the size the caller said the file reaches soon (see :meth:`expect`)
+        self._expected = 0
         self._fd: int | None = None
         #: the batch (or fsync) in the writer pool; kept until it has ended,
         #: so the exit never closes the file under a running write
@@ -250,7 +255,10 @@ class StagingFile:
             raise PackageTooLarge(f"more than {self.max_size} bytes")
         self._buffer.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered >= upload_batch_size():
+        batch = upload_batch_size()
+        if 0 < self._expected - self.size < batch:  # the end of what is coming is near: smaller batches
+            batch = min(batch, TAIL_BATCH)
+        if self._buffered >= batch:
             if self._owned:
                 self._raise_if_follower_failed()
             await self._flush()
@@ -259,6 +267,13 @@ class StagingFile:
         """Write every chunk of ``chunks``."""
         async for chunk in chunks:
             await self.write(chunk)
+
+    def expect(self, count: int) -> None:
+        """``count`` more bytes are coming, and the caller then waits for
+        them (:meth:`flush`): the last batch before them is written in
+        pieces of :data:`TAIL_BATCH` as they arrive, so little is left to
+        write once the last byte is in (a tus PATCH's Content-Length)."""
+        self._expected = self.size + count
 
     async def flush(self) -> None:
         """Write out every byte written so far and wait for it; the upload
