@@ -126,12 +126,11 @@ class Resumable:
                       disconnect: type[BaseException], declared: int | None = None) -> ChunkResult:
         """Append ``body`` at the upload's offset (the caller holds the lease).
 
-        :param declared: the body's length, when the client said (``Content-Length``).
-
         :param checksum: (algorithm, digest) the body must have, or None; on a mismatch
             nothing is kept (``ChunkChecksumMismatch``, 460).
         :param disconnect: the exception ``body`` raises when the client goes
             away; what arrived until then is kept unless a checksum was given.
+        :param declared: the body's length, when the client said (``Content-Length``).
         :raises PackageTooLarge: the body passes ``Upload-Length``; nothing is kept.
         """
         path = self.registry.storage.resumable().in_place(upload.id)
