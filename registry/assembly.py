@@ -13,8 +13,11 @@ Two kinds, after the storage (:class:`registry.storage.ResumableStore`):
 - *in place* (:meth:`Assemblies.in_place`): the store offers the upload's
   own local file, and the staging file writes into it. Each byte is written
   once. When this process cannot follow the upload (a restart, a chunk that
-  reached another instance, a failed chunk, eviction), a new staging file
-  takes the file over, reading its first bytes once to hash and inspect them.
+  reached another instance or worker, a failed chunk, eviction), the PATCHes
+  that follow write into the file without it, and the completing PATCH
+  takes the file over, reading it once to hash and inspect it (taking it
+  over at every PATCH would read it again each time an upload's PATCHes
+  alternate between processes).
 - *tee* (:meth:`Assemblies.writer`): the store keeps chunks elsewhere (S3),
   and accepted chunks are also copied into an ordinary staging file while
   the upload arrives at this process in order from its first byte. When it
@@ -114,6 +117,18 @@ class Assemblies:
         assembly.used = time.monotonic()
         return Tee(self, upload_id, assembly)
 
+    async def kept(self, upload_id: str, offset: int) -> StagingFile | None:
+        """The staging file kept from this process's last PATCH of the upload
+        when that ended at ``offset``; None otherwise (a stale one is dropped)."""
+        assembly = self._open.get(upload_id)
+        if assembly is None:
+            return None
+        if assembly.staged.size != offset:
+            await self.drop(upload_id)
+            return None
+        assembly.used = time.monotonic()
+        return assembly.staged
+
     async def in_place(self, upload_id: str, path: Path, offset: int, length: int) -> StagingFile:
         """The staging file writing into the upload's own file ``path`` (of
         ``length`` bytes in all) from ``offset``: the one kept from this
@@ -121,11 +136,9 @@ class Assemblies:
         takes the file over from ``offset`` (:meth:`StagingFile.resume_from`).
         On any failure while it is written, :meth:`drop` it (its bytes past
         the recorded offset are then cut off by the next one)."""
-        assembly = self._open.get(upload_id)
-        if assembly is not None and assembly.staged.size == offset:
-            assembly.used = time.monotonic()
-            return assembly.staged
-        await self.drop(upload_id)
+        kept = await self.kept(upload_id, offset)
+        if kept is not None:
+            return kept
         await self._make_room()
         staged = self.registry.staging_over(path, length)
         await staged.__aenter__()

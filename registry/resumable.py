@@ -175,11 +175,25 @@ class Resumable:
                                 checksum: tuple[str, bytes] | None, disconnect: type[BaseException],
                                 declared: int | None) -> ChunkResult:
         """:meth:`receive` into the upload's own file ``path`` (see
-        :meth:`registry.storage.ResumableStore.in_place`). A failure after
-        bytes went in drops the upload's staging file: the next PATCH takes
-        the file over again from the recorded offset, cutting off what this
-        one wrote."""
-        staged = await self.assemblies.in_place(upload.id, path, upload.offset, upload.length)
+        :meth:`registry.storage.ResumableStore.in_place`), through the
+        upload's staging file when this process follows the upload (kept
+        from its previous PATCH, or new at offset 0), else only written
+        (the completing PATCH then reads the file once). A failure after
+        bytes went in drops the staging file: the next PATCH writes on from
+        the recorded offset, cutting off what this one wrote."""
+        staged = await self.assemblies.kept(upload.id, upload.offset)
+        if staged is None and upload.offset == 0:  # this process follows the upload from its start
+            staged = await self.assemblies.in_place(upload.id, path, 0, upload.length)
+        if staged is None:  # not followed here: only written, and read once when complete
+            async with StagingFile(self.registry.staging_folder, upload.length, existing=path) as writer:
+                await writer.resume_from(upload.offset, hashing=False)
+                return await self._write_in_place(upload, writer, body, checksum, disconnect, declared)
+        return await self._write_in_place(upload, staged, body, checksum, disconnect, declared)
+
+    async def _write_in_place(self, upload: Upload, staged: StagingFile, body: AsyncIterator[bytes],
+                              checksum: tuple[str, bytes] | None, disconnect: type[BaseException],
+                              declared: int | None) -> ChunkResult:
+        """Write ``body`` through ``staged`` (kept or not) and record it."""
         failure: Exception | None = None
         disconnected = False
         try:
@@ -199,7 +213,7 @@ class Resumable:
                 raise failure
         except BaseException:
             if staged.size != upload.offset:  # some bytes went in (a failed checksum writes none)
-                await self.assemblies.drop(upload.id)
+                await self.assemblies.drop(upload.id)  # a kept one no longer ends at the offset
             raise
         size = staged.size - upload.offset
         if size == 0:

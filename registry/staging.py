@@ -175,6 +175,8 @@ class StagingFile:
         self.size = 0
         self.path: Path | None = None
         self._hash = hashlib.sha256()
+        #: False once :meth:`resume_from` skipped hashing: :attr:`sha256` is then unknown
+        self._hashing = True
         self._buffer: list[bytes] = []
         self._buffered = 0
         #: the size the caller said the file reaches soon (see :meth:`expect`)
@@ -244,6 +246,7 @@ class StagingFile:
     @property
     def sha256(self) -> str:
         """Hex digest of everything written (valid after :meth:`finish`)."""
+        assert self._hashing, "resumed without hashing: the digest is not the file's"
         return self._hash.hexdigest()
 
     async def write(self, chunk: bytes) -> None:
@@ -281,14 +284,17 @@ class StagingFile:
         await self._flush()
         await self._wait_for_writer()
 
-    async def resume_from(self, offset: int) -> None:
+    async def resume_from(self, offset: int, *, hashing: bool = True) -> None:
         """Continue an ``existing`` file after its first ``offset`` bytes: cut
         off anything past them, hash them and show them to the follower (one
         read, from the page cache when they were written recently).
 
+        :param hashing: False to only write on from there (no read, no hash:
+            :attr:`sha256` is then unknown and the file is not to be ingested).
         :raises ObjectStoreException: the file is shorter than ``offset``.
         """
         assert self._existing is not None and self.size == 0, "only a fresh staging file of an existing file"
+        self._hashing = hashing
         try:
             await WRITERS.run(self._resume_blocking, offset)
         except OSError as exc:
@@ -302,6 +308,8 @@ class StagingFile:
         os.ftruncate(self._fd, offset)
         os.lseek(self._fd, offset, os.SEEK_SET)
         self._progress.advance(offset)  # the follower reads them meanwhile, from its own descriptor
+        if not self._hashing:
+            return
         with self.path.open("rb", buffering=0) as f:
             remaining = offset
             while remaining > 0:
@@ -365,7 +373,8 @@ class StagingFile:
         # wants it back it waits on the event loop (a 64 MiB upload measured
         # 10-25% slower that way).
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._hash.update(data)
+        if self._hashing:
+            self._hash.update(data)
         _write_fully(self._fd, [data])
         self._progress.advance(len(data))
 

@@ -346,6 +346,35 @@ def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path,
         process.stop()
 
 
+def test_patches_alternating_between_two_processes(tmp_path: Path, code: str) -> None:
+    """Two processes on one database and one storage folder take turns at an
+    upload's PATCHes (as behind a load balancer): each writes its chunks into
+    the one file, and whichever gets the last PATCH stores the client's bytes."""
+    body = big_package(3 * 1024 * 1024, version="8.0.0")
+    config = base_config(tmp_path)
+    first = start_registry(tmp_path / "a", config)
+    second = start_registry(tmp_path / "b", config)
+    apis = [Api(first.url, first.token("both")), Api(second.url, second.token("both"))]
+    try:
+        url = create(apis[0], code, len(body)).rsplit("/source_package/", 1)[1]
+        path = Api.path(code, suffix=url)
+        piece = 512 * 1024
+        offsets = list(range(0, len(body), piece))
+        for turn, offset in enumerate(offsets):
+            api = apis[turn % 2]
+            assert offset_of(api, path) == offset
+            response = patch(api, path, offset, body[offset:offset + piece])
+            assert response.status_code == 204, response.text
+        record = apis[(len(offsets) - 1) % 2].get(code, int(response.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert apis[0].download(code, record["id"]).content == body
+    finally:
+        for api in apis:
+            api.close()
+        second.stop()
+        first.stop()
+
+
 def test_tuspy_resumes_an_interrupted_upload(tmp_path: Path, code: str) -> None:
     body = big_package(400_000, version="5.0.0")
     path = tmp_path / "resume.tar.gz"
