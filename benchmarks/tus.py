@@ -1,18 +1,28 @@
 """A lean tus 1.0.0 upload for the benchmark: one kept-alive connection, one
-PATCH per chunk read straight from the file, no per-chunk checksum (tus
-clients send none by default), so the number measures the server."""
+PATCH per chunk streamed straight from the file, no per-chunk checksum (tus
+clients send none by default), so the number measures the server.
+
+Each PATCH body is read from the file in :data:`PIECE` pieces as it is sent
+(with its ``Content-Length``), the way curl streams the file upload's body.
+Reading a whole 8 MiB chunk before sending its first byte took 3-7 ms per
+PATCH on the loaded 2-core VM, serial to the server's work: streamed, the
+same server measured 18-27% more MB/s.
+"""
 
 from __future__ import annotations
 
 import base64
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 TUS = {"Tus-Resumable": "1.0.0"}
+#: Bytes read from the file at a time while a PATCH body is sent.
+PIECE = 1024 * 1024
 
 
 def _metadata(values: dict[str, str]) -> str:
@@ -33,12 +43,24 @@ def tus_upload(uploads_url: str, path: Path, headers: dict[str, str], chunk_size
         url = created.headers["location"]
         offset = 0
         while offset < size:
-            chunk = os.pread(f.fileno(), chunk_size, offset)
-            answer = client.patch(url, content=chunk, headers={
-                "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+            length = min(chunk_size, size - offset)
+            answer = client.patch(url, content=_pieces(f.fileno(), offset, length), headers={
+                "Upload-Offset": str(offset), "Content-Length": str(length),
+                "Content-Type": "application/offset+octet-stream"})
             if answer.status_code != 204:
                 raise RuntimeError(f"tus PATCH at {offset}: HTTP {answer.status_code}: {answer.text[:300]}")
             offset = int(answer.headers["upload-offset"])
         seconds = time.perf_counter() - started
         outcome: dict[str, Any] = client.get(url).json()
     return seconds, outcome
+
+
+def _pieces(fd: int, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of the file from ``start``, read as they are sent."""
+    position, end = start, start + length
+    while position < end:
+        data = os.pread(fd, min(PIECE, end - position), position)
+        if not data:
+            raise RuntimeError(f"the payload ended at {position}, before {end}")
+        position += len(data)
+        yield data

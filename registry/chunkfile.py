@@ -2,12 +2,16 @@
 
 Like :class:`registry.staging.StagingFile`, but for a piece of an upload
 rather than a whole package: no archive inspection, a digest only when the
-client sent ``Upload-Checksum``, and no fsync. A chunk is kept across a crash
-of the registry process (the page cache outlives it); after a crash of the
-machine, :meth:`registry.storage.ResumableStore.recover` finds segments that
-did not reach the disk and the upload's offset goes back to before them, which
-a tus client handles by asking (``HEAD``) and sending again. The whole
-package is fsynced once, when the completing PATCH stages it.
+client sent ``Upload-Checksum``, and no fsync. Used where the storage keeps
+an upload's chunks itself (S3: the file is handed to
+:meth:`registry.storage.ResumableStore.append`), and for a chunk with a
+checksum, which must match before any of it reaches the upload. A chunk the
+storage keeps survives a crash of the registry process (the page cache
+outlives it); after a crash of the machine,
+:meth:`registry.storage.ResumableStore.recover` finds what did not reach the
+disk and the upload's offset goes back to before it, which a tus client
+handles by asking (``HEAD``) and sending again. The whole package is fsynced
+once, when the completing PATCH stores it.
 
 Writes run in the process's shared writer pool (:data:`registry.transfers.WRITERS`),
 in batches of the upload's share of the upload budget (2 MiB alone), so

@@ -1,14 +1,20 @@
 """Resumable uploads, below HTTP: receive a chunk, complete, terminate, expire.
 
-Bytes go first into a local chunk file in the staging folder (size-capped and
-hashed as they arrive), so a chunk whose ``Upload-Checksum`` fails is dropped
-whole and the offset stays where it was; a verified chunk is then handed to
-the storage's :class:`registry.storage.ResumableStore`, and only after that
-succeeds does the record store's offset move. A crash in between leaves the
-old offset, which the client is told on its next ``HEAD``.
+Where the storage keeps an upload as one local file (the filesystem's
+:class:`registry.storage.LocalFiles`), a chunk is written straight into it at
+the upload's offset, hashed and inspected as it arrives by the upload's
+staging file (:mod:`registry.assembly`): each byte is written once. A chunk
+with an ``Upload-Checksum`` is first received into a chunk file of its own
+and written on only once it matches, so one that fails leaves the upload's
+file as it was. Elsewhere (S3) a chunk is received into a local chunk file
+(size-capped and hashed), handed to the storage's
+:class:`registry.storage.ResumableStore` and copied into the staging file.
+Either way the record store's offset moves only after the bytes are kept,
+and it is the truth: bytes past it are cut off or overwritten. A crash in
+between leaves the old offset, which the client is told on its next ``HEAD``.
 
-The PATCH that reaches ``Upload-Length`` assembles the bytes into an ordinary
-staging file and runs :meth:`Registry.ingest`, exactly as ``P/`` does.
+The PATCH that reaches ``Upload-Length`` runs :meth:`Registry.ingest` on the
+staging file, exactly as ``P/`` does.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,9 +36,11 @@ from registry.errors import ChunkChecksumMismatch, JobNotFound, RegistryError
 from registry.jobs import JobRunner, stored_error
 from registry.records import COMPLETING, FAILED, RECEIVING, SUCCEEDED, CommitResult, NewUpload, Outcome, Upload, utc_now
 from registry.store import RecordStore
-from registry.assembly import Assemblies
+from registry.assembly import READ_SIZE, Assemblies
 from registry.chunkfile import ChunkFile
 from registry.service import Registry, UploadRequest
+from registry.staging import StagingFile
+from registry.transfers import WRITERS
 
 logger = logging.getLogger("registry.resumable")
 
@@ -66,9 +75,9 @@ class Resumable:
         self.registry = registry
         self.jobs = jobs
         self.store = jobs.store
-        self.assemblies = Assemblies(registry)
         #: uploads a request of this process is writing to (the lease is per process)
         self._writing: set[str] = set()
+        self.assemblies = Assemblies(registry, busy=self._writing)
         #: the offset this process last recorded for an upload: its bytes were kept
         #: by this very process, so no crash of the machine can have lost them since
         self._recorded: dict[str, int] = {}
@@ -114,15 +123,19 @@ class Resumable:
             raise
 
     async def receive(self, upload: Upload, body: AsyncIterator[bytes], checksum: tuple[str, bytes] | None,
-                      disconnect: type[BaseException]) -> ChunkResult:
+                      disconnect: type[BaseException], declared: int | None = None) -> ChunkResult:
         """Append ``body`` at the upload's offset (the caller holds the lease).
 
         :param checksum: (algorithm, digest) the body must have, or None; on a mismatch
             nothing is kept (``ChunkChecksumMismatch``, 460).
         :param disconnect: the exception ``body`` raises when the client goes
             away; what arrived until then is kept unless a checksum was given.
+        :param declared: the body's length, when the client said (``Content-Length``).
         :raises PackageTooLarge: the body passes ``Upload-Length``; nothing is kept.
         """
+        path = self.registry.storage.resumable().in_place(upload.id)
+        if path is not None:
+            return await self._receive_in_place(upload, path, body, checksum, disconnect, declared)
         remaining = upload.length - upload.offset
         algorithm = checksum[0] if checksum is not None else None
         async with ChunkFile(self.registry.staging_folder, remaining, algorithm) as chunk:
@@ -156,13 +169,82 @@ class Resumable:
             except BaseException:
                 await self.assemblies.drop(upload.id)
                 raise
-            offset = upload.offset + chunk.size
-            release = offset < upload.length
-            saved = await self.registry.write(
-                lambda: self.store.save_progress(upload.id, self.holder, offset, state,
-                                                 self.expiry(), release=release)
-            )
-            self.jobs.metrics.upload_bytes.inc(chunk.size)
+            return await self._record(upload, upload.offset + chunk.size, state, disconnected)
+
+    async def _receive_in_place(self, upload: Upload, path: Path, body: AsyncIterator[bytes],
+                                checksum: tuple[str, bytes] | None, disconnect: type[BaseException],
+                                declared: int | None) -> ChunkResult:
+        """:meth:`receive` into the upload's own file ``path`` (see
+        :meth:`registry.storage.ResumableStore.in_place`), through the
+        upload's staging file when this process follows the upload (kept
+        from its previous PATCH, or new at offset 0), else only written
+        (the completing PATCH then reads the file once). A failure after
+        bytes went in drops the staging file: the next PATCH writes on from
+        the recorded offset, cutting off what this one wrote."""
+        staged = await self.assemblies.kept(upload.id, upload.offset)
+        if staged is None and upload.offset == 0:  # this process follows the upload from its start
+            staged = await self.assemblies.in_place(upload.id, path, 0, upload.length)
+        if staged is None:  # not followed here: only written, and read once when complete
+            async with StagingFile(self.registry.staging_folder, upload.length, existing=path) as writer:
+                await writer.resume_from(upload.offset, hashing=False)
+                return await self._write_in_place(upload, writer, body, checksum, disconnect, declared)
+        return await self._write_in_place(upload, staged, body, checksum, disconnect, declared)
+
+    async def _write_in_place(self, upload: Upload, staged: StagingFile, body: AsyncIterator[bytes],
+                              checksum: tuple[str, bytes] | None, disconnect: type[BaseException],
+                              declared: int | None) -> ChunkResult:
+        """Write ``body`` through ``staged`` (kept or not) and record it."""
+        failure: Exception | None = None
+        disconnected = False
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._keep_lease, upload.id)
+                try:
+                    if checksum is None:
+                        staged.expect(declared or 0)  # the PATCH answers once they are written
+                        disconnected = await _write_body(body, staged, disconnect)
+                    else:
+                        disconnected = await self._write_verified(upload, body, staged, checksum, disconnect)
+                    await staged.flush()
+                except Exception as exc:  # raised below, not wrapped in the task group's exception group
+                    failure = exc
+                group.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+        except BaseException:
+            if staged.size != upload.offset:  # some bytes went in (a failed checksum writes none)
+                await self.assemblies.drop(upload.id)  # a kept one no longer ends at the offset
+            raise
+        size = staged.size - upload.offset
+        if size == 0:
+            return ChunkResult(upload, disconnected)
+        state = await self.registry.storage.resumable().written(upload.id, upload.storage_state, upload.offset, size)
+        return await self._record(upload, upload.offset + size, state, disconnected)
+
+    async def _write_verified(self, upload: Upload, body: AsyncIterator[bytes], staged: StagingFile,
+                              checksum: tuple[str, bytes], disconnect: type[BaseException]) -> bool:
+        """Receive ``body`` into a chunk file and write it into ``staged`` only
+        if it matches ``checksum`` (else ``ChunkChecksumMismatch``); a body cut
+        short by the client counts as not matching, but answers nobody."""
+        async with ChunkFile(self.registry.staging_folder, upload.length - upload.offset, checksum[0]) as chunk:
+            if await chunk.receive(body, disconnect):
+                return True
+            if chunk.digest != checksum[1]:
+                raise ChunkChecksumMismatch("the chunk does not match Upload-Checksum; it was discarded")
+            assert chunk.path is not None
+            with chunk.path.open("rb", buffering=0) as f:
+                while data := await WRITERS.run(f.read, READ_SIZE):
+                    await staged.write(data)
+        return False
+
+    async def _record(self, upload: Upload, offset: int, state: dict[str, Any], disconnected: bool) -> ChunkResult:
+        """Record the upload's new offset and storage state (releasing the
+        lease unless the upload is now complete)."""
+        release = offset < upload.length
+        saved = await self.registry.write(
+            lambda: self.store.save_progress(upload.id, self.holder, offset, state, self.expiry(), release=release)
+        )
+        self.jobs.metrics.upload_bytes.inc(offset - upload.offset)
         if saved is None:
             raise JobNotFound(upload.id)  # terminated meanwhile
         self._remember(saved)
@@ -216,6 +298,10 @@ class Resumable:
                                 allow_overwrite=meta["allow_overwrite"], sha256=meta["sha256"],
                                 operator=upload.operator)
         resumable = registry.storage.resumable()
+        path = resumable.in_place(upload.id)
+        if path is not None:  # the upload's own file, taken over again unless this process holds it complete
+            staged = await self.assemblies.in_place(upload.id, path, upload.length, upload.length)
+            await staged.link_into(registry.staging_folder)  # storing it leaves the upload's file for a retry
         assembled = self.assemblies.take(upload.id, upload.length)
         try:
             if assembled is not None:  # staged as it arrived: no second pass
@@ -260,6 +346,17 @@ class Resumable:
             await self.registry.storage.resumable().discard(upload_id, storage_state)
         except (RegistryError, OSError):
             logger.warning("could not remove the bytes of upload %s; gc retries", upload_id, exc_info=True)
+
+
+async def _write_body(body: AsyncIterator[bytes], staged: StagingFile, disconnect: type[BaseException]) -> bool:
+    """Write every part of ``body`` into ``staged``; True when it ended with
+    ``disconnect`` (the client went away), with what came until then written."""
+    try:
+        async for data in body:
+            await staged.write(data)
+    except disconnect:
+        return True
+    return False
 
 
 async def expire_uploads(registry: Registry, store: RecordStore, dry_run: bool = False) -> list[tuple[str, int]]:

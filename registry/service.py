@@ -203,9 +203,15 @@ class Registry:
     async def staging(self) -> AsyncIterator[StagingFile]:
         """A fresh staging file, enforcing the package size limit and inspected
         as it arrives (see :func:`registry.archive.inspect_following`); always removed."""
-        inspect = functools.partial(inspect_following, limits=self.archive_limits)
-        async with StagingFile(self.staging_folder, self.max_package_size, follower=inspect) as staged:
+        async with self.staging_over(None, self.max_package_size) as staged:
             yield staged
+
+    def staging_over(self, existing: Path | None, max_size: int) -> StagingFile:
+        """A staging file inspected as it arrives, of at most ``max_size``
+        bytes, writing into ``existing`` (a resumable upload's file, never
+        removed) or a fresh file (always removed); enter it to use it."""
+        inspect = functools.partial(inspect_following, limits=self.archive_limits)
+        return StagingFile(self.staging_folder, max_size, follower=inspect, existing=existing)
 
     def resolve_origin(self, url: str) -> Origin:
         """The enabled origin that accepts ``url``.

@@ -30,6 +30,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 
 import anyio
 
-from registry.errors import InsufficientStorage, PackageTooLarge
+from registry.errors import InsufficientStorage, ObjectStoreException, PackageTooLarge
 from registry.storage import storage_failure
 from registry.transfers import FOLLOWERS, MAX_UPLOAD_BATCH, WRITERS, upload_batch_size, uploads_in_flight, wait
 
@@ -56,6 +57,9 @@ FOLLOW_GRACE = 1.0
 MAX_VECTOR = 256
 #: A follower reads the staging file this many bytes at a time (at most).
 READ_AHEAD = 256 * 1024
+#: The batch size for the last bytes the caller said are coming
+#: (:meth:`StagingFile.expect`): what is left to write once they are in.
+TAIL_BATCH = 256 * 1024
 
 
 class UploadAbandoned(Exception):
@@ -168,21 +172,38 @@ class StagingFile:
     ``await staged.write(chunk)`` for each chunk, ``await staged.finish()``
     and, before committing the file, ``await staged.synced()``. Entering and
     leaving may happen in different tasks (a resumable upload's assembly).
+
+    Given an ``existing`` file (a resumable upload's, see
+    :meth:`registry.storage.ResumableStore.in_place`), it writes into that
+    file from where :meth:`resume_from` puts it and never removes it (until
+    :meth:`link_into` gives it a name of its own), and a refusal by the
+    follower does not stop the writes: every byte the client sends is kept,
+    and the refusal is answered when the upload is complete.
     """
 
-    def __init__(self, folder: Path, max_size: int, follower: Callable[[_Follower], Any] | None = None) -> None:
+    def __init__(self, folder: Path, max_size: int, follower: Callable[[_Follower], Any] | None = None,
+                 existing: Path | None = None) -> None:
         """:param follower: called in an inspection thread with a reader of
-            the upload as it is written; its result is :meth:`followed`'s."""
+            the upload as it is written; its result is :meth:`followed`'s.
+        :param existing: write into this file (created if missing) instead
+            of a fresh one in ``folder``."""
         self.folder = folder
         self.max_size = max_size
+        self._existing = existing
+        #: whether the exit removes :attr:`path` (an existing file is not ours)
+        self._owned = existing is None
         self._follow = follower
         self._following: Future[Any] | None = None
         self._progress = _Progress()
         self.size = 0
         self.path: Path | None = None
         self._hash = hashlib.sha256()
+        #: False once :meth:`resume_from` skipped hashing: :attr:`sha256` is then unknown
+        self._hashing = True
         self._buffer: list[bytes] = []
         self._buffered = 0
+        #: the size the caller said the file reaches soon (see :meth:`expect`)
+        self._expected = 0
         self._fd: int | None = None
         #: the batch (or fsync) in the writer pool; kept until it has ended,
         #: so the exit never closes the file under a running write
@@ -190,7 +211,11 @@ class StagingFile:
         self._counted = False
 
     async def __aenter__(self) -> StagingFile:
+        existing = self._existing
+
         def create() -> tuple[int, Path]:
+            if existing is not None:
+                return os.open(existing, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), existing
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.folder, prefix="upload-", suffix=".part")
             return fd, Path(name)
@@ -237,12 +262,14 @@ class StagingFile:
             if pending is not None:
                 await _ended(pending)  # a batch still being written ends before its file is closed
             fd, self._fd = self._fd, None
-            if fd is not None or self.path is not None:
-                await _ended(WRITERS.submit(_close_and_remove, fd, self.path))
+            path = self.path if self._owned else None
+            if fd is not None or path is not None:
+                await _ended(WRITERS.submit(_close_and_remove, fd, path))
 
     @property
     def sha256(self) -> str:
         """Hex digest of everything written (valid after :meth:`finish`)."""
+        assert self._hashing, "resumed without hashing: the digest is not the file's"
         return self._hash.hexdigest()
 
     async def write(self, chunk: bytes) -> None:
@@ -254,14 +281,88 @@ class StagingFile:
             raise PackageTooLarge(f"more than {self.max_size} bytes")
         self._buffer.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered >= upload_batch_size():
-            self._raise_if_follower_failed()
+        batch = upload_batch_size()
+        if 0 < self._expected - self.size < batch:  # the end of what is coming is near: smaller batches
+            batch = min(batch, TAIL_BATCH)
+        if self._buffered >= batch:
+            if self._owned:
+                self._raise_if_follower_failed()
             await self._flush()
 
     async def write_all(self, chunks: AsyncIterator[bytes]) -> None:
         """Write every chunk of ``chunks``."""
         async for chunk in chunks:
             await self.write(chunk)
+
+    def expect(self, count: int) -> None:
+        """``count`` more bytes are coming, and the caller then waits for
+        them (:meth:`flush`): the last batch before them is written in
+        pieces of :data:`TAIL_BATCH` as they arrive, so little is left to
+        write once the last byte is in (a tus PATCH's Content-Length)."""
+        self._expected = self.size + count
+
+    async def flush(self) -> None:
+        """Write out every byte written so far and wait for it; the upload
+        goes on (no fsync, the follower waits for more)."""
+        await self._flush()
+        await self._wait_for_writer()
+
+    async def resume_from(self, offset: int, *, hashing: bool = True) -> None:
+        """Continue an ``existing`` file after its first ``offset`` bytes: cut
+        off anything past them, hash them and show them to the follower (one
+        read, from the page cache when they were written recently).
+
+        :param hashing: False to only write on from there (no read, no hash:
+            :attr:`sha256` is then unknown and the file is not to be ingested).
+        :raises ObjectStoreException: the file is shorter than ``offset``.
+        """
+        assert self._existing is not None and self.size == 0, "only a fresh staging file of an existing file"
+        self._hashing = hashing
+        try:
+            await WRITERS.run(self._resume_blocking, offset)
+        except OSError as exc:
+            raise storage_failure(exc, "cannot read the upload's file") from exc
+        self.size = offset
+
+    def _resume_blocking(self, offset: int) -> None:
+        assert self._fd is not None and self.path is not None
+        if os.fstat(self._fd).st_size < offset:
+            raise ObjectStoreException(f"the upload's file is shorter than its recorded {offset} bytes")
+        os.ftruncate(self._fd, offset)
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._progress.advance(offset)  # the follower reads them meanwhile, from its own descriptor
+        if not self._hashing:
+            return
+        with self.path.open("rb", buffering=0) as f:
+            remaining = offset
+            while remaining > 0:
+                data = f.read(min(FLUSH_SIZE, remaining))
+                if not data:
+                    raise ObjectStoreException("the upload's file changed while it was read")
+                self._hash.update(data)
+                remaining -= len(data)
+
+    async def link_into(self, folder: Path) -> None:
+        """Give an ``existing`` file a fresh name of its own in ``folder`` (a
+        hard link), removed or consumed like any staging file, so storing it
+        leaves the existing name in place. Where the file system cannot link,
+        the existing file itself is handed over (storing it then consumes it).
+        """
+        assert self._existing is not None and self.path is not None
+        existing = self.path
+
+        def link() -> Path | None:
+            name = folder / f"upload-{uuid.uuid4().hex}.part"
+            try:
+                os.link(existing, name)
+            except OSError:
+                return None
+            return name
+
+        linked = await WRITERS.run(link)
+        if linked is not None:
+            self.path = linked
+        self._owned = True
 
     async def _flush(self) -> None:
         """Hand the buffered chunks to the writer pool once the previous batch is written."""
@@ -295,7 +396,8 @@ class StagingFile:
         # wants it back it waits on the event loop (a 64 MiB upload measured
         # 10-25% slower that way).
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._hash.update(data)
+        if self._hashing:
+            self._hash.update(data)
         _write_fully(self._fd, [data])
         self._progress.advance(len(data))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import re
 import shutil
 import uuid
@@ -178,12 +177,13 @@ class Storage(ABC):
     def resumable(self) -> ResumableStore:
         """Where resumable uploads keep their bytes between requests (optional capability).
 
-        The default keeps them as local segment files in a subfolder of
-        :attr:`staging_dir` (:class:`LocalSegments`): they survive a restart
-        of the process, and any process sharing that folder can continue
-        them. A backend with a better place (S3 multipart uploads) overrides it.
+        The default keeps each as one local file in a subfolder of
+        :attr:`staging_dir` (:class:`LocalFiles`), written in place by the
+        core: it survives a restart of the process, and any process sharing
+        that folder can continue it. A backend with a better place (S3
+        multipart uploads) overrides it.
         """
-        return LocalSegments(self.staging_dir / RESUMABLE_FOLDER)
+        return LocalFiles(self.staging_dir / RESUMABLE_FOLDER)
 
 
 #: Subfolder of the staging folder holding resumable uploads' segments; the
@@ -196,9 +196,15 @@ class ResumableStore(ABC):
 
     Each upload has a small JSON-able *state* that the caller keeps in the
     record store and passes back on every call (an S3 multipart upload id and
-    its parts, a list of local segments): the store itself remembers nothing
+    its parts, the size of a local file): the store itself remembers nothing
     in memory, so any process may continue an upload. Every call may block
     only in worker threads; backend failures are ``ObjectStoreException``.
+
+    Chunks reach a store one of two ways. By default the core receives each
+    into a local chunk file and hands it to :meth:`append`. A store that keeps
+    an upload as one local file may instead offer that file
+    (:meth:`in_place`): the core then writes each chunk straight into it at
+    its offset and calls :meth:`written`, so every byte is written once.
     """
 
     @abstractmethod
@@ -211,6 +217,30 @@ class ResumableStore(ABC):
         current size) and return the new state. ``chunk`` may be moved or
         consumed. Its bytes must survive a crash of the process once this
         returns; if it fails, the old state still describes the upload."""
+
+    def in_place(self, upload_id: str) -> Path | None:
+        """The local file holding the upload's bytes, for the core to write
+        into directly (optional capability), or None (the default: chunks go
+        through :meth:`append`).
+
+        The contract, for a store that offers it: the file is on the staging
+        folder's file system and exists once :meth:`begin` returned. Its
+        first *offset* bytes (the offset the record store holds) are the
+        upload; bytes past it are left by a chunk that was not accepted (a
+        failed checksum, a crash before the offset was recorded), and the
+        core cuts them off or writes over them. The core writes a chunk at
+        the offset without fsync (the page cache keeps it across a crash of
+        the process), then calls :meth:`written`, then records the new state.
+        It may also read the file, and hard-link it into the staging folder
+        to store the complete upload; the file itself is removed only by
+        :meth:`discard`.
+        """
+        return None
+
+    async def written(self, upload_id: str, state: dict[str, Any], offset: int, size: int) -> dict[str, Any]:
+        """After the core wrote ``size`` bytes at ``offset`` into the file of
+        :meth:`in_place`: the new state. Called only on a store offering it."""
+        raise NotImplementedError(f"{type(self).__name__} does not offer its uploads' files")
 
     async def recover(self, upload_id: str, state: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         """After a crash of the machine: ``(state, offset)`` cut back to the bytes
@@ -226,19 +256,20 @@ class ResumableStore(ABC):
         """Remove everything kept for the upload; missing parts are not an error."""
 
 
-class LocalSegments(ResumableStore):
-    """Uploads as folders of segment files, ``{folder}/{upload_id}/{offset}.seg``.
+class LocalFiles(ResumableStore):
+    """Each upload as one local file, ``{folder}/{upload_id}/upload``, written
+    in place by the core (:meth:`in_place`); its state is ``{"size": n}``.
 
-    An append renames the received chunk into the folder (no copy, no fsync:
-    the page cache keeps it across a crash of the process, and the package is
-    fsynced once, when it is staged whole). After a crash of the machine,
-    :meth:`recover` drops the first segment that is missing or short and
-    every one after it. Segment files named in the state are the upload; a
-    file left by a crash between the rename and the state's commit is never
-    listed and goes with the folder.
+    Nothing is fsynced while the upload grows: the page cache keeps the bytes
+    across a crash of the process, and the package is fsynced once, when it
+    is stored. After a crash of the machine, :meth:`recover` finds the file
+    shorter than its recorded size and the offset goes back to the file's
+    end (a tus client asks, ``HEAD``, and sends again from there). An upload
+    begun by an older version (kept as segment files) starts again from 0.
     """
 
     READ_SIZE = 1024 * 1024
+    FILE_NAME = "upload"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -248,66 +279,75 @@ class LocalSegments(ResumableStore):
             raise ValueError(f"invalid upload id {upload_id!r}")
         return self.folder / upload_id
 
+    def in_place(self, upload_id: str) -> Path:
+        return self._dir(upload_id) / self.FILE_NAME
+
     async def begin(self, upload_id: str) -> dict[str, Any]:
+        path = self.in_place(upload_id)
+
+        def create() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
         try:
-            await anyio.to_thread.run_sync(lambda: self._dir(upload_id).mkdir(parents=True, exist_ok=True))
+            await anyio.to_thread.run_sync(create)
         except OSError as exc:
             raise ObjectStoreException(f"cannot create upload folder: {exc.strerror}") from exc
-        return {"segments": []}
+        return {"size": 0}
+
+    async def written(self, upload_id: str, state: dict[str, Any], offset: int, size: int) -> dict[str, Any]:
+        return {"size": offset + size}
 
     async def append(self, upload_id: str, state: dict[str, Any], offset: int, chunk: Path) -> dict[str, Any]:
-        folder = self._dir(upload_id)
+        path = self.in_place(upload_id)
 
-        def move() -> int:
-            size = chunk.stat().st_size
-            folder.mkdir(parents=True, exist_ok=True)
-            os.replace(chunk, folder / f"{offset:020d}.seg")
-            return size
+        def copy() -> int:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with chunk.open("rb") as source, path.open("r+b" if path.exists() else "wb") as target:
+                target.truncate(offset)
+                target.seek(offset)
+                shutil.copyfileobj(source, target, self.READ_SIZE)
+                return target.tell() - offset
 
         try:
-            size = await anyio.to_thread.run_sync(move)
+            size = await anyio.to_thread.run_sync(copy)
         except OSError as exc:
             raise ObjectStoreException(f"cannot keep upload chunk: {exc.strerror}") from exc
-        return {"segments": [*state.get("segments", []), [offset, size]]}
+        return {"size": offset + size}
 
     async def recover(self, upload_id: str, state: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-        folder = self._dir(upload_id)
-        segments = state.get("segments", [])
+        path = self.in_place(upload_id)
+        if "size" not in state:  # kept by an older version as segment files: start again
+            return {"size": 0}, 0
 
-        def intact() -> int:
-            for index, (offset, size) in enumerate(segments):
-                try:
-                    if (folder / f"{offset:020d}.seg").stat().st_size < size:
-                        return index
-                except FileNotFoundError:
-                    return index
-            return len(segments)
+        def size_on_disk() -> int:
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                return 0
 
-        kept = await anyio.to_thread.run_sync(intact)
-        if kept == len(segments):
+        kept = await anyio.to_thread.run_sync(size_on_disk)
+        if kept >= state["size"]:
             return state, None
-        offset = segments[kept][0]
-        return {"segments": segments[:kept]}, offset
+        return {"size": kept}, kept
 
     async def assemble(self, upload_id: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
-        folder = self._dir(upload_id)
-        for offset, size in state.get("segments", []):
-            path = folder / f"{offset:020d}.seg"
-            try:
-                f = await anyio.to_thread.run_sync(path.open, "rb")
-            except OSError as exc:
-                raise ObjectStoreException(f"cannot read upload segment: {exc.strerror}") from exc
-            try:
-                remaining = size
-                while remaining > 0:
-                    data = await anyio.to_thread.run_sync(f.read, min(self.READ_SIZE, remaining))
-                    if not data:
-                        raise ObjectStoreException("an upload segment is shorter than recorded")
-                    remaining -= len(data)
-                    yield data
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(f.close)
+        path = self.in_place(upload_id)
+        try:
+            f = await anyio.to_thread.run_sync(path.open, "rb")
+        except OSError as exc:
+            raise ObjectStoreException(f"cannot read upload: {exc.strerror}") from exc
+        try:
+            remaining = int(state.get("size", 0))
+            while remaining > 0:
+                data = await anyio.to_thread.run_sync(f.read, min(self.READ_SIZE, remaining))
+                if not data:
+                    raise ObjectStoreException("an upload's file is shorter than recorded")
+                remaining -= len(data)
+                yield data
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(f.close)
 
     async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
         folder = self._dir(upload_id)

@@ -93,14 +93,40 @@ async def test_discard_leaves_nothing(storage: Storage, tmp_path: Path, moto: Mo
 
 
 @pytest.mark.anyio
-async def test_local_segments_recover_from_a_lost_segment(tmp_path: Path) -> None:
+async def test_local_files_recover_from_a_cut_file(tmp_path: Path) -> None:
     storage = FilesystemStorage(tmp_path / "root")
     await storage.startup()
     upload_id = uuid.uuid4().hex
     state = await storage.resumable().begin(upload_id)
     for offset in (0, 100, 200):
         state = await storage.resumable().append(upload_id, state, offset, chunk_file(tmp_path, os.urandom(100)))
-    # As after a crash of the machine: the second segment never reached the disk.
-    (storage.staging_dir / "resumable" / upload_id / f"{100:020d}.seg").write_bytes(b"short")
-    kept, lost_from = await storage.resumable().recover(upload_id, state)
-    assert lost_from == 100 and kept == {"segments": state["segments"][:1]}
+    # As after a crash of the machine: the last 150 bytes never reached the disk.
+    path = storage.resumable().in_place(upload_id)
+    assert path is not None
+    os.truncate(path, 150)
+    assert await storage.resumable().recover(upload_id, state) == ({"size": 150}, 150)
+    # An upload an older version kept as segment files starts again.
+    assert await storage.resumable().recover(upload_id, {"segments": [[0, 100]]}) == ({"size": 0}, 0)
+
+
+@pytest.mark.anyio
+async def test_in_place_file_is_the_upload(storage: Storage, tmp_path: Path) -> None:
+    """The filesystem offers each upload's own file, the core writes into it
+    and reports the size; S3 offers none (chunks go through append)."""
+    upload_id = uuid.uuid4().hex
+    store = storage.resumable()
+    state = await store.begin(upload_id)
+    path = store.in_place(upload_id)
+    if storage.name != "filesystem":
+        assert path is None
+        await store.discard(upload_id, state)
+        return
+    assert path is not None and path.is_file() and storage.staging_dir in path.parents
+    data = os.urandom(1000)
+    with path.open("r+b") as f:
+        f.write(data + b"left by a chunk that was not accepted")
+    state = await store.written(upload_id, state, 0, len(data))
+    assert await store.recover(upload_id, state) == (state, None)
+    assert await read_all(store.assemble(upload_id, state)) == data
+    await store.discard(upload_id, state)
+    assert not path.exists()

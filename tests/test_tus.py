@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
+from registry.assembly import MAX_OPEN
 from registry.tus import encode_metadata
 from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
 from tests.test_jobs import big_package
@@ -66,7 +69,7 @@ def checksum(data: bytes) -> str:
     return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def segments(process: RegistryProcess, url: str = "") -> list[Path]:
+def upload_files(process: RegistryProcess, url: str = "") -> list[Path]:
     """Files in the staging area; with ``url``, only those of that upload."""
     staging = process.config.parent / "packages" / ".staging"
     upload_id = url.rstrip("/").rsplit("/", 1)[-1] if url else ""
@@ -100,7 +103,7 @@ def test_tuspy_upload_stores_the_package(live: tuple[RegistryProcess, Api], code
     assert {k: v for k, v in status["package"].items() if k != "status"} == record
     assert record["version"] == "2.0.0" and record["sha256_signature"] == hashlib.sha256(body).hexdigest()
     assert api.download(code, record["id"]).content == body
-    assert segments(process, uploader.url or "?") == []
+    assert upload_files(process, uploader.url or "?") == []
 
 
 def test_completing_patch_answers_the_package_id(live: tuple[RegistryProcess, Api], code: str) -> None:
@@ -146,13 +149,70 @@ def test_wrong_checksum_is_460_and_keeps_the_offset(live: tuple[RegistryProcess,
     assert good.status_code == 204 and "registry-package-id" in good.headers
 
 
+def test_a_chunk_past_the_length_keeps_nothing_and_the_upload_goes_on(live: tuple[RegistryProcess, Api],
+                                                                      code: str) -> None:
+    """A body without Content-Length that runs past Upload-Length is 413 once
+    the server sees it pass (sent slowly, so after some of it was written into
+    the upload's file): the offset stays, and the package is the client's bytes."""
+    _, api = live
+    body = big_package(3 * 1024 * 1024, version="6.0.0")
+    url = create(api, code, len(body))
+    first = 1024 * 1024
+    assert patch(api, url, 0, body[:first]).status_code == 204
+
+    def too_long() -> Iterator[bytes]:  # sent chunked: the server learns the size only as it comes
+        for _ in range(64):
+            time.sleep(0.002)
+            yield b"\0" * (64 * 1024)
+
+    refused = api.http.patch(url, content=too_long(), headers={
+        **TUS, "Upload-Offset": str(first), "Content-Type": "application/offset+octet-stream"})
+    assert refused.status_code == 413 and refused.json()["code"] == "PACKAGE_TOO_LARGE"
+    assert offset_of(api, url) == first
+    last = patch(api, url, first, body[first:])
+    assert last.status_code == 204, last.text
+    record = api.get(code, int(last.headers["registry-package-id"])).json()
+    assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+    assert api.download(code, record["id"]).content == body
+
+
+def test_more_uploads_at_once_than_are_kept_staged(live: tuple[RegistryProcess, Api], code: str) -> None:
+    """More PATCHes in flight at once than the uploads a process keeps staged
+    between PATCHes (assembly.MAX_OPEN): none is dropped under its request."""
+    _, api = live
+    count = MAX_OPEN + 2
+    bodies = [package("1.0.0", salt=f"{code}-{n}") for n in range(count)]
+    urls = [create(api, code, len(body), version=f"1.0.{n}") for n, body in enumerate(bodies)]
+    all_started = threading.Barrier(count)
+
+    def send(n: int) -> httpx.Response:
+        body = bodies[n]
+
+        def halves() -> Iterator[bytes]:
+            yield body[:100]
+            all_started.wait(timeout=30)
+            time.sleep(0.3)  # every request's head is in: each has its staging file open
+            yield body[100:]
+
+        return api.http.patch(urls[n], content=halves(), headers={
+            **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(len(body))})
+
+    with ThreadPoolExecutor(count) as pool:
+        responses = list(pool.map(send, range(count)))
+    assert [r.status_code for r in responses] == [204] * count, [r.text for r in responses if r.status_code != 204]
+    for response, body in zip(responses, bodies, strict=True):
+        record = api.get(code, int(response.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+
+
 def test_termination_removes_the_bytes(live: tuple[RegistryProcess, Api], code: str) -> None:
     process, api = live
     url = create(api, code, 1000)
     assert patch(api, url, 0, b"z" * 500).status_code == 204
-    assert any(p.suffix == ".seg" for p in segments(process, url))
+    assert [p.stat().st_size for p in upload_files(process, url)] == [500]  # kept in one file
     assert api.http.delete(url, headers=TUS).status_code == 204
-    assert segments(process, url) == []
+    assert upload_files(process, url) == []
     for response in (api.http.head(url, headers=TUS), patch(api, url, 500, b"z"), api.http.get(url)):
         assert response.status_code == 404
     assert api.http.get(url).json()["code"] == "JOB_NOT_FOUND"
@@ -202,7 +262,7 @@ def test_non_archive_bytes_fail_like_a_file_upload(live: tuple[RegistryProcess, 
     status = api.http.get(url).json()
     assert status["state"] == "failed" and status["error"] == expected.json()
     assert api.list(code, include_deleted="true").json()["count"] == 0
-    assert segments(process, url) == []
+    assert upload_files(process, url) == []
 
 
 def test_scoped_credentials(live: tuple[RegistryProcess, Api], code: str) -> None:
@@ -243,6 +303,78 @@ def test_resume_after_kill(tmp_path: Path, code: str) -> None:
         process.stop()
 
 
+def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path, code: str) -> None:
+    """Killed while a PATCH was being written: the upload's file holds bytes
+    past the recorded offset. The restarted server answers that offset, cuts
+    the rest off when the upload goes on, and stores the client's bytes."""
+    body = big_package(6 * 1024 * 1024, version="7.0.0")
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("kill"))
+        url = create(api, code, len(body))
+        first = 1024 * 1024
+        assert patch(api, url, 0, body[:first]).status_code == 204
+
+        def garbage_then_wait() -> Iterator[bytes]:
+            yield b"\xff" * (3 * 1024 * 1024)  # more than a batch: written before the rest comes
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sum(p.stat().st_size for p in upload_files(process, url)) <= first:
+                time.sleep(0.01)
+            process.kill()  # the bytes past the offset are in the file, the offset is not recorded
+            yield b"\xff"
+
+        with pytest.raises(httpx.TransportError):
+            api.http.patch(url, content=garbage_then_wait(), headers={
+                **TUS, "Upload-Offset": str(first), "Content-Type": "application/offset+octet-stream"})
+        assert [p.stat().st_size for p in upload_files(process, url)] > [first]
+        api.close()
+        process.start()
+        api = Api(process.url, process.token("kill"))
+        path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
+        assert offset_of(api, path) == first
+        middle = first + 1024 * 1024
+        assert patch(api, path, first, body[first:middle]).status_code == 204
+        assert [p.stat().st_size for p in upload_files(process, url)] == [middle], "nothing past the offset is kept"
+        last = patch(api, path, middle, body[middle:])
+        assert last.status_code == 204, last.text
+        record = api.get(code, int(last.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert api.download(code, record["id"]).content == body
+        assert upload_files(process, url) == []
+        api.close()
+    finally:
+        process.stop()
+
+
+def test_patches_alternating_between_two_processes(tmp_path: Path, code: str) -> None:
+    """Two processes on one database and one storage folder take turns at an
+    upload's PATCHes (as behind a load balancer): each writes its chunks into
+    the one file, and whichever gets the last PATCH stores the client's bytes."""
+    body = big_package(3 * 1024 * 1024, version="8.0.0")
+    config = base_config(tmp_path)
+    first = start_registry(tmp_path / "a", config)
+    second = start_registry(tmp_path / "b", config)
+    apis = [Api(first.url, first.token("both")), Api(second.url, second.token("both"))]
+    try:
+        url = create(apis[0], code, len(body)).rsplit("/source_package/", 1)[1]
+        path = Api.path(code, suffix=url)
+        piece = 512 * 1024
+        offsets = list(range(0, len(body), piece))
+        for turn, offset in enumerate(offsets):
+            api = apis[turn % 2]
+            assert offset_of(api, path) == offset
+            response = patch(api, path, offset, body[offset:offset + piece])
+            assert response.status_code == 204, response.text
+        record = apis[(len(offsets) - 1) % 2].get(code, int(response.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert apis[0].download(code, record["id"]).content == body
+    finally:
+        for api in apis:
+            api.close()
+        second.stop()
+        first.stop()
+
+
 def test_tuspy_resumes_an_interrupted_upload(tmp_path: Path, code: str) -> None:
     body = big_package(400_000, version="5.0.0")
     path = tmp_path / "resume.tar.gz"
@@ -279,12 +411,12 @@ def test_expired_uploads_are_gone_and_gc_removes_their_bytes(tmp_path: Path, cod
         api = Api(process.url, process.token("expiry"))
         url = create(api, code, 1000)
         assert patch(api, url, 0, os.urandom(100)).status_code == 204
-        assert segments(process, url)
+        assert upload_files(process, url)
         time.sleep(1.5)  # past expire_after: the upload is no longer there
         assert api.http.head(url, headers=TUS).status_code == 404
         result = process.cli("gc")
         assert f"removed expired resumable upload {url.rsplit('/', 1)[1]}" in result.stdout
-        assert segments(process, url) == []
+        assert upload_files(process, url) == []
         api.close()
     finally:
         process.stop()

@@ -212,7 +212,7 @@ async def _patch_claimed(request: Request, service: Resumable, path: tuple[str, 
         if declared is not None and declared > locked.length - locked.offset:
             raise PackageTooLarge(f"the chunk passes Upload-Length {locked.length}")
         if locked.offset < locked.length:
-            received = await service.receive(locked, request.stream(), checksum, ClientDisconnect)
+            received = await service.receive(locked, request.stream(), checksum, ClientDisconnect, declared)
             release = not received.released
             if received.disconnected:
                 return Response(status_code=204)  # nobody reads it; the bytes that came are kept
