@@ -6,7 +6,7 @@
 
 Both upload routes and every origin and storage go through :meth:`Registry.ingest`,
 except a small file upload (:meth:`Registry.upload_small`): received whole in
-memory, it takes the same steps in two blocking calls, one thread hand-off each.
+memory, it takes the same steps in one blocking call, one hand-off to a write thread.
 Blocking work (the record store, archive inspection) runs in worker threads. A failure
 at any step leaves no record, no blob and no staging file behind: the staging
 file is removed on exit, and a blob that did not end up referenced is deleted.

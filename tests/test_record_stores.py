@@ -255,3 +255,47 @@ def test_postgres_leases_follow_the_database_clock(pg_url: str, monkeypatch: pyt
         assert store.lock_upload(upload.id, second, 60) is not None
     finally:
         store.close()
+
+
+def _abort_commits_as_deadlock_victims(pg_url: str, times: int) -> None:
+    """Make PostgreSQL abort the next ``times`` inserts of a record with a real
+    ``deadlock_detected`` (40P01) error; a sequence, which no rollback undoes,
+    counts the attempts."""
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("CREATE SEQUENCE IF NOT EXISTS insert_attempts")
+        admin.execute(
+            "CREATE OR REPLACE FUNCTION abort_as_victim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF nextval('insert_attempts') <= {int(times)} THEN"
+            "  RAISE EXCEPTION 'deadlock detected (by the test)' USING ERRCODE = 'deadlock_detected';"
+            " END IF; RETURN NEW; END $$")
+        admin.execute("CREATE OR REPLACE TRIGGER abort_as_victim BEFORE INSERT ON packages"
+                      " FOR EACH ROW EXECUTE FUNCTION abort_as_victim()")
+
+
+def _insert_attempts(pg_url: str) -> int:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute("SELECT last_value, is_called FROM insert_attempts").fetchone()
+        assert row is not None
+        return int(row[0]) if row[1] else 0
+
+
+def test_postgres_write_is_run_again_after_a_deadlock_until_its_attempts_run_out(pg_url: str) -> None:
+    """A commit aborted as a deadlock's victim is run again; one aborted on
+    every attempt fails after exactly ``CONFLICT_ATTEMPTS`` of them with 503
+    ``DATABASE_UNAVAILABLE``, keeping nothing."""
+    attempts = postgres_store.CONFLICT_ATTEMPTS
+    store = PostgresStore(pg_url, pool_size=2)
+    try:
+        store.migrate()
+        _abort_commits_as_deadlock_victims(pg_url, attempts - 1)
+        landed = store.commit(new_package("1.0.0", code="a", module="m"), allow_overwrite=False)
+        assert landed.record.version == "1.0.0" and _insert_attempts(pg_url) == attempts
+        _abort_commits_as_deadlock_victims(pg_url, 1_000_000)
+        with pytest.raises(DatabaseUnavailable) as failed:
+            store.commit(new_package("2.0.0", code="a", module="m"), allow_overwrite=False)
+        assert failed.value.status == 503 and failed.value.code == "DATABASE_UNAVAILABLE"
+        assert _insert_attempts(pg_url) == 2 * attempts, "run exactly CONFLICT_ATTEMPTS times, no more"
+        assert store.find_version("a", "m", "2.0.0") is None
+        assert_counts_exact(store)
+    finally:
+        store.close()

@@ -1,5 +1,5 @@
 """Small uploads (a body of at most ``SMALL_BODY`` bytes, received in memory and
-stored in two thread hand-offs) behave exactly like streamed ones.
+stored in one write-thread hand-off) behave exactly like streamed ones.
 
 A request with a ``Content-Length`` under the limit takes the small path; the
 same body sent chunked (no ``Content-Length``) is streamed through a staging

@@ -190,3 +190,41 @@ def test_noting_a_credential_use_never_waits_for_a_writer(tmp_path: Path) -> Non
         assert store.note_credential_use(credential.id, now, now)  # and the next one is noted
     finally:
         store.close()
+
+
+def test_the_wait_for_the_process_lock_counts_against_sqlites(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock: the first writer of this
+    process waits in SQLite's busy handler, holding the process's lock; a
+    second, arriving later, waits for the process's lock until the first
+    gives up, then for SQLite's only what is left of its own timeout. Each
+    gives up ``timeout`` after it started, not the second after two."""
+    timeout = 2.0
+    store = SQLiteStore(tmp_path / "registry.db", timeout=timeout)
+    store.migrate()
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    took: dict[str, float] = {}
+
+    def write(name: str) -> None:
+        started = time.monotonic()
+        try:
+            store.add_credential(_credential(name))
+        except DatabaseUnavailable:
+            took[name] = time.monotonic() - started
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        first = threading.Thread(target=write, args=("a",))
+        first.start()
+        time.sleep(0.5)  # the first now holds the process's lock, waiting in BEGIN IMMEDIATE
+        second = threading.Thread(target=write, args=("b",))
+        second.start()
+        first.join(30)
+        second.join(30)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
+    assert set(took) == {"a", "b"}, "both writers gave up on the held lock"
+    assert took["a"] < timeout + 0.7  # slack for a busy machine
+    # the second waited for the first (about 1.5 s), then for SQLite's lock what was left
+    assert timeout - 0.3 < took["b"] < timeout + 0.7  # without the sum: about 3.5 s
