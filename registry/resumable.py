@@ -258,10 +258,16 @@ class Resumable:
     async def recover(self, upload: Upload, *, save: bool) -> Upload:
         """``upload`` with the offset of the bytes really kept (see
         :meth:`ResumableStore.recover`); with ``save`` (the caller holds the
-        lease) a loss is also recorded. An offset this process recorded
-        itself needs no look at the storage: the machine has not crashed
-        since, or this process would not be running."""
-        if upload.state != RECEIVING or self._recorded.get(upload.id) == upload.offset:
+        lease) a loss is also recorded, and an upload that was being
+        completed receives again. An offset this process recorded itself
+        needs no look at the storage: the machine has not crashed since, or
+        this process would not be running.
+
+        A ``completing`` upload is checked too: that state is recorded
+        before the completing PATCH fsyncs the bytes, so a crash of the
+        machine in between leaves it with fewer bytes than its length, and
+        only receiving them again lets it end."""
+        if upload.state not in (RECEIVING, COMPLETING) or self._recorded.get(upload.id) == upload.offset:
             return upload
         state, offset = await self.registry.storage.resumable().recover(upload.id, upload.storage_state)
         if offset is None:

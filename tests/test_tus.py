@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +338,58 @@ def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path,
         assert patch(api, path, first, body[first:middle]).status_code == 204
         assert [p.stat().st_size for p in upload_files(process, url)] == [middle], "nothing past the offset is kept"
         last = patch(api, path, middle, body[middle:])
+        assert last.status_code == 204, last.text
+        record = api.get(code, int(last.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert api.download(code, record["id"]).content == body
+        assert upload_files(process, url) == []
+        api.close()
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("state", ["receiving", "completing"])
+@pytest.mark.parametrize("loss", ["cut", "gone"])
+def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
+        tmp_path: Path, code: str, state: str, loss: str) -> None:
+    """After a crash of the machine the upload's file may hold fewer bytes
+    than the recorded offset (nothing is fsynced until the upload is stored),
+    or be gone with its folder (neither was synced). That happens while it
+    receives, and while the completing PATCH stores it (``completing`` is
+    recorded durably before the file is fsynced). The restarted server
+    answers the offset of the bytes really kept, and the client's upload
+    goes on from there to the package; never a 503 for as long as it lives."""
+    body = big_package(300_000, version="9.0.0")
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("crash"))
+        url = create(api, code, len(body))
+        sent = 200_000
+        assert patch(api, url, 0, body[:sent]).status_code == 204
+        process.kill()
+        api.close()
+        upload_id = url.rsplit("/", 1)[1]
+        [file] = upload_files(process, url)
+        if loss == "cut":
+            kept = 120_000
+            os.truncate(file, kept)
+        else:
+            kept = 0
+            for part in file.parent.iterdir():
+                part.unlink()
+            file.parent.rmdir()
+        if state == "completing":  # the last PATCH's bytes were recorded, then the completion began
+            with sqlite3.connect(tmp_path / "registry.db") as db:
+                db.execute("UPDATE uploads SET state = 'completing', upload_offset = ?, storage_state = ?"
+                           " WHERE id = ?", (len(body), json.dumps({"size": len(body)}), upload_id))
+        process.start()
+        api = Api(process.url, process.token("crash"))
+        path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
+        assert offset_of(api, path) == kept
+        stale = patch(api, path, len(body) if state == "completing" else sent, b"")
+        assert stale.status_code == 409, stale.text
+        assert stale.headers["upload-offset"] == str(kept)
+        last = patch(api, path, kept, body[kept:])
         assert last.status_code == 204, last.text
         record = api.get(code, int(last.headers["registry-package-id"])).json()
         assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
