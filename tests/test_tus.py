@@ -349,7 +349,7 @@ def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path,
 
 
 @pytest.mark.parametrize("state", ["receiving", "completing"])
-@pytest.mark.parametrize("loss", ["cut", "gone"])
+@pytest.mark.parametrize("loss", ["cut", "gone", "segments"])
 def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
         tmp_path: Path, code: str, state: str, loss: str) -> None:
     """After a crash of the machine the upload's file may hold fewer bytes
@@ -358,7 +358,8 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
     receives, and while the completing PATCH stores it (``completing`` is
     recorded durably before the file is fsynced). The restarted server
     answers the offset of the bytes really kept, and the client's upload
-    goes on from there to the package; never a 503 for as long as it lives."""
+    goes on from there to the package; never a 503 for as long as it lives.
+    An upload begun by the older version (segment files) starts again at 0."""
     body = big_package(300_000, version="9.0.0")
     process = start_registry(tmp_path, base_config(tmp_path))
     try:
@@ -373,20 +374,23 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
         if loss == "cut":
             kept = 120_000
             os.truncate(file, kept)
-        else:
+        elif loss == "gone":
             kept = 0
-            for part in file.parent.iterdir():
-                part.unlink()
+            file.unlink()
             file.parent.rmdir()
-        if state == "completing":  # the last PATCH's bytes were recorded, then the completion began
-            with sqlite3.connect(tmp_path / "registry.db") as db:
-                db.execute("UPDATE uploads SET state = 'completing', upload_offset = ?, storage_state = ?"
-                           " WHERE id = ?", (len(body), json.dumps({"size": len(body)}), upload_id))
+        else:  # begun by the older version, which kept segment files: it starts again
+            kept = 0
+            file.rename(file.parent / f"{0:020d}.seg")
+        recorded = len(body) if state == "completing" else sent
+        storage_state = {"segments": [[0, sent]]} if loss == "segments" else {"size": recorded}
+        with sqlite3.connect(tmp_path / "registry.db") as db:  # completing: the last PATCH's bytes were recorded
+            db.execute("UPDATE uploads SET state = ?, upload_offset = ?, storage_state = ? WHERE id = ?",
+                       (state, recorded, json.dumps(storage_state), upload_id))
         process.start()
         api = Api(process.url, process.token("crash"))
         path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
         assert offset_of(api, path) == kept
-        stale = patch(api, path, len(body) if state == "completing" else sent, b"")
+        stale = patch(api, path, recorded, b"")
         assert stale.status_code == 409, stale.text
         assert stale.headers["upload-offset"] == str(kept)
         last = patch(api, path, kept, body[kept:])
