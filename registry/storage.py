@@ -186,7 +186,7 @@ class Storage(ABC):
         return LocalFiles(self.staging_dir / RESUMABLE_FOLDER)
 
 
-#: Subfolder of the staging folder holding resumable uploads' segments; the
+#: Subfolder of the staging folder holding resumable uploads' files; the
 #: start-up sweep removes only files, never folders, so these survive a restart.
 RESUMABLE_FOLDER = "resumable"
 
