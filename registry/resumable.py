@@ -245,8 +245,10 @@ class Resumable:
             lambda: self.store.save_progress(upload.id, self.holder, offset, state, self.expiry(), release=release)
         )
         self.jobs.metrics.upload_bytes.inc(offset - upload.offset)
-        if saved is None:
-            raise JobNotFound(upload.id)  # terminated meanwhile
+        if saved is None:  # removed meanwhile (expiry takes no lease): so is its file
+            self._recorded.pop(upload.id, None)
+            await self.assemblies.drop(upload.id)
+            raise JobNotFound(upload.id)
         self._remember(saved)
         return ChunkResult(saved, disconnected, release)
 

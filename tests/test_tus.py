@@ -404,6 +404,37 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
         process.stop()
 
 
+def test_an_upload_expired_under_its_patch_leaves_no_file_open(tmp_path: Path, code: str) -> None:
+    """``registry gc`` removes an upload that expires while a PATCH writes
+    to it (expiry takes no lease): the PATCH answers 404, and the server
+    keeps no descriptor of the removed file (it would hold its disk space
+    until the process ends, when no PATCH of the upload comes again)."""
+    process = start_registry(tmp_path, merge(base_config(tmp_path), {"uploads": {"expire_after": 2}}))
+    try:
+        api = Api(process.url, process.token("expiry"))
+        url = create(api, code, 3 * 1024 * 1024)
+        first = 1024 * 1024
+        assert patch(api, url, 0, os.urandom(first)).status_code == 204
+        upload_id = url.rsplit("/", 1)[1]
+
+        def expire_meanwhile() -> Iterator[bytes]:
+            yield os.urandom(first)
+            time.sleep(2.5)  # past expire_after since the last PATCH
+            assert f"removed expired resumable upload {upload_id}" in process.cli("gc").stdout
+            yield os.urandom(first)
+
+        response = api.http.patch(url, content=expire_meanwhile(), headers={
+            **TUS, "Upload-Offset": str(first), "Content-Type": "application/offset+octet-stream"})
+        assert response.status_code == 404, response.text
+        assert process.process is not None
+        fds = Path(f"/proc/{process.process.pid}/fd")
+        held = [target for target in (os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()) if upload_id in target]
+        assert held == []
+        api.close()
+    finally:
+        process.stop()
+
+
 def test_patches_alternating_between_two_processes(tmp_path: Path, code: str) -> None:
     """Two processes on one database and one storage folder take turns at an
     upload's PATCHes (as behind a load balancer): each writes its chunks into
