@@ -138,13 +138,14 @@ def test_wrong_offset_is_409(live: tuple[RegistryProcess, Api], code: str) -> No
 
 
 def test_wrong_checksum_is_460_and_keeps_the_offset(live: tuple[RegistryProcess, Api], code: str) -> None:
-    _, api = live
+    process, api = live
     body = package("1.0.0", salt=code)
     url = create(api, code, len(body))
     assert patch(api, url, 0, body[:10], **{"Upload-Checksum": checksum(body[:10])}).status_code == 204
     bad = patch(api, url, 10, body[10:], **{"Upload-Checksum": checksum(b"other bytes")})
     assert bad.status_code == 460 and bad.json()["code"] == "UPLOAD_CHECKSUM_MISMATCH"
     assert offset_of(api, url) == 10
+    assert [p.stat().st_size for p in upload_files(process, url)] == [10], "none of the bad chunk was written"
     unknown = patch(api, url, 10, body[10:], **{"Upload-Checksum": "md5 " + base64.b64encode(b"0" * 16).decode()})
     assert unknown.status_code == 400 and offset_of(api, url) == 10
     good = patch(api, url, 10, body[10:], **{"Upload-Checksum": checksum(body[10:])})
