@@ -245,8 +245,10 @@ class Resumable:
             lambda: self.store.save_progress(upload.id, self.holder, offset, state, self.expiry(), release=release)
         )
         self.jobs.metrics.upload_bytes.inc(offset - upload.offset)
-        if saved is None:
-            raise JobNotFound(upload.id)  # terminated meanwhile
+        if saved is None:  # removed meanwhile (expiry takes no lease): so is its file
+            self._recorded.pop(upload.id, None)
+            await self.assemblies.drop(upload.id)
+            raise JobNotFound(upload.id)
         self._remember(saved)
         return ChunkResult(saved, disconnected, release)
 
@@ -258,10 +260,16 @@ class Resumable:
     async def recover(self, upload: Upload, *, save: bool) -> Upload:
         """``upload`` with the offset of the bytes really kept (see
         :meth:`ResumableStore.recover`); with ``save`` (the caller holds the
-        lease) a loss is also recorded. An offset this process recorded
-        itself needs no look at the storage: the machine has not crashed
-        since, or this process would not be running."""
-        if upload.state != RECEIVING or self._recorded.get(upload.id) == upload.offset:
+        lease) a loss is also recorded, and an upload that was being
+        completed receives again. An offset this process recorded itself
+        needs no look at the storage: the machine has not crashed since, or
+        this process would not be running.
+
+        A ``completing`` upload is checked too: that state is recorded
+        before the completing PATCH fsyncs the bytes, so a crash of the
+        machine in between leaves it with fewer bytes than its length, and
+        only receiving them again lets it end."""
+        if upload.state not in (RECEIVING, COMPLETING) or self._recorded.get(upload.id) == upload.offset:
             return upload
         state, offset = await self.registry.storage.resumable().recover(upload.id, upload.storage_state)
         if offset is None:

@@ -185,8 +185,8 @@ class StagingFile:
                  existing: Path | None = None) -> None:
         """:param follower: called in an inspection thread with a reader of
             the upload as it is written; its result is :meth:`followed`'s.
-        :param existing: write into this file (created if missing) instead
-            of a fresh one in ``folder``."""
+        :param existing: write into this file (created with its folder if
+            missing) instead of a fresh one in ``folder``."""
         self.folder = folder
         self.max_size = max_size
         self._existing = existing
@@ -215,6 +215,8 @@ class StagingFile:
 
         def create() -> tuple[int, Path]:
             if existing is not None:
+                # Its folder too: a crash of the machine may lose both (neither was synced).
+                existing.parent.mkdir(parents=True, exist_ok=True)
                 return os.open(existing, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600), existing
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.folder, prefix="upload-", suffix=".part")

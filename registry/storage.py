@@ -186,7 +186,7 @@ class Storage(ABC):
         return LocalFiles(self.staging_dir / RESUMABLE_FOLDER)
 
 
-#: Subfolder of the staging folder holding resumable uploads' segments; the
+#: Subfolder of the staging folder holding resumable uploads' files; the
 #: start-up sweep removes only files, never folders, so these survive a restart.
 RESUMABLE_FOLDER = "resumable"
 
@@ -224,7 +224,9 @@ class ResumableStore(ABC):
         through :meth:`append`).
 
         The contract, for a store that offers it: the file is on the staging
-        folder's file system and exists once :meth:`begin` returned. Its
+        folder's file system and exists once :meth:`begin` returned (the
+        core makes it again, with its folder, where a crash of the machine
+        lost them; :meth:`recover` has then answered how much is kept). Its
         first *offset* bytes (the offset the record store holds) are the
         upload; bytes past it are left by a chunk that was not accepted (a
         failed checksum, a crash before the offset was recorded), and the

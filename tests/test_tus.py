@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -136,13 +138,14 @@ def test_wrong_offset_is_409(live: tuple[RegistryProcess, Api], code: str) -> No
 
 
 def test_wrong_checksum_is_460_and_keeps_the_offset(live: tuple[RegistryProcess, Api], code: str) -> None:
-    _, api = live
+    process, api = live
     body = package("1.0.0", salt=code)
     url = create(api, code, len(body))
     assert patch(api, url, 0, body[:10], **{"Upload-Checksum": checksum(body[:10])}).status_code == 204
     bad = patch(api, url, 10, body[10:], **{"Upload-Checksum": checksum(b"other bytes")})
     assert bad.status_code == 460 and bad.json()["code"] == "UPLOAD_CHECKSUM_MISMATCH"
     assert offset_of(api, url) == 10
+    assert [p.stat().st_size for p in upload_files(process, url)] == [10], "none of the bad chunk was written"
     unknown = patch(api, url, 10, body[10:], **{"Upload-Checksum": "md5 " + base64.b64encode(b"0" * 16).decode()})
     assert unknown.status_code == 400 and offset_of(api, url) == 10
     good = patch(api, url, 10, body[10:], **{"Upload-Checksum": checksum(body[10:])})
@@ -341,6 +344,93 @@ def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path,
         assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
         assert api.download(code, record["id"]).content == body
         assert upload_files(process, url) == []
+        api.close()
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("state", ["receiving", "completing"])
+@pytest.mark.parametrize("loss", ["cut", "gone", "segments"])
+def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
+        tmp_path: Path, code: str, state: str, loss: str) -> None:
+    """After a crash of the machine the upload's file may hold fewer bytes
+    than the recorded offset (nothing is fsynced until the upload is stored),
+    or be gone with its folder (neither was synced). That happens while it
+    receives, and while the completing PATCH stores it (``completing`` is
+    recorded durably before the file is fsynced). The restarted server
+    answers the offset of the bytes really kept, and the client's upload
+    goes on from there to the package; never a 503 for as long as it lives.
+    An upload begun by the older version (segment files) starts again at 0."""
+    body = big_package(300_000, version="9.0.0")
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("crash"))
+        url = create(api, code, len(body))
+        sent = 200_000
+        assert patch(api, url, 0, body[:sent]).status_code == 204
+        process.kill()
+        api.close()
+        upload_id = url.rsplit("/", 1)[1]
+        [file] = upload_files(process, url)
+        if loss == "cut":
+            kept = 120_000
+            os.truncate(file, kept)
+        elif loss == "gone":
+            kept = 0
+            file.unlink()
+            file.parent.rmdir()
+        else:  # begun by the older version, which kept segment files: it starts again
+            kept = 0
+            file.rename(file.parent / f"{0:020d}.seg")
+        recorded = len(body) if state == "completing" else sent
+        storage_state = {"segments": [[0, sent]]} if loss == "segments" else {"size": recorded}
+        with sqlite3.connect(tmp_path / "registry.db") as db:  # completing: the last PATCH's bytes were recorded
+            db.execute("UPDATE uploads SET state = ?, upload_offset = ?, storage_state = ? WHERE id = ?",
+                       (state, recorded, json.dumps(storage_state), upload_id))
+        process.start()
+        api = Api(process.url, process.token("crash"))
+        path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
+        assert offset_of(api, path) == kept
+        stale = patch(api, path, recorded, b"")
+        assert stale.status_code == 409, stale.text
+        assert stale.headers["upload-offset"] == str(kept)
+        last = patch(api, path, kept, body[kept:])
+        assert last.status_code == 204, last.text
+        record = api.get(code, int(last.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert api.download(code, record["id"]).content == body
+        assert upload_files(process, url) == []
+        api.close()
+    finally:
+        process.stop()
+
+
+def test_an_upload_expired_under_its_patch_leaves_no_file_open(tmp_path: Path, code: str) -> None:
+    """``registry gc`` removes an upload that expires while a PATCH writes
+    to it (expiry takes no lease): the PATCH answers 404, and the server
+    keeps no descriptor of the removed file (it would hold its disk space
+    until the process ends, when no PATCH of the upload comes again)."""
+    process = start_registry(tmp_path, merge(base_config(tmp_path), {"uploads": {"expire_after": 2}}))
+    try:
+        api = Api(process.url, process.token("expiry"))
+        url = create(api, code, 3 * 1024 * 1024)
+        first = 1024 * 1024
+        assert patch(api, url, 0, os.urandom(first)).status_code == 204
+        upload_id = url.rsplit("/", 1)[1]
+
+        def expire_meanwhile() -> Iterator[bytes]:
+            yield os.urandom(first)
+            time.sleep(2.5)  # past expire_after since the last PATCH
+            assert f"removed expired resumable upload {upload_id}" in process.cli("gc").stdout
+            yield os.urandom(first)
+
+        response = api.http.patch(url, content=expire_meanwhile(), headers={
+            **TUS, "Upload-Offset": str(first), "Content-Type": "application/offset+octet-stream"})
+        assert response.status_code == 404, response.text
+        assert process.process is not None
+        fds = Path(f"/proc/{process.process.pid}/fd")
+        held = [target for target in (os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()) if upload_id in target]
+        assert held == []
         api.close()
     finally:
         process.stop()

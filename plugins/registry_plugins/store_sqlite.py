@@ -1246,7 +1246,8 @@ class SQLiteStore(RecordStore):
 
     def lock_upload(self, upload_id: str, holder: str, lease_seconds: float) -> Upload | None:
         # A lease lost with the machine is moot (its holder is gone too): no fsync
-        # for it, one fewer per tus PATCH. The offset a PATCH records stays durable.
+        # for it, one fewer per tus PATCH (nor for the offset it records, see
+        # save_progress; completing and the outcome are durable).
         with self._write(durable=False) as conn:
             now = utc_now()
             upload = self._upload_by_id(conn, upload_id)
