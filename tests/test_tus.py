@@ -338,15 +338,21 @@ def test_bytes_past_the_recorded_offset_are_cut_off_after_a_kill(tmp_path: Path,
         middle = first + 1024 * 1024
         assert patch(api, path, first, body[first:middle]).status_code == 204
         assert [p.stat().st_size for p in upload_files(process, url)] == [middle], "nothing past the offset is kept"
-        last = patch(api, path, middle, body[middle:])
-        assert last.status_code == 204, last.text
-        record = api.get(code, int(last.headers["registry-package-id"])).json()
-        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
-        assert api.download(code, record["id"]).content == body
+        finish_and_check(api, code, path, middle, body)
         assert upload_files(process, url) == []
         api.close()
     finally:
         process.stop()
+
+
+def finish_and_check(api: Api, code: str, path: str, offset: int, body: bytes) -> None:
+    """Send the rest of ``body`` from ``offset`` in the completing PATCH; the
+    stored package must be ``body`` exactly."""
+    last = patch(api, path, offset, body[offset:])
+    assert last.status_code == 204, last.text
+    record = api.get(code, int(last.headers["registry-package-id"])).json()
+    assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+    assert api.download(code, record["id"]).content == body
 
 
 @pytest.mark.parametrize("state", ["receiving", "completing"])
@@ -394,11 +400,7 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
         stale = patch(api, path, recorded, b"")
         assert stale.status_code == 409, stale.text
         assert stale.headers["upload-offset"] == str(kept)
-        last = patch(api, path, kept, body[kept:])
-        assert last.status_code == 204, last.text
-        record = api.get(code, int(last.headers["registry-package-id"])).json()
-        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
-        assert api.download(code, record["id"]).content == body
+        finish_and_check(api, code, path, kept, body)
         assert upload_files(process, url) == []
         api.close()
     finally:
