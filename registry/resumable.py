@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -139,21 +139,15 @@ class Resumable:
         remaining = upload.length - upload.offset
         algorithm = checksum[0] if checksum is not None else None
         async with ChunkFile(self.registry.staging_folder, remaining, algorithm) as chunk:
-            failure: Exception | None = None
-            disconnected = False
             # Without a checksum every byte that arrives is kept: stage it as it comes.
             tee = await self.assemblies.writer(upload.id, upload.offset) if checksum is None else None
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._keep_lease, upload.id)
-                try:
-                    disconnected = await chunk.receive(body, disconnect, tee.write if tee else None)
-                except Exception as exc:  # raised below, not wrapped in the task group's exception group
-                    failure = exc
-                group.cancel_scope.cancel()
-            if failure is not None:
+            try:
+                disconnected = await self._keeping_lease(
+                    upload.id, lambda: chunk.receive(body, disconnect, tee.write if tee else None))
+            except Exception:
                 if tee is not None:
                     await tee.abandon()
-                raise failure
+                raise
             if checksum is not None and (disconnected or chunk.digest != checksum[1]):
                 if disconnected:
                     return ChunkResult(upload, True)
@@ -194,23 +188,17 @@ class Resumable:
                               checksum: tuple[str, bytes] | None, disconnect: type[BaseException],
                               declared: int | None) -> ChunkResult:
         """Write ``body`` through ``staged`` (kept or not) and record it."""
-        failure: Exception | None = None
-        disconnected = False
+        async def write() -> bool:
+            if checksum is None:
+                staged.expect(declared or 0)  # the PATCH answers once they are written
+                disconnected = await _write_body(body, staged, disconnect)
+            else:
+                disconnected = await self._write_verified(upload, body, staged, checksum, disconnect)
+            await staged.flush()
+            return disconnected
+
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._keep_lease, upload.id)
-                try:
-                    if checksum is None:
-                        staged.expect(declared or 0)  # the PATCH answers once they are written
-                        disconnected = await _write_body(body, staged, disconnect)
-                    else:
-                        disconnected = await self._write_verified(upload, body, staged, checksum, disconnect)
-                    await staged.flush()
-                except Exception as exc:  # raised below, not wrapped in the task group's exception group
-                    failure = exc
-                group.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
+            disconnected = await self._keeping_lease(upload.id, write)
         except BaseException:
             if staged.size != upload.offset:  # some bytes went in (a failed checksum writes none)
                 await self.assemblies.drop(upload.id)  # a kept one no longer ends at the offset
@@ -281,6 +269,22 @@ class Resumable:
                 lambda: self.store.save_progress(upload.id, self.holder, offset, state, self.expiry())
             )
         return dataclasses.replace(upload, offset=offset, storage_state=state)
+
+    async def _keeping_lease(self, upload_id: str, work: Callable[[], Awaitable[bool]]) -> bool:
+        """``await work()`` while the upload's write lease is renewed; its
+        exception is raised as it is, not wrapped in an exception group."""
+        failure: Exception | None = None
+        result = False
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._keep_lease, upload_id)
+            try:
+                result = await work()
+            except Exception as exc:  # raised below, not wrapped in the task group's exception group
+                failure = exc
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return result
 
     async def _keep_lease(self, upload_id: str) -> None:
         """Renew the write lease while a long body streams in."""
