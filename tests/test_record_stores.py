@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, UTC
@@ -192,16 +192,8 @@ def test_postgres_import_across_modules_outlives_a_deadlock_with_an_upload(pg_ur
                                " blob_key, format, created, updated, operator) SELECT code, module, '2.0.0',"
                                " package_name, package_size, sha256, blob_key || 'x', format, created, updated,"
                                " operator FROM packages WHERE id = %s", (existing.id,))
-                imported: list[int | BaseException] = []
-
-                def run_import() -> None:
-                    try:
-                        imported.append(store.import_records(records))
-                    except BaseException as exc:  # reported by the assertion below
-                        imported.append(exc)
-
-                importer = threading.Thread(target=run_import)
-                importer.start()
+                importer = ThreadPoolExecutor(max_workers=1)
+                imported = importer.submit(store.import_records, records)
                 # the import now holds a/m's, a's and the total's rows and waits for b/m's
                 wait_for(lambda: _waiting_on_a_lock(pg_url), "the import to wait for b/m's counter", limit=10)
                 # the upload's record in a new application needs the total's row: a deadlock
@@ -212,8 +204,8 @@ def test_postgres_import_across_modules_outlives_a_deadlock_with_an_upload(pg_ur
                                    " created, updated, operator FROM packages WHERE id = %s", (existing.id,))
                 except psycopg.errors.DeadlockDetected:
                     pytest.fail("PostgreSQL chose the upload as the victim; the test expects the import")
-            importer.join(timeout=30)
-        assert imported == [2], "the import was run again after the deadlock and inserted both records"
+            importer.shutdown()
+        assert imported.result(timeout=30) == 2, "the import was run again after the deadlock and inserted both records"
         assert store.list("b", "m")[0] == 3 and store.list("a", "m")[0] == 1 and store.list("c", "m")[0] == 1
         assert_counts_exact(store)
     finally:
