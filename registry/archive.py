@@ -19,8 +19,6 @@ that ``unzip`` would find).
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
 import lzma
 import posixpath
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 from registry.errors import InvalidPackage
+from registry.tar_stream import TarStream, decompressing
 from registry.zip_layout import check_zip_layout
 
 READ_SIZE = 1024 * 1024
@@ -41,8 +40,6 @@ RATIO_CHECK_FLOOR = 64 * 1024 * 1024
 APP_DESC_NAMES = frozenset({"app_desc.yaml", "app_desc.yml"})
 APP_DESC_MAX_SIZE = 1024 * 1024
 BLOCK_SIZE = tarfile.BLOCKSIZE
-#: Decompressed bytes kept to look at the block where tarfile stopped.
-TAIL_SIZE = 128 * 1024
 #: Largest pax or GNU long-name header accepted (tarfile reads one whole).
 MAX_EXTENDED_HEADER = 1024 * 1024
 _EXTENDED_HEADER_TYPES = frozenset(
@@ -107,12 +104,6 @@ def detect_format(head: bytes) -> str | None:
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     return None
-
-
-class _Reader(Protocol):
-    """Anything with a binary ``read``: a file, or a decompressor over one."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class FollowedUpload(Protocol):
@@ -469,48 +460,6 @@ class _AppDescPicker:
         self.name, self.depth, self.content = name, name.count("/"), content
 
 
-class _DecompressedStream:
-    """The tar stream inside the archive, decompressed as tarfile reads it.
-
-    Decompression goes through :mod:`gzip`, :mod:`bz2` and :mod:`lzma` rather
-    than tarfile's own stream, because those check the trailer (CRC and
-    length) and notice a truncated or corrupted file, and every byte handed
-    out is charged to the budget. The last bytes handed out are kept so the
-    block tarfile stopped at can be looked at afterwards.
-    """
-
-    def __init__(self, f: IO[bytes], fmt: str, budget: _Budget) -> None:
-        self.raw: _Reader
-        if fmt == "tar.gz":
-            self.raw = gzip.GzipFile(fileobj=f, mode="rb")
-        elif fmt == "tar.bz2":
-            self.raw = bz2.BZ2File(f, "rb")
-        elif fmt == "tar.xz":
-            self.raw = lzma.LZMAFile(f, "rb")  # noqa: SIM115 - read until tarfile is done, never left open longer than f
-        else:
-            self.raw = f
-        self.budget = budget
-        self.delivered = 0
-        self._tail = bytearray()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size if size is not None and size > 0 else READ_SIZE)
-        if data:
-            self.delivered += len(data)
-            self.budget.add_decompressed(len(data))
-            self._tail += data
-            if len(self._tail) > 2 * TAIL_SIZE:
-                del self._tail[: len(self._tail) - TAIL_SIZE]
-        return data
-
-    def since(self, offset: int) -> bytes | None:
-        """Bytes from stream ``offset`` to what was handed out, if still kept."""
-        start = self.delivered - len(self._tail)
-        if offset < start:
-            return None
-        return bytes(self._tail[offset - start:])
-
-
 class _GuardedTarInfo(tarfile.TarInfo):
     """Refuses oversized extended headers before tarfile reads them into memory.
 
@@ -529,8 +478,10 @@ class _GuardedTarInfo(tarfile.TarInfo):
 def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
     picker = _AppDescPicker()
     links = _LinkTree()
-    stream = _DecompressedStream(f, fmt, budget)
-    with tarfile.open(fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[call-overload]
+    stream = TarStream(decompressing(f, fmt), budget.add_decompressed)
+    # "r:", not the stream mode "r|": tarfile then skips a member's data with
+    # one seek, which TarStream serves in large pieces (see registry.tar_stream)
+    with tarfile.open(fileobj=stream, mode="r:", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[call-overload]
         for member in tar:
             name = _clean_member_name(member.name)
             budget.add_member(member.name)

@@ -12,6 +12,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import stat
 import tarfile
 import zipfile
@@ -461,6 +462,47 @@ def test_truncated_plain_tar(inspect: Callable[..., object]) -> None:
     raw = tar_of(("a.txt", tarfile.REGTYPE, ""), ("b.txt", tarfile.REGTYPE, ""), compression="")
     refused(inspect, raw[: 3 * 512], "'b.txt'")  # cut inside b.txt's data
     refused(inspect, raw[: 4 * 512], "truncated", "'b.txt'")  # cut before the end marker
+
+
+def test_gzip_length_mismatch(inspect: Callable[..., object], good_tgz: bytes) -> None:
+    data = bytearray(good_tgz)
+    data[-4] ^= 0x01  # the trailer's length of the uncompressed data
+    refused(inspect, bytes(data), "Incorrect length")
+
+
+def test_gzip_members_in_a_row_with_zero_padding_read_as_one_stream(inspect: Callable[..., object]) -> None:
+    """As gzip reads them: members one after another, zero bytes between and after them."""
+    raw = tar_bytes(lambda t: [add_file(t, "app/big.bin", bytes(range(256)) * 12_000),
+                               add_file(t, "app/app_desc.yaml", app_desc("3.1"))], compression="")
+    cut = 700_000  # inside big.bin's data
+    data = gzip.compress(raw[:cut], 1) + b"\0" * 1000 + gzip.compress(raw[cut:], 1) + b"\0" * 3000
+    info = inspect(data)
+    assert info.members == 2  # type: ignore[attr-defined]
+    assert info.app_desc == app_desc("3.1")  # type: ignore[attr-defined]
+    refused(inspect, data + b"\x01", "tar.gz")  # after the padding, only another member may follow
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
+def test_members_larger_than_a_read_are_skipped_to_the_next_header(inspect: Callable[..., object],
+                                                                  compression: str) -> None:
+    """Member data spanning several decompressed pieces (1 MiB) is skipped exactly:
+    the members after it, and a member cut short, are seen where they are."""
+    big = os.urandom(2 * MiB + 4321)
+
+    def add(tar: tarfile.TarFile) -> None:
+        add_file(tar, "app/first.bin", big)
+        add_file(tar, "app/app_desc.yaml", app_desc("4.2"))
+        add_file(tar, "app/second.bin", big[: MiB + 7])
+        add_special(tar, "app/link", tarfile.SYMTYPE, "second.bin")
+    data = tar_bytes(add, compression)
+    info = inspect(data)
+    assert info.members == 4  # type: ignore[attr-defined]
+    assert info.member_paths == ["app/first.bin", "app/app_desc.yaml", "app/second.bin", "app/link"]  # type: ignore[attr-defined]
+    assert info.app_desc == app_desc("4.2")  # type: ignore[attr-defined]
+    raw = tar_bytes(add, "")
+    cut = raw[: 5 * 512 + len(big) + MiB]  # inside second.bin's data
+    refused(inspect, {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "": bytes}[compression](cut),
+            "'app/second.bin'")
 
 
 def test_second_archive_hidden_after_the_end_marker(inspect: Callable[..., object]) -> None:
