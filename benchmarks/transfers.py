@@ -4,10 +4,19 @@ Against one ``registry serve`` (``--workers N`` with ``--workers``), with a
 lean asyncio client on loopback (one process, raw HTTP/1.1, so the client
 costs the shared cores as little as possible):
 
-- 64 uploads of a 16 MiB package, first 4 in flight at a time, then all 64
-  at once: aggregate MB/s of each, and the server's peak thread count and
-  peak RSS during the 64;
+- 64 uploads of a 16 MiB package 4 in flight at a time, and all 64 at once,
+  each twice in the order 4, 64, 64, 4 (drift in the machine's speed over
+  the run counts against both alike): aggregate MB/s of each (all bytes of
+  its two runs over their summed time), and the server's peak thread count
+  and peak RSS during the 64;
 - 200 concurrent downloads of a 16 MiB package: the server's peak RSS.
+
+Each upload run starts from the same page cache: run as root, it syncs and
+drops the clean page cache first (``/proc/sys/vm/drop_caches``). On the
+development VM writes cost several times more kernel time once about 1 GiB
+of new page cache has been filled since the last drop, and each run writes
+1 GiB: without the drop, whichever run comes later meets that state. The
+output says whether the cache was dropped.
 
 Peak RSS and threads are sampled from ``/proc`` every 20 ms, summed over the
 server process and its children (the workers). Every upload and download is
@@ -235,6 +244,22 @@ async def download_many(port: int, token: str, path: str, size: int, count: int)
     return time.perf_counter() - started
 
 
+def drop_page_cache() -> bool:
+    """Write dirty pages out and drop the clean page cache; False without the right (not root)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
+
+
+#: The upload runs, as (uploads in flight, version prefix): ABBA, so a trend
+#: over the run weighs on both sizes alike.
+UPLOAD_RUNS = [(FEW, "1"), (UPLOADS, "2"), (UPLOADS, "3"), (FEW, "4")]
+
+
 def measure(workdir: Path, workers: int) -> dict[str, Any]:
     """Uploads on one server, then downloads on a fresh one over the same
     root (memory a process kept from the uploads would count against the downloads)."""
@@ -247,17 +272,29 @@ def measure(workdir: Path, workers: int) -> dict[str, Any]:
             results["idle_rss_bytes"], results["idle_threads"] = sampler.now()
             asyncio.run(upload_many(server.port, token, package, FEW, FEW, "0"))  # warm-up
             sampler.take()
-            seconds = asyncio.run(upload_many(server.port, token, package, UPLOADS, FEW, "1"))
-            results["few_mbps"] = UPLOADS * len(package) / seconds / MB
-            results["few_rss_bytes"], results["few_threads"] = sampler.take()
-            seconds = asyncio.run(upload_many(server.port, token, package, UPLOADS, UPLOADS, "2"))
-            results["many_mbps"] = UPLOADS * len(package) / seconds / MB
-            results["many_rss_bytes"], results["many_threads"] = sampler.take()
+            seconds = {FEW: 0.0, UPLOADS: 0.0}
+            runs: dict[int, list[float]] = {FEW: [], UPLOADS: []}
+            peaks: dict[int, tuple[int, int]] = {FEW: (0, 0), UPLOADS: (0, 0)}
+            for in_flight, prefix in UPLOAD_RUNS:
+                results["page_cache_dropped"] = drop_page_cache()
+                sampler.take()
+                took = asyncio.run(upload_many(server.port, token, package, UPLOADS, in_flight, prefix))
+                rss, threads = sampler.take()
+                seconds[in_flight] += took
+                runs[in_flight].append(UPLOADS * len(package) / took / MB)
+                peaks[in_flight] = (max(peaks[in_flight][0], rss), max(peaks[in_flight][1], threads))
+            for in_flight, key in ((FEW, "few"), (UPLOADS, "many")):
+                results[f"{key}_mbps"] = len(runs[in_flight]) * UPLOADS * len(package) / seconds[in_flight] / MB
+                results[f"{key}_runs_mbps"] = runs[in_flight]
+                results[f"{key}_rss_bytes"], results[f"{key}_threads"] = peaks[in_flight]
     finally:
         server.stop()
-    print(f"  uploads: {FEW} in flight {results['few_mbps']:.1f} MB/s, {UPLOADS} in flight "
-          f"{results['many_mbps']:.1f} MB/s, {results['many_threads']} threads, "
-          f"{results['many_rss_bytes'] / MB:.0f} MB", flush=True)
+    cache = ("page cache dropped before each run" if results["page_cache_dropped"]
+             else "page cache NOT dropped (needs root): a later run may meet the VM's slow-write state")
+    print(f"  uploads ({cache}): {FEW} in flight {results['few_mbps']:.1f} MB/s "
+          f"({', '.join(f'{v:.0f}' for v in results['few_runs_mbps'])}), {UPLOADS} in flight "
+          f"{results['many_mbps']:.1f} MB/s ({', '.join(f'{v:.0f}' for v in results['many_runs_mbps'])}), "
+          f"{results['many_threads']} threads, {results['many_rss_bytes'] / MB:.0f} MB", flush=True)
     server, token = start_registry(root, workers)
     try:
         path = f"{PACKAGES}{_record_id(server.port, token)}/download/"
