@@ -14,17 +14,11 @@ for their record and once for their event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
-
-import anyio.to_thread
 
 from registry.events import PackageEvent
 from registry.hookspecs import hookimpl
 from registry.records import AuditEvent
 from registry.service import Registry
-
-T = TypeVar("T")
 
 #: The most events one write transaction takes; more wait for the next one.
 MAX_BATCH = 256
@@ -51,10 +45,6 @@ class EventWriter:
         self._registry = registry
         self._waiting: list[tuple[AuditEvent, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        # One batch is written at a time, in a thread of its own: it never
-        # queues for one of the registry's write threads behind the uploads
-        # whose events it is waiting to record.
-        self._thread = anyio.CapacityLimiter(1)
 
     async def add(self, event: AuditEvent) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -80,7 +70,7 @@ class EventWriter:
 
     async def _write(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
         try:
-            await self._in_own_thread(self._registry.records.add_events, [event for event, _ in batch])
+            await self._registry.write(self._registry.records.add_events, [event for event, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 batch[0][1].set_exception(exc)
@@ -90,13 +80,10 @@ class EventWriter:
             for _, done in batch:
                 done.set_result(None)
 
-    async def _in_own_thread(self, call: Callable[[T], object], argument: T) -> None:
-        await anyio.to_thread.run_sync(call, argument, limiter=self._thread)
-
     async def _write_one_by_one(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
         for event, done in batch:
             try:
-                await self._in_own_thread(self._registry.records.add_event, event)
+                await self._registry.write(self._registry.records.add_event, event)
             except Exception as exc:
                 done.set_exception(exc)
             else:
