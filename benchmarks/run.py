@@ -543,9 +543,11 @@ LIMIT_NAMES = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="throughput",
-                        choices=["throughput", "scale", "cluster", "transfers", "startup"],
+                        choices=["throughput", "scale", "small-uploads", "cluster", "transfers", "startup"],
                         help="throughput: one big package (default); scale: pages, search and small"
-                             " requests as a module grows (benchmarks/scale.py); cluster: --workers,"
+                             " requests as a module grows (benchmarks/scale.py); small-uploads: only"
+                             " the scale suite's 1 KiB uploads, --repeat rounds (alternating with"
+                             " --baseline); cluster: --workers,"
                              " SQLite and PostgreSQL (benchmarks/cluster.py); transfers: 64 uploads"
                              " and 200 downloads in flight (benchmarks/transfers.py); startup: serve's"
                              " first answer against pypiserver's, 15 runs (benchmarks/startup.py, which"
@@ -559,6 +561,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the WSGI server pypiserver runs on (default waitress)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where to make the temporary folder")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="PATH",
+                        help="small-uploads suite: another `registry` executable measured in"
+                             " alternating rounds (A/B)")
     parser.add_argument("--scale-sizes", default=",".join(str(n) for n in scale.SIZES),
                         help="records per module the scale suite fills, comma-separated (default %(default)s)")
     args = parser.parse_args(argv)
@@ -584,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         with workspace(args.tmpdir) as workdir:
             sizes = tuple(int(n) for n in args.scale_sizes.split(","))
             return scale.main(workdir, args.skip_peer, output, sizes)
+    if args.suite == "small-uploads":
+        output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "small_uploads.json"
+        with workspace(args.tmpdir) as workdir:
+            return scale.main_small_uploads(workdir, output, args.repeat, args.baseline)
     if args.suite == "cluster":
         import cluster
 

@@ -87,7 +87,9 @@ def registry_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "registry.cli"]
 
 
-def start_registry(root: Path) -> tuple[ServerProcess, dict[str, str]]:
+def start_registry(root: Path, command: list[str] | None = None) -> tuple[ServerProcess, dict[str, str]]:
+    """``registry serve`` on a fresh store in ``root`` (``command``: another
+    ``registry`` executable, default this checkout's), and a token's header."""
     config = root / "registry.toml"
     config.write_text("\n".join([
         "[server]", 'host = "127.0.0.1"', "",
@@ -95,7 +97,7 @@ def start_registry(root: Path) -> tuple[ServerProcess, dict[str, str]]:
         "[storage]", 'backend = "filesystem"', "",
         "[storage.filesystem]", f"root = {json.dumps(str(root / 'packages'))}", "",
     ]))
-    command = registry_command()
+    command = command or registry_command()
     created = subprocess.run([*command, "--config", str(config), "token", "create", "--operator", "bench"],
                              capture_output=True, text=True, check=True, timeout=60)
     auth = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
@@ -236,16 +238,18 @@ def small_downloads(workdir: Path, skip_peer: bool, rounds: int = 5, seconds: fl
     return results
 
 
-def small_uploads(workdir: Path, seconds: float = 5.0, clients: int = UPLOAD_CLIENTS) -> dict[str, Any]:
-    """1 KiB uploads per second into one ``serve`` worker, ``clients`` at once, each a new version.
+def small_uploads(workdir: Path, seconds: float = 5.0, clients: int = UPLOAD_CLIENTS,
+                  command: list[str] | None = None, name: str = "small-uploads") -> dict[str, Any]:
+    """1 KiB uploads per second into one ``serve`` worker, ``clients`` at once, each a new version,
+    into a fresh store in ``workdir / name`` (``command``: another ``registry`` executable).
 
     The clients send a prepared multipart body over kept-alive ``http.client``
     connections: a full HTTP client library would spend more CPU per request
     than the server does, on the same cores.
     """
-    root = workdir / "small-uploads"
+    root = workdir / name
     root.mkdir()
-    server, auth = start_registry(root)
+    server, auth = start_registry(root, command)
     package = _tiny_tar(os.urandom(1024), 0)
     done = [0]
     lock = threading.Lock()
@@ -333,6 +337,39 @@ def _rate(server: ServerProcess, headers: dict[str, str], paths: list[str], seco
         list(pool.map(run, range(clients)))
     cpu = cpu_seconds(server.pid) - cpu
     return done[0] / seconds, cpu * 1e6 / max(1, done[0])
+
+
+def main_small_uploads(workdir: Path, output: Path, rounds: int, baseline: Path | None) -> int:
+    """Only the 1 KiB upload measure (``run.py --suite small-uploads``): ``rounds``
+    runs, each into a fresh store, alternating with ``baseline`` (another
+    ``registry`` executable) when given, so that other work on the machine
+    weighs on both alike; prints medians and the target with met or missed."""
+    commands = {"registry": registry_command()}
+    if baseline is not None:
+        commands["baseline"] = [str(baseline)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in commands}
+    loads = [os.getloadavg()[0]]
+    for n in range(rounds):
+        for name, command in commands.items():
+            result = small_uploads(workdir, command=command, name=f"{name}-{n}")
+            runs[name].append(result)
+            print(f"  round {n + 1} {name:<8}: {result['registry_uploads_per_s']:.0f}/s,"
+                  f" {result['server_cpu_ms_per_upload']:.2f} ms server CPU per upload", flush=True)
+        loads.append(os.getloadavg()[0])
+    print(f"load average {min(loads):.2f}-{max(loads):.2f} during the runs")
+    summary: dict[str, Any] = {"load_average": loads}
+    for name, results in runs.items():
+        rate = statistics.median(r["registry_uploads_per_s"] for r in results)
+        cpu = statistics.median(r["server_cpu_ms_per_upload"] for r in results)
+        summary[name] = {"median_uploads_per_s": rate, "median_server_cpu_ms_per_upload": cpu, "runs": results}
+        goal = 2 * SMALL_UPLOADS_BEFORE
+        print(f"{name}: 1 KiB uploads/s, one worker, {UPLOAD_CLIENTS} clients: median {rate:.0f}/s"
+              f" (goal >= {goal:.0f}/s: {'met' if rate >= goal else 'missed'}),"
+              f" {cpu:.2f} ms server CPU per upload")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {output}")
+    return 0
 
 
 def targets(sizes: dict[int, dict[str, Any]], small: dict[str, Any]) -> list[tuple[str, str, bool | None]]:

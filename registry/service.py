@@ -343,9 +343,10 @@ class Registry:
                            origin="upload", source_url="")
         staged = write_staged(self.staging_folder, data)  # fsynced: durable before it is named
         try:
-            storage.put_blocking(staged, new.blob_key)
-        finally:
-            staged.unlink(missing_ok=True)  # gone already once put moved it
+            storage.put_blocking(staged, new.blob_key)  # moves it: nothing to remove after
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         return new
 
     def _commit_small(self, storage: BlockingStorage, new: NewPackage, allow_overwrite: bool) -> CommitResult:

@@ -67,8 +67,11 @@ def write_staged(folder: Path, data: bytes) -> Path:
     :raises ObjectStoreException: any other failure to create or write it.
     """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".part")
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".part")
+        except FileNotFoundError:  # made at start-up; made again only if it went missing since
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".part")
     except OSError as exc:  # no inode left, a read-only or missing folder
         raise storage_failure(exc, "cannot create a staging file") from exc
     path = Path(name)

@@ -77,7 +77,9 @@ class BlockingStorage(Protocol):
     """:meth:`Storage.put` and :meth:`Storage.delete` as blocking calls, for a
     caller already in a worker thread; same contracts and errors."""
 
-    def put_blocking(self, staged: Path, key: str) -> None: ...
+    def put_blocking(self, staged: Path, key: str) -> None:
+        """:meth:`Storage.put`; on return ``staged`` is gone (moved or consumed),
+        so the caller removes it only after a failure."""
 
     def delete_blocking(self, key: str) -> None: ...
 

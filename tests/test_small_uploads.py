@@ -186,6 +186,20 @@ def test_only_a_storage_doing_exactly_its_own_put_offers_blocking_calls(tmp_path
     assert PausingStorage(tmp_path).blocking() is None
 
 
+def test_a_blocking_put_leaves_the_staged_file_gone(tmp_path: Path) -> None:
+    """The small-upload path removes its staging file only when the put fails:
+    a put that returns has moved it (the contract of ``put_blocking``)."""
+    storage = FilesystemStorage(tmp_path / "blobs")
+    blocking = storage.blocking()
+    assert blocking is not None
+    for n in range(2):  # the module's folder made by the first put, found by the second
+        staged = tmp_path / f"upload-{n}.part"
+        staged.write_bytes(b"package %d" % n)
+        blocking.put_blocking(staged, f"app/module/blob-{n}")
+        assert not staged.exists()
+        assert (tmp_path / "blobs" / "app" / "module" / f"blob-{n}").read_bytes() == b"package %d" % n
+
+
 def test_a_zip_received_in_memory_is_inspected_whole(small_registry: RegistryProcess, code: str) -> None:
     token = small_registry.token("alice")
     data = make_zip({"app_desc.yaml": b"specVersion: 3\nappVersion: 2.0.0\n", "src/a.py": b"a = 1\n"})

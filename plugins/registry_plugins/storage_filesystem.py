@@ -249,6 +249,8 @@ def _open_and_read(path: Path, start: int, end: int | None, size: int) -> tuple[
 def _make_folders(folder: Path) -> list[Path]:
     """``mkdir -p folder``; the folders that did not exist, deepest first."""
     missing: list[Path] = []
+    if folder.is_dir():  # as for every upload but a module's first: one stat, no mkdir
+        return missing
     current = folder
     while not current.is_dir():
         missing.append(current)

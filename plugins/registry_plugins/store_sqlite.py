@@ -691,17 +691,20 @@ class SQLiteStore(RecordStore):
                                  (new.code, new.module, new.version), conn)
             outcome = decide(existing, new, allow_overwrite)
             if existing is None:
-                cursor = conn.execute(
+                # the row as stored, in the same statement: each statement
+                # inside the write lock is one more turn for the GIL while
+                # the other writers of this process wait for the lock
+                inserted = _record(conn.execute(
                     "INSERT INTO packages (code, module, version, package_name, package_size, sha256,"
                     " blob_key, format, file_name, origin, source_url, is_deleted, revived, created,"
-                    " updated, operator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)",
+                    " updated, operator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?) RETURNING *",
                     (new.code, new.module, new.version, new.package_name, new.package_size, new.sha256,
                      new.blob_key, new.format, new.file_name, new.origin, new.source_url, now, now,
                      new.operator),
-                )
+                ).fetchall()[0])
                 if new.details is not None:
-                    _save_details(conn, int(cursor.lastrowid or 0), new.details)
-                return CommitResult(outcome, self._by_id(conn, cursor.lastrowid), None)
+                    _save_details(conn, inserted.id, new.details)
+                return CommitResult(outcome, inserted, None)
             if outcome is Outcome.IDENTICAL:
                 return CommitResult(outcome, existing, new.blob_key)
             conn.execute(
@@ -985,14 +988,13 @@ class SQLiteStore(RecordStore):
         added = []
         with self._write() as conn:
             for event in events:
-                cursor = conn.execute(
+                added.append(_event(conn.execute(
                     "INSERT INTO events (kind, time, operator, code, module, package_id, version, sha256,"
-                    " package_size, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " package_size, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                     (event.kind, to_text(event.time), event.operator, event.code, event.module, event.package_id,
                      event.version, event.sha256, event.package_size,
                      json.dumps(event.payload, ensure_ascii=False)),
-                )
-                added.append(_event(conn.execute("SELECT * FROM events WHERE id = ?", (cursor.lastrowid,)).fetchone()))
+                ).fetchall()[0]))
         return added
 
     def recent_events(self, limit: int = 100, code: str | None = None) -> builtins.list[AuditEvent]:

@@ -7,11 +7,13 @@ or a new one; it is echoed in the response and logged with the access line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,8 +37,16 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     if not isinstance(route, Route):
         return "unmatched"
-    path = route.path
-    for prefix in sorted(STAGE_PREFIXES, key=len, reverse=True):
+    return _template(route.path)
+
+
+#: the stage prefixes, longest first
+_PREFIXES = sorted(STAGE_PREFIXES, key=len, reverse=True)
+
+
+@functools.lru_cache(maxsize=256)  # one entry per route of the table: a closed set
+def _template(path: str) -> str:
+    for prefix in _PREFIXES:
         if prefix and path.startswith(prefix + "/"):
             path = path[len(prefix):]
             break
@@ -53,6 +63,13 @@ class ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Built in the serving process (after any fork), on its first request.
+        self._pid = os.getpid()
+        # The labelled series of each (method, route, status) seen, and of
+        # each (method, route): prometheus-client's labels() validates and
+        # locks on every call, a tenth of this middleware's cost per request.
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,8 +101,15 @@ class ObserveRequests:
     def _record(self, scope: Scope, request_id: str, state: dict[str, int], duration: float) -> None:
         route = route_template(scope)
         method = method_label(scope["method"])
-        self.metrics.requests.labels(method, route, status_label(state["status"])).inc()
-        self.metrics.latency.labels(method, route).observe(duration)
+        key = (method, route, status_label(state["status"]))
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = self.metrics.requests.labels(*key)
+        counted.inc()
+        timed = self._timed.get(key[:2])
+        if timed is None:
+            timed = self._timed[key[:2]] = self.metrics.latency.labels(method, route)
+        timed.observe(duration)
         self.metrics.bytes_in.inc(state["received"])
         self.metrics.bytes_out.inc(state["sent"])
         if state["status"] == 503:
@@ -102,7 +126,7 @@ class ObserveRequests:
             "duration_ms": round(duration * 1000, 2),
             "operator": operator,
             "client": (scope.get("client") or ("", 0))[0],
-            "pid": os.getpid(),  # which of `serve --workers N` answered
+            "pid": self._pid,  # which of `serve --workers N` answered
         }))
 
 
