@@ -18,6 +18,15 @@ in progress, and writes everything to ``benchmarks/results/latest.json``.
 The targets are reported, never asserted: the exit status is 0 whatever the
 numbers, and non-zero only when a transfer fails.
 
+The tus upload (8 MiB PATCHes, :mod:`tus`) is compared with the file upload
+of the same round, on equal terms: both clients stream the file with a few
+system calls per MiB (curl; raw HTTP/1.1 with ``sendfile``), and run as root
+the page cache is dropped before every transfer that writes (``--drop-caches``,
+the default then; see :class:`Benchmark`). For quick A/B runs::
+
+    python benchmarks/run.py --only upload,tus_upload --skip-peer \
+        --baseline ../main/.venv/bin/registry   # another checkout, same rounds
+
 Everything listens on 127.0.0.1 and lives in one temporary folder, removed at
 the end with every process the benchmark started.
 """
@@ -669,6 +678,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be at least 1")
+    if args.drop_caches and os.geteuid() != 0:
+        parser.error("--drop-caches needs root (it writes /proc/sys/vm/drop_caches)")
     return args
 
 
