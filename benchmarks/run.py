@@ -18,6 +18,15 @@ in progress, and writes everything to ``benchmarks/results/latest.json``.
 The targets are reported, never asserted: the exit status is 0 whatever the
 numbers, and non-zero only when a transfer fails.
 
+The tus upload (8 MiB PATCHes, :mod:`tus`) is compared with the file upload
+of the same round, on equal terms: both clients stream the file with a few
+system calls per MiB (curl; raw HTTP/1.1 with ``sendfile``), and run as root
+the page cache is dropped before every transfer that writes (``--drop-caches``,
+the default then; see :class:`Benchmark`). For quick A/B runs::
+
+    python benchmarks/run.py --only upload,tus_upload --skip-peer \
+        --baseline ../main/.venv/bin/registry   # another checkout, same rounds
+
 Everything listens on 127.0.0.1 and lives in one temporary folder, removed at
 the end with every process the benchmark started.
 """
@@ -109,8 +118,12 @@ def expect(result: CurlResult, statuses: tuple[int, ...], what: str) -> CurlResu
 class Operation:
     """One kind of timed transfer; ``run_once(round)`` returns its seconds.
 
-    :param group: ``limits``, ``registry`` or ``peer``.
+    :param group: ``limits``, ``registry``, ``baseline`` or ``peer``.
     :param server: the server whose CPU time and memory to note, if any.
+    :param reads: a transfer that only reads what it sends (a download, the
+        discarding sink): it runs without the page cache dropped first
+        (``--drop-caches``), and ``warm`` (if any) brings its source into the
+        cache untimed.
     """
 
     group: str
@@ -118,6 +131,8 @@ class Operation:
     label: str
     run_once: Callable[[int], float]
     server: ServerProcess | None = None
+    reads: bool = False
+    warm: Callable[[], None] | None = None
 
 
 # -- the benchmark -----------------------------------------------------------------
@@ -132,6 +147,15 @@ class Benchmark:
     round starts at another place in the list: whatever runs right after the
     local copy (which frees 256 MiB of page cache) or right after a large
     write (whose pages the kernel is still flushing) is not always the same.
+
+    With ``--drop-caches`` (the default when run as root) the page cache is
+    also dropped before every transfer that writes the payload somewhere
+    (every upload and the limits that write), and the payload read back into
+    it, untimed: on the development VM every write costs several times more
+    kernel time once about 1 GiB of new page cache has been handed out in a
+    row, so without it a ratio depends on which side of it met that state.
+    Transfers that only read (downloads, the discarding sink) keep the cache;
+    a download whose source the drop evicted is made once, untimed, first.
     """
 
     sink: ServerProcess
@@ -140,6 +164,9 @@ class Benchmark:
     registry: ServerProcess
     registry_base: str
     auth: dict[str, str]
+    baseline: ServerProcess | None
+    baseline_base: str
+    baseline_auth: dict[str, str]
     peer: ServerProcess | None
 
     def __init__(self, args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> None:
@@ -154,6 +181,7 @@ class Benchmark:
         self.sha256 = ""
         self.load_at_start = [round(x, 2) for x in os.getloadavg()]
         self.registry_ids: list[int] = []
+        self.drop_caches: bool = args.drop_caches
 
     def start(self, server: ServerProcess) -> ServerProcess:
         """Start ``server`` and make sure it is stopped when the run ends."""
@@ -164,8 +192,9 @@ class Benchmark:
         print(f"making a {self.args.size_mib} MiB random tar.gz ...", flush=True)
         self.size, self.sha256 = make_package(self.payload, self.args.size_mib * MIB)
 
-    def run(self) -> tuple[dict[str, Measurement], dict[str, Any], dict[str, Any] | None]:
-        """Start every server, measure in rounds, probe latencies; (limits, registry, peer)."""
+    def run(self) -> dict[str, dict[str, Any]]:
+        """Start every server, measure in rounds, probe latencies (unless ``--only``);
+        the results by group: ``limits``, ``registry``, and ``baseline`` and ``peer`` when run."""
         self._start_servers()
         operations = self.operations()
         results = {(op.group, op.key): Measurement(self.size) for op in operations}
@@ -180,32 +209,39 @@ class Benchmark:
                     self._run(op, round_, results[(op.group, op.key)])
                     if op.server is self.registry:
                         rss[op.key] = max(rss.get(op.key, 0), sampler.take())
-            registry: dict[str, Any] = {key: m for (group, key), m in results.items() if group == "registry"}
-            registry["healthz_during_upload"] = self._probe_during(self.registry, "/healthz", multipart_args(
-                self.registry_base, self.payload, "package", PAYLOAD_NAME, {"version": "3.0.0"}, self.auth))
-            registry["healthz_during_link_upload"] = self._probe_during(self.registry, "/healthz", json_args(
-                f"{self.registry_base}link/", {"package_url": self.static_url, "version": "3.0.1"}, self.auth),
-                "a link upload")
-            rss["probes"] = sampler.take()
+            groups: dict[str, dict[str, Any]] = {"limits": {}, "registry": {}}
+            for (group, key), m in results.items():
+                groups.setdefault(group, {})[key] = m
+            registry = groups["registry"]
+            if self.args.only is None:
+                registry["healthz_during_upload"] = self._probe_during(self.registry, "/healthz", multipart_args(
+                    self.registry_base, self.payload, "package", PAYLOAD_NAME, {"version": "3.0.0"}, self.auth))
+                registry["healthz_during_link_upload"] = self._probe_during(self.registry, "/healthz", json_args(
+                    f"{self.registry_base}link/", {"package_url": self.static_url, "version": "3.0.1"}, self.auth),
+                    "a link upload")
+                rss["probes"] = sampler.take()
         registry["peak_rss_bytes"] = peak_rss_bytes(self.registry.pid)
         registry["rss_by_phase_bytes"] = rss
-        limits = {key: m for (group, key), m in results.items() if group == "limits"}
-        peer_results: dict[str, Any] | None = None
-        if self.peer is not None:
-            peer_results = {key: m for (group, key), m in results.items() if group == "peer"}
+        if self.peer is not None and self.args.only is None:
+            peer_results = groups["peer"]
             peer_results["healthz_during_upload"] = self._probe_during(self.peer, "/health", multipart_args(
                 f"{self.peer.url}/", self.payload, "content", "bench-3.0.0.tar.gz", peer.upload_fields("3.0.0")))
             peer_results["peak_rss_bytes"] = peak_rss_bytes(self.peer.pid)
-        return limits, registry, peer_results
+        return groups
 
     def _start_servers(self) -> None:
         """The sink, the static server, the registry and (unless skipped) pypiserver."""
         self.sink = self.start(helper_server("sink", self.workdir))
         self.static = self.start(helper_server("static", self.workdir, root=self.origin_dir))
         self.static_url = f"{self.static.url}/{PAYLOAD_NAME}"
-        self.registry = self.start(self._registry_server())
+        self.registry, self.auth = self._registry_server(registry_command(), "registry")
         self.registry_base = f"{self.registry.url}{PACKAGES_PATH}/"
         print(f"registry pid {self.registry.pid}, sink pid {self.sink.pid}, static pid {self.static.pid}", flush=True)
+        self.baseline = None
+        if self.args.baseline is not None:
+            self.baseline, self.baseline_auth = self._registry_server([str(self.args.baseline)], "baseline")
+            self.baseline_base = f"{self.baseline.url}{PACKAGES_PATH}/"
+            print(f"baseline registry {self.args.baseline}, pid {self.baseline.pid}", flush=True)
         self.peer = None
         if not self.args.skip_peer:
             self.peer = self.start(peer.pypiserver(self.workdir, self.args.peer_server))
@@ -214,6 +250,13 @@ class Benchmark:
     def _run(self, op: Operation, round_: int, into: Measurement) -> None:
         # Start with no dirty pages of earlier runs still being written back.
         os.sync()
+        if self.drop_caches and not op.reads:
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+            with self.payload.open("rb") as f:  # the sender reads it from the cache, as before
+                while f.read(MIB):
+                    pass
+        elif self.drop_caches and op.warm is not None:
+            op.warm()
         before = cpu_seconds(op.server.pid) if op.server else 0.0
         seconds = op.run_once(round_)
         into.seconds.append(seconds)
@@ -222,35 +265,60 @@ class Benchmark:
         print(f"  {op.label:<40}{self.size / seconds / MB:8.1f} MB/s ({seconds:.3f} s)", flush=True)
 
     def operations(self) -> list[Operation]:
-        """Every timed transfer, in the order each round runs them."""
+        """Every timed transfer (those of ``--only``, if given), in the order each round runs them."""
+        ops = self._all_operations()
+        if self.args.only is not None:
+            ops = [op for op in ops if op.key in self.args.only]
+        return ops
+
+    def _all_operations(self) -> list[Operation]:
+        def download_url() -> str:  # the warm-up's package, uploaded once operations are listed
+            return f"{self.registry_base}{self.registry_ids[0]}/download/"
+
         ops = [
             Operation("limits", "copy_sha256_fsync", "limit: copy + sha256 + fsync", self._copy_and_hash),
-            Operation("limits", "curl_to_sink", "limit: curl -F to a discarding server", self._to_sink),
-            Operation("registry", "upload", "registry: upload (file)", self._registry_upload, self.registry),
-            Operation("registry", "tus_upload", "registry: upload (tus, 8 MiB chunks)", self._registry_tus,
-                      self.registry),
+            Operation("limits", "curl_to_sink", "limit: curl -F to a discarding server", self._to_sink, reads=True),
+            Operation("registry", "upload", "registry: upload (file)",
+                      lambda round_: self._registry_upload(round_, self.registry_base, self.auth), self.registry),
+            Operation("registry", "tus_upload", "registry: upload (tus, 8 MiB chunks)",
+                      lambda round_: self._registry_tus(round_, self.registry_base, self.auth), self.registry),
         ]
+        if self.baseline is not None:
+            ops += [
+                Operation("baseline", "upload", "baseline: upload (file)",
+                          lambda round_: self._registry_upload(round_, self.baseline_base, self.baseline_auth),
+                          self.baseline),
+                Operation("baseline", "tus_upload", "baseline: upload (tus, 8 MiB chunks)",
+                          lambda round_: self._registry_tus(round_, self.baseline_base, self.baseline_auth),
+                          self.baseline),
+            ]
         if self.peer is not None:
             ops.append(Operation("peer", "upload", "pypiserver: upload", self._peer_upload, self.peer))
         ops += [
             Operation("limits", "curl_o_sha256sum", "limit: curl -o + sha256sum", self._fetch_and_hash),
             Operation("registry", "link_upload", "registry: upload (link)", self._registry_link, self.registry),
             Operation("limits", "curl_static_download", "limit: curl from a static server",
-                      lambda _: self._download(self.static_url, {})),
-            Operation("registry", "download", "registry: download", lambda _: self._download(
-                f"{self.registry_base}{self.registry_ids[0]}/download/", self.auth), self.registry),
+                      lambda _: self._download(self.static_url, {}), reads=True),
+            Operation("registry", "download", "registry: download", lambda _: self._download(download_url(), self.auth),
+                      self.registry, reads=True, warm=lambda: self._warm(download_url(), self.auth)),
         ]
         if self.peer is not None:
             url = f"{self.peer.url}/packages/bench-0.0.0.tar.gz"
-            ops.append(Operation("peer", "download", "pypiserver: download",
-                                 lambda _: self._download(url, {}), self.peer))
+            ops.append(Operation("peer", "download", "pypiserver: download", lambda _: self._download(url, {}),
+                                 self.peer, reads=True, warm=lambda: self._warm(url, {})))
         return ops
+
+    def _warm(self, url: str, headers: dict[str, str]) -> None:
+        """Download ``url`` once, untimed: its source is in the page cache again."""
+        self._download(url, headers)
 
     def _warm_up(self) -> None:
         """One untimed upload to each server: first-request costs stay out of
         the numbers, and the downloads have a package from the start."""
         print("warming up ...", flush=True)
-        self._registry_upload(-1)
+        self._registry_upload(-1, self.registry_base, self.auth)
+        if self.baseline is not None:
+            self._registry_upload(-1, self.baseline_base, self.baseline_auth)
         if self.peer is not None:
             self._peer_upload(-1)
 
@@ -288,30 +356,31 @@ class Benchmark:
 
     # -- the registry --
 
-    def _registry_server(self) -> ServerProcess:
-        """``registry serve`` on a fresh config, with a token in :attr:`auth`."""
-        root = self.workdir / "registry"
+    def _registry_server(self, command: list[str], name: str) -> tuple[ServerProcess, dict[str, str]]:
+        """``command serve`` on a fresh config in ``workdir/name``, started; (it, a token's headers)."""
+        root = self.workdir / name
         root.mkdir()
         config = root / "registry.toml"
         config.write_text(registry_config(root, self.size))
-        command = registry_command()
         created = subprocess.run([*command, "--config", str(config), "token", "create", "--operator", "bench"],
                                  capture_output=True, text=True, check=True, timeout=60)
-        self.auth = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
+        auth = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
         port = free_port()
-        return ServerProcess("registry", [*command, "--config", str(config), "serve", "--port", str(port)],
-                             port, root / "serve.log", ready_path="/healthz")
+        server = ServerProcess(name, [*command, "--config", str(config), "serve", "--port", str(port)],
+                               port, root / "serve.log", ready_path="/healthz")
+        return self.start(server), auth
 
-    def _registry_upload(self, round_: int) -> float:
+    def _registry_upload(self, round_: int, base: str, auth: dict[str, str]) -> float:
         result = expect(run_curl(multipart_args(
-            self.registry_base, self.payload, "package", PAYLOAD_NAME, {"version": _version(1, round_)}, self.auth),
+            base, self.payload, "package", PAYLOAD_NAME, {"version": _version(1, round_)}, auth),
             output=self.workdir / "response.json"), (201,), "registry upload")
         self._check_record(result)
-        self.registry_ids.append(result.json()["id"])
+        if base == self.registry_base:
+            self.registry_ids.append(result.json()["id"])
         return result.seconds
 
-    def _registry_tus(self, round_: int) -> float:
-        seconds, outcome = tus_upload(f"{self.registry_base}uploads/", self.payload, self.auth, TUS_CHUNK,
+    def _registry_tus(self, round_: int, base: str, auth: dict[str, str]) -> float:
+        seconds, outcome = tus_upload(f"{base}uploads/", self.payload, auth, TUS_CHUNK,
                                       {"filename": PAYLOAD_NAME, "version": _version(4, round_)})
         record = outcome.get("package") or {}
         if outcome.get("state") != "succeeded" or record.get("sha256_signature") != self.sha256:
@@ -386,43 +455,62 @@ def registry_config(root: Path, size: int) -> str:
 
 # -- the report --------------------------------------------------------------------
 
-def summarize(bench: Benchmark, limits: dict[str, Measurement], registry: dict[str, Any],
-              peer_results: dict[str, Any] | None) -> dict[str, Any]:
-    """Everything measured, the comparisons and the targets, as JSON-ready data."""
-    upload_limit_key = min(("copy_sha256_fsync", "curl_to_sink"), key=lambda k: limits[k].mbps)
-    rows = []
+def summarize(bench: Benchmark, groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Everything measured, the comparisons and the targets, as JSON-ready data.
+    With ``--only`` a row or target whose measurements were not taken is left
+    out or reported as not measured."""
+    limits: dict[str, Measurement] = groups["limits"]
+    registry, baseline, peer_results = groups["registry"], groups.get("baseline"), groups.get("peer")
+    upload_limits = [k for k in ("copy_sha256_fsync", "curl_to_sink") if k in limits]
+    upload_limit_key = min(upload_limits, key=lambda k: limits[k].mbps) if upload_limits else None
 
-    def row(operation: str, reg: Measurement, peer_m: Measurement | None, limit_key: str) -> dict[str, Any]:
-        limit = limits[limit_key]
+    def row(operation: str, key: str, peer_key: str | None, limit_key: str | None) -> dict[str, Any] | None:
+        if key not in registry:
+            return None
+        reg = registry[key]
+        peer_m = peer_results.get(peer_key) if peer_results and peer_key else None
+        limit = limits.get(limit_key) if limit_key else None
         return {
             "operation": operation,
             "registry_mb_per_s": round(reg.mbps, 1),
             "peer_mb_per_s": round(peer_m.mbps, 1) if peer_m else None,
-            "limit_mb_per_s": round(limit.mbps, 1),
-            "limit": limit_key,
+            "limit_mb_per_s": round(limit.mbps, 1) if limit else None,
+            "limit": limit_key if limit else None,
             "registry_over_peer": round(reg.mbps / peer_m.mbps, 2) if peer_m else None,
-            "registry_over_limit": round(reg.mbps / limit.mbps, 3),
+            "registry_over_limit": round(reg.mbps / limit.mbps, 3) if limit else None,
         }
 
-    peer_upload = peer_results["upload"] if peer_results else None
-    peer_download = peer_results["download"] if peer_results else None
-    rows.append(row("upload (file)", registry["upload"], peer_upload, upload_limit_key))
-    rows.append(row("upload (link)", registry["link_upload"], None, "curl_o_sha256sum"))
-    rows.append(row("upload (tus)", registry["tus_upload"], None, upload_limit_key))
-    rows.insert(2, row("download", registry["download"], peer_download, "curl_static_download"))
-    health = registry["healthz_during_upload"].summary()
+    named = {
+        "upload": row("upload (file)", "upload", "upload", upload_limit_key),
+        "link": row("upload (link)", "link_upload", None, "curl_o_sha256sum"),
+        "download": row("download", "download", "download", "curl_static_download"),
+        "tus": row("upload (tus)", "tus_upload", None, upload_limit_key),
+    }
+    rows = [r for r in named.values() if r is not None]
+
+    def field_of(name: str, key: str) -> Any:
+        r = named[name]
+        return r[key] if r else None
+
+    health = registry["healthz_during_upload"].summary() if "healthz_during_upload" in registry else None
     targets = [
-        target("upload >= 3x pypiserver", rows[0]["registry_over_peer"], TARGET_UPLOAD_VS_PEER, "x"),
-        target("upload >= 50% of the raw limit", rows[0]["registry_over_limit"], TARGET_UPLOAD_VS_LIMIT, "%"),
-        target("link upload >= 50% of curl -o + sha256sum", rows[1]["registry_over_limit"], TARGET_LINK_VS_LIMIT, "%"),
-        target("download >= 70% of curl from a static server", rows[2]["registry_over_limit"],
+        target("upload >= 3x pypiserver", field_of("upload", "registry_over_peer"), TARGET_UPLOAD_VS_PEER, "x"),
+        target("upload >= 50% of the raw limit", field_of("upload", "registry_over_limit"),
+               TARGET_UPLOAD_VS_LIMIT, "%"),
+        target("link upload >= 50% of curl -o + sha256sum", field_of("link", "registry_over_limit"),
+               TARGET_LINK_VS_LIMIT, "%"),
+        target("download >= 70% of curl from a static server", field_of("download", "registry_over_limit"),
                TARGET_DOWNLOAD_VS_LIMIT, "%"),
-        target("tus upload (8 MiB chunks) >= 80% of the file upload",
-               registry["tus_upload"].mbps / registry["upload"].mbps, TARGET_TUS_VS_UPLOAD, "%"),
+        target("tus upload (8 MiB chunks) >= 80% of the file upload", tus_ratio(registry),
+               TARGET_TUS_VS_UPLOAD, "%"),
         target("peak RSS < 150 MB", registry["peak_rss_bytes"], TARGET_PEAK_RSS, "bytes", below=True),
         target("GET /healthz max latency during an upload < 100 ms",
-               health["max_ms"] / 1000 if health["max_ms"] is not None else None, TARGET_HEALTHZ_MAX, "s", below=True),
+               health["max_ms"] / 1000 if health and health["max_ms"] is not None else None,
+               TARGET_HEALTHZ_MAX, "s", below=True),
     ]
+    if baseline is not None:
+        targets.append(target("baseline: tus upload (8 MiB chunks) >= 80% of its file upload", tus_ratio(baseline),
+                              TARGET_TUS_VS_UPLOAD, "%"))
 
     def phases(data: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to_json() if isinstance(v, Measurement) else v.summary() if isinstance(v, Latencies) else v
@@ -442,14 +530,25 @@ def summarize(bench: Benchmark, limits: dict[str, Measurement], registry: dict[s
             "python": platform.python_version(),
             "curl": subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
             "peer": f"{peer.version()} with --server {bench.args.peer_server}" if peer_results else None,
+            "only": sorted(bench.args.only) if bench.args.only else None,
+            "page_cache_dropped_before_writes": bench.drop_caches,
+            "baseline": str(bench.args.baseline) if bench.args.baseline else None,
         },
         "comparisons": rows,
         "targets": targets,
         "limits": {k: v.to_json() for k, v in limits.items()},
         "upload_limit": upload_limit_key,
         "registry": phases(registry),
+        "baseline": phases(baseline) if baseline else None,
         "peer": phases(peer_results) if peer_results else None,
     }
+
+
+def tus_ratio(results: dict[str, Any]) -> float | None:
+    """The tus upload's MB/s over the file upload's, when both were measured."""
+    if "tus_upload" not in results or "upload" not in results:
+        return None
+    return float(results["tus_upload"].mbps / results["upload"].mbps)
 
 
 def target(name: str, value: float | None, goal: float, unit: str, below: bool = False) -> dict[str, Any]:
@@ -479,38 +578,48 @@ def render(summary: dict[str, Any]) -> str:
         f"tar.gz), median of {meta['repeat']}, MB/s = 10^6 bytes/s",
         f"{meta['cpu']}, {meta['cores']} cores, Python {meta['python']}; peer: {meta['peer'] or 'skipped'}",
         f"load average at start {meta['load_average_at_start'][0]:.2f}, at end {meta['load_average_at_end'][0]:.2f}",
+        "page cache dropped before each transfer that writes (and the payload read back in): "
+        + ("yes" if meta["page_cache_dropped_before_writes"] else "no"),
         "",
         f"{'operation':<16}{'registry':>10}{'pypiserver':>12}{'limit':>9}{'reg/peer':>10}{'reg/limit':>11}  limit is",
     ]
     for r in summary["comparisons"]:
         lines.append(
             f"{r['operation']:<16}{r['registry_mb_per_s']:>10.1f}{_fmt(r['peer_mb_per_s'], '.1f', width=12)}"
-            f"{r['limit_mb_per_s']:>9.1f}{_fmt(r['registry_over_peer'], '.2f', 'x', width=10)}"
-            f"{r['registry_over_limit'] * 100:>10.0f}%  {LIMIT_NAMES[r['limit']]}"
+            f"{_fmt(r['limit_mb_per_s'], '.1f', width=9)}{_fmt(r['registry_over_peer'], '.2f', 'x', width=10)}"
+            f"{_fmt(r['registry_over_limit'] and r['registry_over_limit'] * 100, '.0f', '%', width=11)}"
+            f"  {LIMIT_NAMES.get(r['limit'], '-')}"
         )
     lines += ["", "raw limits (MB/s)"]
     for key, data in summary["limits"].items():
         lines.append(f"  {LIMIT_NAMES[key]:<40}{data['median_mb_per_s']:>8.1f}")
     reg = summary["registry"]
+    if summary["baseline"]:
+        lines += ["", f"baseline ({meta['baseline']}, same rounds; MB/s)"]
+        for key, data in summary["baseline"].items():
+            lines.append(f"  {key:<40}{data['median_mb_per_s']:>8.1f}  (registry {reg[key]['median_mb_per_s']:.1f})")
     rss = reg["rss_by_phase_bytes"]
+    sampled = ", ".join(f"{name} {rss[key] / MB:.1f}" for name, key in
+                        (("upload", "upload"), ("tus", "tus_upload"), ("link", "link_upload"), ("download", "download"))
+                        if key in rss)
     lines += [
         "",
         "resources",
-        f"  registry peak RSS (VmHWM)  {reg['peak_rss_bytes'] / MB:6.1f} MB  (sampled peak: upload "
-        f"{rss['upload'] / MB:.1f}, link {rss['link_upload'] / MB:.1f}, download {rss['download'] / MB:.1f})",
+        f"  registry peak RSS (VmHWM)  {reg['peak_rss_bytes'] / MB:6.1f} MB  (sampled peak: {sampled})",
     ]
-    if summary["peer"]:
+    if summary["peer"] and "peak_rss_bytes" in summary["peer"]:
         lines.append(f"  pypiserver peak RSS        {summary['peer']['peak_rss_bytes'] / MB:6.1f} MB")
     # CPU seconds the server spent per upload: unlike MB/s, barely moved by other
     # work on the machine, so the tus/file comparison survives a busy host.
-    cpu = {op: statistics.median(reg[op]["server_cpu_seconds"]) for op in ("upload", "tus_upload")
-           if reg.get(op, {}).get("server_cpu_seconds")}
-    if len(cpu) == 2:
-        lines.append(f"  registry CPU per upload     file {cpu['upload']:.2f} s, tus {cpu['tus_upload']:.2f} s "
-                     f"({cpu['tus_upload'] / cpu['upload']:.2f}x; median, user + system)")
-    probes = [("registry GET /healthz during a file upload", reg["healthz_during_upload"]),
-              ("registry GET /healthz during a link upload", reg["healthz_during_link_upload"])]
-    if summary["peer"]:
+    for name, results in (("registry", reg), ("baseline", summary["baseline"] or {})):
+        cpu = {op: statistics.median(results[op]["server_cpu_seconds"]) for op in ("upload", "tus_upload")
+               if results.get(op, {}).get("server_cpu_seconds")}
+        if len(cpu) == 2:
+            lines.append(f"  {name} CPU per upload{' ' * (13 - len(name))}file {cpu['upload']:.2f} s, "
+                         f"tus {cpu['tus_upload']:.2f} s ({cpu['tus_upload'] / cpu['upload']:.2f}x; median, user + system)")
+    probes = [(f"registry GET /healthz during a {kind} upload", reg[key])
+              for kind, key in (("file", "healthz_during_upload"), ("link", "healthz_during_link_upload")) if key in reg]
+    if summary["peer"] and "healthz_during_upload" in summary["peer"]:
         probes.append(("pypiserver GET /health during an upload", summary["peer"]["healthz_during_upload"]))
     for name, p in probes:
         lines.append(f"  {name:<44} max {_fmt(p['max_ms'], '.1f')} ms, p99 {_fmt(p['p99_ms'], '.1f')} ms, "
@@ -561,14 +670,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the WSGI server pypiserver runs on (default waitress)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where to make the temporary folder")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=None, metavar="KEYS",
+                        help="throughput: run only these operations, comma-separated keys (upload, tus_upload,"
+                             " link_upload, download, copy_sha256_fsync, curl_to_sink, curl_o_sha256sum,"
+                             " curl_static_download), without the latency probes; e.g. upload,tus_upload")
     parser.add_argument("--baseline", type=Path, default=None, metavar="PATH",
-                        help="small-uploads suite: another `registry` executable measured in"
-                             " alternating rounds (A/B)")
+                        help="another `registry` executable (another checkout's virtualenv) measured in the"
+                             " same rounds (A/B): throughput, its file and tus uploads; small-uploads, its"
+                             " 1 KiB uploads in alternating rounds")
+    parser.add_argument("--drop-caches", action=argparse.BooleanOptionalAction, default=os.geteuid() == 0,
+                        help="throughput: drop the page cache before each transfer that writes (default: when root)")
     parser.add_argument("--scale-sizes", default=",".join(str(n) for n in scale.SIZES),
                         help="records per module the scale suite fills, comma-separated (default %(default)s)")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be at least 1")
+    if args.drop_caches and os.geteuid() != 0:
+        parser.error("--drop-caches needs root (it writes /proc/sys/vm/drop_caches)")
     return args
 
 
@@ -616,8 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     with workspace(args.tmpdir) as workdir, contextlib.ExitStack() as stack:
         bench = Benchmark(args, workdir, stack)
         bench.make_payload()
-        limits, registry, peer_results = bench.run()
-        summary = summarize(bench, limits, registry, peer_results)
+        summary = summarize(bench, bench.run())
     print()
     print(render(summary))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -254,9 +254,11 @@ class Resumable:
         this process would not be running.
 
         A ``completing`` upload is checked too: that state is recorded
+        (without waiting for the record store's flush, like an offset)
         before the completing PATCH fsyncs the bytes, so a crash of the
         machine in between leaves it with fewer bytes than its length, and
-        only receiving them again lets it end."""
+        only receiving them again lets it end. A crash that takes the
+        state back leaves an upload ``receiving``, checked the same way."""
         if upload.state not in (RECEIVING, COMPLETING) or self._recorded.get(upload.id) == upload.offset:
             return upload
         state, offset = await self.registry.storage.resumable().recover(upload.id, upload.storage_state)

@@ -189,7 +189,9 @@ def _run_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOpti
 
     from registry.app import create_app
     from registry.connections import ConnectionLimits, KeepAliveAfterErrors, protocol_class
+    from registry.heap import keep_transfer_buffers
 
+    keep_transfer_buffers()
     registry = build_registry(settings, pm)
     limits = ConnectionLimits(options.header_timeout, options.body_idle_timeout, options.max_connections)
     config = uvicorn.Config(

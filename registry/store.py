@@ -456,14 +456,16 @@ class RecordStore(ABC):
         ``release`` (one transaction). The upload as it is afterwards, changed or
         not; None when it is gone.
 
-        A save that leaves the upload ``RECEIVING`` need not be durable when it
-        returns (a store may skip its flush): a crash of the machine may take
-        it back whole, never in part, and any later durable commit of the
-        store makes it durable too. The chunk bytes it describes are not
-        synced either, so after such a crash the offset is checked against the
-        storage anyway (:meth:`registry.storage.ResumableStore.recover`), and
-        a tus client asks for it (``HEAD``) before going on. Any other
-        ``state`` is durable on return, like every other write."""
+        A save that leaves the upload ``RECEIVING`` or ``COMPLETING`` need not
+        be durable when it returns (a store may skip its flush): a crash of
+        the machine may take it back whole, never in part, and any later
+        durable commit of the store makes it durable too. The chunk bytes it
+        describes are not synced either, so after such a crash the offset is
+        checked against the storage anyway
+        (:meth:`registry.storage.ResumableStore.recover`), and a tus client
+        asks for it (``HEAD``) before going on; an upload back at
+        ``RECEIVING`` with all its bytes completes with an empty PATCH. Any
+        other ``state`` is durable on return, like every other write."""
 
     @abstractmethod
     def finish_upload(self, upload_id: str, holder: str, state: str, result: dict[str, Any],

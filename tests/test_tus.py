@@ -363,7 +363,7 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
     than the recorded offset (nothing is fsynced until the upload is stored),
     or be gone with its folder (neither was synced). That happens while it
     receives, and while the completing PATCH stores it (``completing`` is
-    recorded durably before the file is fsynced). The restarted server
+    recorded before the file is fsynced). The restarted server
     answers the offset of the bytes really kept, and the client's upload
     goes on from there to the package; never a 503 for as long as it lives.
     An upload begun by the older version (segment files) starts again at 0."""
@@ -401,6 +401,38 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
         assert stale.status_code == 409, stale.text
         assert stale.headers["upload-offset"] == str(kept)
         finish_and_check(api, code, path, kept, body)
+        assert upload_files(process, url) == []
+        api.close()
+    finally:
+        process.stop()
+
+
+def test_an_upload_whose_completing_state_a_crash_took_back_ends_with_an_empty_patch(
+        tmp_path: Path, code: str) -> None:
+    """``completing`` is recorded without waiting for the record store's
+    flush: a crash of the machine may take the upload back to ``receiving``
+    with all its bytes recorded and kept. The client, told that offset by
+    ``HEAD``, sends the empty PATCH at the end, which stores the package."""
+    body = big_package(300_000, version="9.1.0")
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("crash"))
+        url = create(api, code, len(body))
+        sent = 200_000
+        assert patch(api, url, 0, body[:sent]).status_code == 204
+        process.kill()
+        api.close()
+        [file] = upload_files(process, url)
+        with file.open("ab") as f:  # the last PATCH's bytes, kept by the page cache
+            f.write(body[sent:])
+        with sqlite3.connect(tmp_path / "registry.db") as db:  # and recorded, but not "completing"
+            db.execute("UPDATE uploads SET state = 'receiving', upload_offset = ?, storage_state = ? WHERE id = ?",
+                       (len(body), json.dumps({"size": len(body)}), url.rsplit("/", 1)[1]))
+        process.start()
+        api = Api(process.url, process.token("crash"))
+        path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
+        assert offset_of(api, path) == len(body)
+        finish_and_check(api, code, path, len(body), body)
         assert upload_files(process, url) == []
         api.close()
     finally:

@@ -1130,7 +1130,7 @@ class PostgresStore(RecordStore):
     def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
                       expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
         with self._write() as conn:
-            if state == RECEIVING:
+            if state in (RECEIVING, COMPLETING):
                 # A PATCH's offset need not survive the server (its bytes are not
                 # synced either, RecordStore.save_progress): no wait for the WAL flush.
                 conn.execute("SET LOCAL synchronous_commit = off")
