@@ -424,6 +424,83 @@ def test_gnu_long_name_memory_bomb(inspect: Callable[..., object]) -> None:
     refused(inspect, gzip.compress(raw, 1), "extended header")
 
 
+def old_gnu_sparse(name: str, realsize: int, *, extended: bool) -> bytes:
+    """The header of an old-GNU sparse member (type ``S``) holding no data: its map
+    is in the header, continued in the blocks after it when ``extended``."""
+    block = bytearray(512)
+    block[0:len(name)] = name.encode()
+    block[100:108] = b"0000644\0"
+    block[124:136] = b"%011o\0" % 0
+    block[156:157] = tarfile.GNUTYPE_SPARSE
+    block[257:265] = tarfile.GNU_MAGIC
+    block[482] = int(extended)
+    block[483:495] = b"%011o\0" % realsize
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def sparse_extension(pieces: int, *, more: bool) -> bytes:
+    """An old-GNU sparse map's continuation block: ``pieces`` (at most 21) map
+    entries, and whether another block follows."""
+    block = bytearray(512)
+    for i in range(pieces):
+        block[24 * i:24 * i + 24] = b"%011o\0%011o\0" % (2 * i, 1)
+    block[504] = int(more)
+    return bytes(block)
+
+
+@pytest.mark.parametrize("rest", [b"", b"\1" * 100, sparse_extension(21, more=True)],
+                         ids=["nothing", "part-block", "one-block-then-nothing"])
+def test_old_gnu_sparse_map_cut_short(inspect: Callable[..., object], rest: bytes) -> None:
+    """The archive ends inside a sparse member's map: tarfile indexes past the
+    end of the block it could not read (IndexError, a 500 until refused here)."""
+    raw = old_gnu_sparse("a.txt", 10, extended=True) + rest
+    for data in (raw, gzip.compress(raw, 1)):
+        refused(inspect, data, "sparse map", "'a.txt'")
+
+
+def test_sparse_map_memory_bomb(inspect: Callable[..., object]) -> None:
+    """A sparse member's map is read whole, however long (the old-GNU blocks,
+    or the GNU 1.0 map in front of the data); each entry takes several times
+    its bytes in memory: refused beyond the extended-header limit."""
+    blocks = 2 * MiB // 512
+    raw = (old_gnu_sparse("a.txt", 2 * blocks * 21, extended=True)
+           + sparse_extension(21, more=True) * (blocks - 1) + sparse_extension(21, more=False))
+    refused(inspect, gzip.compress(raw + bytes(1024), 1), "sparse map", "'a.txt'")
+
+    pieces = 200_000  # about 2 MiB of map
+    numbers = b"".join(b"%d\n1\n" % (2 * i) for i in range(pieces))
+    mapped = b"%d\n" % pieces + numbers
+    mapped += bytes(-len(mapped) % 512)
+
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("GNUSparseFile.0/b.txt")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "b.txt", "GNU.sparse.realsize": str(2 * pieces)}
+        info.size = len(mapped) + 512 * 0 + pieces
+        tar.addfile(info, io.BytesIO(mapped + b"x" * pieces))
+    refused(inspect, tar_bytes(add), "sparse map", "'b.txt'")
+
+
+def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]) -> None:
+    """A GNU 1.0 sparse app_desc.yaml: its data is found behind its map."""
+    content = app_desc("5.1")
+    mapped = b"1\n0\n%d\n" % len(content)
+    mapped += bytes(-len(mapped) % 512)
+
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("GNUSparseFile.0/app_desc.yaml")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "app_desc.yaml", "GNU.sparse.realsize": str(len(content))}
+        info.size = len(mapped) + len(content)
+        tar.addfile(info, io.BytesIO(mapped + content))
+        add_file(tar, "after.txt")
+    info = inspect(tar_bytes(add))
+    assert info.app_desc == content  # type: ignore[attr-defined]
+    assert info.member_paths == ["app_desc.yaml", "after.txt"]  # type: ignore[attr-defined]
+
+
 # -- broken files -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -593,3 +670,12 @@ def test_truncated_gzip_over_http(api: Api, code: str, good_tgz: bytes) -> None:
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "INVALID_PACKAGE"
     assert "app/last.txt" in response.json()["detail"]
+
+
+def test_sparse_map_cut_short_over_http(api: Api, code: str, registry: RegistryProcess) -> None:
+    """No 500 for an archive that ends inside a sparse member's map."""
+    response = api.upload(code, gzip.compress(old_gnu_sparse("a.txt", 10, extended=True)), version="1.0.0")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_PACKAGE"
+    assert "'a.txt'" in response.json()["detail"]
+    assert "Traceback" not in registry.log.read_text()
