@@ -9,9 +9,9 @@ Refused: absolute or ``..`` member paths (``\\`` counts as a separator),
 links that resolve outside the archive (following the archive's own links),
 device, fifo and socket members, more members or unpacked bytes than the
 limits, a compression ratio above the limit (members' data and the whole
-decompressed stream alike), oversized extended headers, a compressed stream
-that is truncated or fails its checksum, a tar without its end-of-archive
-marker or with data after it, a path listed twice, a zip whose local
+decompressed stream alike), oversized extended headers or sparse maps, a
+compressed stream that is truncated or fails its checksum, a tar without its
+end-of-archive marker or with data after it, a path listed twice, a zip whose local
 entries and central directory disagree (:mod:`registry.zip_layout`), a file
 that also reads as an archive of another format (a tar with a zip inside
 that ``unzip`` would find).
