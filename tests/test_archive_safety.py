@@ -9,6 +9,7 @@ A few cases go through a live registry as well.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.archive import ArchiveLimits, inspect_archive, inspect_bytes
 from registry.errors import InvalidPackage
@@ -499,6 +502,42 @@ def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]
     info = inspect(tar_bytes(add))
     assert info.app_desc == content  # type: ignore[attr-defined]
     assert info.member_paths == ["app_desc.yaml", "after.txt"]  # type: ignore[attr-defined]
+
+
+def _mangling_seeds() -> list[bytes]:
+    """Plain tars of every header kind tarfile reads: ustar, pax, GNU long
+    names, GNU 1.0 and old-GNU sparse members (an extension block included)."""
+    def headers(tar: tarfile.TarFile) -> None:
+        add_file(tar, "app/app_desc.yaml", app_desc("1.0"))
+        add_file(tar, "app/" + "long" * 40 + ".py", b"y" * 700)
+        add_special(tar, "app/link", tarfile.SYMTYPE, "app_desc.yaml")
+    mapped = b"1\n0\n3\n" + bytes(506)
+    sparse = tarfile.TarInfo("GNUSparseFile.0/s.txt")
+    sparse.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                          "GNU.sparse.name": "s.txt", "GNU.sparse.realsize": "3"}
+    sparse.size = 512 + 3
+    gnu_1_0 = sparse.tobuf(tarfile.PAX_FORMAT) + mapped + b"abc" + bytes(509)
+    old_gnu = old_gnu_sparse("o.txt", 100, extended=True) + sparse_extension(2, more=False)
+    return [tar_bytes(headers, "", fmt) for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT)] + [
+        gnu_1_0 + bytes(1024), old_gnu + bytes(1024)]
+
+
+MANGLING_SEEDS = _mangling_seeds()
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(seed=st.sampled_from(range(4)), cut=st.floats(0.05, 1.0),
+       changes=st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
+                                  st.sampled_from([0, 1, 0x0A, 0x20, 0x30, 0x37, 0x39, 0x80, 0xFF])), max_size=6))
+def test_mangled_tar_headers_are_read_or_refused(seed: int, cut: float,
+                                                 changes: list[tuple[float, int]]) -> None:
+    """Whatever bytes a header holds and wherever the archive ends, inspection
+    answers with an archive or InvalidPackage, never another exception (a 500)."""
+    data = bytearray(MANGLING_SEEDS[seed])
+    for where, value in changes:
+        data[int(where * len(data))] = value
+    with contextlib.suppress(InvalidPackage):
+        inspect_bytes(bytes(data[: max(1, int(cut * len(data)))]), LIMITS)
 
 
 # -- broken files -------------------------------------------------------------------------
