@@ -9,9 +9,9 @@ Refused: absolute or ``..`` member paths (``\\`` counts as a separator),
 links that resolve outside the archive (following the archive's own links),
 device, fifo and socket members, more members or unpacked bytes than the
 limits, a compression ratio above the limit (members' data and the whole
-decompressed stream alike), oversized extended headers, a compressed stream
-that is truncated or fails its checksum, a tar without its end-of-archive
-marker or with data after it, a path listed twice, a zip whose local
+decompressed stream alike), oversized extended headers or sparse maps, a
+compressed stream that is truncated or fails its checksum, a tar without its
+end-of-archive marker or with data after it, a path listed twice, a zip whose local
 entries and central directory disagree (:mod:`registry.zip_layout`), a file
 that also reads as an archive of another format (a tar with a zip inside
 that ``unzip`` would find).
@@ -19,6 +19,7 @@ that ``unzip`` would find).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import lzma
 import posixpath
@@ -26,7 +27,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -473,6 +474,54 @@ class _GuardedTarInfo(tarfile.TarInfo):
                 f"extended header of {self.size} bytes (limit {MAX_EXTENDED_HEADER}) at {_show(self.name)}"
             )
         return super()._proc_member(tar)  # type: ignore[misc, no-any-return]
+
+    # A sparse member's map is read by tarfile until it is complete, however
+    # long (old GNU: header blocks while each says another follows; GNU 1.0:
+    # as many numbers as its first line says), and it indexes past the end of
+    # a block it could not read. Both read through a _SparseMapReader.
+
+    def _proc_sparse(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        with _sparse_map_reading(tar, self.name):
+            return super()._proc_sparse(tar)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnusparse_10(self, member: tarfile.TarInfo, pax_headers: dict[str, str],
+                           tar: tarfile.TarFile) -> None:
+        with _sparse_map_reading(tar, pax_headers.get("GNU.sparse.name", member.name)):
+            super()._proc_gnusparse_10(member, pax_headers, tar)  # type: ignore[misc]
+
+
+class _SparseMapReader:
+    """The tar stream while tarfile reads a sparse member's map: whole blocks
+    only (else the archive is truncated), at most :data:`MAX_EXTENDED_HEADER`
+    bytes of them, like the other extended headers."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.limit = stream.tell() + MAX_EXTENDED_HEADER
+
+    def read(self, size: int) -> bytes:
+        if self.stream.tell() + size > self.limit:
+            raise InvalidPackage(f"sparse map of more than {MAX_EXTENDED_HEADER} bytes at {_show(self.name)}")
+        data = self.stream.read(size)
+        if len(data) < size:
+            raise InvalidPackage(f"the archive is truncated (in the sparse map of {_show(self.name)})")
+        return data
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+@contextlib.contextmanager
+def _sparse_map_reading(tar: tarfile.TarFile, name: str) -> Iterator[None]:
+    """``tar`` reads through a :class:`_SparseMapReader` for the duration."""
+    stream = tar.fileobj
+    assert stream is not None
+    tar.fileobj = cast(IO[bytes], _SparseMapReader(cast(IO[bytes], stream), name))
+    try:
+        yield
+    finally:
+        tar.fileobj = stream
 
 
 def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:

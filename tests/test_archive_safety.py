@@ -9,6 +9,7 @@ A few cases go through a live registry as well.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.archive import ArchiveLimits, inspect_archive, inspect_bytes
 from registry.errors import InvalidPackage
@@ -424,6 +427,119 @@ def test_gnu_long_name_memory_bomb(inspect: Callable[..., object]) -> None:
     refused(inspect, gzip.compress(raw, 1), "extended header")
 
 
+def old_gnu_sparse(name: str, realsize: int, *, extended: bool) -> bytes:
+    """The header of an old-GNU sparse member (type ``S``) holding no data: its map
+    is in the header, continued in the blocks after it when ``extended``."""
+    block = bytearray(512)
+    block[0:len(name)] = name.encode()
+    block[100:108] = b"0000644\0"
+    block[124:136] = b"%011o\0" % 0
+    block[156:157] = tarfile.GNUTYPE_SPARSE
+    block[257:265] = tarfile.GNU_MAGIC
+    block[482] = int(extended)
+    block[483:495] = b"%011o\0" % realsize
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def sparse_extension(pieces: int, *, more: bool) -> bytes:
+    """An old-GNU sparse map's continuation block: ``pieces`` (at most 21) map
+    entries, and whether another block follows."""
+    block = bytearray(512)
+    for i in range(pieces):
+        block[24 * i:24 * i + 24] = b"%011o\0%011o\0" % (2 * i, 1)
+    block[504] = int(more)
+    return bytes(block)
+
+
+@pytest.mark.parametrize("rest", [b"", b"\1" * 100, sparse_extension(21, more=True)],
+                         ids=["nothing", "part-block", "one-block-then-nothing"])
+def test_old_gnu_sparse_map_cut_short(inspect: Callable[..., object], rest: bytes) -> None:
+    """The archive ends inside a sparse member's map: tarfile indexes past the
+    end of the block it could not read (IndexError, a 500 until refused here)."""
+    raw = old_gnu_sparse("a.txt", 10, extended=True) + rest
+    for data in (raw, gzip.compress(raw, 1)):
+        refused(inspect, data, "sparse map", "'a.txt'")
+
+
+def test_sparse_map_memory_bomb(inspect: Callable[..., object]) -> None:
+    """A sparse member's map is read whole, however long (the old-GNU blocks,
+    or the GNU 1.0 map in front of the data); each entry takes several times
+    its bytes in memory: refused beyond the extended-header limit."""
+    blocks = 2 * MiB // 512
+    raw = (old_gnu_sparse("a.txt", 2 * blocks * 21, extended=True)
+           + sparse_extension(21, more=True) * (blocks - 1) + sparse_extension(21, more=False))
+    refused(inspect, gzip.compress(raw + bytes(1024), 1), "sparse map", "'a.txt'")
+
+    pieces = 200_000  # about 2 MiB of map
+    numbers = b"".join(b"%d\n1\n" % (2 * i) for i in range(pieces))
+    mapped = b"%d\n" % pieces + numbers
+    mapped += bytes(-len(mapped) % 512)
+
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("GNUSparseFile.0/b.txt")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "b.txt", "GNU.sparse.realsize": str(2 * pieces)}
+        info.size = len(mapped) + 512 * 0 + pieces
+        tar.addfile(info, io.BytesIO(mapped + b"x" * pieces))
+    refused(inspect, tar_bytes(add), "sparse map", "'b.txt'")
+
+
+def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]) -> None:
+    """A GNU 1.0 sparse app_desc.yaml: its data is found behind its map."""
+    content = app_desc("5.1")
+    mapped = b"1\n0\n%d\n" % len(content)
+    mapped += bytes(-len(mapped) % 512)
+
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("GNUSparseFile.0/app_desc.yaml")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "app_desc.yaml", "GNU.sparse.realsize": str(len(content))}
+        info.size = len(mapped) + len(content)
+        tar.addfile(info, io.BytesIO(mapped + content))
+        add_file(tar, "after.txt")
+    info = inspect(tar_bytes(add))
+    assert info.app_desc == content  # type: ignore[attr-defined]
+    assert info.member_paths == ["app_desc.yaml", "after.txt"]  # type: ignore[attr-defined]
+
+
+def _mangling_seeds() -> list[bytes]:
+    """Plain tars of every header kind tarfile reads: ustar, pax, GNU long
+    names, GNU 1.0 and old-GNU sparse members (an extension block included)."""
+    def headers(tar: tarfile.TarFile) -> None:
+        add_file(tar, "app/app_desc.yaml", app_desc("1.0"))
+        add_file(tar, "app/" + "long" * 40 + ".py", b"y" * 700)
+        add_special(tar, "app/link", tarfile.SYMTYPE, "app_desc.yaml")
+    mapped = b"1\n0\n3\n" + bytes(506)
+    sparse = tarfile.TarInfo("GNUSparseFile.0/s.txt")
+    sparse.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                          "GNU.sparse.name": "s.txt", "GNU.sparse.realsize": "3"}
+    sparse.size = 512 + 3
+    gnu_1_0 = sparse.tobuf(tarfile.PAX_FORMAT) + mapped + b"abc" + bytes(509)
+    old_gnu = old_gnu_sparse("o.txt", 100, extended=True) + sparse_extension(2, more=False)
+    return [tar_bytes(headers, "", fmt) for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT)] + [
+        gnu_1_0 + bytes(1024), old_gnu + bytes(1024)]
+
+
+MANGLING_SEEDS = _mangling_seeds()
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(seed=st.sampled_from(range(4)), cut=st.floats(0.05, 1.0),
+       changes=st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
+                                  st.sampled_from([0, 1, 0x0A, 0x20, 0x30, 0x37, 0x39, 0x80, 0xFF])), max_size=6))
+def test_mangled_tar_headers_are_read_or_refused(seed: int, cut: float,
+                                                 changes: list[tuple[float, int]]) -> None:
+    """Whatever bytes a header holds and wherever the archive ends, inspection
+    answers with an archive or InvalidPackage, never another exception (a 500)."""
+    data = bytearray(MANGLING_SEEDS[seed])
+    for where, value in changes:
+        data[int(where * len(data))] = value
+    with contextlib.suppress(InvalidPackage):
+        inspect_bytes(bytes(data[: max(1, int(cut * len(data)))]), LIMITS)
+
+
 # -- broken files -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -593,3 +709,12 @@ def test_truncated_gzip_over_http(api: Api, code: str, good_tgz: bytes) -> None:
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "INVALID_PACKAGE"
     assert "app/last.txt" in response.json()["detail"]
+
+
+def test_sparse_map_cut_short_over_http(api: Api, code: str) -> None:
+    """No 500 for an archive that ends inside a sparse member's map."""
+    response = api.upload(code, gzip.compress(old_gnu_sparse("a.txt", 10, extended=True)), version="1.0.0")
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_PACKAGE"
+    assert "'a.txt'" in response.json()["detail"]
+    assert api.list(code, include_deleted="true").json()["count"] == 0

@@ -245,3 +245,30 @@ async def test_the_small_body_buffer_holds_no_more_than_a_small_body() -> None:
     with pytest.raises(ValidationError):
         await buffer.write(b"x")
     assert buffer.size == SMALL_BODY + 1 and len(buffer.data) == SMALL_BODY
+
+
+def test_a_small_upload_whose_blob_cannot_be_stored_keeps_nothing(small_registry: RegistryProcess,
+                                                                  code: str) -> None:
+    """The put itself fails (the application's blob folder is blocked by a
+    file): both paths answer the same storage error and keep no staging file,
+    no blob and no record. The small path removes its staging file only on
+    such a failure, so this is the test that pins that removal."""
+    token = small_registry.token("alice")
+    packages = small_registry.config.parent / "packages"
+    (packages / code).write_bytes(b"in the way of the application's folder")
+    try:
+        for chunked in (False, True):
+            response = _send(small_registry, token, code, package("1.0.0", salt=code), chunked=chunked)
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "OBJECT_STORE_EXCEPTION"
+            assert staged_files(packages / ".staging") == [], f"a failed put left a staging file ({chunked=})"
+        api = Api(small_registry.url, token)
+        try:
+            assert api.list(code, include_deleted="true").json()["count"] == 0
+        finally:
+            api.close()
+    finally:
+        (packages / code).unlink()
+    stored = _send(small_registry, token, code, package("1.0.0", salt=code), chunked=False)
+    assert stored.status_code == 201, stored.text
+    assert staged_files(packages / ".staging") == []
