@@ -50,6 +50,9 @@ _EXTENDED_HEADER_TYPES = frozenset(
 MAX_LINK_HOPS = 40
 #: Longest link target accepted (a system's PATH_MAX; it could not create a longer one).
 MAX_LINK_TARGET = 4096
+#: Longest member name accepted, for the same reason: inspection keeps every
+#: name until the links are checked, so a longer one would only cost memory.
+MAX_MEMBER_NAME = 4096
 #: Steps all link resolutions of one archive may take together.
 MAX_LINK_STEPS = 2_000_000
 #: Longest member name quoted in an error message.
@@ -312,6 +315,8 @@ def _clean_member_name(name: str) -> str:
     """The member's path, normalised; refuses absolute paths and ``..``."""
     if not name or "\x00" in name:
         raise InvalidPackage(f"member with an empty or invalid name {_show(name)}")
+    if len(name) > MAX_MEMBER_NAME:
+        raise InvalidPackage(f"member name longer than {MAX_MEMBER_NAME} characters ({_show(name)})")
     unified = name.replace("\\", "/")
     if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
         raise InvalidPackage(f"absolute path in member {_show(name)}")
@@ -531,7 +536,11 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
     # "r:", not the stream mode "r|": tarfile then skips a member's data with
     # one seek, which TarStream serves in large pieces (see registry.tar_stream)
     with tarfile.open(fileobj=stream, mode="r:", tarinfo=_GuardedTarInfo) as tar:  # type: ignore[call-overload]
-        for member in tar:
+        while (member := tar.next()) is not None:
+            # tarfile keeps every member it reads (with its pax headers, up to
+            # MAX_EXTENDED_HEADER each) for random access this never needs:
+            # let each go once checked, so memory does not grow with the archive.
+            tar.members.clear()
             name = _clean_member_name(member.name)
             budget.add_member(member.name)
             if member.ischr() or member.isblk() or member.isfifo():

@@ -16,6 +16,7 @@ import lzma
 import os
 import stat
 import tarfile
+import tracemalloc
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,6 +254,41 @@ def test_file_stored_under_a_link(inspect: Callable[..., object]) -> None:
 def test_long_link_target(inspect: Callable[..., object]) -> None:
     data = tar_of(("l", tarfile.SYMTYPE, "a/" * 3000))
     refused(inspect, data, "longer than")
+
+
+@pytest.mark.parametrize("kind", ["pax", "gnu", "zip"])
+def test_member_name_longer_than_a_path_can_be(inspect: Callable[..., object], kind: str) -> None:
+    """A member name beyond PATH_MAX (4096) is refused, like a link target:
+    no system could unpack it, and inspection keeps every name meanwhile."""
+    name = "d/" * 2048 + "f"
+    if kind == "zip":
+        data = zip_of((name, b"x"))
+    else:
+        data = tar_bytes(lambda tar: add_file(tar, name), fmt=tarfile.PAX_FORMAT if kind == "pax"
+                         else tarfile.GNU_FORMAT)
+    refused(inspect, data, "member name longer than 4096")
+    inspect(tar_of(("d/" * 2047 + "f", tarfile.REGTYPE, "")))  # 4095 characters: read
+
+
+def test_members_are_not_kept_while_a_tar_is_read(tmp_path: Path) -> None:
+    """Inspecting a tar holds no more than a member at a time: 48 members with
+    a 512 KiB pax comment each (24 MiB of headers) peak far below that
+    (tarfile on its own keeps every member it has read, headers and all)."""
+    def add(tar: tarfile.TarFile) -> None:
+        for i in range(48):
+            info = tarfile.TarInfo(f"f{i}")
+            info.pax_headers = {"comment": "c" * (512 * 1024)}
+            tar.addfile(info, io.BytesIO(b""))
+    path = tmp_path / "commented.tar"
+    path.write_bytes(tar_bytes(add, compression=""))
+    tracemalloc.start()
+    try:
+        info = inspect_archive(path, LIMITS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.members == 48
+    assert peak < 8 * MiB, f"inspection peaked at {peak / MiB:.1f} MiB"
 
 
 def test_many_links_are_checked_quickly(inspect: Callable[..., object]) -> None:
