@@ -6,11 +6,12 @@ glibc's default thresholds the heap is given back after each request (and
 each tus PATCH) and faulted in again, a fault per 4 KiB of buffer: for a
 32 MiB package, 4,000-5,500 faults over tus in 8 MiB PATCHes and 1,700-5,300
 as a file upload, where the kept heap took 0-110 (the fewer of two uploads).
-Linux only (``/proc``).
+Linux with glibc only (``/proc``, ``mallopt``).
 """
 
 from __future__ import annotations
 
+import platform
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,8 @@ from registry.tus import encode_metadata
 from tests.helpers import Api, RegistryProcess, base_config, merge, start_registry
 from tests.test_jobs import big_package
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                                reason="reads /proc; glibc's malloc")
 
 TUS = {"Tus-Resumable": "1.0.0"}
 SIZE = 32 * 1024 * 1024
