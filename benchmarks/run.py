@@ -75,6 +75,9 @@ TARGET_PEAK_RSS = 150 * MB
 TARGET_HEALTHZ_MAX = 0.100
 TARGET_TUS_VS_UPLOAD = 0.8
 TUS_CHUNK = 8 * MIB
+#: The throughput operations' keys (``--only``).
+OPERATION_KEYS = frozenset({"upload", "tus_upload", "link_upload", "download", "copy_sha256_fsync", "curl_to_sink",
+                            "curl_o_sha256sum", "curl_static_download"})
 
 
 # -- measurements ------------------------------------------------------------------
@@ -687,6 +690,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--size-mib and --repeat must be at least 1")
     if args.drop_caches and os.geteuid() != 0:
         parser.error("--drop-caches needs root (it writes /proc/sys/vm/drop_caches)")
+    if args.only is not None and not args.only <= OPERATION_KEYS:  # a misspelt key would measure nothing
+        parser.error(f"--only: no such operation: {', '.join(sorted(args.only - OPERATION_KEYS))}")
     return args
 
 

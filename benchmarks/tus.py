@@ -107,7 +107,12 @@ def tus_upload(uploads_url: str, path: Path, headers: dict[str, str], chunk_size
                     (f.fileno(), offset, length))
                 if status != 204:
                     raise RuntimeError(f"tus PATCH at {offset}: HTTP {status}: {content[:300]!r}")
-                offset = int(answer["upload-offset"])
+                # A PATCH the server did not take whole fails the run: sent
+                # again it would be timed as new bytes (or loop, answered 0).
+                taken = answer.get("upload-offset")
+                if taken != str(offset + length):
+                    raise RuntimeError(f"tus PATCH at {offset} of {length} bytes: answered Upload-Offset {taken}")
+                offset += length
             seconds = time.perf_counter() - started
         status, _, content = connection.request("GET", target, {})
         outcome: dict[str, Any] = json.loads(content)

@@ -303,16 +303,20 @@ class Resumable:
         complete-but-unprocessed, so the same PATCH may be sent again.
         """
         registry = self.registry
+        resumable = registry.storage.resumable()
+        path = resumable.in_place(upload.id)
+        # An upload's own file is only read from here on, but a storage that
+        # assembles it (S3 joins the parts) takes no append after: the offset
+        # that reached the length must not be taken back by a crash then, or
+        # the upload would go on from an earlier one into parts that are gone.
         await self.registry.write(
             lambda: self.store.save_progress(upload.id, self.holder, upload.offset, upload.storage_state,
-                                             self.expiry(), state=COMPLETING)
+                                             self.expiry(), state=COMPLETING, durable=path is None)
         )
         meta = upload.metadata
         request = UploadRequest(code=upload.code, module=upload.module, version=meta["version"],
                                 allow_overwrite=meta["allow_overwrite"], sha256=meta["sha256"],
                                 operator=upload.operator)
-        resumable = registry.storage.resumable()
-        path = resumable.in_place(upload.id)
         if path is not None:  # the upload's own file, taken over again unless this process holds it complete
             staged = await self.assemblies.in_place(upload.id, path, upload.length, upload.length)
             await staged.link_into(registry.staging_folder)  # storing it leaves the upload's file for a retry

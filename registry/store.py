@@ -450,7 +450,8 @@ class RecordStore(ABC):
 
     @abstractmethod
     def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
-                      expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
+                      expires: datetime, state: str = RECEIVING, release: bool = False,
+                      durable: bool = False) -> Upload | None:
         """If ``holder`` holds the lease: record the kept ``offset``, the storage's
         bookkeeping, ``state`` and the new expiry time, releasing the lease when
         ``release`` (one transaction). The upload as it is afterwards, changed or
@@ -465,7 +466,9 @@ class RecordStore(ABC):
         (:meth:`registry.storage.ResumableStore.recover`), and a tus client
         asks for it (``HEAD``) before going on; an upload back at
         ``RECEIVING`` with all its bytes completes with an empty PATCH. Any
-        other ``state`` is durable on return, like every other write."""
+        other ``state``, and any save with ``durable``, is durable on return,
+        like every other write (the caller is about to change the storage in
+        a way no earlier state can follow: S3 joining the upload's parts)."""
 
     @abstractmethod
     def finish_upload(self, upload_id: str, holder: str, state: str, result: dict[str, Any],

@@ -4,16 +4,26 @@ as a tail object, and a partial upload survives a kill -9 of the server."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 
 from registry_plugins.s3_resumable import MIN_PART
-from tests.helpers import Api, app_desc, make_tar, start_registry
+from tests import pausing_s3_plugin
+from tests.crash_plugin import MARKER_ENV, POINT_ENV
+from tests.helpers import Api, app_desc, make_tar, merge, start_registry
+from tests.pg import PgServer
+from tests.test_crash_safety import PROJECT_ROOT
+from tests.test_postgres import pg_config
 from tests.test_s3 import s3_config
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer
 from tests.test_tus import TUS, create, offset_of, patch
@@ -92,3 +102,74 @@ def test_termination_and_bad_bytes_leave_nothing_in_the_bucket(tmp_path: Path, m
         api.close()
     finally:
         process.stop()
+
+
+
+def test_a_crash_while_the_completing_patch_stores_the_package_leaves_an_upload_that_ends(
+        tmp_path: Path, moto: MotoServer, bucket: str, code: str, pg_server: PgServer) -> None:
+    """The completing PATCH of an upload this process did not follow joins
+    its parts in S3 (no part can be added after), then stores the package.
+    A crash of the database server just after the package reached the
+    bucket, before its record was written, takes back every commit that
+    did not wait for the log flush. The upload's offset and state must not
+    be among them: back at an earlier offset, the rest sent again would go
+    into parts that are gone, 503 for as long as the upload lives. So the
+    ``completing`` save is durable where the storage joins parts (only the
+    chunks' offsets of a PATCH are not), and the upload ends."""
+    if not pg_server.controllable:
+        pytest.skip("the test stops and starts the PostgreSQL server")
+    body = make_tar({"app_desc.yaml": app_desc("7.2.0"), "payload.bin": os.urandom(16 * MiB)})
+    first = 6 * MiB  # one part (above S3's minimum); the rest makes another and a tail
+    admin = psycopg.connect(pg_server.admin_url, autocommit=True)
+    # The log writer takes its time: a commit that does not wait for the flush
+    # stays in the server's memory, where the crash takes it.
+    admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    admin.execute("SELECT pg_reload_conf()")
+    marker = tmp_path / "paused"
+    on_postgres = pg_config(tmp_path, pg_server.new_database())
+    tables = merge(s3_config(tmp_path, moto, bucket), {
+        "ui": on_postgres["ui"], "storage": {"backend": pausing_s3_plugin.NAME},
+        "plugins": {"modules": ["tests.pausing_s3_plugin"]}})
+    tables["database"] = on_postgres["database"]
+    env = {**DUMMY_AWS_ENV, "PYTHONPATH": str(PROJECT_ROOT), MARKER_ENV: str(marker)}
+    process = start_registry(tmp_path, tables, env=env)
+    try:
+        api = Api(process.url, process.token("s3tus"))
+        url = create(api, code, len(body))
+        path = Api.path(code, suffix="uploads/" + url.rsplit("/", 1)[1])
+        assert patch(api, path, 0, body[:first]).status_code == 204
+        api.close()
+        process.kill()  # the next process does not follow the upload: it joins the parts in S3
+        process.env[POINT_ENV] = "put-after"
+        process.start()
+        api = Api(process.url, process.token("s3tus"))
+        def complete() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server is killed under it
+                patch(api, path, first, body[first:])
+
+        completing = threading.Thread(target=complete, daemon=True)
+        completing.start()
+        deadline = time.monotonic() + 60  # ends a hang, times nothing
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the completing PATCH never stored the package"
+            time.sleep(0.02)
+        pg_server.stop()  # immediate: what is not yet in the log's files is gone
+        process.kill()
+        pg_server.start()
+        api.close()
+        del process.env[POINT_ENV]
+        process.start()
+        api = Api(process.url, process.token("s3tus"))
+        offset = offset_of(api, path)
+        last = patch(api, path, offset, body[offset:])
+        assert last.status_code == 204, (offset, last.text)
+        record = api.get(code, int(last.headers["registry-package-id"])).json()
+        assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+        assert api.download(code, record["id"]).content == body
+        api.close()
+    finally:
+        process.stop()
+        admin.close()  # the crash ended its session
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+            admin.execute("SELECT pg_reload_conf()")

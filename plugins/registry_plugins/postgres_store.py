@@ -1128,9 +1128,10 @@ class PostgresStore(RecordStore):
                          (lease_seconds, upload_id, holder))
 
     def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
-                      expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
+                      expires: datetime, state: str = RECEIVING, release: bool = False,
+                      durable: bool = False) -> Upload | None:
         with self._write() as conn:
-            if state in (RECEIVING, COMPLETING):
+            if state in (RECEIVING, COMPLETING) and not durable:
                 # A PATCH's offset need not survive the server (its bytes are not
                 # synced either, RecordStore.save_progress): no wait for the WAL flush.
                 conn.execute("SET LOCAL synchronous_commit = off")

@@ -24,6 +24,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from registry.storage import ResumableStore
+from registry_plugins.s3_common import error_code
+from registry_plugins.storage_s3 import _MISSING_KEY_CODES
 
 if TYPE_CHECKING:
     from registry_plugins.storage_s3 import S3Storage
@@ -96,6 +98,15 @@ class S3Multipart(ResumableStore):
             source = tail["key"]  # smaller than one part: the tail is the whole upload
         else:
             def complete(client: BaseClient) -> None:
+                # Joined by an earlier attempt whose outcome was not kept (a crash or a
+                # failure while storing the package): its parts are gone, the object is
+                # the upload, and no part (the tail's neither) can be added any more.
+                try:
+                    client.head_object(Bucket=bucket, Key=target)
+                    return
+                except Exception as exc:  # a ClientError has a code; anything else has none and is raised
+                    if error_code(exc) not in _MISSING_KEY_CODES:
+                        raise
                 if tail is not None:
                     data = client.get_object(Bucket=bucket, Key=tail["key"])["Body"].read()[: tail["size"]]
                     sent = client.upload_part(Bucket=bucket, Key=target, UploadId=state["multipart"],

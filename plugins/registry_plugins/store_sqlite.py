@@ -1265,11 +1265,12 @@ class SQLiteStore(RecordStore):
                          (to_text(utc_now() + timedelta(seconds=lease_seconds)), upload_id, holder))
 
     def save_progress(self, upload_id: str, holder: str, offset: int, storage_state: dict[str, Any],
-                      expires: datetime, state: str = RECEIVING, release: bool = False) -> Upload | None:
+                      expires: datetime, state: str = RECEIVING, release: bool = False,
+                      durable: bool = False) -> Upload | None:
         # A PATCH's offset need not survive the machine (its bytes are not synced
         # either, RecordStore.save_progress): one fewer log flush per tus PATCH,
         # and for the completing PATCH's "completing" before it fsyncs them.
-        with self._write(durable=state not in (RECEIVING, COMPLETING)) as conn:
+        with self._write(durable=durable or state not in (RECEIVING, COMPLETING)) as conn:
             conn.execute(
                 "UPDATE uploads SET upload_offset = ?, storage_state = ?, state = ?, expires = ?, updated = ?,"
                 " holder = CASE WHEN ? THEN NULL ELSE holder END,"
