@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -46,10 +46,12 @@ logger = logging.getLogger("registry.resumable")
 
 #: Seconds a PATCH holds an upload's write lease without renewing it.
 LEASE = 30.0
-#: Renew the lease after this many seconds of receiving.
+#: Renew the lease after this many seconds of receiving or completing.
 RENEW_AFTER = 10.0
 #: Uploads whose recorded offset a process remembers (see ``Resumable.recover``).
 MAX_RECORDED = 4096
+
+T = TypeVar("T")
 
 
 def new_upload_id() -> str:
@@ -272,11 +274,11 @@ class Resumable:
             )
         return dataclasses.replace(upload, offset=offset, storage_state=state)
 
-    async def _keeping_lease(self, upload_id: str, work: Callable[[], Awaitable[bool]]) -> bool:
+    async def _keeping_lease(self, upload_id: str, work: Callable[[], Awaitable[T]]) -> T:
         """``await work()`` while the upload's write lease is renewed; its
         exception is raised as it is, not wrapped in an exception group."""
         failure: Exception | None = None
-        result = False
+        result: T | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(self._keep_lease, upload_id)
             try:
@@ -286,10 +288,10 @@ class Resumable:
             group.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        return result
+        return cast(T, result)
 
     async def _keep_lease(self, upload_id: str) -> None:
-        """Renew the write lease while a long body streams in."""
+        """Renew the write lease while a long body streams in or the pipeline runs."""
         while True:
             await anyio.sleep(RENEW_AFTER)
             await self.registry.write(self.store.renew_upload_lock, upload_id, self.holder, LEASE)
@@ -298,10 +300,15 @@ class Resumable:
         """Run the ``P/`` pipeline on the assembled bytes; store and return the outcome.
 
         The upload must hold all its bytes (``upload.offset == upload.length``)
-        and the caller the lease. A client error (4xx) ends the upload as
+        and the caller the lease, which is renewed while the pipeline runs (a
+        large package's pass can outlast it, and a retried PATCH must not run
+        a second pipeline meanwhile). A client error (4xx) ends the upload as
         failed and removes its bytes; a server failure (5xx) leaves it
         complete-but-unprocessed, so the same PATCH may be sent again.
         """
+        return await self._keeping_lease(upload.id, lambda: self._complete(upload))
+
+    async def _complete(self, upload: Upload) -> CommitResult:
         registry = self.registry
         resumable = registry.storage.resumable()
         path = resumable.in_place(upload.id)

@@ -7,6 +7,7 @@ edges are raw HTTP. The S3 variant is in ``test_tus_s3.py``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -544,3 +545,51 @@ def test_expired_uploads_are_gone_and_gc_removes_their_bytes(tmp_path: Path, cod
         api.close()
     finally:
         process.stop()
+
+
+def test_a_completing_patch_keeps_its_lease_while_the_pipeline_runs(tmp_path: Path) -> None:
+    """The completing PATCH runs the whole pipeline under the upload's write
+    lease. Held on one instance past the lease's 30 s (its storage pauses
+    once the package is in place), the lease is renewed all the while: the
+    same PATCH sent again to another instance of the same registry is told
+    that another request is writing (409), instead of running a second
+    pipeline on the same bytes."""
+    from registry.resumable import LEASE
+    from tests import crash_plugin
+    from tests.test_crash_safety import PROJECT_ROOT
+
+    marker = tmp_path / "paused"
+    tables = merge(base_config(tmp_path), {"storage": {"backend": crash_plugin.NAME},
+                                           "plugins": {"modules": ["tests.crash_plugin"]}})
+    env = {"PYTHONPATH": str(PROJECT_ROOT), crash_plugin.MARKER_ENV: str(marker)}
+    pausing = start_registry(tmp_path / "a", tables, env={**env, crash_plugin.POINT_ENV: "put-after"})
+    instances = [pausing]
+    try:
+        instances.append(start_registry(tmp_path / "b", tables, env=env))  # same database and root
+        api = Api(pausing.url, pausing.token("lease"))
+        body = package("1.0.0")
+        url = create(api, "lease", len(body))
+        completing = threading.Thread(target=lambda: _quietly(lambda: patch(api, url, 0, body)), daemon=True)
+        completing.start()
+        deadline = time.monotonic() + 60  # ends a hang, times nothing
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the completing PATCH never stored the package"
+            time.sleep(0.02)
+        time.sleep(LEASE + 5)  # past the lease the PATCH took
+        other = Api(instances[1].url, instances[1].token("lease"))
+        try:
+            again = other.http.patch(Api.path("lease", suffix="uploads/" + url.rsplit("/", 1)[1]), content=b"", headers={
+                **TUS, "Upload-Offset": str(len(body)), "Content-Type": "application/offset+octet-stream"})
+        finally:
+            other.close()
+        assert again.status_code == 409, again.text
+        assert again.json()["code"] == "UPLOAD_OFFSET_MISMATCH"
+    finally:
+        for instance in instances:
+            instance.kill()
+
+
+def _quietly(call: Any) -> None:
+    """``call()``, its transport failure ignored (the server is killed under it)."""
+    with contextlib.suppress(httpx.HTTPError):
+        call()
