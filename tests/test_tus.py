@@ -356,6 +356,21 @@ def finish_and_check(api: Api, code: str, path: str, offset: int, body: bytes) -
     assert api.download(code, record["id"]).content == body
 
 
+def _sent_then_killed(root: Path, code: str, body: bytes, sent: int) -> tuple[RegistryProcess, str, Path]:
+    """A registry that took the first ``sent`` bytes of an upload of ``body``
+    and was then killed: (the stopped process, the upload's URL, its file)."""
+    process = start_registry(root, base_config(root))
+    api = Api(process.url, process.token("crash"))
+    try:
+        url = create(api, code, len(body))
+        assert patch(api, url, 0, body[:sent]).status_code == 204
+    finally:
+        api.close()
+        process.kill()
+    [file] = upload_files(process, url)
+    return process, url, file
+
+
 @pytest.mark.parametrize("state", ["receiving", "completing"])
 @pytest.mark.parametrize("loss", ["cut", "gone", "segments"])
 def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
@@ -369,16 +384,10 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
     goes on from there to the package; never a 503 for as long as it lives.
     An upload begun by the older version (segment files) starts again at 0."""
     body = big_package(300_000, version="9.0.0")
-    process = start_registry(tmp_path, base_config(tmp_path))
+    sent = 200_000
+    process, url, file = _sent_then_killed(tmp_path, code, body, sent)
     try:
-        api = Api(process.url, process.token("crash"))
-        url = create(api, code, len(body))
-        sent = 200_000
-        assert patch(api, url, 0, body[:sent]).status_code == 204
-        process.kill()
-        api.close()
         upload_id = url.rsplit("/", 1)[1]
-        [file] = upload_files(process, url)
         if loss == "cut":
             kept = 120_000
             os.truncate(file, kept)
@@ -415,15 +424,9 @@ def test_an_upload_whose_completing_state_a_crash_took_back_ends_with_an_empty_p
     with all its bytes recorded and kept. The client, told that offset by
     ``HEAD``, sends the empty PATCH at the end, which stores the package."""
     body = big_package(300_000, version="9.1.0")
-    process = start_registry(tmp_path, base_config(tmp_path))
+    sent = 200_000
+    process, url, file = _sent_then_killed(tmp_path, code, body, sent)
     try:
-        api = Api(process.url, process.token("crash"))
-        url = create(api, code, len(body))
-        sent = 200_000
-        assert patch(api, url, 0, body[:sent]).status_code == 204
-        process.kill()
-        api.close()
-        [file] = upload_files(process, url)
         with file.open("ab") as f:  # the last PATCH's bytes, kept by the page cache
             f.write(body[sent:])
         with sqlite3.connect(tmp_path / "registry.db") as db:  # and recorded, but not "completing"
