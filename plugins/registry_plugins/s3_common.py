@@ -88,6 +88,10 @@ def make_s3_client(endpoint_url: str, region: str) -> BaseClient:
     return session.client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
+#: The codes S3 (and its look-alikes) answer for a key that does not exist.
+MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a ``ClientError`` ("NoSuchKey", "404", …), else ""."""
     from botocore.exceptions import ClientError

@@ -24,8 +24,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from registry.storage import ResumableStore
-from registry_plugins.s3_common import error_code
-from registry_plugins.storage_s3 import _MISSING_KEY_CODES
+from registry_plugins.s3_common import MISSING_KEY_CODES, error_code
 
 if TYPE_CHECKING:
     from registry_plugins.storage_s3 import S3Storage
@@ -105,7 +104,7 @@ class S3Multipart(ResumableStore):
                     client.head_object(Bucket=bucket, Key=target)
                     return
                 except Exception as exc:  # a ClientError has a code; anything else has none and is raised
-                    if error_code(exc) not in _MISSING_KEY_CODES:
+                    if error_code(exc) not in MISSING_KEY_CODES:
                         raise
                 if tail is not None:
                     data = client.get_object(Bucket=bucket, Key=tail["key"])["Body"].read()[: tail["size"]]

@@ -40,6 +40,7 @@ import anyio
 import anyio.to_thread
 
 from registry_plugins.s3_common import (
+    MISSING_KEY_CODES,
     boto_errors,
     brief_error,
     check_endpoint_url,
@@ -65,8 +66,6 @@ MULTIPART_THRESHOLD = 8 * MiB
 #: Size of each part; with MAX_CONCURRENCY this bounds a put's memory (~32 MiB).
 MULTIPART_CHUNKSIZE = 8 * MiB
 MAX_CONCURRENCY = 4
-#: Error codes meaning "no such key" (HeadObject answers a bare 404).
-_MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 #: Error codes meaning "no such bucket" (HeadBucket answers a bare 404).
 _MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "404", "NotFound"})
 #: answers of S3-compatible stores whose disk or quota is full (MinIO, Ceph
@@ -284,7 +283,7 @@ class S3Storage(Storage):
             try:
                 client.head_object(Bucket=self.bucket, Key=target)
             except Exception as exc:  # a ClientError has a code; anything else has none and is raised
-                if error_code(exc) in _MISSING_KEY_CODES:
+                if error_code(exc) in MISSING_KEY_CODES:
                     return False
                 raise
             return True
@@ -333,7 +332,7 @@ def _get_body(client: BaseClient, bucket: str, key: str, start: int, end: int | 
         return client.get_object(**request)["Body"]
     except Exception as exc:  # a ClientError has a code; anything else has none and is raised
         code = error_code(exc)
-        if code in _MISSING_KEY_CODES:
+        if code in MISSING_KEY_CODES:
             return _MISSING
         if code == "InvalidRange":
             return _PAST_END
