@@ -30,6 +30,7 @@ def create_app(registry: Registry) -> Starlette:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(jobs.run)
+                background.start_soon(resumable.run)
                 yield
                 background.cancel_scope.cancel()
             await resumable.assemblies.close()

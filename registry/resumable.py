@@ -19,6 +19,7 @@ staging file, exactly as ``P/`` does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -30,6 +31,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 
 from registry.api.serialize import record_json
 from registry.errors import ChunkChecksumMismatch, JobNotFound, RegistryError
@@ -50,6 +52,9 @@ LEASE = 30.0
 RENEW_AFTER = 10.0
 #: Uploads whose recorded offset a process remembers (see ``Resumable.recover``).
 MAX_RECORDED = 4096
+#: Seconds a complete upload without an outcome is left to its client's empty
+#: PATCH before the server finishes it itself (see ``Resumable.finish_later``).
+FINISH_AFTER = 5.0
 
 T = TypeVar("T")
 
@@ -79,6 +84,8 @@ class Resumable:
         self.store = jobs.store
         #: uploads a request of this process is writing to (the lease is per process)
         self._writing: set[str] = set()
+        #: (upload id, when to finish it) for :meth:`run`, from :meth:`finish_later`; None unless it runs
+        self._unfinished: MemoryObjectSendStream[tuple[str, float]] | None = None
         self.assemblies = Assemblies(registry, busy=self._writing)
         #: the offset this process last recorded for an upload: its bytes were kept
         #: by this very process, so no crash of the machine can have lost them since
@@ -94,6 +101,67 @@ class Resumable:
     def release(self, upload_id: str) -> None:
         """Undo :meth:`claim`."""
         self._writing.discard(upload_id)
+
+    def finish_later(self, upload: Upload) -> None:
+        """Have :meth:`run` finish ``upload``, which holds all its bytes but no
+        outcome (the completing PATCH died with its process or failed), in
+        :data:`FINISH_AFTER` seconds unless its client's empty PATCH does it
+        first. A tus client told by ``HEAD`` that the offset is the length
+        takes the upload for done and sends nothing more, so without this
+        its package would never be stored. Best effort: a full queue drops it
+        (the next ``HEAD`` asks again), and so does a process not serving."""
+        if self._unfinished is None:
+            return
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):  # full, or shutting down
+            self._unfinished.send_nowait((upload.id, anyio.current_time() + FINISH_AFTER))
+
+    async def run(self) -> None:
+        """Finish the uploads :meth:`finish_later` names, one after another,
+        until cancelled (the app's lifespan runs it)."""
+        send, receive = anyio.create_memory_object_stream[tuple[str, float]](MAX_RECORDED)
+        self._unfinished = send
+        try:
+            async with send, receive:
+                async for upload_id, due in receive:
+                    await anyio.sleep(max(0.0, due - anyio.current_time()))
+                    try:
+                        await self._finish_unfinished(upload_id)
+                    except Exception:  # it stays as it was: a PATCH, or the next HEAD, tries again
+                        logger.warning("could not finish upload %s", upload_id, exc_info=True)
+        finally:
+            self._unfinished = None
+
+    async def _finish_unfinished(self, upload_id: str) -> None:
+        """Run the pipeline of a complete upload without an outcome, under its
+        lease, as its completing PATCH would; nothing if a request or another
+        process holds it, or it has ended meanwhile."""
+        if not self.claim(upload_id):
+            return
+        try:
+            locked = await self.registry.write(self.store.lock_upload, upload_id, self.holder, LEASE)
+            if locked is None:
+                return
+            release = True
+            try:
+                if locked.state not in (RECEIVING, COMPLETING) or locked.expires < utc_now():
+                    return
+                locked = await self.recover(locked, save=True)
+                if locked.offset < locked.length:
+                    return
+                release = False
+                try:
+                    await self.complete(locked)
+                except RegistryError as exc:  # a 4xx is the upload's outcome, kept by complete()
+                    release = exc.status >= 500
+                    if release:
+                        raise
+                logger.info("finished upload %s, complete but left without an outcome", upload_id)
+            finally:
+                if release:
+                    with anyio.CancelScope(shield=True):
+                        await self.registry.write(self.store.unlock_upload, upload_id, self.holder)
+        finally:
+            self.release(upload_id)
 
     @property
     def holder(self) -> str:

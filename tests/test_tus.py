@@ -417,12 +417,14 @@ def test_an_upload_a_crash_of_the_machine_cut_short_resumes_where_its_file_ends(
         process.stop()
 
 
-def test_an_upload_whose_completing_state_a_crash_took_back_ends_with_an_empty_patch(
-        tmp_path: Path, code: str) -> None:
+@pytest.mark.parametrize("client", ["empty PATCH", "HEAD alone"])
+def test_an_upload_whose_completing_state_a_crash_took_back_ends(tmp_path: Path, code: str, client: str) -> None:
     """``completing`` is recorded without waiting for the record store's
     flush: a crash of the machine may take the upload back to ``receiving``
-    with all its bytes recorded and kept. The client, told that offset by
-    ``HEAD``, sends the empty PATCH at the end, which stores the package."""
+    with all its bytes recorded and kept. A client told that offset by
+    ``HEAD`` either sends the empty PATCH at the end, which stores the
+    package, or (as tus-js-client does) takes the upload for done and sends
+    nothing more: the server then stores the package itself, seconds later."""
     body = big_package(300_000, version="9.1.0")
     sent = 200_000
     process, url, file = _sent_then_killed(tmp_path, code, body, sent)
@@ -436,7 +438,18 @@ def test_an_upload_whose_completing_state_a_crash_took_back_ends_with_an_empty_p
         api = Api(process.url, process.token("crash"))
         path = Api.path(code, suffix=url.rsplit("/source_package/", 1)[1])
         assert offset_of(api, path) == len(body)
-        finish_and_check(api, code, path, len(body), body)
+        if client == "empty PATCH":
+            finish_and_check(api, code, path, len(body), body)
+        else:
+            deadline = time.monotonic() + 60  # ends a hang, times nothing
+            while (outcome := api.http.get(path).json())["state"] == "running":
+                assert time.monotonic() < deadline, "the server never finished the upload"
+                time.sleep(0.2)
+            assert outcome["state"] == "succeeded", outcome
+            record = api.get(code, outcome["package"]["id"]).json()
+            assert record["sha256_signature"] == hashlib.sha256(body).hexdigest()
+            assert api.download(code, record["id"]).content == body
+            assert patch(api, path, len(body), b"").status_code == 409  # over: a late PATCH changes nothing
         assert upload_files(process, url) == []
         api.close()
     finally:

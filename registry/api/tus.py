@@ -29,7 +29,7 @@ from registry.errors import (
     ValidationError,
 )
 from registry.jobs import error_json
-from registry.records import FAILED, SUCCEEDED, Upload, utc_now
+from registry.records import COMPLETING, FAILED, RECEIVING, SUCCEEDED, Upload, utc_now
 from registry.resumable import LEASE, Resumable
 from registry.tus import (
     CHECKSUM_ALGORITHMS,
@@ -148,6 +148,8 @@ async def head_or_get_upload(request: Request) -> Response:
         require_tus_version(request.headers)
     await authorize(request, code, write=False)
     upload = await _find(request, code, module)
+    if upload.state in (RECEIVING, COMPLETING) and upload.offset == upload.length:
+        resumable(request).finish_later(upload)  # all its bytes, no outcome: see finish_later
     if request.method == "HEAD":
         upload = await resumable(request).recover(upload, save=False)
         return Response(status_code=200, headers={
