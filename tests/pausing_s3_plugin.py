@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import anyio
-
 from registry_plugins import storage_s3
 from registry_plugins.storage_s3 import S3Storage
+
 from registry.hookspecs import hookimpl
 from registry.settings import Settings
 from registry.storage import Storage
