@@ -18,6 +18,7 @@ a connection or checksum failure, a problem ``fsck`` found), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -94,6 +95,11 @@ def _workers_flag(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Start-up makes tens of thousands of objects that live as long as the
+    # process (modules, classes, the app) and no garbage cycles: the cyclic
+    # collector would only walk them again and again while they are made.
+    # ``serve`` freezes them and turns it back on before the first request.
+    gc.disable()
     from registry.bootstrap import load_settings
     from registry.serve import ServeError, ServeOptions, serve
 

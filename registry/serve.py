@@ -180,6 +180,7 @@ def serve(settings: Settings, pm: pluggy.PluginManager, options: ServeOptions) -
         logger.info("open file limit raised from %d to %d", old, new)
     if options.workers == 1:
         return _run_worker(settings, pm, options, sock)
+    gc.enable()  # the supervisor runs for as long as its children (each turns its own back on)
     return _Supervisor(lambda: _run_worker(settings, pm, options, sock), options.workers).run()
 
 
@@ -215,6 +216,7 @@ def _run_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOpti
         # request garbage triggers a full collection (a 1 KiB download then
         # took about a quarter less CPU).
         gc.freeze()
+        gc.enable()  # paused by the ``serve`` command while it started
         await server.serve(sockets=[sock])
 
     asyncio.run(run())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import FileServer
 from tests.helpers import Api, RegistryProcess, app_desc, make_tar, to_toml
@@ -27,10 +28,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def loaded_by(registry: RegistryProcess, report: Path) -> set[str]:
     """The top-level packages of the modules ``registry`` had loaded when it stopped."""
     registry.stop()
-    return {name.split(".")[0] for name in json.loads(report.read_text())}
+    return {name.split(".")[0] for name in json.loads(report.read_text())["modules"]}
 
 
-def default_registry(root: Path, files_root: Path) -> tuple[RegistryProcess, Path]:
+def default_registry(root: Path, files_root: Path, workers: int = 1) -> tuple[RegistryProcess, Path]:
     """A registry on the default configuration (the built-in ``origins.enabled``,
     s3 included), reporting its modules; its database already migrated."""
     report = root / "modules.json"
@@ -40,6 +41,7 @@ def default_registry(root: Path, files_root: Path) -> tuple[RegistryProcess, Pat
         "origins.http": {"allow_private_networks": True},
         "origins.file": {"allowed_roots": [str(files_root)]},
         "plugins": {"modules": ["tests.modules_plugin"]},
+        "server": {"workers": workers},
     }
     root.mkdir(parents=True, exist_ok=True)
     config = root / "registry.toml"
@@ -90,3 +92,19 @@ def test_lazy_libraries_load_when_a_request_uses_them(tmp_path: Path, file_serve
     assert {"httpx", "yaml", "jinja2"} <= loaded
     assert loaded & {"boto3", "botocore", "sqlite_utils"} == set()
 
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_collector_runs_again_once_serving(tmp_path: Path, file_server: FileServer, workers: int) -> None:
+    """``serve`` pauses the cyclic garbage collector while it starts (nothing
+    it makes then is garbage); every serving process has it running again,
+    with what start-up made frozen, by the time it answers."""
+    registry, report = default_registry(tmp_path, file_server.root, workers)
+    registry.start()
+    try:
+        assert httpx.get(f"{registry.url}/healthz").status_code == 200
+    finally:
+        registry.stop()
+    state = json.loads(report.read_text())
+    assert state["gc_enabled"] is True
+    assert state["gc_frozen"] > 10_000  # the modules, classes and app made at start-up
