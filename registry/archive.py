@@ -200,8 +200,10 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
             )
         return
     try:
-        with (tarfile.open(path, mode="r:") if isinstance(path, Path)
-              else tarfile.open(fileobj=path, mode="r:")) as other:
+        # guarded as inspection is: the first header alone could be a huge
+        # or hostile pax header (refused, the zip with it)
+        with (tarfile.open(path, mode="r:", tarinfo=_GuardedTarInfo) if isinstance(path, Path)
+              else tarfile.open(fileobj=path, mode="r:", tarinfo=_GuardedTarInfo)) as other:
             first = other.next()
     except (tarfile.TarError, OSError, ValueError, EOFError):
         return
@@ -480,6 +482,59 @@ class _GuardedTarInfo(tarfile.TarInfo):
             )
         return super()._proc_member(tar)  # type: ignore[misc, no-any-return]
 
+    def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        """tarfile's reading of a pax header, its records found in one pass.
+
+        Python's own (before 3.11.10 and 3.12.6: CVE-2024-6232) finds them
+        with regular expressions that backtrack over a run of digits or
+        rescan the rest of the header for each record: a header of a few
+        hundred KiB (a few hundred bytes compressed) held an inspection
+        thread for minutes, or took gigabytes. Here each byte is looked at a
+        bounded number of times; a record that is not ``"<length>
+        <keyword>=<value>\\n"`` exactly ``length`` bytes long is refused.
+        What the header then does (encodings, sparse maps, the fields it
+        overrides) is tarfile's, unchanged.
+        """
+        assert tar.fileobj is not None
+        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        records = _pax_records(buf[:self.size], self.name)
+        # a global header's fields hold for every member after it: tarfile's own dict
+        kept = cast(dict[str, str], tar.pax_headers)
+        pax_headers = kept if self.type == tarfile.XGLTYPE else dict(kept)
+        charset = next((value for keyword, value in records if keyword == b"hdrcharset"), None)
+        if charset is not None:
+            pax_headers["hdrcharset"] = charset.decode("utf-8")
+        # only "BINARY" changes anything: the name fields are then raw bytes
+        encoding = tar.encoding if pax_headers.get("hdrcharset") == "BINARY" else "utf-8"
+        decode = self._decode_pax_field  # type: ignore[attr-defined]
+        for keyword, value in records:
+            key = decode(keyword, "utf-8", "utf-8", tar.errors)
+            if key in tarfile.PAX_NAME_FIELDS:
+                pax_headers[key] = decode(value, encoding, tar.encoding, tar.errors)
+            else:
+                pax_headers[key] = decode(value, "utf-8", "utf-8", tar.errors)
+        try:
+            following = self.fromtarfile(tar)
+        except tarfile.HeaderError as exc:
+            raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
+        if "GNU.sparse.map" in pax_headers:  # GNU sparse 0.1
+            self._proc_gnusparse_01(following, pax_headers)  # type: ignore[attr-defined]
+        elif "GNU.sparse.size" in pax_headers:  # GNU sparse 0.0: the pairs are records of their own
+            offsets = [int(value) for keyword, value in records if keyword == b"GNU.sparse.offset" and value.isdigit()]
+            sizes = [int(value) for keyword, value in records if keyword == b"GNU.sparse.numbytes" and value.isdigit()]
+            following.sparse = list(zip(offsets, sizes, strict=False))  # type: ignore[assignment]
+        elif pax_headers.get("GNU.sparse.major") == "1" and pax_headers.get("GNU.sparse.minor") == "0":
+            self._proc_gnusparse_10(following, pax_headers, tar)
+        if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+            following._apply_pax_info(pax_headers, tar.encoding, tar.errors)  # type: ignore[attr-defined]
+            following.offset = self.offset
+            if "size" in pax_headers:  # the data, and so the next header, moved
+                offset = following.offset_data
+                if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
+                    offset += following._block(following.size)  # type: ignore[attr-defined]
+                tar.offset = offset
+        return following
+
     # A sparse member's map is read by tarfile until it is complete, however
     # long (old GNU: header blocks while each says another follows; GNU 1.0:
     # as many numbers as its first line says), and it indexes past the end of
@@ -493,6 +548,33 @@ class _GuardedTarInfo(tarfile.TarInfo):
                            tar: tarfile.TarFile) -> None:
         with _sparse_map_reading(tar, pax_headers.get("GNU.sparse.name", member.name)):
             super()._proc_gnusparse_10(member, pax_headers, tar)  # type: ignore[misc]
+
+
+#: The most digits a pax record's length may have (20 hold any 64-bit size).
+_PAX_LENGTH_DIGITS = 20
+
+
+def _pax_records(data: bytes, name: str) -> list[tuple[bytes, bytes]]:
+    """The ``(keyword, value)`` records of a pax header's ``data``, in order.
+
+    Each record is ``"<length> <keyword>=<value>\\n"``, ``length`` counting
+    the whole record; the records end at the data's end or at a zero byte
+    (padding). One pass: each search stays within its record.
+
+    :raises InvalidPackage: a record is malformed (``name`` is the header's).
+    """
+    records: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + _PAX_LENGTH_DIGITS + 1)
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        end = pos + length
+        equals = data.find(b"=", space + 1, end - 1) if length else -1
+        if equals <= space + 1 or end > len(data) or data[end - 1] != 0x0A:  # "\n"
+            raise InvalidPackage(f"malformed pax header record at byte {pos} of the header of {_show(name)}")
+        records.append((data[space + 1:equals], data[equals + 1:end - 1]))
+        pos = end
+    return records
 
 
 class _SparseMapReader:

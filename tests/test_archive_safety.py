@@ -15,6 +15,8 @@ import io
 import lzma
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 import tracemalloc
 import zipfile
@@ -538,6 +540,150 @@ def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]
     info = inspect(tar_bytes(add))
     assert info.app_desc == content  # type: ignore[attr-defined]
     assert info.member_paths == ["app_desc.yaml", "after.txt"]  # type: ignore[attr-defined]
+
+
+# -- pax headers: read in linear time (CVE-2024-6232) ---------------------------------------
+
+def pax_record(keyword: bytes, value: bytes) -> bytes:
+    """One pax record, ``"<length> <keyword>=<value>\\n"``, its length counting its own digits."""
+    body = b" " + keyword + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length += 1
+    return b"%d" % length + body
+
+
+def with_pax_header(data: bytes, member_size_field: int = 1, member_data: bytes = b"a",
+                    kind: bytes = tarfile.XHDTYPE) -> bytes:
+    """A plain tar: a pax header of ``kind`` holding ``data`` as it is, then the
+    file ``src/a.txt`` (its ustar size field and its data given), then the end."""
+    header = tarfile.TarInfo("./PaxHeaders/a.txt")
+    header.type = kind
+    header.size = len(data)
+    member = tarfile.TarInfo("src/a.txt")
+    member.size = member_size_field
+    return (header.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512) + member.tobuf(tarfile.USTAR_FORMAT)
+            + member_data + bytes(-len(member_data) % 512) + bytes(1024))
+
+
+@pytest.mark.parametrize("data", [
+    b"4 xx" * 1000 + b"=\n",  # no "=" within a record: Python's reading rescanned the rest for each
+    b"0 a=b\n", b"99 a=b\n", b"6 a=bc", b"6 =bc\n", b"1" * 30 + b" a=b\n", b"x a=b\n",
+    pax_record(b"path", b"src/a.txt") + b"junk",
+], ids=["no-equals-in-record", "zero-length", "past-the-end", "no-newline", "empty-keyword",
+        "length-too-long", "length-not-a-number", "junk-after-a-record"])
+def test_malformed_pax_records_are_refused(inspect: Callable[..., object], data: bytes) -> None:
+    refused(inspect, gzip.compress(with_pax_header(data)), "malformed pax header record", "PaxHeaders/a.txt")
+
+
+def _read_members(data: bytes, tarinfo: type[tarfile.TarInfo]) -> list[tuple[object, ...]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:", tarinfo=tarinfo) as tar:  # type: ignore[call-overload]
+        return [(m.name, m.size, m.type, m.linkname, m.mtime, m.uname, m.offset_data, m.pax_headers,
+                 getattr(m, "sparse", None)) for m in tar]
+
+
+def assert_read_as_tarfile_reads(data: bytes) -> None:
+    """Inspection's reading of pax headers gives every member exactly as Python's does."""
+    from registry.archive import _GuardedTarInfo
+    assert _read_members(data, _GuardedTarInfo) == _read_members(data, tarfile.TarInfo)
+
+
+_PAX_TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=60)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(names=st.lists(_PAX_TEXT.filter(bool), min_size=1, max_size=4),
+       extra=st.dictionaries(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="="),
+                                     min_size=1, max_size=12).map(lambda k: "SCHILY.xattr.user." + k),
+                             _PAX_TEXT, max_size=3),
+       global_headers=st.dictionaries(st.sampled_from(["comment", "uname", "gname"]), _PAX_TEXT, max_size=2),
+       binary=st.booleans())
+def test_pax_headers_read_as_tarfile_reads_them(names: list[str], extra: dict[str, str],
+                                                 global_headers: dict[str, str], binary: bool) -> None:
+    """Names, links and extended attributes of any text, a global header, names
+    that are not UTF-8 (``hdrcharset=BINARY``): every member's fields match."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, pax_headers=global_headers,
+                      encoding="utf-8", errors="surrogateescape") as tar:
+        for n, name in enumerate(names):
+            info = tarfile.TarInfo(name + ("\udcff" if binary and n == 0 else "") + "/x" * 60)
+            info.size, info.mtime, info.pax_headers = 1, 1_700_000_000.25 * (n + 1), extra
+            tar.addfile(info, io.BytesIO(b"z"))
+            link = tarfile.TarInfo(f"link{n}")
+            link.type, link.linkname = tarfile.SYMTYPE, name + "/target" * 30
+            tar.addfile(link)
+    assert_read_as_tarfile_reads(buffer.getvalue())
+
+
+def test_pax_size_and_gnu_sparse_0_0_read_as_tarfile_reads_them() -> None:
+    """The two header records that change how tarfile goes on: ``size`` (the
+    data, so the next header, moves) and a GNU 0.0 sparse map (its pairs are
+    records of their own)."""
+    assert_read_as_tarfile_reads(with_pax_header(pax_record(b"size", b"700"), member_size_field=0,
+                                                 member_data=b"s" * 700))
+    sparse = b"".join(pax_record(k, v) for k, v in [
+        (b"GNU.sparse.size", b"20"), (b"GNU.sparse.numblocks", b"2"), (b"GNU.sparse.offset", b"0"),
+        (b"GNU.sparse.numbytes", b"1"), (b"GNU.sparse.offset", b"10"), (b"GNU.sparse.numbytes", b"1")])
+    assert_read_as_tarfile_reads(with_pax_header(sparse, member_size_field=2, member_data=b"ab"))
+    assert _read_members(with_pax_header(sparse, 2, b"ab"), tarfile.TarInfo)[0][-1] == [(0, 1), (10, 1)]
+    assert_read_as_tarfile_reads(with_pax_header(pax_record(b"comment", b"global"), kind=tarfile.XGLTYPE))
+
+
+#: Inspects the archive in the file named by argv[1] and prints its member paths or the refusal.
+_INSPECT_SCRIPT = """
+import sys
+from pathlib import Path
+from registry.archive import ArchiveLimits, inspect_archive
+from registry.errors import InvalidPackage
+try:
+    print(inspect_archive(Path(sys.argv[1]), ArchiveLimits(1000, 2**30, 1000)).member_paths)
+except InvalidPackage as exc:
+    print(exc.detail("en"))
+"""
+
+
+def tar_in_a_zip(tar: bytes) -> bytes:
+    """A zip whose first bytes are also ``tar``'s first header: a stored entry
+    whose extra field holds the rest of that header, its data the rest of the tar."""
+    name = b"a"
+    extra_payload = BLOCK - 30 - len(name) - 4
+    head = tar[:BLOCK]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        info = zipfile.ZipInfo(name.decode(), date_time=(2024, 1, 1, 0, 0, 0))
+        info.extra = b"\xfe\xca" + extra_payload.to_bytes(2, "little") + head[30 + len(name) + 4:]
+        archive.writestr(info, tar[BLOCK:])
+    data = bytearray(buffer.getvalue())
+    # the tar header's fields all lie in the extra field, but its checksum
+    # covers the zip's first bytes too: computed again (the field as spaces)
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:BLOCK])
+    return bytes(data)
+
+
+BLOCK = tarfile.BLOCKSIZE
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_a_long_run_of_digits_in_a_pax_header_is_read_quickly(tmp_path: Path, kind: str) -> None:
+    """A well-formed pax record holding a MiB of digits: Python's reading
+    backtracked over the run from each of its positions (minutes of a thread;
+    a few hundred bytes compressed). Read at once now: the tar is accepted, the
+    zip that is also that tar refused as ambiguous. Run in a child process, so
+    that a regression ends in a timeout instead of a stuck test run."""
+    if kind == "zip":  # the polyglot is a real zip and a real tar (shown on a short header)
+        polyglot = tar_in_a_zip(with_pax_header(pax_record(b"comment", b"1" * 100)))
+        assert zipfile.ZipFile(io.BytesIO(polyglot)).namelist() == ["a"]
+        with tarfile.open(fileobj=io.BytesIO(polyglot), mode="r:") as tar:
+            assert tar.getnames() == ["src/a.txt"]
+    tar = with_pax_header(pax_record(b"comment", b"1" * (MiB - 100)))
+    path = tmp_path / f"package.{kind}"
+    path.write_bytes(gzip.compress(tar) if kind == "tar.gz" else tar_in_a_zip(tar))
+    done = subprocess.run([sys.executable, "-c", _INSPECT_SCRIPT, str(path)], check=False, capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    expected = "['src/a.txt']" if kind == "tar.gz" else "Invalid source package: the zip archive is also a readable tar: ambiguous"
+    assert done.stdout.strip() == expected
 
 
 def _mangling_seeds() -> list[bytes]:
