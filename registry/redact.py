@@ -21,7 +21,11 @@ SECRET_QUERY_KEYS = frozenset(
 REDACTED = "REDACTED"
 
 #: Something that looks like an absolute URL inside free text (a log line).
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+#: The scheme is at most 32 characters: with no bound, each position of a long
+#: word was tried against the whole rest of it (quadratic: a 100 KB word, such
+#: as a hostile redirect's ``Location`` in httpx's log line, took seconds).
+#: A longer run before ``://`` still matches, from 32 characters before it.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>]+")
 #: Query separators: ``&``, and ``;`` which some servers also split on.
 _QUERY_SEPARATOR = re.compile(r"([&;])")
 

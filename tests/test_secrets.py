@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +79,20 @@ def test_redact_text() -> None:
     redacted = redact_text(text)
     assert "pw1" not in redacted and "t1" not in redacted and "s2" not in redacted
     assert "a=1" in redacted and redacted.count(REDACTED) == 2
+
+
+def test_redact_text_reads_a_long_word_once() -> None:
+    """Each position of a word is tried against at most a scheme's length of
+    it: a MB of letters (a hostile origin's redirect target, in httpx's log
+    line) is redacted at once, not in minutes. Run in a child process, so a
+    regression ends in a timeout instead of a stuck test run."""
+    script = ("from registry.redact import redact_text\n"
+              "print(redact_text('a' * 1_000_000 + 'https://u:LONGPW@h/?token=LONGTOK ' + 'b' * 1_000_000)[999_960:])")
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("a" * 8) and "LONGPW" not in done.stdout and "LONGTOK" not in done.stdout
+    assert f"h/?token={REDACTED} bbb" in done.stdout
 
 
 def test_httpx_request_log_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
