@@ -682,7 +682,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              " same rounds (A/B): throughput, its file and tus uploads; small-uploads, its"
                              " 1 KiB uploads in alternating rounds")
     parser.add_argument("--drop-caches", action=argparse.BooleanOptionalAction, default=os.geteuid() == 0,
-                        help="throughput: drop the page cache before each transfer that writes (default: when root)")
+                        help="throughput: drop the page cache before each transfer that writes; small-uploads:"
+                             " before each run (default: when root)")
     parser.add_argument("--scale-sizes", default=",".join(str(n) for n in scale.SIZES),
                         help="records per module the scale suite fills, comma-separated (default %(default)s)")
     args = parser.parse_args(argv)
@@ -715,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "small-uploads":
         output = args.output if args.output != DEFAULT_OUTPUT else HERE / "results" / "small_uploads.json"
         with workspace(args.tmpdir) as workdir:
-            return scale.main_small_uploads(workdir, output, args.repeat, args.baseline)
+            return scale.main_small_uploads(workdir, output, args.repeat, args.baseline, args.drop_caches)
     if args.suite == "cluster":
         import cluster
 

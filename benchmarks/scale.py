@@ -339,25 +339,36 @@ def _rate(server: ServerProcess, headers: dict[str, str], paths: list[str], seco
     return done[0] / seconds, cpu * 1e6 / max(1, done[0])
 
 
-def main_small_uploads(workdir: Path, output: Path, rounds: int, baseline: Path | None) -> int:
+def main_small_uploads(workdir: Path, output: Path, rounds: int, baseline: Path | None,
+                       drop_caches: bool = False) -> int:
     """Only the 1 KiB upload measure (``run.py --suite small-uploads``): ``rounds``
     runs, each into a fresh store, alternating with ``baseline`` (another
     ``registry`` executable) when given, so that other work on the machine
-    weighs on both alike; prints medians and the target with met or missed."""
+    weighs on both alike; prints medians and the target with met or missed.
+
+    The order alternates too (AB, BA, AB, ...): on this VM a run slows as the
+    page cache grows, so whichever went second each round would pay for it.
+    With ``drop_caches`` (root) the page cache is dropped before every run."""
+    from transfers import drop_page_cache  # here: transfers imports this module
+
     commands = {"registry": registry_command()}
     if baseline is not None:
         commands["baseline"] = [str(baseline)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in commands}
     loads = [os.getloadavg()[0]]
     for n in range(rounds):
-        for name, command in commands.items():
+        order = list(commands.items())
+        for name, command in order if n % 2 == 0 else order[::-1]:
+            if drop_caches:
+                drop_page_cache()
             result = small_uploads(workdir, command=command, name=f"{name}-{n}")
             runs[name].append(result)
             print(f"  round {n + 1} {name:<8}: {result['registry_uploads_per_s']:.0f}/s,"
                   f" {result['server_cpu_ms_per_upload']:.2f} ms server CPU per upload", flush=True)
         loads.append(os.getloadavg()[0])
-    print(f"load average {min(loads):.2f}-{max(loads):.2f} during the runs")
-    summary: dict[str, Any] = {"load_average": loads}
+    print(f"load average {min(loads):.2f}-{max(loads):.2f} during the runs"
+          f"{'; page cache dropped before each run' if drop_caches else ''}")
+    summary: dict[str, Any] = {"load_average": loads, "page_cache_dropped": drop_caches}
     for name, results in runs.items():
         rate = statistics.median(r["registry_uploads_per_s"] for r in results)
         cpu = statistics.median(r["server_cpu_ms_per_upload"] for r in results)
