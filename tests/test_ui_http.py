@@ -10,6 +10,8 @@ import io
 import json
 import re
 import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -199,6 +201,41 @@ def test_a_tampered_or_foreign_cookie_is_no_session(web: Site, tmp_path: Path) -
     forged = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode() + "." + mac
     client.cookies.set("registry_session", forged)
     assert client.get("/ui/").status_code == 303  # to the sign-in page
+
+
+def test_cookies_are_read_as_browsers_send_them(web: Site) -> None:
+    """The session among other cookies, in double quotes or not, in one
+    ``Cookie`` header or two; the last of two with its name wins; a value that
+    only unquoting would make valid is not the session."""
+    client = web.client()
+    sign_in(client, web.token("carol"))
+    value = client.cookies["registry_session"]
+    for headers in ([("Cookie", f"a=1; registry_session={value}; b=2")],
+                    [("Cookie", f'registry_session="{value}"')],
+                    [("Cookie", f"registry_session=stale; registry_session={value}")],
+                    [("Cookie", "a=1"), ("Cookie", f"registry_session = {value}")]):
+        page = httpx.get(f"{web.process.url}/ui/", headers=headers)
+        assert page.status_code == 200 and "carol" in page.text, headers
+    escaped = value.replace(".", "\\.")  # "\." unquotes to "."
+    assert httpx.get(f"{web.process.url}/ui/", headers={"Cookie": f'registry_session="{escaped}"'}).status_code == 303
+    english = httpx.get(f"{web.process.url}/ui/login", headers={"Cookie": 'a=1; registry_lang="en"'})
+    assert "Sign in" in english.text
+
+
+def test_a_cookie_of_backslashes_is_read_at_once() -> None:
+    """Python 3.11.7 unquotes a quoted cookie value in time quadratic in its
+    backslashes (CVE-2024-7592); the interface's reading unquotes nothing.
+    A MB of them is read in one pass. Run in a child process, so a regression
+    ends in a timeout instead of a stuck test run."""
+    script = ("from starlette.requests import Request\n"
+              "from registry.ui.cookies import cookie\n"
+              "hostile = b'a=\"' + b'\\\\' * 1_000_000 + b'\"; registry_lang=en'\n"
+              "request = Request({'type': 'http', 'headers': [(b'cookie', hostile)]})\n"
+              "print(cookie(request, 'registry_lang'), len(cookie(request, 'a')))")
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["en", "1000000"]
 
 
 def test_wrong_credentials_show_the_registry_error(web: Site) -> None:

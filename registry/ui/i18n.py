@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from registry.api.errors import preferred_language
+from registry.ui.cookies import cookie
 
 LANG_COOKIE = "registry_lang"
 LANGUAGES = ("zh", "en")
@@ -112,7 +113,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
 
 def language(request: Request) -> str:
     """``zh`` or ``en``: the switch's cookie, else ``Accept-Language``."""
-    chosen = request.cookies.get(LANG_COOKIE)
+    chosen = cookie(request, LANG_COOKIE)
     if chosen in LANGUAGES:
         return chosen
     return preferred_language(request.headers.get("accept-language"))

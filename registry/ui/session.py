@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from registry.settings import Settings, SettingsError
+from registry.ui.cookies import cookie
 
 COOKIE = "registry_session"
 CSRF_HEADER = "x-csrf-token"
@@ -142,7 +143,7 @@ class SessionCodec:
 
     def read(self, request: Request) -> Session | None:
         """The request's session, or None."""
-        return self.loads(request.cookies.get(COOKIE))
+        return self.loads(cookie(request, COOKIE))
 
     def write(self, response: Response, request: Request, session: Session) -> None:
         """Set the session cookie: HttpOnly, SameSite=Strict, Secure over https."""
