@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import boto3
 import pytest
 from botocore.client import BaseClient
@@ -226,3 +227,40 @@ def test_keys_that_could_alias_another_are_refused(key: str, tmp_path: Path) -> 
     storage = S3Storage("b", "", "", REGION, tmp_path)
     with pytest.raises(ValueError, match="invalid blob key"):
         storage.object_key(key)
+
+
+def test_a_blob_folder_is_synced_up_to_the_root_by_the_first_put_into_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put makes its rename durable (its folder synced) and, the first time
+    this storage object puts into a folder, the folder's own entry and its
+    parent's, up to the root: whoever made the folder (another upload that has
+    not synced its parent yet, another process) and whether or not it existed.
+    The folder syncs are recorded rather than lost to a power cut, which no
+    test can make."""
+    import registry_plugins.storage_filesystem as filesystem
+
+    synced: list[Path] = []
+    real_sync = filesystem._fsync_dir
+    monkeypatch.setattr(filesystem, "_fsync_dir", lambda folder: (synced.append(folder), real_sync(folder)))
+    root = tmp_path / "packages"
+    storage = FilesystemStorage(root)
+
+    async def put(key: str) -> None:
+        await storage.put(await stage(storage, b"data"), key)
+
+    async def scenario() -> list[list[Path]]:
+        await storage.startup()
+        rounds = []
+        (root / "app" / "made-by-another").mkdir(parents=True)  # as a concurrent upload leaves it
+        for key in ("app/made-by-another/" + "a" * 32, "app/made-by-another/" + "b" * 32,
+                    "app/new/" + "c" * 32, "other/new/" + "d" * 32):
+            synced.clear()
+            await put(key)
+            rounds.append(list(synced))
+        return rounds
+
+    first, second, new_module, new_app = anyio.run(scenario)
+    assert first == [root / "app" / "made-by-another", root / "app", root]
+    assert second == [root / "app" / "made-by-another"]  # known synced: the rename's folder only
+    assert new_module == [root / "app" / "new", root / "app", root]
+    assert new_app == [root / "other" / "new", root / "other", root]

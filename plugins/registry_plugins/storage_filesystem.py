@@ -45,6 +45,9 @@ class FilesystemStorage(Storage):
         """:param staging_dir: where uploads are staged; None for ``<root>/.staging``."""
         self.root = root
         self._staging_dir = staging_dir if staging_dir is not None else root / STAGING_FOLDER
+        # Blob folders whose own entries, up to the root, this process has
+        # synced: a put into any other folder syncs them first (see put_blocking).
+        self._synced_folders: set[Path] = set()
 
     @property
     def staging_dir(self) -> Path:
@@ -95,17 +98,26 @@ class FilesystemStorage(Storage):
         target = self._path(key)
 
         def move() -> None:
-            created = _make_folders(target.parent)
+            folder = target.parent
+            _make_folders(folder)
             try:
                 os.replace(staged, target)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
                 _copy_into_place(staged, target)
-            # The rename is durable once its folder is synced, and a folder
-            # made just now is durable once its own parent is synced too.
-            for folder in [target.parent, *(f.parent for f in created)]:
-                _fsync_dir(folder)
+            # The rename is durable once its folder is synced; the folder
+            # itself once its parent is, and so on up to the root. Those are
+            # synced by the first put into a folder this process has not seen
+            # synced, whoever made it: a concurrent upload that made it may
+            # not have synced its parent yet when this one's record commits.
+            _fsync_dir(folder)
+            if folder not in self._synced_folders:
+                for parent in folder.parents:
+                    _fsync_dir(parent)
+                    if parent == self.root:
+                        break
+                self._synced_folders.add(folder)
 
         try:
             move()
@@ -246,17 +258,11 @@ def _open_and_read(path: Path, start: int, end: int | None, size: int) -> tuple[
     return fd, chunk, done
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """``mkdir -p folder``; the folders that did not exist, deepest first."""
-    missing: list[Path] = []
+def _make_folders(folder: Path) -> None:
+    """``mkdir -p folder``."""
     if folder.is_dir():  # as for every upload but a module's first: one stat, no mkdir
-        return missing
-    current = folder
-    while not current.is_dir():
-        missing.append(current)
-        current = current.parent
+        return
     folder.mkdir(parents=True, exist_ok=True)
-    return missing
 
 
 def _copy_into_place(staged: Path, target: Path) -> None:
