@@ -293,6 +293,7 @@ GC_PHRASES = {
     "orphan": ("remove orphan blob", "removed orphan blob"),
     "staging": ("remove stale staging file", "removed stale staging file"),
     "upload": ("remove expired", "removed expired"),
+    "unrecorded": ("remove the bytes of", "removed the bytes of"),
 }
 #: How the summary line counts each kind, in this order.
 GC_COUNTS = {
@@ -301,6 +302,7 @@ GC_COUNTS = {
     "orphan": "orphan blob(s)",
     "staging": "staging file(s)",
     "upload": "expired resumable upload(s)",
+    "unrecorded": "unrecorded upload(s)",
 }
 GC_RETENTION_DAYS = 30
 GC_GRACE_HOURS = 1

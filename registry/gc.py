@@ -32,7 +32,10 @@ Five passes, in this order:
    on another sharing the root.
 
 5. **uploads**: resumable uploads past ``[uploads] expire_after`` since
-   their last PATCH, with their bytes in the storage's staging area.
+   their last PATCH, with their bytes in the storage's staging area; and
+   bytes kept for an upload no record names, once older than the grace
+   period (needs :meth:`registry.storage.ResumableStore.kept`; a store
+   without it is reported and skipped).
 
 ``dry_run`` reports what each pass would do and changes nothing.
 """
@@ -64,6 +67,7 @@ PURGE = "purge"
 ORPHAN = "orphan"
 STAGING = "staging"
 UPLOAD = "upload"
+UNRECORDED = "unrecorded"
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class GcOptions:
 class GcAction:
     """One thing gc did (or, in a dry run, would do).
 
-    :param kind: ``expire``, ``purge``, ``orphan``, ``staging`` or ``upload``.
+    :param kind: ``expire``, ``purge``, ``orphan``, ``staging``, ``upload`` or ``unrecorded``.
     :param target: what it applies to, for people.
     :param size: bytes freed (0 for ``expire``, which frees nothing yet).
     :param error: why it failed, or None.
@@ -123,7 +127,7 @@ def _describe(record: Record) -> str:
 
 
 async def collect_garbage(registry: Registry, options: GcOptions, on_action: ActionSink = lambda a: None) -> GcReport:
-    """Run the four passes of the module docstring; ``on_action`` sees each action as it happens."""
+    """Run the five passes of the module docstring; ``on_action`` sees each action as it happens."""
     report = GcReport()
 
     def record_action(action: GcAction) -> None:
@@ -141,6 +145,9 @@ async def collect_garbage(registry: Registry, options: GcOptions, on_action: Act
         report.notes.append(note)
     await sweep_staging(registry, options, orphan_cutoff, record_action)
     await expire_transfers(registry, options, record_action)
+    note = await remove_unrecorded_uploads(registry, options, orphan_cutoff, record_action)
+    if note:
+        report.notes.append(note)
     return report
 
 
@@ -151,6 +158,48 @@ async def expire_transfers(registry: Registry, options: GcOptions, on_action: Ac
 
     for upload_id, size in await expire_uploads(registry, registry.records, options.dry_run):
         on_action(GcAction(UPLOAD, f"resumable upload {upload_id}", size))
+
+
+async def remove_unrecorded_uploads(registry: Registry, options: GcOptions, cutoff: datetime,
+                                    on_action: ActionSink) -> str | None:
+    """Pass 5, continued: the bytes of resumable uploads no record names, last
+    written before ``cutoff`` (a process died between keeping them and
+    recording the upload, or between deleting the record and its bytes).
+    Needs :meth:`ResumableStore.kept`; a note when the store cannot list."""
+    store = registry.storage.resumable()
+    try:
+        kept = await store.kept()
+    except NotImplementedError as exc:
+        return f"resumable uploads without a record not collected: {exc}"
+    except (RegistryError, OSError) as exc:
+        return f"resumable uploads without a record not collected: {_reason(exc)}"
+    candidates = [upload for upload in kept if upload.modified < cutoff]
+    if not candidates:
+        return None
+    recorded = await registry.read(_recorded_upload_ids, registry)
+    for upload in candidates:
+        if upload.upload_id in recorded:
+            continue
+        target = (f"resumable upload {upload.upload_id}, which no record names,"
+                  f" modified {upload.modified:%Y-%m-%d %H:%M:%S}")
+        if not options.dry_run:
+            try:
+                await store.discard(upload.upload_id, {})
+            except (RegistryError, OSError) as exc:
+                on_action(GcAction(UNRECORDED, target, error=_reason(exc)))
+                continue
+        on_action(GcAction(UNRECORDED, target, upload.size))
+    return None
+
+
+def _recorded_upload_ids(registry: Registry) -> set[str]:
+    """Blocking: the id of every resumable upload the record store holds."""
+    ids: set[str] = set()
+    after = ""
+    while page := registry.records.page_uploads(after, 500):
+        ids.update(upload.id for upload in page)
+        after = page[-1].id
+    return ids
 
 
 async def expire_old_versions(registry: Registry, options: GcOptions, on_action: ActionSink) -> list[Record]:

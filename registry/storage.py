@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -188,6 +189,8 @@ class Storage(ABC):
         return LocalFiles(self.staging_dir / RESUMABLE_FOLDER)
 
 
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
 #: Subfolder of the staging folder holding resumable uploads' files; the
 #: start-up sweep removes only files, never folders, so these survive a restart.
 RESUMABLE_FOLDER = "resumable"
@@ -259,6 +262,28 @@ class ResumableStore(ABC):
     async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
         """Remove everything kept for the upload; missing parts are not an error."""
 
+    async def kept(self) -> list[KeptUpload]:
+        """Every upload this store holds bytes for (optional capability).
+
+        ``registry gc`` discards those no upload record names once they are
+        older than its grace period (``discard`` with an empty state): bytes
+        a process kept and then died before recording the upload, or after
+        deleting its record but before its bytes.
+
+        :raises NotImplementedError: the store cannot list them (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list the uploads it keeps")
+
+
+@dataclass(frozen=True)
+class KeptUpload:
+    """An upload's bytes as a :class:`ResumableStore` lists them."""
+
+    upload_id: str
+    #: when its bytes were last written
+    modified: datetime
+    size: int
+
 
 class LocalFiles(ResumableStore):
     """Each upload as one local file, ``{folder}/{upload_id}/upload``, written
@@ -279,7 +304,7 @@ class LocalFiles(ResumableStore):
         self.folder = folder
 
     def _dir(self, upload_id: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
+        if not _UPLOAD_ID.fullmatch(upload_id):
             raise ValueError(f"invalid upload id {upload_id!r}")
         return self.folder / upload_id
 
@@ -352,6 +377,27 @@ class LocalFiles(ResumableStore):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(f.close)
+
+    async def kept(self) -> list[KeptUpload]:
+        def scan() -> list[KeptUpload]:
+            found: list[KeptUpload] = []
+            try:
+                with os.scandir(self.folder) as entries:
+                    folders = [e for e in entries if e.is_dir(follow_symlinks=False) and _UPLOAD_ID.fullmatch(e.name)]
+            except FileNotFoundError:
+                return found
+            for entry in folders:
+                try:  # the upload's file, else (made and not yet filled, or emptied) its folder
+                    info = (Path(entry.path) / self.FILE_NAME).stat()
+                except FileNotFoundError:
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # discarded meanwhile
+                found.append(KeptUpload(entry.name, datetime.fromtimestamp(info.st_mtime, UTC), info.st_size))
+            return found
+
+        return await anyio.to_thread.run_sync(scan)
 
     async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
         folder = self._dir(upload_id)

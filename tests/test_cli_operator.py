@@ -229,7 +229,7 @@ def test_gc_collects_stale_leftovers_and_purges_old_deleted_records(scratch: Scr
     assert kept_blob.exists() and recent_orphan.exists() and live_upload.exists() and foreign.exists()
     assert "left 1 unreferenced object(s) alone" in collected.stderr
     assert re.search(r"gc: 0 version\(s\) soft-deleted, 1 blob\(s\) of deleted versions purged,"
-                     r" 1 orphan blob\(s\), 0 staging file\(s\), 0 expired resumable upload\(s\); freed", collected.stdout)
+                     r" 1 orphan blob\(s\), 0 staging file\(s\), 0 expired resumable upload\(s\), 0 unrecorded upload\(s\); freed", collected.stdout)
     assert f"removed the blob of id {purged_id} shop/default version 1.0.0" in collected.stdout
 
     # the purged record stays, deleted; it cannot be restored, only uploaded again

@@ -487,6 +487,43 @@ def test_an_upload_expired_under_its_patch_leaves_no_file_open(tmp_path: Path, c
         process.stop()
 
 
+def test_gc_removes_the_bytes_of_uploads_no_record_names(tmp_path: Path, code: str) -> None:
+    """Bytes kept for a resumable upload whose record is gone (a process died
+    between deleting the record and its bytes, or between keeping the bytes
+    and recording the upload) are removed by ``registry gc`` once older than
+    the grace period; a recorded upload's, however old, and a young folder stay."""
+    process = start_registry(tmp_path, base_config(tmp_path))
+    try:
+        api = Api(process.url, process.token("unrecorded"))
+        kept_url, dropped_url = create(api, code, 4096), create(api, code, 4096)
+        for url in (kept_url, dropped_url):
+            assert patch(api, url, 0, os.urandom(1000)).status_code == 204
+        kept_id, dropped_id = (url.rsplit("/", 1)[1] for url in (kept_url, dropped_url))
+        folders = tmp_path / "packages" / ".staging" / "resumable"
+        young_id = "f" * 32
+        (folders / young_id).mkdir()  # bytes about to be recorded by an upload being created
+        with sqlite3.connect(tmp_path / "registry.db") as db:
+            db.execute("DELETE FROM uploads WHERE id = ?", (dropped_id,))
+        an_hour_ago = time.time() - 2 * 3600
+        for upload_id in (kept_id, dropped_id):
+            for path in (folders / upload_id, folders / upload_id / "upload"):
+                os.utime(path, (an_hour_ago, an_hour_ago))
+
+        dry = process.cli("gc", "--dry-run").stdout
+        assert f"would remove the bytes of resumable upload {dropped_id}, which no record names" in dry
+        assert (folders / dropped_id).exists()
+        done = process.cli("gc").stdout
+        assert f"removed the bytes of resumable upload {dropped_id}, which no record names" in done
+        assert "1 unrecorded upload(s)" in done
+        assert kept_id not in done and young_id not in done
+        assert not (folders / dropped_id).exists()
+        assert (folders / kept_id / "upload").stat().st_size == 1000 and (folders / young_id).is_dir()
+        assert api.http.head(kept_url, headers=TUS).headers["upload-offset"] == "1000"
+        api.close()
+    finally:
+        process.stop()
+
+
 def test_patches_alternating_between_two_processes(tmp_path: Path, code: str) -> None:
     """Two processes on one database and one storage folder take turns at an
     upload's PATCHes (as behind a load balancer): each writes its chunks into
