@@ -748,7 +748,11 @@ def version_from_app_desc(content: bytes) -> str | None:
         return None
     if not isinstance(data, dict):
         raise InvalidPackage("app_desc.yaml is not a mapping")
-    spec3 = str(data.get("specVersion", "")).strip() == "3"
+    # Only scalars are looked at: an alias repeats a node without copying it, so
+    # a few hundred bytes can name a billion strings, and turning such a value
+    # into text (``str()``) would build all of them.
+    spec = data.get("specVersion")
+    spec3 = isinstance(spec, str) and spec.strip() == "3"
     keys = ("appVersion", "app_version") if spec3 else ("app_version", "appVersion")
     for key in keys:
         value = data.get(key)

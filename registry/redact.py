@@ -24,7 +24,9 @@ REDACTED = "REDACTED"
 #: The scheme is at most 32 characters: with no bound, each position of a long
 #: word was tried against the whole rest of it (quadratic: a 100 KB word, such
 #: as a hostile redirect's ``Location`` in httpx's log line, took seconds).
-#: A longer run before ``://`` still matches, from 32 characters before it.
+#: A longer run before ``://`` still matches, from the first letter among its
+#: last 32 characters; one with no letter there (``a`` and 40 digits) is no
+#: longer taken for a scheme, and no client or library here fetches such a URL.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>]+")
 #: Query separators: ``&``, and ``;`` which some servers also split on.
 _QUERY_SEPARATOR = re.compile(r"([&;])")

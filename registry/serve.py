@@ -180,8 +180,17 @@ def serve(settings: Settings, pm: pluggy.PluginManager, options: ServeOptions) -
         logger.info("open file limit raised from %d to %d", old, new)
     if options.workers == 1:
         return _run_worker(settings, pm, options, sock)
-    gc.enable()  # the supervisor runs for as long as its children (each turns its own back on)
-    return _Supervisor(lambda: _run_worker(settings, pm, options, sock), options.workers).run()
+    gc.enable()  # the supervisor runs for as long as its children
+    return _Supervisor(lambda: _run_forked_worker(settings, pm, options, sock), options.workers).run()
+
+
+def _run_forked_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOptions,
+                       sock: socket.socket) -> int:
+    """:func:`_run_worker` in a child of the supervisor, which collects cycles:
+    a child (a restarted one too) starts as a single worker does, with the
+    collector paused until its start-up's objects are frozen."""
+    gc.disable()
+    return _run_worker(settings, pm, options, sock)
 
 
 def _run_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOptions, sock: socket.socket) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +110,25 @@ def test_version_from_app_desc(api: Api, code: str, spec: int) -> None:
     assert response.status_code == 201, response.text
     assert response.json()["version"] == "4.5.6"
     assert response.json()["package_name"] == "bundle:4.5.6"
+
+
+def test_an_app_desc_of_nested_aliases_is_read_at_once() -> None:
+    """A YAML alias repeats a node without copying it: 500 bytes of
+    ``app_desc.yaml`` can name a billion strings. Only the scalars that say
+    the version are read, no structure is turned into text (which expands
+    it: gigabytes, and a server out of memory). Run in a child limited to
+    1 GiB, so a regression ends in a MemoryError instead of exhausting the machine."""
+    script = ("import resource\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+              "from registry.archive import version_from_app_desc\n"
+              "lines = ['a0: &a0 [' + ','.join(['lol'] * 10) + ']']\n"
+              "lines += [f'a{i}: &a{i} [' + ','.join([f'*a{i - 1}'] * 10) + ']' for i in range(1, 9)]\n"
+              "lines += ['specVersion: *a8', 'appVersion: *a8', 'app_version: 1.2.3']\n"
+              "print(version_from_app_desc('\\n'.join(lines).encode()))\n")
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1.2.3"
 
 
 def test_version_field_wins_over_app_desc(api: Api, code: str) -> None:
