@@ -199,16 +199,18 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
                 "ambiguous; a zip as the last member of a plain tar does this, compressing the tar avoids it"
             )
         return
+    # A valid first header (checksum and numbers) is what makes a tar reader
+    # go on: that alone refuses the zip. Reading on with tarfile would make
+    # the verdict hang on what follows, which a hostile file picks: a chain
+    # of extended headers recursed past Python's limit (a 500), a record
+    # tarfile cannot decode read as "not a tar" where other readers skip it.
+    with path.open("rb") if isinstance(path, Path) else contextlib.nullcontext(path) as f:
+        head = f.read(BLOCK_SIZE)
     try:
-        # guarded as inspection is: the first header alone could be a huge
-        # or hostile pax header (refused, the zip with it)
-        with (tarfile.open(path, mode="r:", tarinfo=_GuardedTarInfo) if isinstance(path, Path)
-              else tarfile.open(fileobj=path, mode="r:", tarinfo=_GuardedTarInfo)) as other:
-            first = other.next()
-    except (tarfile.TarError, OSError, ValueError, EOFError):
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
         return
-    if first is not None:
-        raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
+    raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
