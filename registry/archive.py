@@ -9,7 +9,8 @@ Refused: absolute or ``..`` member paths (``\\`` counts as a separator),
 links that resolve outside the archive (following the archive's own links),
 device, fifo and socket members, more members or unpacked bytes than the
 limits, a compression ratio above the limit (members' data and the whole
-decompressed stream alike), oversized extended headers or sparse maps, a
+decompressed stream alike), oversized extended headers or sparse maps,
+global pax headers beyond a few dozen keywords, malformed pax records, a
 compressed stream that is truncated or fails its checksum, a tar without its
 end-of-archive marker or with data after it, a path listed twice, a zip whose local
 entries and central directory disagree (:mod:`registry.zip_layout`), a file
@@ -515,6 +516,8 @@ class _GuardedTarInfo(tarfile.TarInfo):
                 pax_headers[key] = decode(value, encoding, tar.encoding, tar.errors)
             else:
                 pax_headers[key] = decode(value, "utf-8", "utf-8", tar.errors)
+        if self.type == tarfile.XGLTYPE:
+            _check_global_pax_headers(pax_headers, self.name)
         try:
             following = self.fromtarfile(tar)
         except tarfile.HeaderError as exc:
@@ -550,6 +553,27 @@ class _GuardedTarInfo(tarfile.TarInfo):
                            tar: tarfile.TarFile) -> None:
         with _sparse_map_reading(tar, pax_headers.get("GNU.sparse.name", member.name)):
             super()._proc_gnusparse_10(member, pax_headers, tar)  # type: ignore[misc]
+
+
+#: Most keywords the global pax headers of an archive may hold together, and
+#: most characters (keywords and values): tarfile copies them into every
+#: member that follows and parses the number fields again for each. ``git
+#: archive`` writes one keyword (``comment``, the commit id).
+MAX_GLOBAL_PAX_KEYWORDS = 64
+MAX_GLOBAL_PAX_TEXT = 8 * 1024
+
+
+def _check_global_pax_headers(pax_headers: dict[str, str], name: str) -> None:
+    """Refuse global headers costlier than the limits above to apply to each member.
+
+    :raises InvalidPackage: naming the global header ``name`` that went over.
+    """
+    text = sum(len(keyword) + len(value) for keyword, value in pax_headers.items())
+    if len(pax_headers) > MAX_GLOBAL_PAX_KEYWORDS or text > MAX_GLOBAL_PAX_TEXT:
+        raise InvalidPackage(
+            f"global pax headers hold {len(pax_headers)} keywords, {text} characters (limits "
+            f"{MAX_GLOBAL_PAX_KEYWORDS}, {MAX_GLOBAL_PAX_TEXT}) at {_show(name)}"
+        )
 
 
 #: The most digits a pax record's length may have (20 hold any 64-bit size).

@@ -629,6 +629,32 @@ def test_pax_size_and_gnu_sparse_0_0_read_as_tarfile_reads_them() -> None:
     assert_read_as_tarfile_reads(with_pax_header(pax_record(b"comment", b"global"), kind=tarfile.XGLTYPE))
 
 
+def test_git_archive_global_header_accepted(inspect: Callable[..., object]) -> None:
+    """``git archive`` writes one global header (the commit id as ``comment``)."""
+    def add(tar: tarfile.TarFile) -> None:
+        add_file(tar, "src/a.txt")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "0" * 40}) as tar:
+        add(tar)
+    assert inspect(buffer.getvalue()).member_paths == ["src/a.txt"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("global_headers", [
+    [b"".join(pax_record(b"k%d" % n, b"") for n in range(65))],
+    [b"".join(pax_record(b"k%d" % n, b"") for n in range(part, 70, 2)) for part in (0, 1)],  # together
+    [pax_record(b"comment", b"c" * (16 * 1024))],
+], ids=["many-keywords", "many-keywords-over-two-headers", "long-value"])
+def test_oversized_global_pax_headers_are_refused(inspect: Callable[..., object],
+                                                  global_headers: list[bytes]) -> None:
+    """tarfile copies and applies every global record to every member after
+    it: 1 MiB of them (95,000 keywords, 18 KB as xz) cost 12 s per thousand
+    members, and an archive may hold 100,000. So they are bounded, together."""
+    tar = b"".join(extended_header(tarfile.XGLTYPE, data, "pax_global_header") for data in global_headers)
+    refused(inspect, gzip.compress(tar + with_pax_header(pax_record(b"comment", b"c"))),
+            "global pax headers", "pax_global_header")
+
+
 #: Inspects the archive in the file named by argv[1] and prints its member paths or the refusal.
 _INSPECT_SCRIPT = """
 import sys
