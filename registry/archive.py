@@ -500,6 +500,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
         """
         assert tar.fileobj is not None
         buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        _check_padding(buf, self.size, self.name)
         records = _pax_records(buf[:self.size], self.name)
         # a global header's fields hold for every member after it: tarfile's own dict
         kept = cast(dict[str, str], tar.pax_headers)
@@ -540,6 +541,29 @@ class _GuardedTarInfo(tarfile.TarInfo):
                 tar.offset = offset
         return following
 
+    def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        """tarfile's reading of a GNU long name or link target, its padding checked.
+
+        tarfile takes the name up to the first zero byte of the header's
+        blocks, GNU tar within the header's size: only zeros may follow it.
+        """
+        assert tar.fileobj is not None
+        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        _check_padding(buf, self.size, self.name)
+        try:
+            following = self.fromtarfile(tar)
+        except tarfile.HeaderError as exc:
+            raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
+        following.offset = self.offset
+        text = tarfile.nts(buf, tar.encoding, tar.errors)  # type: ignore[attr-defined]
+        if self.type == tarfile.GNUTYPE_LONGNAME:
+            following.name = text
+        else:
+            following.linkname = text
+        if following.isdir():  # as tarfile's frombuf does
+            following.name = following.name.removesuffix("/")
+        return following
+
     # A sparse member's map is read by tarfile until it is complete, however
     # long (old GNU: header blocks while each says another follows; GNU 1.0:
     # as many numbers as its first line says), and it indexes past the end of
@@ -574,6 +598,17 @@ def _check_global_pax_headers(pax_headers: dict[str, str], name: str) -> None:
             f"global pax headers hold {len(pax_headers)} keywords, {text} characters (limits "
             f"{MAX_GLOBAL_PAX_KEYWORDS}, {MAX_GLOBAL_PAX_TEXT}) at {_show(name)}"
         )
+
+
+def _check_padding(blocks: bytes, size: int, name: str) -> None:
+    """Refuse an extended header whose ``blocks`` hold more than zeros past
+    its ``size``: Python's tarfile reads pax records and long names on into
+    that padding, GNU tar does not, so they would extract different names.
+
+    :raises InvalidPackage: naming the header ``name``.
+    """
+    if not _zeros(blocks[size:]):
+        raise InvalidPackage(f"extended header {_show(name)} holds data past its size")
 
 
 #: The most digits a pax record's length may have (20 hold any 64-bit size).

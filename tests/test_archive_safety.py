@@ -32,6 +32,7 @@ from registry.errors import InvalidPackage
 from tests.helpers import Api, RegistryProcess, app_desc, blob_files, staged_files
 
 MiB = 1024 * 1024
+BLOCK = tarfile.BLOCKSIZE
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=512 * MiB, max_compression_ratio=100)
 
 
@@ -629,6 +630,46 @@ def test_pax_size_and_gnu_sparse_0_0_read_as_tarfile_reads_them() -> None:
     assert_read_as_tarfile_reads(with_pax_header(pax_record(b"comment", b"global"), kind=tarfile.XGLTYPE))
 
 
+def padded_header(kind: bytes, data: bytes, padding: bytes, name: str = "./PaxHeaders/a.txt") -> bytes:
+    """An extended header of ``kind`` whose size covers ``data``; ``padding``
+    fills the rest of its last block (zeros after it)."""
+    header = tarfile.TarInfo(name)
+    header.type, header.size = kind, len(data)
+    body = data + padding
+    return header.tobuf(tarfile.USTAR_FORMAT) + body + bytes(-len(body) % BLOCK)
+
+
+def plain_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> bytes:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, linkname
+    if kind != tarfile.REGTYPE:
+        return member.tobuf(tarfile.USTAR_FORMAT)
+    member.size = 1
+    return member.tobuf(tarfile.USTAR_FORMAT) + b"a" + bytes(BLOCK - 1)
+
+
+@pytest.mark.parametrize(("tar", "python_reads"), [
+    # tarfile reads pax records on into the padding, tar reads only the header's size
+    (padded_header(tarfile.XHDTYPE, pax_record(b"comment", b"c"), pax_record(b"path", b"../../evil"))
+     + plain_member("src/a.txt"), ("../../evil", "")),
+    (padded_header(tarfile.XHDTYPE, pax_record(b"linkpath", b"../../.."), pax_record(b"linkpath", b"a.txt"))
+     + plain_member("src/l", tarfile.SYMTYPE, "a.txt"), ("src/l", "a.txt")),
+    # and a GNU long name up to a zero byte, wherever that is
+    (padded_header(tarfile.GNUTYPE_LONGLINK, b"../..", b"x\0", "././@LongLink")
+     + plain_member("src/l", tarfile.SYMTYPE, "a"), ("src/l", "../..x")),
+], ids=["pax-record-in-padding", "pax-record-in-padding-overrides", "long-link-into-padding"])
+def test_extended_header_padding_must_be_zeros(inspect: Callable[..., object], tar: bytes,
+                                              python_reads: tuple[str, str]) -> None:
+    """Bytes past an extended header's size are read by Python's tarfile and
+    ignored by GNU tar: the two extract different names or link targets
+    (here ``../../evil``, or a link out of the archive for one of them), so
+    only zeros are accepted there."""
+    tar += bytes(2 * BLOCK)
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert [(m.name, m.linkname) for m in python] == [python_reads]
+    refused(inspect, gzip.compress(tar), "past its size")
+
+
 def test_git_archive_global_header_accepted(inspect: Callable[..., object]) -> None:
     """``git archive`` writes one global header (the commit id as ``comment``)."""
     def add(tar: tarfile.TarFile) -> None:
@@ -653,6 +694,19 @@ def test_oversized_global_pax_headers_are_refused(inspect: Callable[..., object]
     tar = b"".join(extended_header(tarfile.XGLTYPE, data, "pax_global_header") for data in global_headers)
     refused(inspect, gzip.compress(tar + with_pax_header(pax_record(b"comment", b"c"))),
             "global pax headers", "pax_global_header")
+
+
+def test_gnu_long_names_read_as_tarfile_reads_them() -> None:
+    """GNU long names and link targets (a directory's trailing slash
+    dropped), of sizes on and off a block boundary, read as tarfile reads them."""
+    def add(tar: tarfile.TarFile) -> None:
+        for length in (100, 511, 512, 700):
+            add_file(tar, "f" * length)
+            add_special(tar, "d" * length + "/", tarfile.DIRTYPE)
+            add_special(tar, f"l{length}", tarfile.SYMTYPE, "t" * length)
+    data = tar_bytes(add, "", tarfile.GNU_FORMAT)
+    assert_read_as_tarfile_reads(data)
+    assert b"././@LongLink" in data
 
 
 #: Inspects the archive in the file named by argv[1] and prints its member paths or the refusal.
@@ -686,8 +740,6 @@ def tar_in_a_zip(tar: bytes) -> bytes:
     data[148:156] = b"%06o\0 " % sum(data[:BLOCK])
     return bytes(data)
 
-
-BLOCK = tarfile.BLOCKSIZE
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
