@@ -494,7 +494,9 @@ class _GuardedTarInfo(tarfile.TarInfo):
         hundred KiB (a few hundred bytes compressed) held an inspection
         thread for minutes, or took gigabytes. Here each byte is looked at a
         bounded number of times; a record that is not ``"<length>
-        <keyword>=<value>\\n"`` exactly ``length`` bytes long is refused.
+        <keyword>=<value>\\n"`` exactly ``length`` bytes long is refused, as
+        is anything but zeros after the header's size (tarfile reads records
+        there, GNU tar does not) and global headers over the limits.
         What the header then does (encodings, sparse maps, the fields it
         overrides) is tarfile's, unchanged.
         """
