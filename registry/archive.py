@@ -533,6 +533,11 @@ class _GuardedTarInfo(tarfile.TarInfo):
             following.sparse = list(zip(offsets, sizes, strict=False))  # type: ignore[assignment]
         elif pax_headers.get("GNU.sparse.major") == "1" and pax_headers.get("GNU.sparse.minor") == "0":
             self._proc_gnusparse_10(following, pax_headers, tar)
+        # GNU tar skips a member without a sparse map by its real size,
+        # tarfile by its stored size: with a sparse size and no map, the two
+        # would find the next header at different places.
+        if ("GNU.sparse.size" in pax_headers or "GNU.sparse.realsize" in pax_headers) and not following.sparse:
+            raise InvalidPackage(f"member {_show(following.name)} has a GNU sparse size but no sparse map")
         if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
             following._apply_pax_info(pax_headers, tar.encoding, tar.errors)  # type: ignore[attr-defined]
             following.offset = self.offset
@@ -590,10 +595,16 @@ MAX_GLOBAL_PAX_TEXT = 8 * 1024
 
 
 def _check_global_pax_headers(pax_headers: dict[str, str], name: str) -> None:
-    """Refuse global headers costlier than the limits above to apply to each member.
+    """Refuse global headers costlier than the limits above to apply to each
+    member, or that set a member's size: GNU tar then skips every member's
+    data by that size, tarfile by each header's own, so GNU tar would unpack
+    headers hidden in data that inspection read as data.
 
-    :raises InvalidPackage: naming the global header ``name`` that went over.
+    :raises InvalidPackage: naming the global header ``name``.
     """
+    for keyword in pax_headers:
+        if keyword == "size" or keyword.startswith("GNU.sparse."):
+            raise InvalidPackage(f"global pax header {_show(name)} sets {_show(keyword)} for every member")
     text = sum(len(keyword) + len(value) for keyword, value in pax_headers.items())
     if len(pax_headers) > MAX_GLOBAL_PAX_KEYWORDS or text > MAX_GLOBAL_PAX_TEXT:
         raise InvalidPackage(

@@ -14,6 +14,7 @@ import gzip
 import io
 import lzma
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -668,6 +669,32 @@ def test_extended_header_padding_must_be_zeros(inspect: Callable[..., object], t
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
         assert [(m.name, m.linkname) for m in python] == [python_reads]
     refused(inspect, gzip.compress(tar), "past its size")
+
+
+@pytest.mark.parametrize(("kind", "keyword"), [
+    (tarfile.XHDTYPE, b"GNU.sparse.size"), (tarfile.XHDTYPE, b"GNU.sparse.realsize"),
+    (tarfile.XGLTYPE, b"size"), (tarfile.XGLTYPE, b"GNU.sparse.size"), (tarfile.XGLTYPE, b"GNU.sparse.realsize"),
+])
+def test_pax_sizes_that_move_gnu_tars_next_header_are_refused(inspect: Callable[..., object], kind: bytes,
+                                                              keyword: bytes) -> None:
+    """GNU tar skips a member's data by these sizes (a sparse size on a member
+    without a sparse map, a global ``size`` on every member after it), tarfile
+    by the ustar size: here GNU tar finds a link out of the archive inside the
+    data of ``f``, which inspection read as data."""
+    hidden = tarfile.TarInfo("escape")
+    hidden.type, hidden.linkname = tarfile.SYMTYPE, "../../../../etc"
+    inner = hidden.tobuf(tarfile.USTAR_FORMAT)
+    member = tarfile.TarInfo("f")
+    member.size = len(inner)
+    tar = (extended_header(kind, pax_record(keyword, b"0")) + member.tobuf(tarfile.USTAR_FORMAT) + inner
+           + bytes(10 * BLOCK))
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert python.getnames() == ["f"]
+    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
+        assert listed.split() == [b"f", b"escape"]
+    refused(inspect, gzip.compress(tar), *(["global pax header", keyword.decode()] if kind == tarfile.XGLTYPE
+                                           else ["'f' has a GNU sparse size but no sparse map"]))
 
 
 def test_git_archive_global_header_accepted(inspect: Callable[..., object]) -> None:
