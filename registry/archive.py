@@ -701,6 +701,10 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
             budget.add_member(member.name)
             if member.ischr() or member.isblk() or member.isfifo():
                 raise InvalidPackage(f"device or fifo member {_show(member.name)}")
+            if (member.issym() or member.islnk()) and member.size:
+                # GNU tar skips that much data after a link, tarfile none: the
+                # two would read the next header at different places
+                raise InvalidPackage(f"link {_show(member.name)} has a size ({member.size} bytes)")
             if member.issym():
                 links.add_link(name, member.name, member.linkname, symbolic=True)
             elif member.islnk():

@@ -697,6 +697,29 @@ def test_pax_sizes_that_move_gnu_tars_next_header_are_refused(inspect: Callable[
                                            else ["'f' has a GNU sparse size but no sparse map"]))
 
 
+@pytest.mark.parametrize(("kind", "pax"), [(tarfile.SYMTYPE, False), (tarfile.SYMTYPE, True), (tarfile.LNKTYPE, True)],
+                         ids=["symbolic-ustar-size", "symbolic-pax-size", "hard-pax-size"])
+def test_a_link_with_a_size_is_refused(inspect: Callable[..., object], kind: bytes, pax: bool) -> None:
+    """GNU tar skips a link's size of data, tarfile skips none: the block
+    after the link is a file to tarfile, whose data hides from it a header
+    that GNU tar unpacks (a link out of the archive)."""
+    link = tarfile.TarInfo("l")
+    link.type, link.linkname, link.size = kind, "x", 0 if pax else BLOCK
+    skipped = tarfile.TarInfo("x")
+    skipped.size = BLOCK
+    hidden = tarfile.TarInfo("escape")
+    hidden.type, hidden.linkname = tarfile.SYMTYPE, "../../../../etc"
+    tar = ((extended_header(tarfile.XHDTYPE, pax_record(b"size", b"%d" % BLOCK)) if pax else b"")
+           + link.tobuf(tarfile.USTAR_FORMAT) + skipped.tobuf(tarfile.USTAR_FORMAT)
+           + hidden.tobuf(tarfile.USTAR_FORMAT) + bytes(10 * BLOCK))
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert python.getnames() == ["l", "x"]
+    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
+        assert listed.split() == [b"l", b"escape"]
+    refused(inspect, gzip.compress(tar), "link 'l' has a size")
+
+
 def test_git_archive_global_header_accepted(inspect: Callable[..., object]) -> None:
     """``git archive`` writes one global header (the commit id as ``comment``)."""
     def add(tar: tarfile.TarFile) -> None:
