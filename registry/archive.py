@@ -11,7 +11,9 @@ device, fifo and socket members, more members or unpacked bytes than the
 limits, a compression ratio above the limit (members' data and the whole
 decompressed stream alike), oversized extended headers or sparse maps,
 global pax headers beyond a few dozen keywords, malformed pax records, a
-compressed stream that is truncated or fails its checksum, a tar without its
+header GNU tar reads otherwise than tarfile (a prefix field outside ustar,
+a link with a size, a sparse or global size, data in an extended header's
+padding), a compressed stream that is truncated or fails its checksum, a tar without its
 end-of-archive marker or with data after it, a path listed twice, a zip whose local
 entries and central directory disagree (:mod:`registry.zip_layout`), a file
 that also reads as an archive of another format (a tar with a zip inside
@@ -477,6 +479,22 @@ class _GuardedTarInfo(tarfile.TarInfo):
     tarfile loads a pax or GNU long-name header whole; a compressed archive
     could otherwise make it allocate gigabytes for a few kilobytes sent.
     """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _GuardedTarInfo:
+        """tarfile's reading of a header, refused where GNU tar names it otherwise.
+
+        tarfile puts the prefix field (bytes 345 to 500) before the name in
+        any header but a GNU one, GNU tar only in a POSIX ustar header: in
+        an old GNU or a V7 header it is times or nothing. The two would
+        unpack the member at different paths.
+        """
+        member = super().frombuf(buf, encoding, errors)
+        prefix = buf[345:500].split(b"\0", 1)[0]
+        if prefix and buf[257:263] != b"ustar\0" and member.type not in tarfile.GNU_TYPES:
+            name = tarfile.nts(buf[:100], encoding, errors)  # type: ignore[attr-defined]
+            raise InvalidPackage(f"member {_show(name)} has a prefix field outside a ustar header ({_show(prefix)})")
+        return member
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER:

@@ -720,6 +720,40 @@ def test_a_link_with_a_size_is_refused(inspect: Callable[..., object], kind: byt
     refused(inspect, gzip.compress(tar), "link 'l' has a size")
 
 
+def with_prefix_field(header: bytes, prefix: bytes) -> bytes:
+    """``header`` with ``prefix`` in the ustar prefix field (old GNU: atime),
+    its checksum computed again."""
+    block = bytearray(header)
+    block[345:345 + len(prefix)] = prefix
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block[:BLOCK])
+    return bytes(block)
+
+
+@pytest.mark.parametrize("magic", [b"ustar  \0", bytes(8)], ids=["old-gnu", "v7"])
+def test_a_prefix_field_outside_ustar_is_refused(inspect: Callable[..., object], magic: bytes) -> None:
+    """tarfile puts the prefix field before the name in any header, GNU tar
+    only in a POSIX ustar one (an old GNU header keeps times there): tarfile
+    reads ``p/x -> ..`` (inside), GNU tar unpacks ``x -> ..``, a link out."""
+    link = tarfile.TarInfo("x")
+    link.type, link.linkname = tarfile.SYMTYPE, ".."
+    header = bytearray(link.tobuf(tarfile.USTAR_FORMAT))
+    header[257:265] = magic
+    tar = with_prefix_field(bytes(header), b"p") + bytes(10 * BLOCK)
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert [(m.name, m.linkname) for m in python] == [("p/x", "..")]
+    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
+        assert listed.split() == [b"x"]
+    refused(inspect, gzip.compress(tar), "prefix field", "'x'")
+
+
+def test_a_prefix_field_in_ustar_is_read(inspect: Callable[..., object]) -> None:
+    """In a POSIX ustar header every reader puts the prefix before the name."""
+    tar = with_prefix_field(plain_member("a.txt"), b"src") + bytes(10 * BLOCK)
+    assert inspect(gzip.compress(tar)).member_paths == ["src/a.txt"]  # type: ignore[attr-defined]
+
+
 def test_git_archive_global_header_accepted(inspect: Callable[..., object]) -> None:
     """``git archive`` writes one global header (the commit id as ``comment``)."""
     def add(tar: tarfile.TarFile) -> None:
