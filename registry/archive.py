@@ -9,8 +9,11 @@ Refused: absolute or ``..`` member paths (``\\`` counts as a separator),
 links that resolve outside the archive (following the archive's own links),
 device, fifo and socket members, more members or unpacked bytes than the
 limits, a compression ratio above the limit (members' data and the whole
-decompressed stream alike), oversized extended headers or sparse maps, a
-compressed stream that is truncated or fails its checksum, a tar without its
+decompressed stream alike), oversized extended headers or sparse maps,
+global pax headers beyond a few dozen keywords, malformed pax records, a
+header GNU tar reads otherwise than tarfile (a prefix field outside ustar,
+a link with a size, a sparse or global size, data in an extended header's
+padding), a compressed stream that is truncated or fails its checksum, a tar without its
 end-of-archive marker or with data after it, a path listed twice, a zip whose local
 entries and central directory disagree (:mod:`registry.zip_layout`), a file
 that also reads as an archive of another format (a tar with a zip inside
@@ -199,16 +202,18 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
                 "ambiguous; a zip as the last member of a plain tar does this, compressing the tar avoids it"
             )
         return
+    # A valid first header (checksum and numbers) is what makes a tar reader
+    # go on: that alone refuses the zip. Reading on with tarfile would make
+    # the verdict hang on what follows, which a hostile file picks: a chain
+    # of extended headers recursed past Python's limit (a 500), a record
+    # tarfile cannot decode read as "not a tar" where other readers skip it.
+    with path.open("rb") if isinstance(path, Path) else contextlib.nullcontext(path) as f:
+        head = f.read(BLOCK_SIZE)
     try:
-        # guarded as inspection is: the first header alone could be a huge
-        # or hostile pax header (refused, the zip with it)
-        with (tarfile.open(path, mode="r:", tarinfo=_GuardedTarInfo) if isinstance(path, Path)
-              else tarfile.open(fileobj=path, mode="r:", tarinfo=_GuardedTarInfo)) as other:
-            first = other.next()
-    except (tarfile.TarError, OSError, ValueError, EOFError):
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
         return
-    if first is not None:
-        raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
+    raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
@@ -475,6 +480,22 @@ class _GuardedTarInfo(tarfile.TarInfo):
     could otherwise make it allocate gigabytes for a few kilobytes sent.
     """
 
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _GuardedTarInfo:
+        """tarfile's reading of a header, refused where GNU tar names it otherwise.
+
+        tarfile puts the prefix field (bytes 345 to 500) before the name in
+        any header but a GNU one, GNU tar only in a POSIX ustar header: in
+        an old GNU or a V7 header it is times or nothing. The two would
+        unpack the member at different paths.
+        """
+        member = super().frombuf(buf, encoding, errors)
+        prefix = buf[345:500].split(b"\0", 1)[0]
+        if prefix and buf[257:263] != b"ustar\0" and member.type not in tarfile.GNU_TYPES:
+            name = tarfile.nts(buf[:100], encoding, errors)  # type: ignore[attr-defined]
+            raise InvalidPackage(f"member {_show(name)} has a prefix field outside a ustar header ({_show(prefix)})")
+        return member
+
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER:
             raise InvalidPackage(
@@ -491,12 +512,15 @@ class _GuardedTarInfo(tarfile.TarInfo):
         hundred KiB (a few hundred bytes compressed) held an inspection
         thread for minutes, or took gigabytes. Here each byte is looked at a
         bounded number of times; a record that is not ``"<length>
-        <keyword>=<value>\\n"`` exactly ``length`` bytes long is refused.
+        <keyword>=<value>\\n"`` exactly ``length`` bytes long is refused, as
+        is anything but zeros after the header's size (tarfile reads records
+        there, GNU tar does not) and global headers over the limits.
         What the header then does (encodings, sparse maps, the fields it
         overrides) is tarfile's, unchanged.
         """
         assert tar.fileobj is not None
         buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        _check_padding(buf, self.size, self.name)
         records = _pax_records(buf[:self.size], self.name)
         # a global header's fields hold for every member after it: tarfile's own dict
         kept = cast(dict[str, str], tar.pax_headers)
@@ -513,6 +537,8 @@ class _GuardedTarInfo(tarfile.TarInfo):
                 pax_headers[key] = decode(value, encoding, tar.encoding, tar.errors)
             else:
                 pax_headers[key] = decode(value, "utf-8", "utf-8", tar.errors)
+        if self.type == tarfile.XGLTYPE:
+            _check_global_pax_headers(pax_headers, self.name)
         try:
             following = self.fromtarfile(tar)
         except tarfile.HeaderError as exc:
@@ -525,6 +551,11 @@ class _GuardedTarInfo(tarfile.TarInfo):
             following.sparse = list(zip(offsets, sizes, strict=False))  # type: ignore[assignment]
         elif pax_headers.get("GNU.sparse.major") == "1" and pax_headers.get("GNU.sparse.minor") == "0":
             self._proc_gnusparse_10(following, pax_headers, tar)
+        # GNU tar skips a member without a sparse map by its real size,
+        # tarfile by its stored size: with a sparse size and no map, the two
+        # would find the next header at different places.
+        if ("GNU.sparse.size" in pax_headers or "GNU.sparse.realsize" in pax_headers) and not following.sparse:
+            raise InvalidPackage(f"member {_show(following.name)} has a GNU sparse size but no sparse map")
         if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
             following._apply_pax_info(pax_headers, tar.encoding, tar.errors)  # type: ignore[attr-defined]
             following.offset = self.offset
@@ -533,6 +564,29 @@ class _GuardedTarInfo(tarfile.TarInfo):
                 if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
                     offset += following._block(following.size)  # type: ignore[attr-defined]
                 tar.offset = offset
+        return following
+
+    def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        """tarfile's reading of a GNU long name or link target, its padding checked.
+
+        tarfile takes the name up to the first zero byte of the header's
+        blocks, GNU tar within the header's size: only zeros may follow it.
+        """
+        assert tar.fileobj is not None
+        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        _check_padding(buf, self.size, self.name)
+        try:
+            following = self.fromtarfile(tar)
+        except tarfile.HeaderError as exc:
+            raise tarfile.SubsequentHeaderError(str(exc)) from None  # type: ignore[attr-defined]
+        following.offset = self.offset
+        text = tarfile.nts(buf, tar.encoding, tar.errors)  # type: ignore[attr-defined]
+        if self.type == tarfile.GNUTYPE_LONGNAME:
+            following.name = text
+        else:
+            following.linkname = text
+        if following.isdir():  # as tarfile's frombuf does
+            following.name = following.name.removesuffix("/")
         return following
 
     # A sparse member's map is read by tarfile until it is complete, however
@@ -548,6 +602,44 @@ class _GuardedTarInfo(tarfile.TarInfo):
                            tar: tarfile.TarFile) -> None:
         with _sparse_map_reading(tar, pax_headers.get("GNU.sparse.name", member.name)):
             super()._proc_gnusparse_10(member, pax_headers, tar)  # type: ignore[misc]
+
+
+#: Most keywords the global pax headers of an archive may hold together, and
+#: most characters (keywords and values): tarfile copies them into every
+#: member that follows and parses the number fields again for each. ``git
+#: archive`` writes one keyword (``comment``, the commit id).
+MAX_GLOBAL_PAX_KEYWORDS = 64
+MAX_GLOBAL_PAX_TEXT = 8 * 1024
+
+
+def _check_global_pax_headers(pax_headers: dict[str, str], name: str) -> None:
+    """Refuse global headers costlier than the limits above to apply to each
+    member, or that set a member's size: GNU tar then skips every member's
+    data by that size, tarfile by each header's own, so GNU tar would unpack
+    headers hidden in data that inspection read as data.
+
+    :raises InvalidPackage: naming the global header ``name``.
+    """
+    for keyword in pax_headers:
+        if keyword == "size" or keyword.startswith("GNU.sparse."):
+            raise InvalidPackage(f"global pax header {_show(name)} sets {_show(keyword)} for every member")
+    text = sum(len(keyword) + len(value) for keyword, value in pax_headers.items())
+    if len(pax_headers) > MAX_GLOBAL_PAX_KEYWORDS or text > MAX_GLOBAL_PAX_TEXT:
+        raise InvalidPackage(
+            f"global pax headers hold {len(pax_headers)} keywords, {text} characters (limits "
+            f"{MAX_GLOBAL_PAX_KEYWORDS}, {MAX_GLOBAL_PAX_TEXT}) at {_show(name)}"
+        )
+
+
+def _check_padding(blocks: bytes, size: int, name: str) -> None:
+    """Refuse an extended header whose ``blocks`` hold more than zeros past
+    its ``size``: Python's tarfile reads pax records and long names on into
+    that padding, GNU tar does not, so they would extract different names.
+
+    :raises InvalidPackage: naming the header ``name``.
+    """
+    if not _zeros(blocks[size:]):
+        raise InvalidPackage(f"extended header {_show(name)} holds data past its size")
 
 
 #: The most digits a pax record's length may have (20 hold any 64-bit size).
@@ -627,6 +719,10 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
             budget.add_member(member.name)
             if member.ischr() or member.isblk() or member.isfifo():
                 raise InvalidPackage(f"device or fifo member {_show(member.name)}")
+            if (member.issym() or member.islnk()) and member.size:
+                # GNU tar skips that much data after a link, tarfile none: the
+                # two would read the next header at different places
+                raise InvalidPackage(f"link {_show(member.name)} has a size ({member.size} bytes)")
             if member.issym():
                 links.add_link(name, member.name, member.linkname, symbolic=True)
             elif member.islnk():

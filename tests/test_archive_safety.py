@@ -14,6 +14,7 @@ import gzip
 import io
 import lzma
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from registry.errors import InvalidPackage
 from tests.helpers import Api, RegistryProcess, app_desc, blob_files, staged_files
 
 MiB = 1024 * 1024
+BLOCK = tarfile.BLOCKSIZE
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=512 * MiB, max_compression_ratio=100)
 
 
@@ -629,6 +631,168 @@ def test_pax_size_and_gnu_sparse_0_0_read_as_tarfile_reads_them() -> None:
     assert_read_as_tarfile_reads(with_pax_header(pax_record(b"comment", b"global"), kind=tarfile.XGLTYPE))
 
 
+def padded_header(kind: bytes, data: bytes, padding: bytes, name: str = "./PaxHeaders/a.txt") -> bytes:
+    """An extended header of ``kind`` whose size covers ``data``; ``padding``
+    fills the rest of its last block (zeros after it)."""
+    header = tarfile.TarInfo(name)
+    header.type, header.size = kind, len(data)
+    body = data + padding
+    return header.tobuf(tarfile.USTAR_FORMAT) + body + bytes(-len(body) % BLOCK)
+
+
+def plain_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> bytes:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, linkname
+    if kind != tarfile.REGTYPE:
+        return member.tobuf(tarfile.USTAR_FORMAT)
+    member.size = 1
+    return member.tobuf(tarfile.USTAR_FORMAT) + b"a" + bytes(BLOCK - 1)
+
+
+@pytest.mark.parametrize(("tar", "python_reads"), [
+    # tarfile reads pax records on into the padding, tar reads only the header's size
+    (padded_header(tarfile.XHDTYPE, pax_record(b"comment", b"c"), pax_record(b"path", b"../../evil"))
+     + plain_member("src/a.txt"), ("../../evil", "")),
+    (padded_header(tarfile.XHDTYPE, pax_record(b"linkpath", b"../../.."), pax_record(b"linkpath", b"a.txt"))
+     + plain_member("src/l", tarfile.SYMTYPE, "a.txt"), ("src/l", "a.txt")),
+    # and a GNU long name up to a zero byte, wherever that is
+    (padded_header(tarfile.GNUTYPE_LONGLINK, b"../..", b"x\0", "././@LongLink")
+     + plain_member("src/l", tarfile.SYMTYPE, "a"), ("src/l", "../..x")),
+], ids=["pax-record-in-padding", "pax-record-in-padding-overrides", "long-link-into-padding"])
+def test_extended_header_padding_must_be_zeros(inspect: Callable[..., object], tar: bytes,
+                                              python_reads: tuple[str, str]) -> None:
+    """Bytes past an extended header's size are read by Python's tarfile and
+    ignored by GNU tar: the two extract different names or link targets
+    (here ``../../evil``, or a link out of the archive for one of them), so
+    only zeros are accepted there."""
+    tar += bytes(2 * BLOCK)
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert [(m.name, m.linkname) for m in python] == [python_reads]
+    refused(inspect, gzip.compress(tar), "past its size")
+
+
+@pytest.mark.parametrize(("kind", "keyword"), [
+    (tarfile.XHDTYPE, b"GNU.sparse.size"), (tarfile.XHDTYPE, b"GNU.sparse.realsize"),
+    (tarfile.XGLTYPE, b"size"), (tarfile.XGLTYPE, b"GNU.sparse.size"), (tarfile.XGLTYPE, b"GNU.sparse.realsize"),
+])
+def test_pax_sizes_that_move_gnu_tars_next_header_are_refused(inspect: Callable[..., object], kind: bytes,
+                                                              keyword: bytes) -> None:
+    """GNU tar skips a member's data by these sizes (a sparse size on a member
+    without a sparse map, a global ``size`` on every member after it), tarfile
+    by the ustar size: here GNU tar finds a link out of the archive inside the
+    data of ``f``, which inspection read as data."""
+    hidden = tarfile.TarInfo("escape")
+    hidden.type, hidden.linkname = tarfile.SYMTYPE, "../../../../etc"
+    inner = hidden.tobuf(tarfile.USTAR_FORMAT)
+    member = tarfile.TarInfo("f")
+    member.size = len(inner)
+    tar = (extended_header(kind, pax_record(keyword, b"0")) + member.tobuf(tarfile.USTAR_FORMAT) + inner
+           + bytes(10 * BLOCK))
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert python.getnames() == ["f"]
+    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
+        assert listed.split() == [b"f", b"escape"]
+    refused(inspect, gzip.compress(tar), *(["global pax header", keyword.decode()] if kind == tarfile.XGLTYPE
+                                           else ["'f' has a GNU sparse size but no sparse map"]))
+
+
+@pytest.mark.parametrize(("kind", "pax"), [(tarfile.SYMTYPE, False), (tarfile.SYMTYPE, True), (tarfile.LNKTYPE, True)],
+                         ids=["symbolic-ustar-size", "symbolic-pax-size", "hard-pax-size"])
+def test_a_link_with_a_size_is_refused(inspect: Callable[..., object], kind: bytes, pax: bool) -> None:
+    """GNU tar skips a link's size of data, tarfile skips none: the block
+    after the link is a file to tarfile, whose data hides from it a header
+    that GNU tar unpacks (a link out of the archive)."""
+    link = tarfile.TarInfo("l")
+    link.type, link.linkname, link.size = kind, "x", 0 if pax else BLOCK
+    skipped = tarfile.TarInfo("x")
+    skipped.size = BLOCK
+    hidden = tarfile.TarInfo("escape")
+    hidden.type, hidden.linkname = tarfile.SYMTYPE, "../../../../etc"
+    tar = ((extended_header(tarfile.XHDTYPE, pax_record(b"size", b"%d" % BLOCK)) if pax else b"")
+           + link.tobuf(tarfile.USTAR_FORMAT) + skipped.tobuf(tarfile.USTAR_FORMAT)
+           + hidden.tobuf(tarfile.USTAR_FORMAT) + bytes(10 * BLOCK))
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert python.getnames() == ["l", "x"]
+    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
+        assert listed.split() == [b"l", b"escape"]
+    refused(inspect, gzip.compress(tar), "link 'l' has a size")
+
+
+def with_prefix_field(header: bytes, prefix: bytes) -> bytes:
+    """``header`` with ``prefix`` in the ustar prefix field (old GNU: atime),
+    its checksum computed again."""
+    block = bytearray(header)
+    block[345:345 + len(prefix)] = prefix
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block[:BLOCK])
+    return bytes(block)
+
+
+@pytest.mark.parametrize("magic", [b"ustar  \0", bytes(8)], ids=["old-gnu", "v7"])
+def test_a_prefix_field_outside_ustar_is_refused(inspect: Callable[..., object], magic: bytes) -> None:
+    """tarfile puts the prefix field before the name in any header, GNU tar
+    only in a POSIX ustar one (an old GNU header keeps times there): tarfile
+    reads ``p/x -> ..`` (inside), GNU tar unpacks ``x -> ..``, a link out."""
+    link = tarfile.TarInfo("x")
+    link.type, link.linkname = tarfile.SYMTYPE, ".."
+    header = bytearray(link.tobuf(tarfile.USTAR_FORMAT))
+    header[257:265] = magic
+    tar = with_prefix_field(bytes(header), b"p") + bytes(10 * BLOCK)
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
+        assert [(m.name, m.linkname) for m in python] == [("p/x", "..")]
+    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
+        assert listed.split() == [b"x"]
+    refused(inspect, gzip.compress(tar), "prefix field", "'x'")
+
+
+def test_a_prefix_field_in_ustar_is_read(inspect: Callable[..., object]) -> None:
+    """In a POSIX ustar header every reader puts the prefix before the name."""
+    tar = with_prefix_field(plain_member("a.txt"), b"src") + bytes(10 * BLOCK)
+    assert inspect(gzip.compress(tar)).member_paths == ["src/a.txt"]  # type: ignore[attr-defined]
+
+
+def test_git_archive_global_header_accepted(inspect: Callable[..., object]) -> None:
+    """``git archive`` writes one global header (the commit id as ``comment``)."""
+    def add(tar: tarfile.TarFile) -> None:
+        add_file(tar, "src/a.txt")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "0" * 40}) as tar:
+        add(tar)
+    assert inspect(buffer.getvalue()).member_paths == ["src/a.txt"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("global_headers", [
+    [b"".join(pax_record(b"k%d" % n, b"") for n in range(65))],
+    [b"".join(pax_record(b"k%d" % n, b"") for n in range(part, 70, 2)) for part in (0, 1)],  # together
+    [pax_record(b"comment", b"c" * (16 * 1024))],
+], ids=["many-keywords", "many-keywords-over-two-headers", "long-value"])
+def test_oversized_global_pax_headers_are_refused(inspect: Callable[..., object],
+                                                  global_headers: list[bytes]) -> None:
+    """tarfile copies and applies every global record to every member after
+    it: 1 MiB of them (95,000 keywords, 18 KB as xz) cost 12 s per thousand
+    members, and an archive may hold 100,000. So they are bounded, together."""
+    tar = b"".join(extended_header(tarfile.XGLTYPE, data, "pax_global_header") for data in global_headers)
+    refused(inspect, gzip.compress(tar + with_pax_header(pax_record(b"comment", b"c"))),
+            "global pax headers", "pax_global_header")
+
+
+def test_gnu_long_names_read_as_tarfile_reads_them() -> None:
+    """GNU long names and link targets (a directory's trailing slash
+    dropped), of sizes on and off a block boundary, read as tarfile reads them."""
+    def add(tar: tarfile.TarFile) -> None:
+        for length in (100, 511, 512, 700):
+            add_file(tar, "f" * length)
+            add_special(tar, "d" * length + "/", tarfile.DIRTYPE)
+            add_special(tar, f"l{length}", tarfile.SYMTYPE, "t" * length)
+    data = tar_bytes(add, "", tarfile.GNU_FORMAT)
+    assert_read_as_tarfile_reads(data)
+    assert b"././@LongLink" in data
+
+
 #: Inspects the archive in the file named by argv[1] and prints its member paths or the refusal.
 _INSPECT_SCRIPT = """
 import sys
@@ -661,8 +825,6 @@ def tar_in_a_zip(tar: bytes) -> bytes:
     return bytes(data)
 
 
-BLOCK = tarfile.BLOCKSIZE
-
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_a_long_run_of_digits_in_a_pax_header_is_read_quickly(tmp_path: Path, kind: str) -> None:
@@ -684,6 +846,31 @@ def test_a_long_run_of_digits_in_a_pax_header_is_read_quickly(tmp_path: Path, ki
     assert done.returncode == 0, done.stderr
     expected = "['src/a.txt']" if kind == "tar.gz" else "Invalid source package: the zip archive is also a readable tar: ambiguous"
     assert done.stdout.strip() == expected
+
+
+def extended_header(kind: bytes, data: bytes, name: str = "./PaxHeaders/a.txt") -> bytes:
+    """A pax (or GNU long-name) header of ``kind`` holding ``data``, padded."""
+    header = tarfile.TarInfo(name)
+    header.type, header.size = kind, len(data)
+    return header.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % BLOCK)
+
+
+@pytest.mark.parametrize("first", [
+    extended_header(tarfile.XHDTYPE, pax_record(b"comment", b"x")) * 600,  # tarfile recurses once per header
+    extended_header(tarfile.GNUTYPE_LONGNAME, b"n" * 10 + b"\0") * 600,
+    extended_header(tarfile.XHDTYPE, pax_record(b"hdrcharset", b"\xff")),  # tarfile: UnicodeDecodeError
+    extended_header(tarfile.XHDTYPE, pax_record(b"GNU.sparse.size", b"many")),  # tarfile: ValueError
+], ids=["pax-header-chain", "long-name-chain", "hdrcharset-not-utf8", "sparse-size-not-a-number"])
+def test_a_zip_starting_with_a_tar_header_is_refused_whatever_follows(inspect: Callable[..., object],
+                                                                       first: bytes) -> None:
+    """The zip check must not depend on tarfile getting through the headers
+    that follow a valid first one: a chain of a few hundred extended headers
+    took it past Python's recursion limit (a RecursionError, so a 500), and a
+    header tarfile cannot decode made it say "not a tar" (the polyglot was
+    accepted) where another tar reader skips the record and unpacks the rest."""
+    polyglot = tar_in_a_zip(first + with_pax_header(pax_record(b"comment", b"c")))
+    assert zipfile.ZipFile(io.BytesIO(polyglot)).namelist() == ["a"]
+    refused(inspect, polyglot, "the zip archive is also a readable tar: ambiguous")
 
 
 def _mangling_seeds() -> list[bytes]:
