@@ -285,3 +285,14 @@ def wait_for(check: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_python(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child Python at the project's root, its output captured.
+
+    For checks that a hostile input is handled in bounded time or memory: a
+    regression then ends in a timeout (``subprocess.TimeoutExpired``) or a
+    failed child instead of a stuck or exhausted test run.
+    """
+    return subprocess.run([sys.executable, "-c", script, *args], check=False, capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent)

@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import tracemalloc
 import zipfile
@@ -30,7 +29,14 @@ from hypothesis import strategies as st
 
 from registry.archive import ArchiveLimits, inspect_archive, inspect_bytes
 from registry.errors import InvalidPackage
-from tests.helpers import Api, RegistryProcess, app_desc, blob_files, staged_files
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    app_desc,
+    blob_files,
+    run_python,
+    staged_files,
+)
 
 MiB = 1024 * 1024
 BLOCK = tarfile.BLOCKSIZE
@@ -546,6 +552,15 @@ def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]
 
 # -- pax headers: read in linear time (CVE-2024-6232) ---------------------------------------
 
+def gnu_tar_lists(tar: bytes) -> list[bytes] | None:
+    """The member names GNU tar lists in ``tar``, or None where GNU tar is not
+    installed: what another tool unpacks, to show a test's premise holds."""
+    if not shutil.which("tar") or b"GNU tar" not in subprocess.run(["tar", "--version"], check=False,
+                                                                   capture_output=True).stdout:
+        return None
+    return subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout.split()
+
+
 def pax_record(keyword: bytes, value: bytes) -> bytes:
     """One pax record, ``"<length> <keyword>=<value>\\n"``, its length counting its own digits."""
     body = b" " + keyword + b"=" + value + b"\n"
@@ -690,9 +705,7 @@ def test_pax_sizes_that_move_gnu_tars_next_header_are_refused(inspect: Callable[
            + bytes(10 * BLOCK))
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
         assert python.getnames() == ["f"]
-    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
-        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
-        assert listed.split() == [b"f", b"escape"]
+    assert gnu_tar_lists(tar) in (None, [b"f", b"escape"])
     refused(inspect, gzip.compress(tar), *(["global pax header", keyword.decode()] if kind == tarfile.XGLTYPE
                                            else ["'f' has a GNU sparse size but no sparse map"]))
 
@@ -714,9 +727,7 @@ def test_a_link_with_a_size_is_refused(inspect: Callable[..., object], kind: byt
            + hidden.tobuf(tarfile.USTAR_FORMAT) + bytes(10 * BLOCK))
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
         assert python.getnames() == ["l", "x"]
-    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
-        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
-        assert listed.split() == [b"l", b"escape"]
+    assert gnu_tar_lists(tar) in (None, [b"l", b"escape"])
     refused(inspect, gzip.compress(tar), "link 'l' has a size")
 
 
@@ -742,9 +753,7 @@ def test_a_prefix_field_outside_ustar_is_refused(inspect: Callable[..., object],
     tar = with_prefix_field(bytes(header), b"p") + bytes(10 * BLOCK)
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as python:
         assert [(m.name, m.linkname) for m in python] == [("p/x", "..")]
-    if shutil.which("tar") and b"GNU tar" in subprocess.run(["tar", "--version"], capture_output=True).stdout:
-        listed = subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout
-        assert listed.split() == [b"x"]
+    assert gnu_tar_lists(tar) in (None, [b"x"])
     refused(inspect, gzip.compress(tar), "prefix field", "'x'")
 
 
@@ -841,8 +850,7 @@ def test_a_long_run_of_digits_in_a_pax_header_is_read_quickly(tmp_path: Path, ki
     tar = with_pax_header(pax_record(b"comment", b"1" * (MiB - 100)))
     path = tmp_path / f"package.{kind}"
     path.write_bytes(gzip.compress(tar) if kind == "tar.gz" else tar_in_a_zip(tar))
-    done = subprocess.run([sys.executable, "-c", _INSPECT_SCRIPT, str(path)], check=False, capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    done = run_python(_INSPECT_SCRIPT, str(path), timeout=120)
     assert done.returncode == 0, done.stderr
     expected = "['src/a.txt']" if kind == "tar.gz" else "Invalid source package: the zip archive is also a readable tar: ambiguous"
     assert done.stdout.strip() == expected

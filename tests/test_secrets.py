@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import httpx
 import pytest
 
 from registry.redact import REDACTED, redact_text, redact_url
-from tests.helpers import Api, RegistryProcess, base_config, free_port, merge, package, start_registry
+from tests.helpers import Api, RegistryProcess, base_config, free_port, merge, package, run_python, start_registry
 from tests.hostile_servers import HostileServer, Request, redirect, response_head, serve, silent
 
 _numbers = itertools.count(1)
@@ -88,8 +86,7 @@ def test_redact_text_reads_a_long_word_once() -> None:
     regression ends in a timeout instead of a stuck test run."""
     script = ("from registry.redact import redact_text\n"
               "print(redact_text('a' * 1_000_000 + 'https://u:LONGPW@h/?token=LONGTOK ' + 'b' * 1_000_000)[999_960:])")
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("a" * 8) and "LONGPW" not in done.stdout and "LONGTOK" not in done.stdout
     assert f"h/?token={REDACTED} bbb" in done.stdout

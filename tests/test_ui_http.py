@@ -10,8 +10,6 @@ import io
 import json
 import re
 import stat
-import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from tests.helpers import (
     make_tar,
     merge,
     package,
+    run_python,
     start_registry,
     to_toml,
 )
@@ -232,8 +231,7 @@ def test_a_cookie_of_backslashes_is_read_at_once() -> None:
               "hostile = b'a=\"' + b'\\\\' * 1_000_000 + b'\"; registry_lang=en'\n"
               "request = Request({'type': 'http', 'headers': [(b'cookie', hostile)]})\n"
               "print(cookie(request, 'registry_lang'), len(cookie(request, 'a')))")
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["en", "1000000"]
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, make_tar, merge, package, start_registry, staged_files
+from tests.helpers import Api, RegistryProcess, base_config, blob_files, make_tar, merge, package, run_python, staged_files, start_registry
 
 FORMAT_MEDIA_TYPES = {
     "tar.gz": "application/gzip",
@@ -125,8 +123,7 @@ def test_an_app_desc_of_nested_aliases_is_read_at_once() -> None:
               "lines += [f'a{i}: &a{i} [' + ','.join([f'*a{i - 1}'] * 10) + ']' for i in range(1, 9)]\n"
               "lines += ['specVersion: *a8', 'appVersion: *a8', 'app_version: 1.2.3']\n"
               "print(version_from_app_desc('\\n'.join(lines).encode()))\n")
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "1.2.3"
 
