@@ -593,6 +593,30 @@ def test_malformed_pax_records_are_refused(inspect: Callable[..., object], data:
     refused(inspect, gzip.compress(with_pax_header(data)), "malformed pax header record", "PaxHeaders/a.txt")
 
 
+def test_pax_records_past_the_budget_are_refused(inspect: Callable[..., object]) -> None:
+    """Each pax record costs tarfile time to apply: past 16 per member read
+    so far plus 4096, the archive is refused (a few MiB of 6-byte records,
+    a few KB compressed, took seconds of an inspection thread)."""
+    refused(inspect, gzip.compress(with_pax_header(pax_record(b"a", b"b") * 5000)),
+            "5000 pax header records for 0 members", "PaxHeaders/a.txt")
+
+
+def test_pax_records_within_the_budget_are_read(inspect: Callable[..., object]) -> None:
+    """4000 records before the first member (the slack), then 300 members with
+    16 extended attributes each: accepted, every member read."""
+    def add(tar: tarfile.TarFile) -> None:
+        first = tarfile.TarInfo("big/first.txt")
+        first.pax_headers = {f"SCHILY.xattr.user.k{i}": "v" for i in range(4000)}
+        tar.addfile(first, io.BytesIO(b""))
+        for n in range(300):
+            info = tarfile.TarInfo(f"src/f{n}.txt")
+            info.size = 1
+            info.pax_headers = {f"SCHILY.xattr.user.k{i}": "v" for i in range(16)}
+            tar.addfile(info, io.BytesIO(b"x"))
+    info = inspect(tar_bytes(add))
+    assert info.members == 301  # type: ignore[attr-defined]
+
+
 def _read_members(data: bytes, tarinfo: type[tarfile.TarInfo]) -> list[tuple[object, ...]]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:", tarinfo=tarinfo) as tar:  # type: ignore[call-overload]
         return [(m.name, m.size, m.type, m.linkname, m.mtime, m.uname, m.offset_data, m.pax_headers,
