@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -253,14 +254,16 @@ def test_a_blob_folder_is_synced_up_to_the_root_by_the_first_put_into_it(tmp_pat
         rounds = []
         (root / "app" / "made-by-another").mkdir(parents=True)  # as a concurrent upload leaves it
         for key in ("app/made-by-another/" + "a" * 32, "app/made-by-another/" + "b" * 32,
-                    "app/new/" + "c" * 32, "other/new/" + "d" * 32):
+                    "app/new/" + "c" * 32, "other/new/" + "d" * 32, "other/new/" + "e" * 32):
+            if key.endswith("e" * 32):
+                shutil.rmtree(root / "other")  # taken away meanwhile (by hand): made again, new
             synced.clear()
             await put(key)
             rounds.append(list(synced))
         return rounds
 
-    first, second, new_module, new_app = anyio.run(scenario)
+    first, second, new_module, new_app, made_again = anyio.run(scenario)
     assert first == [root / "app" / "made-by-another", root / "app", root]
     assert second == [root / "app" / "made-by-another"]  # known synced: the rename's folder only
     assert new_module == [root / "app" / "new", root / "app", root]
-    assert new_app == [root / "other" / "new", root / "other", root]
+    assert new_app == made_again == [root / "other" / "new", root / "other", root]

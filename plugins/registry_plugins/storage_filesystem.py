@@ -99,7 +99,7 @@ class FilesystemStorage(Storage):
 
         def move() -> None:
             folder = target.parent
-            _make_folders(folder)
+            made = _make_folders(folder)
             try:
                 os.replace(staged, target)
             except OSError as exc:
@@ -111,8 +111,9 @@ class FilesystemStorage(Storage):
             # synced by the first put into a folder this process has not seen
             # synced, whoever made it: a concurrent upload that made it may
             # not have synced its parent yet when this one's record commits.
+            # One made now is new whatever was synced before (it went away).
             _fsync_dir(folder)
-            if folder not in self._synced_folders:
+            if made or folder not in self._synced_folders:
                 for parent in folder.parents:
                     _fsync_dir(parent)
                     if parent == self.root:
@@ -258,11 +259,12 @@ def _open_and_read(path: Path, start: int, end: int | None, size: int) -> tuple[
     return fd, chunk, done
 
 
-def _make_folders(folder: Path) -> None:
-    """``mkdir -p folder``."""
+def _make_folders(folder: Path) -> bool:
+    """``mkdir -p folder``; whether it did not exist."""
     if folder.is_dir():  # as for every upload but a module's first: one stat, no mkdir
-        return
+        return False
     folder.mkdir(parents=True, exist_ok=True)
+    return True
 
 
 def _copy_into_place(staged: Path, target: Path) -> None:
