@@ -189,7 +189,8 @@ class Storage(ABC):
         return LocalFiles(self.staging_dir / RESUMABLE_FOLDER)
 
 
-_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+#: A resumable upload's id (see :func:`registry.resumable.new_upload_id`).
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 #: Subfolder of the staging folder holding resumable uploads' files; the
 #: start-up sweep removes only files, never folders, so these survive a restart.
@@ -304,7 +305,7 @@ class LocalFiles(ResumableStore):
         self.folder = folder
 
     def _dir(self, upload_id: str) -> Path:
-        if not _UPLOAD_ID.fullmatch(upload_id):
+        if not UPLOAD_ID.fullmatch(upload_id):
             raise ValueError(f"invalid upload id {upload_id!r}")
         return self.folder / upload_id
 
@@ -383,7 +384,7 @@ class LocalFiles(ResumableStore):
             found: list[KeptUpload] = []
             try:
                 with os.scandir(self.folder) as entries:
-                    folders = [e for e in entries if e.is_dir(follow_symlinks=False) and _UPLOAD_ID.fullmatch(e.name)]
+                    folders = [e for e in entries if e.is_dir(follow_symlinks=False) and UPLOAD_ID.fullmatch(e.name)]
             except FileNotFoundError:
                 return found
             for entry in folders:

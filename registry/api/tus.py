@@ -9,7 +9,6 @@ HTTP is in :mod:`registry.resumable`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
@@ -31,6 +30,7 @@ from registry.errors import (
 from registry.jobs import error_json
 from registry.records import COMPLETING, FAILED, RECEIVING, SUCCEEDED, Upload, utc_now
 from registry.resumable import LEASE, Resumable
+from registry.storage import UPLOAD_ID
 from registry.tus import (
     CHECKSUM_ALGORITHMS,
     METADATA_KEYS,
@@ -43,7 +43,6 @@ from registry.tus import (
     require_tus_version,
 )
 
-UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 MAX_FILE_NAME = 255
 Handler = Callable[[Request], Awaitable[Response]]
 
