@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from registry_plugins.postgres_store import PostgresStore
 from registry_plugins.store_sqlite import SQLiteStore
+
 from registry.records import Order, Record
 from registry.store import RecordStore
 

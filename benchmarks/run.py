@@ -54,8 +54,23 @@ import clients
 import peer
 import scale
 import transfers
-from clients import CurlResult, Latencies, get_args, json_args, multipart_args, probe_while_running, run_curl
-from servers import RssSampler, ServerProcess, cpu_seconds, free_port, helper_server, peak_rss_bytes
+from clients import (
+    CurlResult,
+    Latencies,
+    get_args,
+    json_args,
+    multipart_args,
+    probe_while_running,
+    run_curl,
+)
+from servers import (
+    RssSampler,
+    ServerProcess,
+    cpu_seconds,
+    free_port,
+    helper_server,
+    peak_rss_bytes,
+)
 from tus import tus_upload
 from workload import MIB, copy_and_hash, make_package
 
@@ -531,7 +546,7 @@ def summarize(bench: Benchmark, groups: dict[str, dict[str, Any]]) -> dict[str, 
             "load_average_at_start": bench.load_at_start,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
-            "curl": subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+            "curl": subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0],
             "peer": f"{peer.version()} with --server {bench.args.peer_server}" if peer_results else None,
             "only": sorted(bench.args.only) if bench.args.only else None,
             "page_cache_dropped_before_writes": bench.drop_caches,
@@ -577,8 +592,8 @@ def render(summary: dict[str, Any]) -> str:
     """The human-readable table."""
     meta = summary["meta"]
     lines = [
-        f"Source Package Registry benchmark: {meta['payload_bytes'] / MB:.1f} MB payload ({meta['payload_mib']} MiB "
-        f"tar.gz), median of {meta['repeat']}, MB/s = 10^6 bytes/s",
+        (f"Source Package Registry benchmark: {meta['payload_bytes'] / MB:.1f} MB payload ({meta['payload_mib']} MiB "
+         f"tar.gz), median of {meta['repeat']}, MB/s = 10^6 bytes/s"),
         f"{meta['cpu']}, {meta['cores']} cores, Python {meta['python']}; peer: {meta['peer'] or 'skipped'}",
         f"load average at start {meta['load_average_at_start'][0]:.2f}, at end {meta['load_average_at_end'][0]:.2f}",
         "page cache dropped before each transfer that writes (and the payload read back in): "

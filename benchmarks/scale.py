@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 import peer
 from servers import ServerProcess, cpu_seconds, free_port
 

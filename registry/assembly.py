@@ -76,7 +76,7 @@ class Tee:
             return
         try:
             await self.assembly.staged.write(data)
-        except Exception:  # refused by the inspection, too large, disk trouble
+        except Exception:  # noqa: BLE001 -- refused by the inspection, too large, disk trouble
             await self.abandon()
 
     async def abandon(self) -> None:

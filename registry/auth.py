@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 
 from registry.errors import DatabaseUnavailable, PermissionDenied, Unauthenticated
 from registry.records import Credential, NewCredential, utc_now

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import anyio
 
@@ -65,7 +66,7 @@ class ChunkFile:
         """The raw digest of everything received (after :meth:`receive`), or None."""
         return None if self._hash is None else self._hash.digest()
 
-    async def __aenter__(self) -> ChunkFile:
+    async def __aenter__(self) -> Self:
         def create() -> tuple[int, Path]:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.folder, prefix="chunk-", suffix=".part")

@@ -30,11 +30,17 @@ from zoneinfo import ZoneInfo
 
 from registry import __version__
 from registry.cli_client import UsageError, add_client_commands
-from registry.client_errors import ClientError
 from registry.cli_records import add_record_commands
+from registry.client_errors import ClientError
 from registry.errors import RegistryError, ValidationError
 from registry.printable import escape_unsafe
-from registry.settings import CONFIG_ENV, DEFAULT_CONFIG_NAME, Settings, SettingsError, find_config_file
+from registry.settings import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_NAME,
+    Settings,
+    SettingsError,
+    find_config_file,
+)
 from registry.terminal import display_time, human_size, print_table, progress_bar
 from registry.validation import parse_slug
 
@@ -123,7 +129,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings, registry = _load(args)
     if settings["ui.enabled"]:
-        from registry.ui.session import check_session_secret  # the web stack only where it is checked
+        from registry.ui.session import (
+            check_session_secret,  # the web stack only where it is checked
+        )
 
         check_session_secret(settings)  # raises SettingsError, naming the key to set
     from registry.jobs import check_sealing_key
@@ -140,7 +148,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"error: {exc.code}: {exc.detail('en')}", file=sys.stderr)
         return 1
-    except Exception as exc:  # report any failure to reach a dependency
+    except Exception as exc:  # noqa: BLE001 -- report any failure to reach a dependency
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     source = settings.source or "built-in defaults"

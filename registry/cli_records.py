@@ -28,7 +28,9 @@ def open_store(settings: Settings, pm: Any) -> RecordStore:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the pending migrations (``--dry-run``: list them, change nothing)."""
-    from registry.bootstrap import load_settings  # the server stack: only when a command runs
+    from registry.bootstrap import (
+        load_settings,  # the server stack: only when a command runs
+    )
 
     settings, pm = load_settings(find_config_file(args.config))
     store = open_store(settings, pm)
@@ -50,7 +52,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_copy_records(args: argparse.Namespace) -> int:
     """Copy every record, credential, event, job and upload into the store at ``--to``."""
-    from registry.bootstrap import load_settings  # the server stack: only when a command runs
+    from registry.bootstrap import (
+        load_settings,  # the server stack: only when a command runs
+    )
     from registry.copy import TargetNotEmpty, copy_records
 
     settings, pm = load_settings(find_config_file(args.config))

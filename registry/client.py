@@ -20,12 +20,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 from urllib.parse import quote, unquote
 
 import httpx
 
-from registry.client_errors import ApiError, ChecksumError, ClientError, ConnectionFailed, NotARegistry
+from registry.client_errors import (
+    ApiError,
+    ChecksumError,
+    ClientError,
+    ConnectionFailed,
+    NotARegistry,
+)
 from registry.validation import parse_decimal
 
 #: ``(done, total)`` progress callback; total is None when unknown.
@@ -166,7 +172,7 @@ class RegistryClient:
         self.base_url = base_url.rstrip("/") + "/"
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
-    def __enter__(self) -> RegistryClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.client import ApiError, ClientError, Progress, RegistryClient, UploadResult
+from registry.client import (
+    ApiError,
+    ClientError,
+    Progress,
+    RegistryClient,
+    UploadResult,
+)
 from registry.tus import TUS_VERSION, encode_metadata
 
 #: Seconds between two polls of a background job.

@@ -40,7 +40,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
 from registry.api.errors import ERROR_CODE_HEADER, preferred_language
-from registry.errors import RegistryError, RequestTimeout, ServiceUnavailable, ValidationError
+from registry.errors import (
+    RegistryError,
+    RequestTimeout,
+    ServiceUnavailable,
+    ValidationError,
+)
 
 logger = logging.getLogger("registry.server")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
-
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from registry.hooks import call_hook

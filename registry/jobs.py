@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -37,10 +37,19 @@ from registry.api.serialize import record_json
 from registry.errors import RegistryError
 from registry.leases import make_holder
 from registry.origins import Download, Origin
-from registry.records import CANCELLED, FAILED, JOB_STATES, SUCCEEDED, CommitResult, Job, NewJob, Outcome
+from registry.records import (
+    CANCELLED,
+    FAILED,
+    JOB_STATES,
+    SUCCEEDED,
+    CommitResult,
+    Job,
+    NewJob,
+    Outcome,
+)
 from registry.seal import SealBroken, key_path, read_key, seal, sealing_key, unseal
-from registry.settings import SettingsError
 from registry.service import Registry, UploadRequest
+from registry.settings import SettingsError
 from registry.store import RecordStore
 
 logger = logging.getLogger("registry.jobs")

@@ -85,7 +85,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a record that cannot be formatted is logging's to report
             return True
         redacted = redact_text(message)
         if redacted != message:

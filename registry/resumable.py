@@ -34,14 +34,24 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 
 from registry.api.serialize import record_json
-from registry.errors import ChunkChecksumMismatch, JobNotFound, RegistryError
-from registry.jobs import JobRunner, stored_error
-from registry.records import COMPLETING, FAILED, RECEIVING, SUCCEEDED, CommitResult, NewUpload, Outcome, Upload, utc_now
-from registry.store import RecordStore
 from registry.assembly import READ_SIZE, Assemblies
 from registry.chunkfile import ChunkFile
+from registry.errors import ChunkChecksumMismatch, JobNotFound, RegistryError
+from registry.jobs import JobRunner, stored_error
+from registry.records import (
+    COMPLETING,
+    FAILED,
+    RECEIVING,
+    SUCCEEDED,
+    CommitResult,
+    NewUpload,
+    Outcome,
+    Upload,
+    utc_now,
+)
 from registry.service import Registry, UploadRequest
 from registry.staging import StagingFile
+from registry.store import RecordStore
 from registry.transfers import WRITERS
 
 logger = logging.getLogger("registry.resumable")
@@ -351,7 +361,7 @@ class Resumable:
             group.start_soon(self._keep_lease, upload_id)
             try:
                 result = await work()
-            except Exception as exc:  # raised below, not wrapped in the task group's exception group
+            except Exception as exc:  # noqa: BLE001 -- raised below, not wrapped in the task group's exception group
                 failure = exc
             group.cancel_scope.cancel()
         if failure is not None:

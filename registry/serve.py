@@ -65,7 +65,7 @@ def host_problem(host: str) -> str | None:
         return None
     except ValueError:
         pass
-    name = host[:-1] if host.endswith(".") else host
+    name = host.removesuffix(".")
     if 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
         return None
     return f"{host!r} is neither an IP address nor a host name"
@@ -154,8 +154,8 @@ def describe(settings: Settings, pm: pluggy.PluginManager, options: ServeOptions
         f"storage: {backend}" + (f" ({storage_details})" if storage_details else ""),
         f"origins: {', '.join(values['origins.enabled']) or 'none'}",
         f"plugins: {', '.join(plugins)}",
-        f"listening on http://{_url_host(options.host)}:{options.port} with {options.workers} worker(s);"
-        f" trusted proxies: {', '.join(options.forwarded_allow_ips) or 'none'}",
+        (f"listening on http://{_url_host(options.host)}:{options.port} with {options.workers} worker(s);"
+         f" trusted proxies: {', '.join(options.forwarded_allow_ips) or 'none'}"),
     ]
 
 
@@ -198,7 +198,11 @@ def _run_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOpti
     import uvicorn
 
     from registry.app import create_app
-    from registry.connections import ConnectionLimits, KeepAliveAfterErrors, protocol_class
+    from registry.connections import (
+        ConnectionLimits,
+        KeepAliveAfterErrors,
+        protocol_class,
+    )
     from registry.heap import keep_transfer_buffers
 
     keep_transfer_buffers()

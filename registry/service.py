@@ -30,10 +30,15 @@ import anyio.to_thread
 import pluggy
 
 from registry import events, staging_folders
-from registry.archive import ArchiveInfo, ArchiveLimits, inspect_bytes, inspect_following, version_from_app_desc
+from registry.archive import (
+    ArchiveInfo,
+    ArchiveLimits,
+    inspect_bytes,
+    inspect_following,
+    version_from_app_desc,
+)
 from registry.auth import CredentialStore
 from registry.catalog import PackageDetails
-from registry.hooks import call_hook
 from registry.errors import (
     ChecksumMismatch,
     InvalidPackage,
@@ -46,6 +51,7 @@ from registry.errors import (
     UnsupportedSourceOrigin,
     ValidationError,
 )
+from registry.hooks import call_hook
 from registry.metrics import Metrics
 from registry.origins import Origin, default_file_name
 from registry.records import CommitResult, NewPackage, Outcome, Record

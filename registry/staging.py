@@ -35,13 +35,20 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
 from registry.errors import InsufficientStorage, ObjectStoreException, PackageTooLarge
 from registry.storage import storage_failure
-from registry.transfers import FOLLOWERS, MAX_UPLOAD_BATCH, WRITERS, upload_batch_size, uploads_in_flight, wait
+from registry.transfers import (
+    FOLLOWERS,
+    MAX_UPLOAD_BATCH,
+    WRITERS,
+    upload_batch_size,
+    uploads_in_flight,
+    wait,
+)
 
 #: Less free space than this in the staging folder's file system counts as
 #: full for ``/readyz``: not even a small upload could be received.
@@ -210,7 +217,7 @@ class StagingFile:
         self._pending: Future[None] | None = None
         self._counted = False
 
-    async def __aenter__(self) -> StagingFile:
+    async def __aenter__(self) -> Self:
         existing = self._existing
 
         def create() -> tuple[int, Path]:

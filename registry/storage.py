@@ -164,7 +164,7 @@ class Storage(ABC):
 
     async def shutdown(self) -> None:
         """Release clients and pools. The default does nothing."""
-        return None  # a hook with a default, not an abstract method
+        return  # a hook with a default, not an abstract method
 
     def blocking(self) -> BlockingStorage | None:
         """This backend's :meth:`put` and :meth:`delete` as plain blocking

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, tzinfo, UTC
+from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 
 from registry.printable import escape_unsafe
+
 #: The one way the CLI shows a time, as the records' ``created``/``updated`` are.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 

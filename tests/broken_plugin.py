@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry_plugins.storage_filesystem import FilesystemStorage
+
 from registry.hookspecs import hookimpl
 from registry.settings import Settings
 from registry.storage import Storage

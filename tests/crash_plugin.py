@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 import anyio
-
 from registry_plugins.storage_filesystem import FilesystemStorage
+
 from registry.hookspecs import hookimpl
 from registry.settings import Settings
 from registry.storage import Storage

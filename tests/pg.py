@@ -96,7 +96,7 @@ class Cluster:
         command = [str(self.bin_dir / program), *args]
         if self.user is not None:
             command = ["runuser", "-u", self.user, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.root)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.root, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{program} failed: {result.stdout}\n{result.stderr}")
 

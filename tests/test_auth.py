@@ -5,18 +5,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import timedelta
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
 from registry_plugins.store_sqlite import SQLiteStore
+
 from registry.auth import CACHE_SECONDS, CredentialStore, Principal
 from registry.records import utc_now
-from tests.helpers import Api, RegistryProcess, base_config, inprocess_registry, merge, package, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    inprocess_registry,
+    merge,
+    package,
+    start_registry,
+)
 
 
 def gateway(**values: str) -> dict[str, str]:
@@ -280,7 +288,7 @@ def test_token_list_never_shows_a_secret(registry: RegistryProcess, code: str) -
         for secret in secrets:
             assert secret not in text
             # nor any long piece of it
-            for start in range(0, len(secret) - 16):
+            for start in range(len(secret) - 16):
                 assert secret[start:start + 16] not in text
     rows = json.loads(registry.cli("token", "list", "--json").stdout)
     names = {r["name"] for r in rows}

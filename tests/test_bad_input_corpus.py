@@ -36,10 +36,15 @@ from tests.helpers import (
     make_zip,
     merge,
     package,
-    start_registry,
     staged_files,
+    start_registry,
 )
-from tests.test_hostile_input import hide_before_directory, local_entry, tar_entries, zip_entries
+from tests.test_hostile_input import (
+    hide_before_directory,
+    local_entry,
+    tar_entries,
+    zip_entries,
+)
 
 CODE = "corpus"
 MiB = 1024 * 1024

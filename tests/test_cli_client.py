@@ -35,7 +35,7 @@ def run(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Complete
     """``registry ARGS`` with no registry variables inherited from the test's environment."""
     clean = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
     return subprocess.run([*registry_command(), *args], capture_output=True, text=True, timeout=60,
-                          env={**clean, **(env or {})})
+                          env={**clean, **(env or {})}, check=False)
 
 
 def connection(registry: RegistryProcess, token: str) -> list[str]:
@@ -310,7 +310,7 @@ def test_pull_rm_restore_by_version_and_latest(registry: RegistryProcess, token:
 
     def pull(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*registry_command(), "pull", *extra, *args], capture_output=True, text=True,
-                              timeout=60, cwd=out, env={k: v for k, v in os.environ.items() if k not in CLIENT_ENV})
+                              timeout=60, cwd=out, env={k: v for k, v in os.environ.items() if k not in CLIENT_ENV}, check=False)
 
     latest = pull("latest")  # no -o: the package's file name, in the current folder
     assert latest.returncode == 0, latest.stderr
@@ -385,5 +385,5 @@ def test_client_commands_import_no_server_stack(args: list[str], heavy: tuple[st
         f"heavy = {heavy!r}\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr

@@ -20,14 +20,23 @@ from pathlib import Path
 import pytest
 
 from registry.auth import CACHE_SECONDS
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, registry_command, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    merge,
+    package,
+    registry_command,
+    start_registry,
+)
 
 TWO_HOURS = 2 * 3600
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    return subprocess.run([*registry_command(), *args], capture_output=True, text=True, timeout=60, env=clean)
+    return subprocess.run([*registry_command(), *args], capture_output=True, text=True, timeout=60, env=clean, check=False)
 
 
 class Scratch:

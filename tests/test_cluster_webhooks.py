@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from registry_plugins.postgres_store import PostgresStore
-from registry.records import DELIVERED, FAILED, PENDING, Delivery
 from registry_plugins.store_sqlite import SQLiteStore
-from tests.helpers import Api, RegistryProcess, base_config, free_port, package, start_registry
+
+from registry.records import DELIVERED, FAILED, PENDING, Delivery
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    free_port,
+    package,
+    start_registry,
+)
 from tests.test_crash_safety import WAIT, wait_for
 from tests.test_postgres import pg_config, run, with_password
 from tests.test_s3 import s3_config

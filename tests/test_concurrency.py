@@ -22,7 +22,14 @@ import httpx
 import pytest
 
 from registry.service import WRITE_THREADS
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, package, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    package,
+    start_registry,
+)
 from tests.hostile_servers import HostileServer, serve
 
 CLIENTS = 24

@@ -9,6 +9,7 @@ waits (bounded) for a visible sign that the server reached that point.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import sqlite3
@@ -23,9 +24,18 @@ import pytest
 
 from registry.staging import FLUSH_SIZE
 from tests import crash_plugin
-from tests.helpers import Api, base_config, blob_files, make_tar, merge, package, start_registry, staged_files, wait_for
+from tests.helpers import (
+    Api,
+    base_config,
+    blob_files,
+    make_tar,
+    merge,
+    package,
+    staged_files,
+    start_registry,
+    wait_for,
+)
 from tests.hostile_servers import HostileServer, half_then_wait, serve
-import contextlib
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0

@@ -6,13 +6,13 @@ import hashlib
 import hmac
 import http.server
 import json
+import re
 import sqlite3
 import threading
-import re
 import time
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,11 +174,11 @@ async def test_an_event_the_store_refuses_costs_no_other_request_its_event(tmp_p
     from types import SimpleNamespace
 
     import anyio.to_thread
+    from registry_plugins.audit import EventWriter
+    from registry_plugins.store_sqlite import SQLiteStore
 
     from registry.errors import DatabaseUnavailable
     from registry.records import AuditEvent, utc_now
-    from registry_plugins.audit import EventWriter
-    from registry_plugins.store_sqlite import SQLiteStore
 
     class RefusingStore(SQLiteStore):
         def add_events(self, events: Any) -> Any:

@@ -13,7 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry, staged_files
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    merge,
+    package,
+    staged_files,
+    start_registry,
+)
 from tests.hostile_servers import (
     FullBacklog,
     HostileServer,

@@ -22,7 +22,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry, staged_files
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    merge,
+    package,
+    staged_files,
+    start_registry,
+)
 
 CODE = "fuzz"
 FUZZ_SETTINGS = settings(max_examples=150, deadline=None, database=None,

@@ -20,8 +20,23 @@ import httpx
 import pytest
 
 from tests import helpers
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry, wait_for
-from tests.hostile_servers import HostileServer, Request, declare_then_stall, response_head, serve
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    merge,
+    package,
+    start_registry,
+    wait_for,
+)
+from tests.hostile_servers import (
+    HostileServer,
+    Request,
+    declare_then_stall,
+    response_head,
+    serve,
+)
 
 KiB = 1024
 PIECE = 64 * KiB

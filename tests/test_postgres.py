@@ -11,12 +11,19 @@ from typing import Any
 
 import httpx
 import psycopg
-
-from registry_plugins.postgres_store import PostgresStore
 from registry_plugins.postgres_store import MIGRATIONS as POSTGRES_MIGRATIONS
+from registry_plugins.postgres_store import PostgresStore
 from registry_plugins.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
 from registry.testing import assert_counts_exact
-from tests.helpers import Api, base_config, package, registry_command, start_registry, to_toml
+from tests.helpers import (
+    Api,
+    base_config,
+    package,
+    registry_command,
+    start_registry,
+    to_toml,
+)
 
 PASSWORD = "pw-never-shown-4711"
 
@@ -38,7 +45,7 @@ def pg_config(root: Path, url: str) -> dict[str, dict[str, Any]]:
 def run(config: Path, *args: str) -> Any:
     import subprocess
     return subprocess.run([*registry_command(), "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def write_config(root: Path, tables: dict[str, dict[str, Any]]) -> Path:

@@ -9,19 +9,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 import sqlite_utils
-
 from registry_plugins import postgres_store
-from registry_plugins.postgres_store import MIGRATIONS as PG_MIGRATIONS, PostgresStore
+from registry_plugins.postgres_store import MIGRATIONS as PG_MIGRATIONS
+from registry_plugins.postgres_store import PostgresStore
 from registry_plugins.store_sqlite import MIGRATIONS, SQLiteStore
+
 from registry.errors import DatabaseUnavailable
-from registry.store import RecordStore
 from registry.storage import new_blob_key
+from registry.store import RecordStore
 from registry.testing import (
     CredentialLocker,
     RecordStoreConformance,

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from registry_plugins.s3_resumable import MIN_PART
 from registry_plugins.storage_filesystem import FilesystemStorage
 from registry_plugins.storage_s3 import S3Storage
+
 from registry.storage import Storage
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer, s3_storage_for
 

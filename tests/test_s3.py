@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from registry_plugins.origin_s3 import S3Object, S3Origin, parse_s3_url
 from registry_plugins.storage_s3 import MULTIPART_CHUNKSIZE, S3Storage
+
 from registry.bootstrap import build_registry, load_settings
 from registry.errors import SourceOriginForbidden, ValidationError
 from tests.helpers import (
@@ -29,8 +29,8 @@ from tests.helpers import (
     make_tar,
     merge,
     package,
-    start_registry,
     staged_files,
+    start_registry,
 )
 from tests.test_storage_conformance import DUMMY_AWS_ENV, REGION, MotoServer
 

@@ -17,8 +17,24 @@ import httpx
 import pytest
 
 from registry.redact import REDACTED, redact_text, redact_url
-from tests.helpers import Api, RegistryProcess, base_config, free_port, merge, package, run_python, start_registry
-from tests.hostile_servers import HostileServer, Request, redirect, response_head, serve, silent
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    free_port,
+    merge,
+    package,
+    run_python,
+    start_registry,
+)
+from tests.hostile_servers import (
+    HostileServer,
+    Request,
+    redirect,
+    response_head,
+    serve,
+    silent,
+)
 
 _numbers = itertools.count(1)
 SECRET_PARAMS = ["X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "sig", "token",
@@ -95,6 +111,7 @@ def test_redact_text_reads_a_long_word_once() -> None:
 def test_httpx_request_log_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
     """httpx logs each request URL at INFO; the http origin plugin filters it."""
     from registry_plugins.origin_http import registry_origins
+
     from registry.bootstrap import load_settings
 
     settings, _ = load_settings(None)

@@ -311,7 +311,7 @@ def test_the_filesystem_backend_stages_in_storage_staging_dir(serve: Any, tmp_pa
 @pytest.mark.parametrize("port", ["99999", "-1", "http"])
 def test_serve_refuses_a_bad_port_flag(tmp_path: Path, port: str) -> None:
     result = subprocess.run([*registry_command(), "serve", f"--port={port}"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "--port" in result.stderr and "Traceback" not in result.stderr
 
@@ -321,11 +321,11 @@ def test_a_bad_server_host_is_refused_naming_the_key(tmp_path: Path) -> None:
     config.write_text(to_toml(merge(base_config(tmp_path), {"server": {"host": "no host!"}})))
     for command in (["check-config"], ["serve"]):
         result = subprocess.run([*registry_command(), "--config", str(config), *command],
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 1, command
         assert "server.host" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([*registry_command(), "--config", str(config), "serve", "--host", "bad host"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "--host" in result.stderr
 
 
@@ -370,9 +370,9 @@ def test_the_sweep_removes_only_folders_no_live_process_holds(tmp_path: Path) ->
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from registry import staging_folders as s;"
-         "held = s.claim(Path(sys.argv[1])); (held.path / 'upload-live.part').write_bytes(b'x');"
-         "print(held.path, flush=True); time.sleep(60)", str(tmp_path)],
+         ("import sys, time; from pathlib import Path; from registry import staging_folders as s;"
+          "held = s.claim(Path(sys.argv[1])); (held.path / 'upload-live.part').write_bytes(b'x');"
+          "print(held.path, flush=True); time.sleep(60)"), str(tmp_path)],
         stdout=subprocess.PIPE, text=True, cwd=TESTS.parent,
     )
     try:

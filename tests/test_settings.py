@@ -27,7 +27,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*registry_command(), *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd, env={**os.environ, **(env or {})})
+                          cwd=cwd, env={**os.environ, **(env or {})}, check=False)
 
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from registry.staging import FLUSH_SIZE
 from tests.helpers import Api, RegistryProcess, package, start_registry
 from tests.test_crash_safety import WAIT, big_package, multipart, wait_for
 from tests.test_postgres import pg_config
-from registry.staging import FLUSH_SIZE
 from tests.test_s3 import PREFIX, s3_config, stored_objects
 from tests.test_storage_conformance import DUMMY_AWS_ENV, MotoServer
 

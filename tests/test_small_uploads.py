@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from registry_plugins.storage_filesystem import FilesystemStorage
+
 from registry.small_uploads import SMALL_BODY
 from tests.crash_plugin import PausingStorage
 from tests.helpers import (

@@ -19,13 +19,31 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-
-from registry_plugins.http_policy import HostEntry, HostPolicy, is_public, literal_address, normalize_host, parse_entry
+from registry_plugins.http_policy import (
+    HostEntry,
+    HostPolicy,
+    is_public,
+    literal_address,
+    normalize_host,
+    parse_entry,
+)
 from registry_plugins.origin_http import HttpOrigin
+
 from registry.bootstrap import load_settings
-from registry.errors import PackageDownloadFailed, SourceOriginForbidden, ValidationError
+from registry.errors import (
+    PackageDownloadFailed,
+    SourceOriginForbidden,
+    ValidationError,
+)
 from registry.settings import SettingsError
-from tests.helpers import Api, RegistryProcess, base_config, merge, package, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    merge,
+    package,
+    start_registry,
+)
 from tests.hostile_servers import HostileServer, redirect, serve
 
 # Every spelling from the contract and the task, with the address it means.

@@ -20,9 +20,9 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import EndpointConnectionError
 from moto.server import ThreadedMotoServer
-
 from registry_plugins.storage_filesystem import FilesystemStorage
 from registry_plugins.storage_s3 import MULTIPART_CHUNKSIZE, S3Storage, make_s3_client
+
 from registry.bootstrap import build_registry, load_settings
 from registry.errors import ObjectStoreException
 from registry.settings import SettingsError

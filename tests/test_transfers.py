@@ -20,7 +20,14 @@ import pytest
 from registry import transfers
 from registry.archive import ArchiveLimits, inspect_following
 from registry.staging import StagingFile
-from tests.helpers import Api, RegistryProcess, base_config, make_tar, staged_files, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    make_tar,
+    staged_files,
+    start_registry,
+)
 
 LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=10**10, max_compression_ratio=100)
 IN_FLIGHT = 64

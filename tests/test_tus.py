@@ -14,8 +14,8 @@ import os
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,15 @@ from tusclient.exceptions import TusCommunicationError
 
 from registry.assembly import MAX_OPEN
 from registry.tus import encode_metadata
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, merge, package, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    merge,
+    package,
+    start_registry,
+)
 from tests.test_jobs import big_package
 
 TUS = {"Tus-Resumable": "1.0.0"}

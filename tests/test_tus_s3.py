@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-
 from registry_plugins.s3_resumable import MIN_PART
+
 from tests import pausing_s3_plugin
 from tests.crash_plugin import MARKER_ENV, POINT_ENV
 from tests.helpers import Api, app_desc, make_tar, merge, start_registry

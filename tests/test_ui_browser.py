@@ -15,7 +15,16 @@ import httpx
 import pytest
 
 from tests.conftest import FileServer
-from tests.helpers import Api, RegistryProcess, app_desc, base_config, make_tar, merge, package, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    app_desc,
+    base_config,
+    make_tar,
+    merge,
+    package,
+    start_registry,
+)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 

@@ -10,7 +10,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import Api, RegistryProcess, base_config, blob_files, make_tar, merge, package, run_python, staged_files, start_registry
+from tests.helpers import (
+    Api,
+    RegistryProcess,
+    base_config,
+    blob_files,
+    make_tar,
+    merge,
+    package,
+    run_python,
+    staged_files,
+    start_registry,
+)
 
 FORMAT_MEDIA_TYPES = {
     "tar.gz": "application/gzip",

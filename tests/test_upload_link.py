@@ -153,7 +153,6 @@ def test_fetch_reads_no_ca_bundle_on_the_event_loop(file_server: FileServer, cod
     import threading
 
     import anyio
-
     from registry_plugins.http_policy import HostPolicy
     from registry_plugins.origin_http import HttpOrigin
 
@@ -233,7 +232,6 @@ def test_file_origin_resolves_paths_off_the_event_loop(file_server: FileServer, 
     import threading
 
     import anyio
-
     from registry_plugins import origin_file
 
     data = package(salt=code)

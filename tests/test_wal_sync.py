@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from registry_plugins.sqlite_wal_sync import WalSync
 from registry_plugins.store_sqlite import SQLiteStore
+
 from registry.errors import DatabaseUnavailable
 from registry.records import NewCredential
 

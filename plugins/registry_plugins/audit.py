@@ -71,7 +71,7 @@ class EventWriter:
     async def _write(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
         try:
             await self._registry.write(self._registry.records.add_events, [event for event, _ in batch])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- handed to the callers waiting on the batch
             if len(batch) == 1:
                 batch[0][1].set_exception(exc)
             else:  # one event the store refuses must not cost the others theirs
@@ -84,7 +84,7 @@ class EventWriter:
         for event, done in batch:
             try:
                 await self._registry.write(self._registry.records.add_event, event)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- raised to the caller waiting on this event
                 done.set_exception(exc)
             else:
                 done.set_result(None)

@@ -23,7 +23,6 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import anyio.to_thread
 
-from registry_plugins.http_policy import HostPolicy, normalize_host, parse_entry
 from registry import __version__
 from registry.errors import (
     PackageDownloadFailed,
@@ -36,6 +35,7 @@ from registry.origins import Download, Origin
 from registry.redact import install_log_redaction, redact_text, redact_url
 from registry.settings import Setting, Settings, not_negative, positive
 from registry.validation import MAX_NUMBER_DIGITS, parse_decimal, url_file_name
+from registry_plugins.http_policy import HostPolicy, normalize_host, parse_entry
 
 if TYPE_CHECKING:
     import ssl

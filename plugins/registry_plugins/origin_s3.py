@@ -27,14 +27,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from registry_plugins.s3_common import (
-    boto_errors,
-    brief_error,
-    check_endpoint_url,
-    describe_error,
-    error_code,
-    make_s3_client,
-)
 from registry.errors import (
     PackageDownloadFailed,
     PackageDownloadTimeout,
@@ -46,6 +38,14 @@ from registry.hookspecs import hookimpl
 from registry.origins import Download, Origin
 from registry.redact import redact_url
 from registry.settings import Setting, Settings
+from registry_plugins.s3_common import (
+    boto_errors,
+    brief_error,
+    check_endpoint_url,
+    describe_error,
+    error_code,
+    make_s3_client,
+)
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient

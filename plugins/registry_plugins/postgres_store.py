@@ -20,8 +20,8 @@ timeout`` seconds, a lock waited on as long, and a full disk are raised as
 from __future__ import annotations
 
 import builtins
-import json
 import functools
+import json
 import logging
 import random
 import threading
@@ -43,9 +43,9 @@ from registry.leases import local_prefix
 from registry.records import (
     CANCELLED,
     COMPLETING,
-    FINISHED_STATES,
     DELIVERED,
     FAILED,
+    FINISHED_STATES,
     JOB_STATES,
     OUTBOX_STATES,
     PENDING,
@@ -69,7 +69,15 @@ from registry.records import (
     Upload,
     utc_now,
 )
-from registry.store import BackupUnsupported, Migration, RecordStore, decide, job_claimable, keyset_order, upload_lockable
+from registry.store import (
+    BackupUnsupported,
+    Migration,
+    RecordStore,
+    decide,
+    job_claimable,
+    keyset_order,
+    upload_lockable,
+)
 
 Row = dict[str, Any]
 

@@ -23,11 +23,17 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from registry.fsutil import creatable_problem
 from registry.errors import ObjectStoreException
+from registry.fsutil import creatable_problem
 from registry.hookspecs import hookimpl
 from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, BlockingStorage, Storage, storage_failure
+from registry.storage import (
+    BlobInfo,
+    BlobMissing,
+    BlockingStorage,
+    Storage,
+    storage_failure,
+)
 from registry.transfers import READERS, download_chunk_size, read_cached, wait
 
 NAME = "filesystem"

@@ -39,6 +39,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from registry.errors import InsufficientStorage, ObjectStoreException
+from registry.hookspecs import hookimpl
+from registry.redact import redact_url
+from registry.settings import Setting, Settings
+from registry.storage import (
+    BlobInfo,
+    BlobMissing,
+    ResumableStore,
+    Storage,
+    storage_failure,
+)
+from registry.transfers import download_chunk_size
 from registry_plugins.s3_common import (
     MISSING_KEY_CODES,
     boto_errors,
@@ -49,12 +61,6 @@ from registry_plugins.s3_common import (
     make_s3_client,
     unwrap_error,
 )
-from registry.errors import InsufficientStorage, ObjectStoreException
-from registry.hookspecs import hookimpl
-from registry.redact import redact_url
-from registry.settings import Setting, Settings
-from registry.storage import BlobInfo, BlobMissing, ResumableStore, Storage, storage_failure
-from registry.transfers import download_chunk_size
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient

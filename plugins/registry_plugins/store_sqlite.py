@@ -23,21 +23,25 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.catalog import PackageDetails, Summary
-from registry.errors import DatabaseUnavailable, InsufficientStorage, PackageAlreadyExists, PackageNotFound
+from registry.errors import (
+    DatabaseUnavailable,
+    InsufficientStorage,
+    PackageAlreadyExists,
+    PackageNotFound,
+)
 from registry.hookspecs import hookimpl
-from registry_plugins.sqlite_wal_sync import WalSync
 from registry.leases import local_prefix
 from registry.records import (
     CANCELLED,
     COMPLETING,
-    FINISHED_STATES,
     DELIVERED,
     FAILED,
+    FINISHED_STATES,
     JOB_STATES,
     OUTBOX_STATES,
     PENDING,
@@ -63,7 +67,15 @@ from registry.records import (
 )
 from registry.settings import Settings
 from registry.staging import check_free_space
-from registry.store import Migration, RecordStore, decide, job_claimable, keyset_order, upload_lockable
+from registry.store import (
+    Migration,
+    RecordStore,
+    decide,
+    job_claimable,
+    keyset_order,
+    upload_lockable,
+)
+from registry_plugins.sqlite_wal_sync import WalSync
 
 if TYPE_CHECKING:
     import sqlite_utils

@@ -139,7 +139,7 @@ class OutboxDrainer:
                     last_expiry = anyio.current_time()
                     await self.registry.write(self.registry.records.expire_deliveries, utc_now() - KEEP_FINISHED)
                 self._unavailable_logged = False
-            except Exception as exc:  # the database is down: try again at the next poll
+            except Exception as exc:  # noqa: BLE001 -- the database is down: try again at the next poll
                 if not self._unavailable_logged:
                     logger.warning("webhook outbox unreadable, retrying: %s", exc)
                     self._unavailable_logged = True
@@ -175,7 +175,7 @@ class OutboxDrainer:
                 response = await self.client.post(url, content=body, headers=headers)
             if not response.is_success:
                 problem = f"HTTP {response.status_code}"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any failure of a delivery is retried, named
             problem = type(exc).__name__
         records = self.registry.records
         try:

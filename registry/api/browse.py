@@ -9,13 +9,19 @@ read from the record store's per-module counters; the applications list's
 
 from __future__ import annotations
 
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from registry.api import pages
-from registry.api.routes import MAX_SEARCH_TERM, Endpoint, _int_param, _registry, authorize, identify
+from registry.api.routes import (
+    MAX_SEARCH_TERM,
+    Endpoint,
+    _int_param,
+    _registry,
+    authorize,
+    identify,
+)
 from registry.api.serialize import format_time
 from registry.errors import ValidationError
 from registry.validation import parse_slug

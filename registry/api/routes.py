@@ -13,23 +13,27 @@ responses are built in :mod:`registry.api.download`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
+from registry.api import pages
 from registry.api.docs import DOCS_HTML
 from registry.api.download import package_response
-from registry.api.forms import MULTIPART_OVERHEAD, PackageSink, parse_multipart, read_fields
-from registry.api import pages
-from registry.api.openapi import build_openapi
+from registry.api.forms import (
+    MULTIPART_OVERHEAD,
+    PackageSink,
+    parse_multipart,
+    read_fields,
+)
+from registry.api.openapi import STAGES, build_openapi
 from registry.api.paths import PACKAGES
-from registry.api.openapi import STAGES
 from registry.api.serialize import record_json
 from registry.auth import ANONYMOUS, Principal, authenticate, parse_credentials
 from registry.errors import (

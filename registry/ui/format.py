@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 from registry.archive import FORMATS
 

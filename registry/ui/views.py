@@ -22,7 +22,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from registry.api import pages
 from registry.api.paths import PACKAGES
 from registry.auth import ANONYMOUS, Principal, authenticate
-from registry.errors import NotFound, PermissionDenied, RegistryError, Unauthenticated, ValidationError
+from registry.errors import (
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+    Unauthenticated,
+    ValidationError,
+)
 from registry.records import Order
 from registry.service import Registry
 from registry.ui import format as fmt
