@@ -1,7 +1,7 @@
 """The C heap of a serving process: keep transfer buffers' memory between requests.
 
 Every upload passes through buffers of a few hundred KiB to 2 MiB: asyncio
-receives up to 256 KiB at a time into a new ``bytes``, h11 copies it on, and
+receives up to 256 KiB at a time into a new ``bytes``, uvicorn copies it on, and
 a staging file joins a batch of up to 2 MiB for its writer. glibc's malloc
 hands such memory back to the kernel as soon as enough of it is free at the
 top of its heap (``M_TRIM_THRESHOLD``, which it adjusts to twice the largest

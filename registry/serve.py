@@ -213,6 +213,7 @@ def _run_worker(settings: Settings, pm: pluggy.PluginManager, options: ServeOpti
         host=options.host,
         port=options.port,
         http=protocol_class(limits),
+        ws="none",  # no WebSocket routes: an Upgrade request is served as plain HTTP
         log_config=None,  # keep configure_logging's handlers
         access_log=False,  # registry.access writes one JSON line per request instead
         lifespan="on",

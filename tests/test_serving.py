@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.connections import MAX_HEAD_SIZE
 from tests.helpers import (
     PACKAGES,
     Api,
@@ -135,6 +137,104 @@ def test_a_malformed_content_length_is_a_json_400(serve: Any, length: str) -> No
     assert headers["bkapi-error-code"] == "VALIDATION_ERROR"
     assert headers["connection"] == "close"
     assert json.loads(body)["code"] == "VALIDATION_ERROR"
+
+
+def send_head_in_pieces(sock: socket.socket, head: bytes, piece: int) -> int:
+    """Send ``head`` ``piece`` bytes at a time, stopping as soon as the server
+    answers (so that nothing it did not read makes it reset the connection);
+    how many bytes were sent."""
+    sent = 0
+    while sent < len(head):
+        sock.sendall(head[sent:sent + piece])
+        sent += piece
+        if select.select([sock], [], [], 0.02)[0]:
+            break
+    return sent
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 4096], ids=["whole", "in-pieces"])
+def test_a_request_head_over_the_limit_is_a_json_400(serve: Any, piece: int) -> None:
+    """A head past MAX_HEAD_SIZE is refused whether it arrives whole or a piece
+    at a time, and the server stops reading it long before its end: a client
+    cannot make a connection hold an endless header."""
+    registry = serve()
+    endless = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * (4 * MAX_HEAD_SIZE) + b"\r\n\r\n"
+    with connect(registry) as sock:
+        sent = send_head_in_pieces(sock, endless, piece)
+        status, headers, body = read_response(sock)
+        assert closed_by_peer(sock)
+    assert status == 400 and headers["connection"] == "close"
+    assert headers["bkapi-error-code"] == "VALIDATION_ERROR"
+    assert json.loads(body)["code"] == "VALIDATION_ERROR"
+    if piece < MAX_HEAD_SIZE:
+        assert sent < 2 * MAX_HEAD_SIZE, "the server read on past the limit"
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 4096], ids=["whole", "in-pieces"])
+def test_a_request_head_within_the_limit_is_served(serve: Any, piece: int) -> None:
+    registry = serve()
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * (MAX_HEAD_SIZE - 200) + b"\r\n\r\n"
+    with connect(registry) as sock:
+        assert send_head_in_pieces(sock, head, piece) >= len(head)
+        status, _, _ = read_response(sock)
+        assert status == 200
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # and the connection is kept
+        assert read_response(sock)[0] == 200
+
+
+def test_an_upgrade_request_is_served_and_ends_the_connection(serve: Any) -> None:
+    """Nothing is offered to switch protocols to: an ``Upgrade`` request is
+    answered as plain HTTP with ``Connection: close`` (the parser reads no
+    further), and what follows it is never left hanging unanswered."""
+    registry = serve()
+    with connect(registry) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+        assert headers["connection"] == "close"
+        assert closed_by_peer(sock)
+    assert "Unsupported upgrade" not in registry.log.read_text()
+
+
+def test_any_method_token_reaches_the_app_and_keeps_the_connection(serve: Any) -> None:
+    """A method is any token (the HTTP parser knows a fixed list): an invented
+    one, with a body or without, gets the route's 405 with ``Allow``, and the
+    kept-alive connection goes on with the next request, framed as sent."""
+    registry = serve()
+    with connect(registry) as sock:
+        sock.sendall(b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert status == 405 and "GET" in headers["allow"]
+        assert json.loads(body)["code"] == "METHOD_NOT_ALLOWED"
+        sock.sendall(b"\r\nM-SEARCH /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 22\r\n\r\n"
+                     b"GET /nowhere HTTP/1.1\r\n")  # a body that looks like a request
+        status, headers, _ = read_response(sock)
+        assert status == 405 and headers["bkapi-error-code"] == "METHOD_NOT_ALLOWED"
+        sock.sendall(b"get /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # methods are case-sensitive
+        assert read_response(sock)[0] == 405
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0] == 200
+    with connect(registry) as sock:
+        sock.sendall(b"BR(EW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # not a token
+        status, headers, body = read_response(sock)
+        assert status == 400 and json.loads(body)["code"] == "VALIDATION_ERROR"
+        assert closed_by_peer(sock)
+
+
+@pytest.mark.parametrize("after", [b"\x01 junk\r\n\r\n", b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n"],
+                         ids=["garbage", "head-too-large"])
+def test_a_refused_request_sent_ahead_leaves_the_earlier_answer_whole(serve: Any, after: bytes) -> None:
+    """Bytes the parser refuses, sent right behind a good request (pipelined,
+    in the same packet), never take that request's place: it is answered
+    whole, with ``Connection: close``, and the connection ends there."""
+    registry = serve()
+    with connect(registry) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + after)
+        status, headers, body = read_response(sock)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+        assert headers["connection"] == "close"
+        assert closed_by_peer(sock)
 
 
 def test_a_500_keeps_the_connection_usable(serve: Any, code: str) -> None:

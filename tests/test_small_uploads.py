@@ -12,7 +12,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
-import os
+import json
 import socket
 import sqlite3
 import tarfile
@@ -210,28 +210,33 @@ def test_a_zip_received_in_memory_is_inspected_whole(small_registry: RegistryPro
     assert stored.json()["version"] == "2.0.0"
 
 
-def test_a_body_framed_by_chunks_streams_whatever_its_content_length(small_registry: RegistryProcess) -> None:
-    """Content-Length and Transfer-Encoding together: the chunks frame the body
-    (h11 passes both headers on), so a small Content-Length does not get a large
-    body held in memory; it streams and is stored like any upload."""
+def test_a_body_framed_by_both_length_and_chunks_is_refused(small_registry: RegistryProcess) -> None:
+    """Content-Length and Transfer-Encoding together is how a request is
+    smuggled past a proxy that frames the body by the other header (RFC 9112
+    section 6.3 lets a server refuse it): 400 from the head alone, before a
+    byte of the body is read, the connection closed and nothing kept."""
     token = small_registry.token("framing")
-    data = package("1.0.0", salt=os.urandom(600_000).hex())  # well past SMALL_BODY, barely compressible
-    body, content_type = multipart_body([("package", "demo.tar.gz", data)])
-    assert len(body) > 2 * SMALL_BODY
+    packages = small_registry.config.parent / "packages"
+    blobs_before = set(blob_files(packages))
+    body, content_type = multipart_body([("package", "demo.tar.gz", package("1.0.0"))])
     head = (f"POST {Api.path('framing')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: 1000\r\nTransfer-Encoding: chunked\r\n"
-            "Connection: close\r\n\r\n").encode()
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n"
+            "\r\n").encode()
     with socket.create_connection(("127.0.0.1", small_registry.port), timeout=60) as client:
         client.sendall(head)
-        for start in range(0, len(body), 65536):
-            piece = body[start:start + 65536]
-            client.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
-        client.sendall(b"0\r\n\r\n")
         answer = b""
         while chunk := client.recv(65536):
             answer += chunk
-    assert answer.startswith(b"HTTP/1.1 201 "), answer[:300]
-    assert hashlib.sha256(data).hexdigest().encode() in answer
+    head_text, _, answer_body = answer.partition(b"\r\n\r\n")
+    assert head_text.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"bkapi-error-code: VALIDATION_ERROR" in head_text
+    assert b"connection: close" in head_text.lower()
+    assert json.loads(answer_body)["code"] == "VALIDATION_ERROR"
+    with httpx.Client(base_url=small_registry.url, timeout=60) as http:
+        listed = http.get(Api.path("framing"), headers={"Authorization": f"Bearer {token}"})
+    assert listed.json()["count"] == 0
+    assert set(blob_files(packages)) == blobs_before
+    assert staged_files(packages / ".staging") == []
 
 
 @pytest.mark.anyio

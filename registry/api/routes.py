@@ -229,9 +229,9 @@ async def upload_file(request: Request) -> Response:
             raise ValidationError.single("package", "该字段是必填项", "this field is required")
         return _upload_request(form.fields, code, module, principal.operator), form.file_name
 
-    # A body framed by its Content-Length alone cannot pass it; one that also
-    # says Transfer-Encoding is framed by its chunks (h11 keeps both headers),
-    # so its length is unknown and it streams like any large upload.
+    # A body framed by its Content-Length alone cannot pass it. The HTTP
+    # parser refuses a request that also says Transfer-Encoding; were one to
+    # arrive, its chunks would frame it, its length unknown: it would stream.
     if declared_size is not None and declared_size <= SMALL_BODY and "transfer-encoding" not in request.headers:
         # received whole into memory, then stored in one worker-thread hand-off
         result = await registry.upload_small(receive)
