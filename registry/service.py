@@ -58,6 +58,7 @@ from registry.records import CommitResult, NewPackage, Outcome, Record
 from registry.redact import redact_url
 from registry.settings import Settings
 from registry.small_uploads import BodyBuffer, write_staged
+from registry.transfers import Pool
 from registry.staging import StagingFile, check_free_space, sweep_staging
 from registry.storage import BlockingStorage, Storage, new_blob_key
 from registry.store import RecordStore
@@ -123,13 +124,13 @@ class Registry:
         self.time_zone = ZoneInfo(settings["server.time_zone"])
         #: records, credentials and events (see ``registry/store.py``)
         self.records = records
-        # Store calls run in threads of their own, apart from anyio's default
-        # pool (staging, inspection) and split by kind: writers waiting on a
-        # locked or slow database hold at most WRITE_THREADS threads, so reads
-        # and authentication keep answering meanwhile.
-        self.read_threads = anyio.CapacityLimiter(READ_THREADS)
-        self.write_threads = anyio.CapacityLimiter(WRITE_THREADS)
-        self.slow_read_threads = anyio.CapacityLimiter(SLOW_READ_THREADS)
+        # Store calls run in pools of their own, apart from anyio's default
+        # threads (staging, inspection) and split by kind: writers waiting on
+        # a locked or slow database hold at most WRITE_THREADS threads, so
+        # reads and authentication keep answering meanwhile.
+        self.read_threads = Pool("store-read", READ_THREADS)
+        self.write_threads = Pool("store-write", WRITE_THREADS)
+        self.slow_read_threads = Pool("store-slow-read", SLOW_READ_THREADS)
         self.metrics = Metrics()
         #: per-instance state of plugins (a webhook queue, …), keyed by plugin name
         self.extensions: dict[str, Any] = {}
@@ -144,16 +145,17 @@ class Registry:
 
     async def read(self, call: Callable[..., T], *args: Any) -> T:
         """Run a record-store read in a read thread (never behind waiting writers)."""
-        return await anyio.to_thread.run_sync(call, *args, limiter=self.read_threads)
+        return await self.read_threads.run_to_end(call, *args)
 
     async def read_slow(self, call: Callable[..., T], *args: Any) -> T:
         """Run a listing or search in a slow-read thread (never holding the read threads)."""
-        return await anyio.to_thread.run_sync(call, *args, limiter=self.slow_read_threads)
+        return await self.slow_read_threads.run_to_end(call, *args)
 
     async def write(self, call: Callable[..., T], *args: Any) -> T:
         """Run a record-store write in a write thread (at most WRITE_THREADS
-        wait on a locked or slow database at once)."""
-        return await anyio.to_thread.run_sync(call, *args, limiter=self.write_threads)
+        wait on a locked or slow database at once). A cancelled caller waits
+        for the write to end: whether it happened is known when it moves on."""
+        return await self.write_threads.run_to_end(call, *args)
 
     # -- life cycle -------------------------------------------------------
 

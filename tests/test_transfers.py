@@ -313,6 +313,35 @@ def test_pool_threads_are_bounded_and_started_on_use() -> None:
     assert len(seen) == 2 and pool.queued == 0
 
 
+@pytest.mark.anyio
+async def test_a_cancelled_caller_of_run_to_end_waits_for_the_call_to_end() -> None:
+    """As with anyio's thread hand-off: a caller cancelled while its call runs
+    (a record commit, say) moves on only once the call has ended, so what the
+    call did is settled; the result or error of a call not cancelled is the caller's."""
+    pool = transfers.Pool("test-run-to-end", 1)
+    started, release = threading.Event(), threading.Event()
+    ended: list[float] = []
+
+    def commit() -> None:
+        started.set()
+        release.wait(10)
+        ended.append(time.monotonic())
+
+    async def caller() -> None:
+        await pool.run_to_end(commit)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(caller)
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        group.cancel_scope.cancel()
+        threading.Timer(0.3, release.set).start()
+    left = time.monotonic()
+    assert ended and ended[0] <= left, "the caller moved on before its call ended"
+    assert await pool.run_to_end(lambda: 6 * 7) == 42
+    with pytest.raises(ZeroDivisionError):
+        await pool.run_to_end(lambda: 1 / 0)
+
+
 def test_a_cached_read_returns_the_bytes_or_defers_to_the_pool(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     blob = tmp_path / "blob"
