@@ -26,7 +26,7 @@ connection (no polling, nothing per byte beyond re-arming one timer):
 A request llhttp cannot parse (a malformed or absurd ``Content-Length``, a bad
 request line, ``Content-Length`` together with ``Transfer-Encoding``, which
 RFC 9112 section 6.3 allows a server to refuse as a sign of request
-smuggling) is answered 400 ``VALIDATION_ERROR`` as JSON, never uvicorn's
+smuggling), or one without ``Host`` or with two (section 3.2), is answered 400 ``VALIDATION_ERROR`` as JSON, never uvicorn's
 plain text, and the connection is closed. A request asking to switch
 protocols (``Upgrade``) is served as plain HTTP, with ``Connection: close``:
 llhttp parses nothing after it, and no protocol is offered to switch to.
@@ -74,7 +74,7 @@ STAND_IN_METHOD = b"GET"
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?= )")
 
 
-class _HeadTooLarge(Exception):
+class _RefusedHead(Exception):
     """Raised from a parser callback: httptools stops and reports a parser error."""
 
 
@@ -196,10 +196,19 @@ class RegistryProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # The head's bytes, give or take its line ends: whether it came in
         # one piece or many, the same head is refused or served.
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        size = len(self.url)
+        hosts = 0
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+            hosts += name == b"host"  # uvicorn keeps names lower-cased
         if size > MAX_HEAD_SIZE:
             self._refusal = "the request head is too large"
-            raise _HeadTooLarge  # stops the parser; uvicorn calls send_400_response
+            raise _RefusedHead  # stops the parser; uvicorn calls send_400_response
+        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() != "1.0"):
+            # RFC 9112 section 3.2 (h11 refused these too): which of two hosts
+            # was meant is anybody's guess, and HTTP/1.1 requires one.
+            self._refusal = "the request must name one Host"
+            raise _RefusedHead
         self._head_open = False
         super().on_headers_complete()  # sets the method llhttp parsed, starts (or queues) the app's task
         if self._real_method is not None:

@@ -58,10 +58,10 @@ from registry.records import CommitResult, NewPackage, Outcome, Record
 from registry.redact import redact_url
 from registry.settings import Settings
 from registry.small_uploads import BodyBuffer, write_staged
-from registry.transfers import Pool
 from registry.staging import StagingFile, check_free_space, sweep_staging
 from registry.storage import BlockingStorage, Storage, new_blob_key
 from registry.store import RecordStore
+from registry.transfers import Pool
 from registry.validation import check_version, derive_package_name
 
 logger = logging.getLogger("registry.service")

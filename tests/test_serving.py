@@ -170,6 +170,24 @@ def test_a_request_head_over_the_limit_is_a_json_400(serve: Any, piece: int) -> 
         assert sent < 2 * MAX_HEAD_SIZE, "the server read on past the limit"
 
 
+@pytest.mark.parametrize("head", [b"GET /healthz HTTP/1.1\r\n\r\n",
+                                  b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                                  b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"],
+                         ids=["none", "two", "two-in-1.0"])
+def test_a_request_must_name_one_host(serve: Any, head: bytes) -> None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any with two, is a 400."""
+    registry = serve()
+    with connect(registry) as sock:
+        sock.sendall(head)
+        status, headers, body = read_response(sock)
+        assert closed_by_peer(sock)
+    assert status == 400 and json.loads(body)["code"] == "VALIDATION_ERROR"
+    assert headers["connection"] == "close"
+    with connect(registry) as sock:  # HTTP/1.0 may leave it out
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert read_response(sock)[0] == 200
+
+
 @pytest.mark.parametrize("piece", [1 << 20, 4096], ids=["whole", "in-pieces"])
 def test_a_request_head_within_the_limit_is_served(serve: Any, piece: int) -> None:
     registry = serve()
