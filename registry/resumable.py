@@ -85,6 +85,17 @@ class ChunkResult:
     released: bool = False
 
 
+@dataclass
+class Lease:
+    """An upload whose write lease this process took (see :meth:`Resumable.leased`)."""
+
+    #: the upload as the transaction that took the lease read it
+    upload: Upload
+    #: whether leaving the ``leased`` block releases the lease: cleared where
+    #: something else ends it (the pipeline's outcome, a body that released it)
+    held: bool = True
+
+
 class Resumable:
     """Resumable uploads of one registry, sharing the job runner's store and metrics."""
 
@@ -148,30 +159,55 @@ class Resumable:
         if not self.claim(upload_id):
             return
         try:
-            locked = await self.registry.write(self.store.lock_upload, upload_id, self.holder, LEASE)
-            if locked is None:
-                return
-            release = True
-            try:
-                if locked.state not in (RECEIVING, COMPLETING) or locked.expires < utc_now():
+            async with self.leased(upload_id) as lease:
+                if lease is None:
                     return
-                locked = await self.recover(locked, save=True)
-                if locked.offset < locked.length:
+                upload = lease.upload
+                if upload.state not in (RECEIVING, COMPLETING) or upload.expires < utc_now():
                     return
-                release = False
+                upload = await self.recover(upload, save=True)
+                if upload.offset < upload.length:
+                    return
                 try:
-                    await self.complete(locked)
-                except RegistryError as exc:  # a 4xx is the upload's outcome, kept by complete()
-                    release = exc.status >= 500
-                    if release:
-                        raise
+                    await self.complete_leased(lease, upload)
+                except RegistryError as exc:
+                    if exc.status >= 500:
+                        raise  # a 4xx is the upload's outcome, kept by complete()
                 logger.info("finished upload %s, complete but left without an outcome", upload_id)
-            finally:
-                if release:
-                    with anyio.CancelScope(shield=True):
-                        await self.registry.write(self.store.unlock_upload, upload_id, self.holder)
         finally:
             self.release(upload_id)
+
+    @contextlib.asynccontextmanager
+    async def leased(self, upload_id: str) -> AsyncIterator[Lease | None]:
+        """The upload under this process's write lease, taken by the
+        transaction that reads it, and released on leaving the block unless
+        :attr:`Lease.held` was cleared; None (nothing taken) when another
+        request or process holds it, or there is no such upload.
+
+        The caller has :meth:`claim`-ed the upload for this process first.
+        """
+        locked = await self.registry.write(self.store.lock_upload, upload_id, self.holder, LEASE)
+        if locked is None:
+            yield None
+            return
+        lease = Lease(locked)
+        try:
+            yield lease
+        finally:
+            if lease.held:
+                with anyio.CancelScope(shield=True):
+                    await self.registry.write(self.store.unlock_upload, upload_id, self.holder)
+
+    async def complete_leased(self, lease: Lease, upload: Upload) -> CommitResult:
+        """:meth:`complete` ``upload`` under ``lease``: its outcome, stored or
+        a client error (4xx), ends the upload and its lease with it; a server
+        failure (5xx) leaves the lease to the ``leased`` block to release."""
+        lease.held = False
+        try:
+            return await self.complete(upload)
+        except RegistryError as exc:
+            lease.held = exc.status >= 500
+            raise
 
     @property
     def holder(self) -> str:

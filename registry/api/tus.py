@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
-import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
@@ -29,7 +28,7 @@ from registry.errors import (
 )
 from registry.jobs import error_json
 from registry.records import COMPLETING, FAILED, RECEIVING, SUCCEEDED, Upload, utc_now
-from registry.resumable import LEASE, Resumable
+from registry.resumable import Resumable
 from registry.storage import UPLOAD_ID
 from registry.tus import (
     CHECKSUM_ALGORITHMS,
@@ -199,13 +198,11 @@ async def _patch_claimed(request: Request, service: Resumable, path: tuple[str, 
     that fail after the lease was taken release it again.
     """
     code, module, upload_id = path
-    store = service.store
-    locked = await service.registry.write(store.lock_upload, upload_id, service.holder, LEASE)
-    if locked is None:
-        await _find(request, code, module)  # 404 when there is no such upload in this module
-        raise UploadOffsetMismatch("another request is writing to this upload")
-    release = True
-    try:
+    async with service.leased(upload_id) as lease:
+        if lease is None:
+            await _find(request, code, module)  # 404 when there is no such upload in this module
+            raise UploadOffsetMismatch("another request is writing to this upload")
+        locked = lease.upload
         if locked.code != code or locked.module != module or locked.expires < utc_now():
             raise JobNotFound(upload_id)
         locked = await service.recover(locked, save=True)
@@ -214,25 +211,19 @@ async def _patch_claimed(request: Request, service: Resumable, path: tuple[str, 
             raise PackageTooLarge(f"the chunk passes Upload-Length {locked.length}")
         if locked.offset < locked.length:
             received = await service.receive(locked, request.stream(), checksum, ClientDisconnect, declared)
-            release = not received.released
+            lease.held = not received.released
             if received.disconnected:
                 return Response(status_code=204)  # nobody reads it; the bytes that came are kept
             locked = received.upload
         if locked.offset < locked.length:
             return Response(status_code=204, headers={"Upload-Offset": str(locked.offset)})
-        release = False
         try:
-            result = await service.complete(locked)
+            result = await service.complete_leased(lease, locked)
         except RegistryError as exc:
-            release = exc.status >= 500  # a 4xx finished the upload and released it
             exc.headers["Upload-Offset"] = str(locked.length)
             raise
         return Response(status_code=204, headers={"Upload-Offset": str(locked.length),
                                                   "Registry-Package-Id": str(result.record.id)})
-    finally:
-        if release:
-            with anyio.CancelScope(shield=True):
-                await service.registry.write(store.unlock_upload, upload_id, service.holder)
 
 
 def _check_offset(upload: Upload, offset: int) -> None:
@@ -260,10 +251,11 @@ async def terminate_upload(request: Request) -> Response:
     if not service.claim(upload.id):
         raise UploadOffsetMismatch("another request is writing to this upload")
     try:
-        locked = await service.registry.write(service.store.lock_upload, upload.id, service.holder, LEASE)
-        if locked is None:
-            raise UploadOffsetMismatch("another request is writing to this upload")
-        await service.terminate(locked)
+        async with service.leased(upload.id) as lease:
+            if lease is None:
+                raise UploadOffsetMismatch("another request is writing to this upload")
+            lease.held = False  # terminating ends the upload and its lease, or leaves both to expire
+            await service.terminate(lease.upload)
     finally:
         service.release(upload.id)
     return Response(status_code=204)
