@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -173,3 +174,39 @@ def test_a_crash_while_the_completing_patch_stores_the_package_leaves_an_upload_
         with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
             admin.execute("ALTER SYSTEM RESET wal_writer_delay")
             admin.execute("SELECT pg_reload_conf()")
+
+
+def test_gc_removes_the_bucket_bytes_of_uploads_no_record_names(tmp_path: Path, moto: MotoServer,
+                                                               code: str) -> None:
+    """As on the filesystem (test_tus): an upload's multipart upload, its parts
+    and its tail, once no record names the upload, are removed by ``registry
+    gc`` when older than the grace period; a recorded upload's stay and it goes on."""
+    bucket = moto.create_bucket("tus-gc")
+    process = start_registry(tmp_path, s3_config(tmp_path, moto, bucket), env=DUMMY_AWS_ENV)
+    try:
+        api = Api(process.url, process.token("s3gc"))
+        kept_url, dropped_url = create(api, code, 8 * MiB), create(api, code, 8 * MiB)
+        for url in (kept_url, dropped_url):  # a part of its multipart upload, then a tail object
+            assert patch(api, url, 0, os.urandom(6 * MiB)).status_code == 204
+            assert patch(api, url, 6 * MiB, os.urandom(1000)).status_code == 204
+        kept_id, dropped_id = (url.rsplit("/", 1)[1] for url in (kept_url, dropped_url))
+        with sqlite3.connect(tmp_path / "registry.db") as db:
+            db.execute("DELETE FROM uploads WHERE id = ?", (dropped_id,))
+
+        young = process.cli("gc").stdout  # the default grace: an hour
+        assert dropped_id not in young and "0 unrecorded upload(s)" in young
+        dry = process.cli("gc", "--dry-run", "--grace-hours", "0").stdout
+        assert f"would remove the bytes of resumable upload {dropped_id}, which no record names" in dry
+        assert any(dropped_id in key for key in resumable_objects(moto, bucket)[0])
+        done = process.cli("gc", "--grace-hours", "0").stdout
+        assert f"removed the bytes of resumable upload {dropped_id}, which no record names" in done
+        assert "1 unrecorded upload(s)" in done and kept_id not in done
+
+        keys, _ = resumable_objects(moto, bucket)
+        multiparts = [u["Key"] for u in moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+        assert not any(dropped_id in key for key in keys + multiparts)
+        assert any(kept_id in key for key in keys) and any(kept_id in key for key in multiparts)
+        assert offset_of(api, Api.path(code, suffix="uploads/" + kept_id)) == 6 * MiB + 1000
+        api.close()
+    finally:
+        process.stop()

@@ -11,19 +11,22 @@ Every object is below ``{prefix}.resumable/{upload_id}/``: ``assembled``
 key is never reused (its start and size name it), so a crash between storing
 a new tail and committing the state leaves the old state's tail intact; the
 stale objects go when the upload is discarded. Those keys never match the
-blob key pattern, so ``gc`` never takes them for orphans.
+blob key pattern, so ``gc`` never takes them for orphans; it finds the
+objects and multipart uploads of an upload no record names through
+:meth:`S3Multipart.kept` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from registry.storage import ResumableStore
+from registry.storage import UPLOAD_ID, KeptUpload, ResumableStore
 from registry_plugins.s3_common import MISSING_KEY_CODES, error_code
 
 if TYPE_CHECKING:
@@ -133,18 +136,60 @@ class S3Multipart(ResumableStore):
     async def discard(self, upload_id: str, state: dict[str, Any]) -> None:
         storage = self.storage
         bucket = storage.bucket
-        folder = self.storage.prefix + f"{FOLDER}/{upload_id}/"
+        folder = self._folder(upload_id)
 
         def work(client: BaseClient) -> None:
+            # The state names its multipart upload; without one (``registry gc``
+            # of bytes no record names) every multipart upload below the folder goes.
             if state.get("multipart"):
+                multiparts = [(self._key(upload_id, "assembled"), state["multipart"])]
+            else:
+                multiparts = [(u["Key"], u["UploadId"]) for u in _pages(client, "list_multipart_uploads", "Uploads",
+                                                                         Bucket=bucket, Prefix=folder)]
+            for key, multipart in multiparts:
                 try:
-                    client.abort_multipart_upload(Bucket=bucket, Key=self._key(upload_id, "assembled"),
-                                                  UploadId=state["multipart"])
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=multipart)
                 except ClientError as exc:
                     if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                         raise
-            listed = client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
-            for entry in listed:
+            for entry in _pages(client, "list_objects_v2", "Contents", Bucket=bucket, Prefix=folder):
                 client.delete_object(Bucket=bucket, Key=entry["Key"])
 
         await storage._call("discard resumable upload", work)
+
+    async def kept(self) -> list[KeptUpload]:
+        """Every upload with objects or a multipart upload below the resumable
+        folder: last modified when its newest object, part or multipart
+        upload was made, its size what they hold."""
+        storage = self.storage
+        bucket = storage.bucket
+        folder = storage.prefix + f"{FOLDER}/"
+
+        def work(client: BaseClient) -> list[KeptUpload]:
+            found: dict[str, tuple[datetime, int]] = {}
+
+            def note(key: str, moment: datetime, size: int) -> None:
+                upload_id = key[len(folder):].split("/", 1)[0]
+                if UPLOAD_ID.fullmatch(upload_id):
+                    newest, total = found.get(upload_id, (moment, 0))
+                    found[upload_id] = (max(newest, moment), total + size)
+
+            for entry in _pages(client, "list_objects_v2", "Contents", Bucket=bucket, Prefix=folder):
+                note(entry["Key"], entry["LastModified"], entry["Size"])
+            for upload in _pages(client, "list_multipart_uploads", "Uploads", Bucket=bucket, Prefix=folder):
+                note(upload["Key"], upload["Initiated"], 0)
+                for part in _pages(client, "list_parts", "Parts", Bucket=bucket, Key=upload["Key"],
+                                   UploadId=upload["UploadId"]):
+                    note(upload["Key"], part["LastModified"], part["Size"])
+            return [KeptUpload(upload_id, modified, size) for upload_id, (modified, size) in found.items()]
+
+        return await storage._call("list resumable uploads", work)
+
+    def _folder(self, upload_id: str) -> str:
+        return self.storage.prefix + f"{FOLDER}/{upload_id}/"
+
+
+def _pages(client: BaseClient, operation: str, field: str, **arguments: Any) -> Iterator[dict[str, Any]]:
+    """Every item under ``field`` of every page ``operation`` answers (boto3's paginator)."""
+    for page in client.get_paginator(operation).paginate(**arguments):
+        yield from page.get(field, [])
