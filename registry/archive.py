@@ -13,11 +13,13 @@ decompressed stream alike), oversized extended headers or sparse maps,
 global pax headers beyond a few dozen keywords, malformed pax records, a
 header GNU tar reads otherwise than tarfile (a prefix field outside ustar,
 a link with a size, a sparse or global size, data in an extended header's
-padding), a compressed stream that is truncated or fails its checksum, a tar without its
-end-of-archive marker or with data after it, a path listed twice, a zip whose local
-entries and central directory disagree (:mod:`registry.zip_layout`), a file
-that also reads as an archive of another format (a tar with a zip inside
-that ``unzip`` would find).
+padding), a negative size or sparse map number (tarfile would read an
+earlier header next, GNU tar refuses it), a compressed stream that is
+truncated or fails its checksum, a tar without its end-of-archive marker or
+with data after it, a path listed twice, a zip whose local entries and
+central directory disagree (:mod:`registry.zip_layout`), a file that also
+reads as an archive of another format (a tar with a zip inside that
+``unzip`` would find).
 """
 
 from __future__ import annotations
@@ -497,6 +499,22 @@ class _GuardedTarInfo(tarfile.TarInfo):
             raise InvalidPackage(f"member {_show(name)} has a prefix field outside a ustar header ({_show(prefix)})")
         return member
 
+    def _block(self, count: int) -> int:
+        """``count`` bytes rounded up to whole blocks: how far tarfile moves
+        past a header's data (its own, or, for an extended header, the size
+        it gives the member after it).
+
+        A tar number field can hold a negative number (base-256), which
+        tarfile takes as it is: the next header would then lie before this
+        one, on it again (Python's own reading loops there: CVE-2025-8194),
+        or less than a block on. GNU tar refuses such a size.
+
+        :raises InvalidPackage: ``count`` is negative.
+        """
+        if count < 0:
+            raise InvalidPackage(f"header {_show(self.name)} gives a negative size ({count})")
+        return super()._block(count)  # type: ignore[misc, no-any-return]
+
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADER_TYPES:
             if self.size > MAX_EXTENDED_HEADER:
@@ -523,7 +541,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
         overrides) is tarfile's, unchanged.
         """
         assert tar.fileobj is not None
-        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        buf = tar.fileobj.read(self._block(self.size))
         _check_padding(buf, self.size, self.name)
         records = _pax_records(buf[:self.size], self.name)
         _pax_count(tar).add_records(len(records), self.name)
@@ -551,8 +569,16 @@ class _GuardedTarInfo(tarfile.TarInfo):
         if "GNU.sparse.map" in pax_headers:  # GNU sparse 0.1
             self._proc_gnusparse_01(following, pax_headers)  # type: ignore[attr-defined]
         elif "GNU.sparse.size" in pax_headers:  # GNU sparse 0.0: the pairs are records of their own
-            offsets = [int(value) for keyword, value in records if keyword == b"GNU.sparse.offset" and value.isdigit()]
-            sizes = [int(value) for keyword, value in records if keyword == b"GNU.sparse.numbytes" and value.isdigit()]
+            pairs = [(keyword, value) for keyword, value in records
+                     if keyword in (b"GNU.sparse.offset", b"GNU.sparse.numbytes")]
+            # tarfile leaves out a value that is not digits (a negative one),
+            # which pairs the others up wrongly; GNU tar refuses it
+            for _, value in pairs:
+                if not value.isdigit():
+                    raise InvalidPackage(f"member {_show(following.name)} has a negative or malformed number "
+                                         f"in its sparse map ({_show(value.decode('utf-8', 'replace'))})")
+            offsets = [int(value) for keyword, value in pairs if keyword == b"GNU.sparse.offset"]
+            sizes = [int(value) for keyword, value in pairs if keyword == b"GNU.sparse.numbytes"]
             following.sparse = list(zip(offsets, sizes, strict=False))  # type: ignore[assignment]
         elif pax_headers.get("GNU.sparse.major") == "1" and pax_headers.get("GNU.sparse.minor") == "0":
             self._proc_gnusparse_10(following, pax_headers, tar)
@@ -567,7 +593,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
             if "size" in pax_headers:  # the data, and so the next header, moved
                 offset = following.offset_data
                 if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
-                    offset += following._block(following.size)  # type: ignore[attr-defined]
+                    offset += following._block(following.size)
                 tar.offset = offset
         return following
 
@@ -578,7 +604,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
         blocks, GNU tar within the header's size: only zeros may follow it.
         """
         assert tar.fileobj is not None
-        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        buf = tar.fileobj.read(self._block(self.size))
         _check_padding(buf, self.size, self.name)
         try:
             following = self.fromtarfile(tar)
@@ -757,6 +783,7 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
             # MAX_EXTENDED_HEADER each) for random access this never needs:
             # let each go once checked, so memory does not grow with the archive.
             tar.members.clear()
+            _check_numbers(member)
             name = _clean_member_name(member.name)
             budget.add_member(member.name)
             if member.ischr() or member.isblk() or member.isfifo():
@@ -797,6 +824,22 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
             raise InvalidPackage(f"data after the end of the archive{budget.where()}")
     links.check()
     return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name, budget.first_names)
+
+
+def _check_numbers(member: tarfile.TarInfo) -> None:
+    """Refuse a member whose size or sparse map holds a negative number.
+
+    Those that move the next header are refused as tarfile reads them (see
+    ``_GuardedTarInfo._block``); these do not, but GNU tar refuses them as
+    well ("out of range") and goes on looking for a valid header, so it would
+    not unpack the archive inspection checked: a folder's or a link's size, a
+    sparse member's real size (old GNU header or pax record), its map.
+    """
+    if member.size < 0:
+        raise InvalidPackage(f"member {_show(member.name)} has a negative size ({member.size})")
+    sparse = cast(list[tuple[int, int]] | None, member.sparse)
+    if sparse and any(offset < 0 or length < 0 for offset, length in sparse):
+        raise InvalidPackage(f"member {_show(member.name)} has a negative number in its sparse map")
 
 
 def _zeros(data: bytes) -> bool:

@@ -12,6 +12,7 @@ import bz2
 import contextlib
 import gzip
 import io
+import itertools
 import lzma
 import os
 import shutil
@@ -552,11 +553,16 @@ def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]
 
 # -- pax headers: read in linear time (CVE-2024-6232) ---------------------------------------
 
+def have_gnu_tar() -> bool:
+    """Whether ``tar`` is GNU tar (the tests that show another tool's reading need it)."""
+    return bool(shutil.which("tar")) and b"GNU tar" in subprocess.run(["tar", "--version"], check=False,
+                                                                       capture_output=True).stdout
+
+
 def gnu_tar_lists(tar: bytes) -> list[bytes] | None:
     """The member names GNU tar lists in ``tar``, or None where GNU tar is not
     installed: what another tool unpacks, to show a test's premise holds."""
-    if not shutil.which("tar") or b"GNU tar" not in subprocess.run(["tar", "--version"], check=False,
-                                                                   capture_output=True).stdout:
+    if not have_gnu_tar():
         return None
     return subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout.split()
 
@@ -885,6 +891,114 @@ def extended_header(kind: bytes, data: bytes, name: str = "./PaxHeaders/a.txt") 
     header = tarfile.TarInfo(name)
     header.type, header.size = kind, len(data)
     return header.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % BLOCK)
+
+
+# -- negative sizes (CVE-2025-8194) ----------------------------------------------------------
+
+def with_number(header: bytes, at: int, value: int) -> bytes:
+    """``header`` with ``value`` in the 12-byte number field at ``at``, written
+    in base-256 (the only way a tar header holds a negative number), its
+    checksum computed again."""
+    block = bytearray(header)
+    block[at:at + 12] = (value % (1 << 96)).to_bytes(12, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block[:BLOCK])
+    return bytes(block)
+
+
+SIZE_FIELD, OLD_GNU_FIRST_SPARSE, OLD_GNU_REALSIZE = 124, 386, 483
+
+
+def gnu_tar_refuses(tar: bytes) -> bool | None:
+    """Whether GNU tar fails to list ``tar`` (None where GNU tar is not installed)."""
+    if not have_gnu_tar():
+        return None
+    return subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=False).returncode != 0
+
+
+def _negative_size_cases() -> dict[str, bytes]:
+    """Plain tars, each holding one negative size (or sparse map number)."""
+    def header(name: str, kind: bytes = tarfile.REGTYPE) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        return info.tobuf(tarfile.USTAR_FORMAT)
+    first = plain_member("z.txt")
+    sparse_0_1 = [pax_record(b"GNU.sparse.realsize", b"-1") + pax_record(b"GNU.sparse.map", b"0,1"),
+                  pax_record(b"GNU.sparse.realsize", b"2") + pax_record(b"GNU.sparse.map", b"0,-1")]
+    sparse_0_0 = b"".join(pax_record(keyword, value) for keyword, value in [
+        (b"GNU.sparse.size", b"2"), (b"GNU.sparse.numblocks", b"1"),
+        (b"GNU.sparse.offset", b"0"), (b"GNU.sparse.numbytes", b"-1")])
+    cases = {
+        # tarfile's next header: back to this one (Python's own reading, before gh-130577, loops)
+        "file-back-to-its-own-header": first + with_number(header("a.txt"), SIZE_FIELD, -BLOCK),
+        "file-back-before-the-archive": with_number(header("a.txt"), SIZE_FIELD, -4 * BLOCK),
+        "file-minus-one": first + with_number(header("a.txt"), SIZE_FIELD, -1),
+        "folder": first + with_number(header("d", tarfile.DIRTYPE), SIZE_FIELD, -1),
+        "pax-header-itself": first + with_number(header("./PaxHeaders/a.txt", tarfile.XHDTYPE), SIZE_FIELD, -1)
+        + plain_member("a.txt"),
+        "long-name-itself": first + with_number(header("././@LongLink", tarfile.GNUTYPE_LONGNAME), SIZE_FIELD, -1)
+        + plain_member("a.txt"),
+        "pax-size-back": first + extended_header(tarfile.XHDTYPE, pax_record(b"size", b"-1024"))
+        + plain_member("a.txt"),
+        "pax-size-minus-one": first + extended_header(tarfile.XHDTYPE, pax_record(b"size", b"-1"))
+        + plain_member("a.txt"),
+        "pax-sparse-realsize": first + extended_header(tarfile.XHDTYPE, sparse_0_1[0]) + plain_member("a.txt"),
+        "pax-sparse-map": first + extended_header(tarfile.XHDTYPE, sparse_0_1[1]) + plain_member("a.txt"),
+        "pax-sparse-0.0-map": first + extended_header(tarfile.XHDTYPE, sparse_0_0) + plain_member("a.txt"),
+        "old-gnu-sparse-size": first + with_number(old_gnu_sparse("a.txt", 10, extended=False), SIZE_FIELD, -BLOCK),
+        "old-gnu-sparse-realsize": first + with_number(old_gnu_sparse("a.txt", 10, extended=False),
+                                                       OLD_GNU_REALSIZE, -1),
+        "old-gnu-sparse-map": first + with_number(with_number(old_gnu_sparse("a.txt", 10, extended=False),
+                                                              OLD_GNU_FIRST_SPARSE, 5),
+                                                  OLD_GNU_FIRST_SPARSE + 12, -1),
+    }
+    return {name: tar + bytes(10 * BLOCK) for name, tar in cases.items()}
+
+
+NEGATIVE_SIZES = _negative_size_cases()
+
+
+@pytest.mark.parametrize("case", list(NEGATIVE_SIZES))
+def test_negative_sizes_are_refused(inspect: Callable[..., object], case: str) -> None:
+    """A tar number field may hold a negative number (base-256), which tarfile
+    takes as it is: a negative size moves its next header backwards, onto the
+    same header again (CVE-2025-8194: Python's own reading then never ends) or
+    before the archive, or by less than a block. GNU tar refuses every such
+    header ("out of off_t range") and goes looking for the next valid one, so
+    the two list different members: refused, whichever header holds it."""
+    tar = NEGATIVE_SIZES[case]
+    assert gnu_tar_refuses(tar) in (None, True)
+    for data in (tar, gzip.compress(tar)):
+        refused(inspect, data, "negative")
+
+
+def test_python_reads_a_header_that_leads_back_to_itself_again() -> None:
+    """The premise of the first case above: Python's tarfile (until the fix of
+    gh-130577) yields the same member from the same offset again and again."""
+    with tarfile.open(fileobj=io.BytesIO(NEGATIVE_SIZES["file-back-to-its-own-header"]), mode="r:") as tar:
+        try:
+            read = [(member.name, member.offset) for member in itertools.islice(tar, 5)]
+        except tarfile.TarError:  # a Python that has the fix refuses the header
+            return
+    assert read == [("z.txt", 0)] + [("a.txt", 2 * BLOCK)] * 4
+
+
+@pytest.mark.parametrize("case", ["file-back-to-its-own-header", "file-minus-one"])
+def test_negative_sizes_over_http(api: Api, code: str, registry: RegistryProcess, case: str) -> None:
+    """Through a live registry, as a small upload (read in memory) and as one
+    streamed to disk (inspected as it arrives): refused at once, nothing kept."""
+    filler = tarfile.TarInfo("filler.bin")
+    filler.size = 512 * 1024  # past the small-upload size: streamed
+    streamed = filler.tobuf(tarfile.USTAR_FORMAT) + os.urandom(filler.size) + NEGATIVE_SIZES[case]
+    for data, filename in ((gzip.compress(NEGATIVE_SIZES[case]), "pkg.tar.gz"), (streamed, "pkg.tar")):
+        response = api.upload(code, data, version="1.0.0", filename=filename)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "INVALID_PACKAGE"
+        assert "negative" in response.json()["detail"]
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    root = registry.config.parent / "packages"
+    assert list(blob_files(root / code)) == []
+    assert staged_files(root / ".staging") == []
 
 
 @pytest.mark.parametrize("first", [
