@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import lzma
+import mmap
 import posixpath
 import stat
 import tarfile
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 from registry.errors import InvalidPackage
+from registry.gnu_tar_scan import find_header
 from registry.tar_stream import TarStream, decompressing
 from registry.zip_layout import check_zip_layout
 
@@ -187,9 +189,12 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
     ``unzip`` looks for a zip's directory at the end of a file, wherever the
     file starts: a plain tar (or a gzip with stored blocks) can carry one
     after its members, and unzip then unpacks entries inspection never saw.
-    A zip may likewise start with a valid tar header. Such a polyglot is
+    A zip may likewise start with a valid tar header, or hold one at any
+    512-byte boundary, where GNU tar finds it after skipping the blocks that
+    are no header (see :mod:`registry.gnu_tar_scan`). Such a polyglot is
     refused whatever it holds, since no single reading of it can be checked.
-    ``path`` is the file, or a binary file object over the package's bytes.
+    ``path`` is the file, or a binary file object over the package's bytes
+    (at its start).
 
     :raises InvalidPackage: ``path`` also opens as a zip (or, for a zip, as a tar).
     """
@@ -212,11 +217,26 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
     # tarfile cannot decode read as "not a tar" where other readers skip it.
     with path.open("rb") if isinstance(path, Path) else contextlib.nullcontext(path) as f:
         head = f.read(BLOCK_SIZE)
-    try:
-        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
-    except tarfile.HeaderError:
-        return
-    raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
+        try:
+            tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            pass
+        else:
+            raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
+        # Python's tarfile stops at a first block that is no header; GNU tar
+        # skips it and reads on (tarfile also reads some checksum fields GNU
+        # tar refuses, hence both checks). The file is mapped, not read: the
+        # scan looks at two bytes of most blocks.
+        if isinstance(f, io.BytesIO):
+            with f.getbuffer() as view:
+                found = find_header(view)
+        else:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                found = find_header(mapped)
+    if found is not None:
+        raise InvalidPackage(
+            f"the zip archive is also a readable tar: ambiguous (GNU tar finds a member header at byte {found})"
+        )
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:

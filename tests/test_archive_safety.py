@@ -1019,6 +1019,171 @@ def test_a_zip_starting_with_a_tar_header_is_refused_whatever_follows(inspect: C
     refused(inspect, polyglot, "the zip archive is also a readable tar: ambiguous")
 
 
+# -- a tar hidden inside a zip, where GNU tar finds it ---------------------------------------
+
+HIDDEN = "hidden/evil.sh"
+
+
+def hidden_tar() -> bytes:
+    """A one-member tar (``hidden/evil.sh``) and its end marker."""
+    return tar_bytes(lambda tar: add_file(tar, HIDDEN, b"echo evil\n"), "", tarfile.USTAR_FORMAT)[:3 * BLOCK + 2 * BLOCK]
+
+
+def hidden_tar_with_a_zero_checksum_field() -> bytes:
+    """:func:`hidden_tar` whose header's checksum field is all zero bytes: GNU
+    tar reads that as 0, and takes the header when its bytes, counted as
+    signed (Sun's checksum), sum to 0 (here: made so in the prefix field)."""
+    header = bytearray(hidden_tar()[:BLOCK])
+    header[148:156] = b" " * 8
+    at = 345
+    total = sum(b - 256 if b >= 128 else b for b in header)
+    while total > 0:
+        step = min(total, 128)
+        header[at] = 256 - step
+        total -= step
+        at += 1
+    header[148:156] = bytes(8)
+    return bytes(header) + hidden_tar()[BLOCK:]
+
+
+def at_a_block_boundary(build: Callable[[bytes], bytes], tar: bytes, *, off_by: int = 0) -> bytes:
+    """The zip ``build(payload)`` makes (it keeps the payload's bytes as they
+    are somewhere in the file), the payload being ``tar`` after as many bytes
+    as bring its first header to a 512-byte boundary of the file (plus ``off_by``)."""
+    lead = 0
+    for _ in range(4):
+        data = build(b"\1" * lead + tar)
+        at = data.find(tar[:BLOCK])
+        assert at >= 0
+        if at % BLOCK == off_by:
+            return data
+        lead += (off_by - at) % BLOCK
+    raise AssertionError("the payload moves with its length")
+
+
+def _zip(*entries: tuple[zipfile.ZipInfo, bytes, int | None], comment: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for info, data, level in entries:
+            archive.writestr(info, data, compresslevel=level)
+        archive.comment = comment
+    return buffer.getvalue()
+
+
+def _entry(name: str, method: int = zipfile.ZIP_STORED, extra: bytes = b"") -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    info.compress_type = method
+    if extra:
+        info.extra = b"\xfe\xca" + len(extra).to_bytes(2, "little") + extra
+    return info
+
+
+_README = (_entry("readme.txt", zipfile.ZIP_DEFLATED), b"hello\n" * 100, None)
+#: Places a zip keeps bytes as they are, each a ``build`` for :func:`at_a_block_boundary`.
+HIDING_PLACES: dict[str, Callable[[bytes], bytes]] = {
+    "stored-entry": lambda payload: _zip(_README, (_entry("data.bin"), payload, None)),
+    "past-the-first-mib": lambda payload: _zip((_entry("big.bin"), bytes(range(256)) * 4500, None),
+                                               (_entry("data.bin"), payload, None)),
+    "deflate-stored-block": lambda payload: _zip(_README, (_entry("data.bin", zipfile.ZIP_DEFLATED), payload, 0)),
+    "extra-field": lambda payload: _zip(_README, (_entry("data.bin", extra=payload), b"x", None)),
+    "comment": lambda payload: _zip(_README, comment=payload),
+}
+
+
+def gnu_tar_finds(data: bytes) -> list[bytes] | None:
+    """The member names GNU tar lists in ``data``, whatever its exit status
+    (it reports the blocks it skipped and goes on), or None without GNU tar."""
+    if not have_gnu_tar():
+        return None
+    return subprocess.run(["tar", "tf", "-"], input=data, capture_output=True, check=False).stdout.split()
+
+
+@pytest.mark.parametrize("place", list(HIDING_PLACES))
+def test_a_zip_hiding_a_tar_at_a_block_boundary_is_refused(inspect: Callable[..., object], place: str) -> None:
+    """GNU tar reads a zip as a tar: its first block is no header ("This does
+    not look like a tar archive"), so it skips to the next block, and the
+    next, to the end, and unpacks every member whose header it meets at a
+    512-byte boundary. A header needs no magic, only its checksum: any bytes a
+    zip keeps as they are can hold one. Refused, as a zip starting with a tar
+    header is; the same bytes off a boundary are only data (accepted)."""
+    polyglot = at_a_block_boundary(HIDING_PLACES[place], hidden_tar())
+    assert len(zipfile.ZipFile(io.BytesIO(polyglot)).namelist()) in (1, 2)
+    assert gnu_tar_finds(polyglot) in (None, [HIDDEN.encode()])
+    refused(inspect, polyglot, "the zip archive is also a readable tar")
+
+    shifted = at_a_block_boundary(HIDING_PLACES[place], hidden_tar(), off_by=1)
+    assert gnu_tar_finds(shifted) in (None, [])
+    inspect(shifted)
+
+
+def test_a_tar_header_gnu_tar_reads_with_a_zero_checksum_field_is_found(inspect: Callable[..., object]) -> None:
+    """GNU tar reads an all-zero checksum field as 0 and compares it with the
+    signed sum too: a header whose bytes sum to 0 that way passes."""
+    tar = hidden_tar_with_a_zero_checksum_field()
+    polyglot = at_a_block_boundary(HIDING_PLACES["stored-entry"], tar)
+    found = gnu_tar_finds(polyglot)
+    assert found is None or (len(found) == 1 and found[0].endswith(HIDDEN.encode()))
+    refused(inspect, polyglot, "the zip archive is also a readable tar")
+
+
+_FIELD_BYTES = st.sampled_from([*b"0123456789", *b" \t\n", 0, *b"a+-", 0x80, 0xFF])
+#: Ways of writing a checksum, each as GNU tar or another tar might.
+_CHECKSUM_FORMS = [b"%06o\0 ", b"%07o\0", b"%8o", b"\0%06o\0", b"\0 %05o ", b" %06o\t", b"%08o",
+                   b"%06o\0x", b"%06ox ", b"+%05o\0", b"%06o8", b"0o%04o", b"%06d\0 "]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(signed=st.booleans(), form=st.sampled_from(_CHECKSUM_FORMS), link=st.booleans(),
+       size_changes=st.lists(st.tuples(st.integers(0, 11), _FIELD_BYTES), max_size=3),
+       checksum_changes=st.lists(st.tuples(st.integers(0, 7), _FIELD_BYTES), max_size=2))
+def test_tar_headers_found_as_gnu_tar_finds_them(signed: bool, form: bytes, link: bool,
+                                                 size_changes: list[tuple[int, int]],
+                                                 checksum_changes: list[tuple[int, int]]) -> None:
+    """Whether a block at a 512-byte boundary is a header, as GNU tar 1.34
+    decides it after a block that is none: its checksum written in many
+    ways (the signed sum too), then perhaps mangled, the size field too, a
+    hard link (whose size GNU tar does not read). Only a size in GNU tar's
+    base-64 or base-256 form may be taken for a header where GNU tar
+    refuses it (erring towards refusing the zip)."""
+    from registry.gnu_tar_scan import is_header
+    if not have_gnu_tar():
+        pytest.skip("GNU tar is not installed")
+    block = bytearray(hidden_tar()[:BLOCK])
+    if signed:
+        block[345:350] = b"\xf0" * 5  # bytes that count negative in Sun's sum
+    if link:
+        block[156] = ord("1")
+        block[157:161] = b"dest"
+    for at, value in size_changes:
+        block[124 + at] = value
+    block[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b >= 128 else b for b in block)
+    block[148:156] = (form % total)[:8].ljust(8, b"\0")
+    for at, value in checksum_changes:
+        block[148 + at] = value
+    data = b"PK\3\4" + b"\1" * (BLOCK - 4) + bytes(block) + bytes(4 * BLOCK)
+    listed = subprocess.run(["tar", "tf", "-"], input=data, capture_output=True, check=False).stdout != b""
+    found = is_header(bytes(block))
+    size = block[124 + (block[124] == 0):136].lstrip(b" \t\n\v\f\r")[:1]  # as GNU tar starts reading it
+    other_form = not link and size in (b"+", b"-", b"\x80", b"\xff")
+    assert found == listed or (found and other_form), (bytes(block[124:156]), found, listed)
+
+
+def test_a_zip_hiding_a_tar_over_http(api: Api, code: str, registry: RegistryProcess) -> None:
+    """Through a live registry, small (read in memory) and large (streamed to
+    disk, checked once complete): refused, nothing kept."""
+    for place in ("stored-entry", "past-the-first-mib"):
+        response = api.upload(code, at_a_block_boundary(HIDING_PLACES[place], hidden_tar()),
+                              version="1.0.0", filename="pkg.zip")
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "INVALID_PACKAGE"
+        assert "also a readable tar" in response.json()["detail"]
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    root = registry.config.parent / "packages"
+    assert list(blob_files(root / code)) == []
+    assert staged_files(root / ".staging") == []
+
+
 def _mangling_seeds() -> list[bytes]:
     """Plain tars of every header kind tarfile reads: ustar, pax, GNU long
     names, GNU 1.0 and old-GNU sparse members (an extension block included)."""
