@@ -19,7 +19,7 @@ truncated or fails its checksum, a tar without its end-of-archive marker or
 with data after it, a path listed twice, a zip whose local entries and
 central directory disagree (:mod:`registry.zip_layout`), a file that also
 reads as an archive of another format (a tar with a zip inside that
-``unzip`` would find).
+``unzip`` would find, a zip holding a tar header where GNU tar finds it).
 """
 
 from __future__ import annotations
