@@ -1026,7 +1026,7 @@ HIDDEN = "hidden/evil.sh"
 
 def hidden_tar() -> bytes:
     """A one-member tar (``hidden/evil.sh``) and its end marker."""
-    return tar_bytes(lambda tar: add_file(tar, HIDDEN, b"echo evil\n"), "", tarfile.USTAR_FORMAT)[:3 * BLOCK + 2 * BLOCK]
+    return tar_bytes(lambda tar: add_file(tar, HIDDEN, b"echo evil\n"), "", tarfile.USTAR_FORMAT)[:4 * BLOCK]
 
 
 def hidden_tar_with_a_zero_checksum_field() -> bytes:
