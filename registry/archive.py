@@ -13,11 +13,13 @@ decompressed stream alike), oversized extended headers or sparse maps,
 global pax headers beyond a few dozen keywords, malformed pax records, a
 header GNU tar reads otherwise than tarfile (a prefix field outside ustar,
 a link with a size, a sparse or global size, data in an extended header's
-padding), a compressed stream that is truncated or fails its checksum, a tar without its
-end-of-archive marker or with data after it, a path listed twice, a zip whose local
-entries and central directory disagree (:mod:`registry.zip_layout`), a file
-that also reads as an archive of another format (a tar with a zip inside
-that ``unzip`` would find).
+padding), a negative size or sparse map number (tarfile would read an
+earlier header next, GNU tar refuses it), a compressed stream that is
+truncated or fails its checksum, a tar without its end-of-archive marker or
+with data after it, a path listed twice, a zip whose local entries and
+central directory disagree (:mod:`registry.zip_layout`), a file that also
+reads as an archive of another format (a tar with a zip inside that
+``unzip`` would find, a zip holding a tar header where GNU tar finds it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import lzma
+import mmap
 import posixpath
 import stat
 import tarfile
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 from registry.errors import InvalidPackage
+from registry.gnu_tar_scan import find_header
 from registry.tar_stream import TarStream, decompressing
 from registry.zip_layout import check_zip_layout
 
@@ -185,9 +189,12 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
     ``unzip`` looks for a zip's directory at the end of a file, wherever the
     file starts: a plain tar (or a gzip with stored blocks) can carry one
     after its members, and unzip then unpacks entries inspection never saw.
-    A zip may likewise start with a valid tar header. Such a polyglot is
+    A zip may likewise start with a valid tar header, or hold one at any
+    512-byte boundary, where GNU tar finds it after skipping the blocks that
+    are no header (see :mod:`registry.gnu_tar_scan`). Such a polyglot is
     refused whatever it holds, since no single reading of it can be checked.
-    ``path`` is the file, or a binary file object over the package's bytes.
+    ``path`` is the file, or a binary file object over the package's bytes
+    (at its start).
 
     :raises InvalidPackage: ``path`` also opens as a zip (or, for a zip, as a tar).
     """
@@ -210,11 +217,26 @@ def refuse_other_format(path: Path | IO[bytes], fmt: str) -> None:
     # tarfile cannot decode read as "not a tar" where other readers skip it.
     with path.open("rb") if isinstance(path, Path) else contextlib.nullcontext(path) as f:
         head = f.read(BLOCK_SIZE)
-    try:
-        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
-    except tarfile.HeaderError:
-        return
-    raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
+        try:
+            tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            pass
+        else:
+            raise InvalidPackage("the zip archive is also a readable tar: ambiguous")
+        # Python's tarfile stops at a first block that is no header; GNU tar
+        # skips it and reads on (tarfile also reads some checksum fields GNU
+        # tar refuses, hence both checks). The file is mapped, not read: the
+        # scan looks at two bytes of most blocks.
+        if isinstance(f, io.BytesIO):
+            with f.getbuffer() as view:
+                found = find_header(view)
+        else:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                found = find_header(mapped)
+    if found is not None:
+        raise InvalidPackage(
+            f"the zip archive is also a readable tar: ambiguous (GNU tar finds a member header at byte {found})"
+        )
 
 
 def _inspect(f: IO[bytes], fmt: str | None, budget: _Budget) -> ArchiveInfo:
@@ -497,6 +519,22 @@ class _GuardedTarInfo(tarfile.TarInfo):
             raise InvalidPackage(f"member {_show(name)} has a prefix field outside a ustar header ({_show(prefix)})")
         return member
 
+    def _block(self, count: int) -> int:
+        """``count`` bytes rounded up to whole blocks: how far tarfile moves
+        past a header's data (its own, or, for an extended header, the size
+        it gives the member after it).
+
+        A tar number field can hold a negative number (base-256), which
+        tarfile takes as it is: the next header would then lie before this
+        one, on it again (Python's own reading loops there: CVE-2025-8194),
+        or less than a block on. GNU tar refuses such a size.
+
+        :raises InvalidPackage: ``count`` is negative.
+        """
+        if count < 0:
+            raise InvalidPackage(f"header {_show(self.name)} gives a negative size ({count})")
+        return super()._block(count)  # type: ignore[misc, no-any-return]
+
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADER_TYPES:
             if self.size > MAX_EXTENDED_HEADER:
@@ -523,7 +561,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
         overrides) is tarfile's, unchanged.
         """
         assert tar.fileobj is not None
-        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        buf = tar.fileobj.read(self._block(self.size))
         _check_padding(buf, self.size, self.name)
         records = _pax_records(buf[:self.size], self.name)
         _pax_count(tar).add_records(len(records), self.name)
@@ -551,8 +589,16 @@ class _GuardedTarInfo(tarfile.TarInfo):
         if "GNU.sparse.map" in pax_headers:  # GNU sparse 0.1
             self._proc_gnusparse_01(following, pax_headers)  # type: ignore[attr-defined]
         elif "GNU.sparse.size" in pax_headers:  # GNU sparse 0.0: the pairs are records of their own
-            offsets = [int(value) for keyword, value in records if keyword == b"GNU.sparse.offset" and value.isdigit()]
-            sizes = [int(value) for keyword, value in records if keyword == b"GNU.sparse.numbytes" and value.isdigit()]
+            pairs = [(keyword, value) for keyword, value in records
+                     if keyword in (b"GNU.sparse.offset", b"GNU.sparse.numbytes")]
+            # tarfile leaves out a value that is not digits (a negative one),
+            # which pairs the others up wrongly; GNU tar refuses it
+            for _, value in pairs:
+                if not value.isdigit():
+                    raise InvalidPackage(f"member {_show(following.name)} has a negative or malformed number "
+                                         f"in its sparse map ({_show(value.decode('utf-8', 'replace'))})")
+            offsets = [int(value) for keyword, value in pairs if keyword == b"GNU.sparse.offset"]
+            sizes = [int(value) for keyword, value in pairs if keyword == b"GNU.sparse.numbytes"]
             following.sparse = list(zip(offsets, sizes, strict=False))  # type: ignore[assignment]
         elif pax_headers.get("GNU.sparse.major") == "1" and pax_headers.get("GNU.sparse.minor") == "0":
             self._proc_gnusparse_10(following, pax_headers, tar)
@@ -567,7 +613,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
             if "size" in pax_headers:  # the data, and so the next header, moved
                 offset = following.offset_data
                 if following.isreg() or following.type not in tarfile.SUPPORTED_TYPES:
-                    offset += following._block(following.size)  # type: ignore[attr-defined]
+                    offset += following._block(following.size)
                 tar.offset = offset
         return following
 
@@ -578,7 +624,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
         blocks, GNU tar within the header's size: only zeros may follow it.
         """
         assert tar.fileobj is not None
-        buf = tar.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        buf = tar.fileobj.read(self._block(self.size))
         _check_padding(buf, self.size, self.name)
         try:
             following = self.fromtarfile(tar)
@@ -757,6 +803,7 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
             # MAX_EXTENDED_HEADER each) for random access this never needs:
             # let each go once checked, so memory does not grow with the archive.
             tar.members.clear()
+            _check_numbers(member)
             name = _clean_member_name(member.name)
             budget.add_member(member.name)
             if member.ischr() or member.isblk() or member.isfifo():
@@ -797,6 +844,22 @@ def _inspect_tar(f: IO[bytes], fmt: str, budget: _Budget) -> ArchiveInfo:
             raise InvalidPackage(f"data after the end of the archive{budget.where()}")
     links.check()
     return ArchiveInfo(fmt, budget.members, budget.unpacked, picker.content, picker.name, budget.first_names)
+
+
+def _check_numbers(member: tarfile.TarInfo) -> None:
+    """Refuse a member whose size or sparse map holds a negative number.
+
+    Those that move the next header are refused as tarfile reads them (see
+    ``_GuardedTarInfo._block``); these do not, but GNU tar refuses them as
+    well ("out of range") and goes on looking for a valid header, so it would
+    not unpack the archive inspection checked: a folder's or a link's size, a
+    sparse member's real size (old GNU header or pax record), its map.
+    """
+    if member.size < 0:
+        raise InvalidPackage(f"member {_show(member.name)} has a negative size ({member.size})")
+    sparse = cast(list[tuple[int, int]] | None, member.sparse)
+    if sparse and any(offset < 0 or length < 0 for offset, length in sparse):
+        raise InvalidPackage(f"member {_show(member.name)} has a negative number in its sparse map")
 
 
 def _zeros(data: bytes) -> bool:

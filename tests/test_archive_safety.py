@@ -12,6 +12,7 @@ import bz2
 import contextlib
 import gzip
 import io
+import itertools
 import lzma
 import os
 import shutil
@@ -552,11 +553,16 @@ def test_sparse_members_within_the_limit_are_read(inspect: Callable[..., object]
 
 # -- pax headers: read in linear time (CVE-2024-6232) ---------------------------------------
 
+def have_gnu_tar() -> bool:
+    """Whether ``tar`` is GNU tar (the tests that show another tool's reading need it)."""
+    return bool(shutil.which("tar")) and b"GNU tar" in subprocess.run(["tar", "--version"], check=False,
+                                                                       capture_output=True).stdout
+
+
 def gnu_tar_lists(tar: bytes) -> list[bytes] | None:
     """The member names GNU tar lists in ``tar``, or None where GNU tar is not
     installed: what another tool unpacks, to show a test's premise holds."""
-    if not shutil.which("tar") or b"GNU tar" not in subprocess.run(["tar", "--version"], check=False,
-                                                                   capture_output=True).stdout:
+    if not have_gnu_tar():
         return None
     return subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=True).stdout.split()
 
@@ -887,6 +893,114 @@ def extended_header(kind: bytes, data: bytes, name: str = "./PaxHeaders/a.txt") 
     return header.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % BLOCK)
 
 
+# -- negative sizes (CVE-2025-8194) ----------------------------------------------------------
+
+def with_number(header: bytes, at: int, value: int) -> bytes:
+    """``header`` with ``value`` in the 12-byte number field at ``at``, written
+    in base-256 (the only way a tar header holds a negative number), its
+    checksum computed again."""
+    block = bytearray(header)
+    block[at:at + 12] = (value % (1 << 96)).to_bytes(12, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block[:BLOCK])
+    return bytes(block)
+
+
+SIZE_FIELD, OLD_GNU_FIRST_SPARSE, OLD_GNU_REALSIZE = 124, 386, 483
+
+
+def gnu_tar_refuses(tar: bytes) -> bool | None:
+    """Whether GNU tar fails to list ``tar`` (None where GNU tar is not installed)."""
+    if not have_gnu_tar():
+        return None
+    return subprocess.run(["tar", "tf", "-"], input=tar, capture_output=True, check=False).returncode != 0
+
+
+def _negative_size_cases() -> dict[str, bytes]:
+    """Plain tars, each holding one negative size (or sparse map number)."""
+    def header(name: str, kind: bytes = tarfile.REGTYPE) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        return info.tobuf(tarfile.USTAR_FORMAT)
+    first = plain_member("z.txt")
+    sparse_0_1 = [pax_record(b"GNU.sparse.realsize", b"-1") + pax_record(b"GNU.sparse.map", b"0,1"),
+                  pax_record(b"GNU.sparse.realsize", b"2") + pax_record(b"GNU.sparse.map", b"0,-1")]
+    sparse_0_0 = b"".join(pax_record(keyword, value) for keyword, value in [
+        (b"GNU.sparse.size", b"2"), (b"GNU.sparse.numblocks", b"1"),
+        (b"GNU.sparse.offset", b"0"), (b"GNU.sparse.numbytes", b"-1")])
+    cases = {
+        # tarfile's next header: back to this one (Python's own reading, before gh-130577, loops)
+        "file-back-to-its-own-header": first + with_number(header("a.txt"), SIZE_FIELD, -BLOCK),
+        "file-back-before-the-archive": with_number(header("a.txt"), SIZE_FIELD, -4 * BLOCK),
+        "file-minus-one": first + with_number(header("a.txt"), SIZE_FIELD, -1),
+        "folder": first + with_number(header("d", tarfile.DIRTYPE), SIZE_FIELD, -1),
+        "pax-header-itself": first + with_number(header("./PaxHeaders/a.txt", tarfile.XHDTYPE), SIZE_FIELD, -1)
+        + plain_member("a.txt"),
+        "long-name-itself": first + with_number(header("././@LongLink", tarfile.GNUTYPE_LONGNAME), SIZE_FIELD, -1)
+        + plain_member("a.txt"),
+        "pax-size-back": first + extended_header(tarfile.XHDTYPE, pax_record(b"size", b"-1024"))
+        + plain_member("a.txt"),
+        "pax-size-minus-one": first + extended_header(tarfile.XHDTYPE, pax_record(b"size", b"-1"))
+        + plain_member("a.txt"),
+        "pax-sparse-realsize": first + extended_header(tarfile.XHDTYPE, sparse_0_1[0]) + plain_member("a.txt"),
+        "pax-sparse-map": first + extended_header(tarfile.XHDTYPE, sparse_0_1[1]) + plain_member("a.txt"),
+        "pax-sparse-0.0-map": first + extended_header(tarfile.XHDTYPE, sparse_0_0) + plain_member("a.txt"),
+        "old-gnu-sparse-size": first + with_number(old_gnu_sparse("a.txt", 10, extended=False), SIZE_FIELD, -BLOCK),
+        "old-gnu-sparse-realsize": first + with_number(old_gnu_sparse("a.txt", 10, extended=False),
+                                                       OLD_GNU_REALSIZE, -1),
+        "old-gnu-sparse-map": first + with_number(with_number(old_gnu_sparse("a.txt", 10, extended=False),
+                                                              OLD_GNU_FIRST_SPARSE, 5),
+                                                  OLD_GNU_FIRST_SPARSE + 12, -1),
+    }
+    return {name: tar + bytes(10 * BLOCK) for name, tar in cases.items()}
+
+
+NEGATIVE_SIZES = _negative_size_cases()
+
+
+@pytest.mark.parametrize("case", list(NEGATIVE_SIZES))
+def test_negative_sizes_are_refused(inspect: Callable[..., object], case: str) -> None:
+    """A tar number field may hold a negative number (base-256), which tarfile
+    takes as it is: a negative size moves its next header backwards, onto the
+    same header again (CVE-2025-8194: Python's own reading then never ends) or
+    before the archive, or by less than a block. GNU tar refuses every such
+    header ("out of off_t range") and goes looking for the next valid one, so
+    the two list different members: refused, whichever header holds it."""
+    tar = NEGATIVE_SIZES[case]
+    assert gnu_tar_refuses(tar) in (None, True)
+    for data in (tar, gzip.compress(tar)):
+        refused(inspect, data, "negative")
+
+
+def test_python_reads_a_header_that_leads_back_to_itself_again() -> None:
+    """The premise of the first case above: Python's tarfile (until the fix of
+    gh-130577) yields the same member from the same offset again and again."""
+    with tarfile.open(fileobj=io.BytesIO(NEGATIVE_SIZES["file-back-to-its-own-header"]), mode="r:") as tar:
+        try:
+            read = [(member.name, member.offset) for member in itertools.islice(tar, 5)]
+        except tarfile.TarError:  # a Python that has the fix refuses the header
+            return
+    assert read == [("z.txt", 0)] + [("a.txt", 2 * BLOCK)] * 4
+
+
+@pytest.mark.parametrize("case", ["file-back-to-its-own-header", "file-minus-one"])
+def test_negative_sizes_over_http(api: Api, code: str, registry: RegistryProcess, case: str) -> None:
+    """Through a live registry, as a small upload (read in memory) and as one
+    streamed to disk (inspected as it arrives): refused at once, nothing kept."""
+    filler = tarfile.TarInfo("filler.bin")
+    filler.size = 512 * 1024  # past the small-upload size: streamed
+    streamed = filler.tobuf(tarfile.USTAR_FORMAT) + os.urandom(filler.size) + NEGATIVE_SIZES[case]
+    for data, filename in ((gzip.compress(NEGATIVE_SIZES[case]), "pkg.tar.gz"), (streamed, "pkg.tar")):
+        response = api.upload(code, data, version="1.0.0", filename=filename)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "INVALID_PACKAGE"
+        assert "negative" in response.json()["detail"]
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    root = registry.config.parent / "packages"
+    assert list(blob_files(root / code)) == []
+    assert staged_files(root / ".staging") == []
+
+
 @pytest.mark.parametrize("first", [
     extended_header(tarfile.XHDTYPE, pax_record(b"comment", b"x")) * 600,  # tarfile recurses once per header
     extended_header(tarfile.GNUTYPE_LONGNAME, b"n" * 10 + b"\0") * 600,
@@ -903,6 +1017,171 @@ def test_a_zip_starting_with_a_tar_header_is_refused_whatever_follows(inspect: C
     polyglot = tar_in_a_zip(first + with_pax_header(pax_record(b"comment", b"c")))
     assert zipfile.ZipFile(io.BytesIO(polyglot)).namelist() == ["a"]
     refused(inspect, polyglot, "the zip archive is also a readable tar: ambiguous")
+
+
+# -- a tar hidden inside a zip, where GNU tar finds it ---------------------------------------
+
+HIDDEN = "hidden/evil.sh"
+
+
+def hidden_tar() -> bytes:
+    """A one-member tar (``hidden/evil.sh``) and its end marker."""
+    return tar_bytes(lambda tar: add_file(tar, HIDDEN, b"echo evil\n"), "", tarfile.USTAR_FORMAT)[:4 * BLOCK]
+
+
+def hidden_tar_with_a_zero_checksum_field() -> bytes:
+    """:func:`hidden_tar` whose header's checksum field is all zero bytes: GNU
+    tar reads that as 0, and takes the header when its bytes, counted as
+    signed (Sun's checksum), sum to 0 (here: made so in the prefix field)."""
+    header = bytearray(hidden_tar()[:BLOCK])
+    header[148:156] = b" " * 8
+    at = 345
+    total = sum(b - 256 if b >= 128 else b for b in header)
+    while total > 0:
+        step = min(total, 128)
+        header[at] = 256 - step
+        total -= step
+        at += 1
+    header[148:156] = bytes(8)
+    return bytes(header) + hidden_tar()[BLOCK:]
+
+
+def at_a_block_boundary(build: Callable[[bytes], bytes], tar: bytes, *, off_by: int = 0) -> bytes:
+    """The zip ``build(payload)`` makes (it keeps the payload's bytes as they
+    are somewhere in the file), the payload being ``tar`` after as many bytes
+    as bring its first header to a 512-byte boundary of the file (plus ``off_by``)."""
+    lead = 0
+    for _ in range(4):
+        data = build(b"\1" * lead + tar)
+        at = data.find(tar[:BLOCK])
+        assert at >= 0
+        if at % BLOCK == off_by:
+            return data
+        lead += (off_by - at) % BLOCK
+    raise AssertionError("the payload moves with its length")
+
+
+def _zip(*entries: tuple[zipfile.ZipInfo, bytes, int | None], comment: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for info, data, level in entries:
+            archive.writestr(info, data, compresslevel=level)
+        archive.comment = comment
+    return buffer.getvalue()
+
+
+def _entry(name: str, method: int = zipfile.ZIP_STORED, extra: bytes = b"") -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    info.compress_type = method
+    if extra:
+        info.extra = b"\xfe\xca" + len(extra).to_bytes(2, "little") + extra
+    return info
+
+
+_README = (_entry("readme.txt", zipfile.ZIP_DEFLATED), b"hello\n" * 100, None)
+#: Places a zip keeps bytes as they are, each a ``build`` for :func:`at_a_block_boundary`.
+HIDING_PLACES: dict[str, Callable[[bytes], bytes]] = {
+    "stored-entry": lambda payload: _zip(_README, (_entry("data.bin"), payload, None)),
+    "past-the-first-mib": lambda payload: _zip((_entry("big.bin"), bytes(range(256)) * 4500, None),
+                                               (_entry("data.bin"), payload, None)),
+    "deflate-stored-block": lambda payload: _zip(_README, (_entry("data.bin", zipfile.ZIP_DEFLATED), payload, 0)),
+    "extra-field": lambda payload: _zip(_README, (_entry("data.bin", extra=payload), b"x", None)),
+    "comment": lambda payload: _zip(_README, comment=payload),
+}
+
+
+def gnu_tar_finds(data: bytes) -> list[bytes] | None:
+    """The member names GNU tar lists in ``data``, whatever its exit status
+    (it reports the blocks it skipped and goes on), or None without GNU tar."""
+    if not have_gnu_tar():
+        return None
+    return subprocess.run(["tar", "tf", "-"], input=data, capture_output=True, check=False).stdout.split()
+
+
+@pytest.mark.parametrize("place", list(HIDING_PLACES))
+def test_a_zip_hiding_a_tar_at_a_block_boundary_is_refused(inspect: Callable[..., object], place: str) -> None:
+    """GNU tar reads a zip as a tar: its first block is no header ("This does
+    not look like a tar archive"), so it skips to the next block, and the
+    next, to the end, and unpacks every member whose header it meets at a
+    512-byte boundary. A header needs no magic, only its checksum: any bytes a
+    zip keeps as they are can hold one. Refused, as a zip starting with a tar
+    header is; the same bytes off a boundary are only data (accepted)."""
+    polyglot = at_a_block_boundary(HIDING_PLACES[place], hidden_tar())
+    assert len(zipfile.ZipFile(io.BytesIO(polyglot)).namelist()) in (1, 2)
+    assert gnu_tar_finds(polyglot) in (None, [HIDDEN.encode()])
+    refused(inspect, polyglot, "the zip archive is also a readable tar")
+
+    shifted = at_a_block_boundary(HIDING_PLACES[place], hidden_tar(), off_by=1)
+    assert gnu_tar_finds(shifted) in (None, [])
+    inspect(shifted)
+
+
+def test_a_tar_header_gnu_tar_reads_with_a_zero_checksum_field_is_found(inspect: Callable[..., object]) -> None:
+    """GNU tar reads an all-zero checksum field as 0 and compares it with the
+    signed sum too: a header whose bytes sum to 0 that way passes."""
+    tar = hidden_tar_with_a_zero_checksum_field()
+    polyglot = at_a_block_boundary(HIDING_PLACES["stored-entry"], tar)
+    found = gnu_tar_finds(polyglot)
+    assert found is None or (len(found) == 1 and found[0].endswith(HIDDEN.encode()))
+    refused(inspect, polyglot, "the zip archive is also a readable tar")
+
+
+_FIELD_BYTES = st.sampled_from([*b"0123456789", *b" \t\n", 0, *b"a+-", 0x80, 0xFF])
+#: Ways of writing a checksum, each as GNU tar or another tar might.
+_CHECKSUM_FORMS = [b"%06o\0 ", b"%07o\0", b"%8o", b"\0%06o\0", b"\0 %05o ", b" %06o\t", b"%08o",
+                   b"%06o\0x", b"%06ox ", b"+%05o\0", b"%06o8", b"0o%04o", b"%06d\0 "]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(signed=st.booleans(), form=st.sampled_from(_CHECKSUM_FORMS), link=st.booleans(),
+       size_changes=st.lists(st.tuples(st.integers(0, 11), _FIELD_BYTES), max_size=3),
+       checksum_changes=st.lists(st.tuples(st.integers(0, 7), _FIELD_BYTES), max_size=2))
+def test_tar_headers_found_as_gnu_tar_finds_them(signed: bool, form: bytes, link: bool,
+                                                 size_changes: list[tuple[int, int]],
+                                                 checksum_changes: list[tuple[int, int]]) -> None:
+    """Whether a block at a 512-byte boundary is a header, as GNU tar 1.34
+    decides it after a block that is none: its checksum written in many
+    ways (the signed sum too), then perhaps mangled, the size field too, a
+    hard link (whose size GNU tar does not read). Only a size in GNU tar's
+    base-64 or base-256 form may be taken for a header where GNU tar
+    refuses it (erring towards refusing the zip)."""
+    from registry.gnu_tar_scan import is_header
+    if not have_gnu_tar():
+        pytest.skip("GNU tar is not installed")
+    block = bytearray(hidden_tar()[:BLOCK])
+    if signed:
+        block[345:350] = b"\xf0" * 5  # bytes that count negative in Sun's sum
+    if link:
+        block[156] = ord("1")
+        block[157:161] = b"dest"
+    for at, value in size_changes:
+        block[124 + at] = value
+    block[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b >= 128 else b for b in block)
+    block[148:156] = (form % total)[:8].ljust(8, b"\0")
+    for at, value in checksum_changes:
+        block[148 + at] = value
+    data = b"PK\3\4" + b"\1" * (BLOCK - 4) + bytes(block) + bytes(4 * BLOCK)
+    listed = subprocess.run(["tar", "tf", "-"], input=data, capture_output=True, check=False).stdout != b""
+    found = is_header(bytes(block))
+    size = block[124 + (block[124] == 0):136].lstrip(b" \t\n\v\f\r")[:1]  # as GNU tar starts reading it
+    other_form = not link and size in (b"+", b"-", b"\x80", b"\xff")
+    assert found == listed or (found and other_form), (bytes(block[124:156]), found, listed)
+
+
+def test_a_zip_hiding_a_tar_over_http(api: Api, code: str, registry: RegistryProcess) -> None:
+    """Through a live registry, small (read in memory) and large (streamed to
+    disk, checked once complete): refused, nothing kept."""
+    for place in ("stored-entry", "past-the-first-mib"):
+        response = api.upload(code, at_a_block_boundary(HIDING_PLACES[place], hidden_tar()),
+                              version="1.0.0", filename="pkg.zip")
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "INVALID_PACKAGE"
+        assert "also a readable tar" in response.json()["detail"]
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    root = registry.config.parent / "packages"
+    assert list(blob_files(root / code)) == []
+    assert staged_files(root / ".staging") == []
 
 
 def _mangling_seeds() -> list[bytes]:
