@@ -21,7 +21,13 @@ connection (no polling, nothing per byte beyond re-arming one timer):
 - :data:`MAX_HEAD_SIZE`: a request head (request line and headers) larger
   than it is answered 400 and the connection closed. llhttp itself sets no
   limit and httptools buffers a header's value until it ends, so the bytes a
-  connection may hold for an unfinished head are bounded here.
+  connection may hold for an unfinished head are bounded here. The same
+  bound holds for what a chunked body sends that is not body: trailer fields
+  (buffered alike) and chunk framing.
+
+Trailer fields are read and dropped (RFC 9110 section 6.5.1 allows it): uvicorn
+would add them to the request's headers, where a field sent after the body
+(``Authorization``, say) would read as one sent before it.
 
 A request llhttp cannot parse (a malformed or absurd ``Content-Length``, a bad
 request line, ``Content-Length`` together with ``Transfer-Encoding``, which
@@ -117,6 +123,10 @@ class RegistryProtocol(HttpToolsProtocol):
         # bytes arrived for it after the piece it began in.
         self._head_open = False
         self._head_bytes = 0
+        # Bytes of a body's message that brought no body byte (chunk framing,
+        # trailer fields) since the last that did; whether a piece brought one.
+        self._framing_bytes = 0
+        self._body_arrived = False
         self._refusal: str | None = None  # why a callback stopped the parser
         # Whether a request is being parsed (its first byte arrived and its
         # body has not ended), and the real method of one parsed as another.
@@ -146,6 +156,7 @@ class RegistryProtocol(HttpToolsProtocol):
         if not self._message_open:
             data = self._stand_in_for_other_methods(data)
         head_was_open = self._head_open
+        self._body_arrived = False
         super().data_received(data)
         if self._refusal is not None:
             return
@@ -153,6 +164,11 @@ class RegistryProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_SIZE:
                 self._refuse("the request head is too large")
+                return
+        elif self._message_open and not self._head_open and not self._body_arrived:
+            self._framing_bytes += len(data)
+            if self._framing_bytes > MAX_HEAD_SIZE:
+                self._refuse("the request's chunk framing or trailer fields are too large")
                 return
         self._after_events()
 
@@ -187,11 +203,22 @@ class RegistryProtocol(HttpToolsProtocol):
         self._message_open = True
         self._head_open = True
         self._head_bytes = 0
+        self._framing_bytes = 0
         super().on_message_begin()
 
     def on_message_complete(self) -> None:
         self._message_open = False
         super().on_message_complete()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_open:
+            super().on_header(name, value)
+        # else a trailer field, after the body: dropped (see the module docstring)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_arrived = True
+        self._framing_bytes = 0
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         # The head's bytes, give or take its line ends: whether it came in
@@ -234,6 +261,8 @@ class RegistryProtocol(HttpToolsProtocol):
         it cannot be (a request sent ahead is queued behind it, or a refused
         body's own response is half sent), the connection is closed at once.
         Bytes written then would corrupt a response or be read as its answer.
+        A request whose body is refused after its answer began (or ended) gets
+        no second answer: the connection just ends.
         """
         self._refusal = message
         self._cancel_timers()
@@ -241,7 +270,7 @@ class RegistryProtocol(HttpToolsProtocol):
         # llhttp reads requests sent ahead of their turn (pipelined) while an
         # earlier one is answered; such a request waits in self.pipeline.
         reading_its_body = cycle is not None and self._message_open and not self._head_open
-        if self.pipeline or (reading_its_body and cycle.response_started and not cycle.response_complete):
+        if self.pipeline or (reading_its_body and cycle.response_started):
             self.transport.close()
         elif cycle is not None and not cycle.response_complete and not reading_its_body:
             cycle.keep_alive = False  # the refused bytes follow a request still being answered

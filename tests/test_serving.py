@@ -3,9 +3,11 @@ guards and protocol errors, checked over real sockets against live servers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -235,6 +237,78 @@ def test_a_refused_request_sent_ahead_leaves_the_earlier_answer_whole(serve: Any
         assert status == 200 and json.loads(body) == {"status": "ok"}
         assert headers["connection"] == "close"
         assert closed_by_peer(sock)
+
+
+def chunked_upload_head(registry: RegistryProcess, token: str, code: str, data: bytes) -> tuple[bytes, bytes]:
+    """``upload_request``'s head, saying ``Transfer-Encoding: chunked``, and its body."""
+    head, body = upload_request(registry, token, code, data)
+    return head.replace(f"Content-Length: {len(body)}\r\n".encode(), b"Transfer-Encoding: chunked\r\n"), body
+
+
+ENDLESS_TRAILERS = [b"X-Filler: " + b"a" * (4 * MAX_HEAD_SIZE), b"X: y\r\n" * MAX_HEAD_SIZE]
+
+
+@pytest.mark.parametrize("trailers", ENDLESS_TRAILERS, ids=["one-endless-field", "many-fields"])
+def test_endless_trailer_fields_are_a_json_400(serve: Any, code: str, trailers: bytes) -> None:
+    """Trailer fields after a chunked body are held by the parser until they
+    end, like a head: past MAX_HEAD_SIZE they are refused and the upload
+    dropped, so a client cannot make a connection hold endless memory."""
+    registry = serve(server={"body_idle_timeout": 2})
+    head, body = chunked_upload_head(registry, registry.token(), code, package("1.0.0", salt="t"))
+    unfinished = body[:-20]  # the form's end is missing: the app reads on until the body's end
+    with connect(registry) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(unfinished), unfinished))
+        sent = send_head_in_pieces(sock, trailers + b"\r\n\r\n", 4096)
+        status, headers, payload = read_response(sock)
+        assert closed_by_peer(sock)
+    assert status == 400 and headers["bkapi-error-code"] == "VALIDATION_ERROR"
+    assert json.loads(payload)["code"] == "VALIDATION_ERROR"
+    assert sent < 2 * MAX_HEAD_SIZE, "the server read on past the limit"
+    wait_for(lambda: staged_files(registry.config.parent.parent / "packages" / ".staging") == [], "the staging file to go")
+
+
+@pytest.mark.parametrize("trailers", ENDLESS_TRAILERS, ids=["one-endless-field", "many-fields"])
+def test_endless_trailer_fields_after_the_answer_end_the_connection(serve: Any, trailers: bytes) -> None:
+    """A request answered before its body ended (405 here) still has its
+    trailers bounded, and the connection just ends: no 400 follows the answer."""
+    registry = serve(server={"header_timeout": 3})
+    with connect(registry) as sock:
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n")
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for start in range(0, len(trailers), 4096):  # on past the answer, until the server ends it
+                sock.sendall(trailers[start:start + 4096])
+                sent += 4096
+                time.sleep(0.002)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 405 ")
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    # (sent on without waiting: what the sockets held when the server ended it counts too)
+    assert sent < 3 * MAX_HEAD_SIZE, "the server read on past the limit"
+
+
+def test_trailer_fields_are_dropped_and_the_upload_stored(serve: Any, code: str) -> None:
+    """Trailer fields within the limit are read and dropped (RFC 9110 section
+    6.5.1): never added to the request's headers, where a field the client
+    sent after the body (``Authorization``, say) would read as sent before it."""
+    registry = serve()
+    head, body = chunked_upload_head(registry, registry.token(), code, package("1.0.0", salt="t"))
+    head = re.sub(rb"(?i)\r\nauthorization: ", b"\r\nX-Not-Authorization: ", head)
+    with connect(registry) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+                     + f"Authorization: Bearer {registry.token()}\r\n\r\n".encode())
+        status, _, payload = read_response(sock)
+    assert status == 401, payload
+    head, body = chunked_upload_head(registry, registry.token(), code, package("1.0.0", salt="t"))
+    with connect(registry) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\nX-Checksum: abc\r\n\r\n" % (len(body), body))
+        status, _, payload = read_response(sock)
+        assert status == 201, payload
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection goes on
+        assert read_response(sock)[0] == 200
 
 
 def test_a_500_keeps_the_connection_usable(serve: Any, code: str) -> None:
