@@ -80,7 +80,7 @@ STAND_IN_METHOD = b"GET"
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?= )")
 
 
-class _HeadTooLarge(Exception):
+class _Refused(Exception):
     """Raised from a parser callback: httptools stops and reports a parser error."""
 
 
@@ -221,12 +221,9 @@ class RegistryProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
-        # The head's bytes, give or take its line ends: whether it came in
-        # one piece or many, the same head is refused or served.
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > MAX_HEAD_SIZE:
-            self._refusal = "the request head is too large"
-            raise _HeadTooLarge  # stops the parser; uvicorn calls send_400_response
+        self._refusal = self._head_refusal()
+        if self._refusal is not None:
+            raise _Refused  # stops the parser; uvicorn calls send_400_response
         self._head_open = False
         super().on_headers_complete()  # sets the method llhttp parsed, starts (or queues) the app's task
         if self._real_method is not None:
@@ -237,6 +234,34 @@ class RegistryProtocol(HttpToolsProtocol):
             # protocols; none is offered here, so the connection ends with
             # the answer instead of leaving what follows unread.
             self.cycle.keep_alive = False
+
+    def _head_refusal(self) -> str | None:
+        """Why a whole head llhttp accepted is refused, or None.
+
+        Its size: the head's bytes, give or take its line ends, so that the
+        same head is refused or served whether it came in one piece or many.
+        And what h11 (this server's parser before) refused too: an HTTP/1.1
+        request needs exactly one ``Host`` (RFC 9112 section 3.2; with two, a
+        proxy in front and the app could each believe another), and the only
+        transfer coding is chunked (llhttp frames ``gzip, chunked`` by its
+        chunks and would hand the app still-encoded bytes).
+        """
+        size = len(self.url)
+        hosts = 0
+        codings: list[bytes] = []
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                codings += (coding.strip().lower() for coding in value.split(b","))
+        if size > MAX_HEAD_SIZE:
+            return "the request head is too large"
+        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() != "1.0"):
+            return "an HTTP/1.1 request needs exactly one Host header"
+        if codings and codings != [b"chunked"]:
+            return "the only transfer coding accepted is chunked"
+        return None
 
     def _unsupported_upgrade_warning(self) -> None:
         """An ``Upgrade`` request is served as plain HTTP: nothing for the operator to do.

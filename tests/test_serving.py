@@ -141,6 +141,29 @@ def test_a_malformed_content_length_is_a_json_400(serve: Any, length: str) -> No
     assert json.loads(body)["code"] == "VALIDATION_ERROR"
 
 
+@pytest.mark.parametrize("head", [
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+], ids=["no-host", "two-hosts", "gzip-chunked", "two-transfer-encodings"])
+def test_a_request_h11_refused_is_still_a_json_400(serve: Any, head: bytes) -> None:
+    """What the pure-Python h11 refused, llhttp accepts, and each is refused
+    here as before: an HTTP/1.1 request without exactly one ``Host`` (RFC 9112
+    section 3.2: a front proxy and this server could read different hosts), a
+    transfer coding other than chunked (the app would store still-encoded bytes)."""
+    registry = serve()
+    with connect(registry) as sock:
+        sock.sendall(head)
+        status, headers, body = read_response(sock)
+        assert closed_by_peer(sock)
+    assert status == 400 and headers["bkapi-error-code"] == "VALIDATION_ERROR"
+    assert json.loads(body)["code"] == "VALIDATION_ERROR"
+    with connect(registry) as sock:  # HTTP/1.0 needs no Host
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert read_response(sock)[0] == 200
+
+
 def send_head_in_pieces(sock: socket.socket, head: bytes, piece: int) -> int:
     """Send ``head`` ``piece`` bytes at a time, stopping as soon as the server
     answers (so that nothing it did not read makes it reset the connection);
