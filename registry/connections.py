@@ -14,7 +14,8 @@ connection (no polling, nothing per byte beyond re-arming one timer):
 - ``body_idle_timeout``: while the app waits for body bytes, a pause longer
   than it answers 408 ``REQUEST_TIMEOUT`` and closes the connection; the app
   sees the client as disconnected, so the upload's staging file is removed.
-  Time during which the server itself stopped reading (back-pressure) never
+  Time during which the server itself stopped reading (back-pressure), or a
+  request sent ahead waits behind an earlier one still being answered, never
   counts against the client.
 - ``max_connections``: a connection beyond it is answered at once with 503
   ``SERVICE_UNAVAILABLE`` and ``Connection: close``, never queued.
@@ -360,8 +361,12 @@ class RegistryProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.response_complete or cycle.disconnected or not cycle.more_body:
             return
-        if self.flow.read_paused:
-            self._arm_body_timer()  # the server is not reading: not the client's stall
+        if self.flow.read_paused or self.pipeline:
+            # The server is not reading (not the client's stall), or the
+            # request waits behind an earlier one still being answered (its
+            # app reading the connection for a disconnect lets its body in):
+            # a 408 now would land inside that answer. Counted once it starts.
+            self._arm_body_timer()
             return
         if not cycle.response_started:
             language = dict(self.headers or []).get(b"accept-language", b"").decode("latin-1")

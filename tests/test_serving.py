@@ -334,6 +334,29 @@ def test_trailer_fields_are_dropped_and_the_upload_stored(serve: Any, code: str)
         assert read_response(sock)[0] == 200
 
 
+def test_a_stalled_body_sent_ahead_never_cuts_into_the_answer_before_it(serve: Any, code: str) -> None:
+    """An upload sent ahead (pipelined) behind a download is read while the
+    download is answered; its body stalling then must not write a 408 into
+    the download's bytes: its answer comes after the download's, whole."""
+    registry = serve(server={"body_idle_timeout": 1})
+    token = registry.token()
+    data = package("1.0.0", salt=os.urandom(4_000_000).hex(), fmt="tar")  # more than the sockets hold
+    with httpx.Client(base_url=registry.url, timeout=30) as http:
+        stored = http.post(f"{PACKAGES.format(code=code, module='default')}/", files={"package": ("demo.tar", data)},
+                           headers={"Authorization": f"Bearer {token}"})
+        assert stored.status_code == 201, stored.text
+    download = (f"GET {PACKAGES.format(code=code, module='default')}/{stored.json()['id']}/download/ HTTP/1.1\r\n"
+                f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+    head, body = upload_request(registry, token, code, package("2.0.0"))
+    with connect(registry) as sock:
+        sock.sendall(download + head + body[:10])
+        time.sleep(3)  # the upload's body stalls while the download waits for this client to read
+        status, headers, payload = read_response(sock)
+        assert status == 200 and payload == data
+        status, headers, payload = read_response(sock)
+        assert status == 408 and headers["bkapi-error-code"] == "REQUEST_TIMEOUT"
+
+
 def test_a_500_keeps_the_connection_usable(serve: Any, code: str) -> None:
     registry = serve(env={"PYTHONPATH": str(TESTS.parent)},
                      plugins={"modules": ["tests.broken_plugin"]}, storage={"backend": "broken-filesystem"})
