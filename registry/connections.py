@@ -70,6 +70,13 @@ logger = logging.getLogger("registry.server")
 MAX_HEAD_SIZE = 32 * 1024
 
 
+#: The most requests of one connection that wait, parsed, behind the one being
+#: answered (pipelined). llhttp parses every request in what arrives at once
+#: (up to 256 KiB: thousands of tiny ones), and each waits as a request object
+#: of a few KiB; beyond these the connection ends after answering them.
+MAX_PIPELINED = 16
+
+
 #: Methods handed to llhttp as they are. llhttp refuses any method outside
 #: its own list as malformed, where a method is any token a client cares to
 #: send and the contract answers one that no route takes 405 with ``Allow``.
@@ -223,6 +230,8 @@ class RegistryProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._refusal = self._head_refusal()
+        if self._refusal is None and len(self.pipeline) >= MAX_PIPELINED:
+            self._refusal = "too many requests sent ahead of their answers"
         if self._refusal is not None:
             raise _Refused  # stops the parser; uvicorn calls send_400_response
         self._head_open = False
@@ -283,9 +292,10 @@ class RegistryProtocol(HttpToolsProtocol):
 
         The refused request is answered 400 ``VALIDATION_ERROR`` saying
         ``message``, unless an earlier request's answer is still due: then
-        that one is answered and the connection closed after it, or, where
-        it cannot be (a request sent ahead is queued behind it, or a refused
-        body's own response is half sent), the connection is closed at once.
+        that one (and any sent ahead of it that wait for their turn) is
+        answered and the connection closed after it, or, where it cannot be
+        (the refused body is that of a request still waiting, or its own
+        response began), the connection is closed at once.
         Bytes written then would corrupt a response or be read as its answer.
         A request whose body is refused after its answer began (or ended) gets
         no second answer: the connection just ends.
@@ -294,9 +304,10 @@ class RegistryProtocol(HttpToolsProtocol):
         self._cancel_timers()
         cycle = self.cycle
         # llhttp reads requests sent ahead of their turn (pipelined) while an
-        # earlier one is answered; such a request waits in self.pipeline.
+        # earlier one is answered; such a request waits in self.pipeline, and
+        # self.cycle is the newest, waiting or not.
         reading_its_body = cycle is not None and self._message_open and not self._head_open
-        if self.pipeline or (reading_its_body and cycle.response_started):
+        if reading_its_body and (self.pipeline or cycle.response_started):
             self.transport.close()
         elif cycle is not None and not cycle.response_complete and not reading_its_body:
             cycle.keep_alive = False  # the refused bytes follow a request still being answered

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.connections import MAX_HEAD_SIZE
+from registry.connections import MAX_HEAD_SIZE, MAX_PIPELINED
 from tests.helpers import (
     PACKAGES,
     Api,
@@ -355,6 +355,27 @@ def test_a_stalled_body_sent_ahead_never_cuts_into_the_answer_before_it(serve: A
         assert status == 200 and payload == data
         status, headers, payload = read_response(sock)
         assert status == 408 and headers["bkapi-error-code"] == "REQUEST_TIMEOUT"
+
+
+def test_requests_sent_ahead_are_answered_up_to_a_bound_then_the_connection_ends(serve: Any) -> None:
+    """llhttp parses every request in what arrives at once, and each waits as
+    a request object of a few KiB: thousands of tiny requests sent ahead in
+    one go made one connection hold megabytes. The first MAX_PIPELINED wait
+    and are answered in order, the last with ``Connection: close``; the
+    connection ends there (RFC 9112 section 9.3.2: the client sends the rest again)."""
+    registry = serve()
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(registry) as sock:
+        sock.sendall(request * 2000)
+        received = b""
+        sock.settimeout(3)
+        with contextlib.suppress(OSError):  # the end, a reset, or (before the bound) a timeout
+            while chunk := sock.recv(65536):
+                received += chunk
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert 0 < len(answers) <= MAX_PIPELINED + 1, len(answers)
+    assert all(answer.startswith(b"200 ") for answer in answers)
+    assert b"\r\nconnection: close\r\n" in answers[-1]
 
 
 def test_a_500_keeps_the_connection_usable(serve: Any, code: str) -> None:
