@@ -14,20 +14,31 @@ connection (no polling, nothing per byte beyond re-arming one timer):
 - ``body_idle_timeout``: while the app waits for body bytes, a pause longer
   than it answers 408 ``REQUEST_TIMEOUT`` and closes the connection; the app
   sees the client as disconnected, so the upload's staging file is removed.
-  Time during which the server itself stopped reading (back-pressure) never
+  Time during which the server itself stopped reading (back-pressure), or a
+  request sent ahead waits behind an earlier one still being answered, never
   counts against the client.
 - ``max_connections``: a connection beyond it is answered at once with 503
   ``SERVICE_UNAVAILABLE`` and ``Connection: close``, never queued.
 - :data:`MAX_HEAD_SIZE`: a request head (request line and headers) larger
   than it is answered 400 and the connection closed. llhttp itself sets no
   limit and httptools buffers a header's value until it ends, so the bytes a
-  connection may hold for an unfinished head are bounded here.
+  connection may hold for an unfinished head are bounded here. The same
+  bound holds for what a chunked body sends that is not body: trailer fields
+  (buffered alike) and chunk framing.
+
+Trailer fields are read and dropped (RFC 9110 section 6.5.1 allows it): uvicorn
+would add them to the request's headers, where a field sent after the body
+(``Authorization``, say) would read as one sent before it.
 
 A request llhttp cannot parse (a malformed or absurd ``Content-Length``, a bad
 request line, ``Content-Length`` together with ``Transfer-Encoding``, which
 RFC 9112 section 6.3 allows a server to refuse as a sign of request
-smuggling), or one without ``Host`` or with two (section 3.2), is answered 400 ``VALIDATION_ERROR`` as JSON, never uvicorn's
-plain text, and the connection is closed. A request asking to switch
+smuggling), and what h11 refused and llhttp does not (an HTTP/1.1 request
+without exactly one ``Host``, a transfer coding other than chunked, more than
+:data:`MAX_PIPELINED` requests sent ahead of their answers) is answered 400
+``VALIDATION_ERROR`` as JSON, never uvicorn's plain text, and the connection
+is closed (after the answers still due, where requests were sent ahead). A
+request asking to switch
 protocols (``Upgrade``) is served as plain HTTP, with ``Connection: close``:
 llhttp parses nothing after it, and no protocol is offered to switch to.
 
@@ -63,6 +74,13 @@ logger = logging.getLogger("registry.server")
 MAX_HEAD_SIZE = 32 * 1024
 
 
+#: The most requests of one connection that wait, parsed, behind the one being
+#: answered (pipelined). llhttp parses every request in what arrives at once
+#: (up to 256 KiB: thousands of tiny ones), and each waits as a request object
+#: of a few KiB; beyond these the connection ends after answering them.
+MAX_PIPELINED = 16
+
+
 #: Methods handed to llhttp as they are. llhttp refuses any method outside
 #: its own list as malformed, where a method is any token a client cares to
 #: send and the contract answers one that no route takes 405 with ``Allow``.
@@ -74,7 +92,7 @@ STAND_IN_METHOD = b"GET"
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?= )")
 
 
-class _RefusedHead(Exception):
+class _Refused(Exception):
     """Raised from a parser callback: httptools stops and reports a parser error."""
 
 
@@ -117,6 +135,10 @@ class RegistryProtocol(HttpToolsProtocol):
         # bytes arrived for it after the piece it began in.
         self._head_open = False
         self._head_bytes = 0
+        # Bytes of a body's message that brought no body byte (chunk framing,
+        # trailer fields) since the last that did; whether a piece brought one.
+        self._framing_bytes = 0
+        self._body_arrived = False
         self._refusal: str | None = None  # why a callback stopped the parser
         # Whether a request is being parsed (its first byte arrived and its
         # body has not ended), and the real method of one parsed as another.
@@ -146,6 +168,7 @@ class RegistryProtocol(HttpToolsProtocol):
         if not self._message_open:
             data = self._stand_in_for_other_methods(data)
         head_was_open = self._head_open
+        self._body_arrived = False
         super().data_received(data)
         if self._refusal is not None:
             return
@@ -153,6 +176,11 @@ class RegistryProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_SIZE:
                 self._refuse("the request head is too large")
+                return
+        elif self._message_open and not self._head_open and not self._body_arrived:
+            self._framing_bytes += len(data)
+            if self._framing_bytes > MAX_HEAD_SIZE:
+                self._refuse("the request's chunk framing or trailer fields are too large")
                 return
         self._after_events()
 
@@ -187,28 +215,29 @@ class RegistryProtocol(HttpToolsProtocol):
         self._message_open = True
         self._head_open = True
         self._head_bytes = 0
+        self._framing_bytes = 0
         super().on_message_begin()
 
     def on_message_complete(self) -> None:
         self._message_open = False
         super().on_message_complete()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_open:
+            super().on_header(name, value)
+        # else a trailer field, after the body: dropped (see the module docstring)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_arrived = True
+        self._framing_bytes = 0
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
-        # The head's bytes, give or take its line ends: whether it came in
-        # one piece or many, the same head is refused or served.
-        size = len(self.url)
-        hosts = 0
-        for name, value in self.headers:
-            size += len(name) + len(value) + 4
-            hosts += name == b"host"  # uvicorn keeps names lower-cased
-        if size > MAX_HEAD_SIZE:
-            self._refusal = "the request head is too large"
-            raise _RefusedHead  # stops the parser; uvicorn calls send_400_response
-        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() != "1.0"):
-            # RFC 9112 section 3.2 (h11 refused these too): which of two hosts
-            # was meant is anybody's guess, and HTTP/1.1 requires one.
-            self._refusal = "the request must name one Host"
-            raise _RefusedHead
+        self._refusal = self._head_refusal()
+        if self._refusal is None and len(self.pipeline) >= MAX_PIPELINED:
+            self._refusal = "too many requests sent ahead of their answers"
+        if self._refusal is not None:
+            raise _Refused  # stops the parser; uvicorn calls send_400_response
         self._head_open = False
         super().on_headers_complete()  # sets the method llhttp parsed, starts (or queues) the app's task
         if self._real_method is not None:
@@ -219,6 +248,34 @@ class RegistryProtocol(HttpToolsProtocol):
             # protocols; none is offered here, so the connection ends with
             # the answer instead of leaving what follows unread.
             self.cycle.keep_alive = False
+
+    def _head_refusal(self) -> str | None:
+        """Why a whole head llhttp accepted is refused, or None.
+
+        Its size: the head's bytes, give or take its line ends, so that the
+        same head is refused or served whether it came in one piece or many.
+        And what h11 (this server's parser before) refused too: an HTTP/1.1
+        request needs exactly one ``Host`` (RFC 9112 section 3.2; with two, a
+        proxy in front and the app could each believe another), and the only
+        transfer coding is chunked (llhttp frames ``gzip, chunked`` by its
+        chunks and would hand the app still-encoded bytes).
+        """
+        size = len(self.url)
+        hosts = 0
+        codings: list[bytes] = []
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                codings += (coding.strip().lower() for coding in value.split(b","))
+        if size > MAX_HEAD_SIZE:
+            return "the request head is too large"
+        if hosts > 1 or (hosts == 0 and self.parser.get_http_version() != "1.0"):
+            return "an HTTP/1.1 request needs exactly one Host header"
+        if codings and codings != [b"chunked"]:
+            return "the only transfer coding accepted is chunked"
+        return None
 
     def _unsupported_upgrade_warning(self) -> None:
         """An ``Upgrade`` request is served as plain HTTP: nothing for the operator to do.
@@ -239,18 +296,22 @@ class RegistryProtocol(HttpToolsProtocol):
 
         The refused request is answered 400 ``VALIDATION_ERROR`` saying
         ``message``, unless an earlier request's answer is still due: then
-        that one is answered and the connection closed after it, or, where
-        it cannot be (a request sent ahead is queued behind it, or a refused
-        body's own response is half sent), the connection is closed at once.
+        that one (and any sent ahead of it that wait for their turn) is
+        answered and the connection closed after it, or, where it cannot be
+        (the refused body is that of a request still waiting, or its own
+        response began), the connection is closed at once.
         Bytes written then would corrupt a response or be read as its answer.
+        A request whose body is refused after its answer began (or ended) gets
+        no second answer: the connection just ends.
         """
         self._refusal = message
         self._cancel_timers()
         cycle = self.cycle
         # llhttp reads requests sent ahead of their turn (pipelined) while an
-        # earlier one is answered; such a request waits in self.pipeline.
+        # earlier one is answered; such a request waits in self.pipeline, and
+        # self.cycle is the newest, waiting or not.
         reading_its_body = cycle is not None and self._message_open and not self._head_open
-        if self.pipeline or (reading_its_body and cycle.response_started and not cycle.response_complete):
+        if reading_its_body and (self.pipeline or cycle.response_started):
             self.transport.close()
         elif cycle is not None and not cycle.response_complete and not reading_its_body:
             cycle.keep_alive = False  # the refused bytes follow a request still being answered
@@ -315,8 +376,12 @@ class RegistryProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.response_complete or cycle.disconnected or not cycle.more_body:
             return
-        if self.flow.read_paused:
-            self._arm_body_timer()  # the server is not reading: not the client's stall
+        if self.flow.read_paused or self.pipeline:
+            # The server is not reading (not the client's stall), or the
+            # request waits behind an earlier one still being answered (its
+            # app reading the connection for a disconnect lets its body in):
+            # a 408 now would land inside that answer. Counted once it starts.
+            self._arm_body_timer()
             return
         if not cycle.response_started:
             language = dict(self.headers or []).get(b"accept-language", b"").decode("latin-1")

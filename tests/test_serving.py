@@ -3,9 +3,11 @@ guards and protocol errors, checked over real sockets against live servers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -19,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from registry.connections import MAX_HEAD_SIZE
+from registry.connections import MAX_HEAD_SIZE, MAX_PIPELINED
 from tests.helpers import (
     PACKAGES,
     Api,
@@ -139,6 +141,30 @@ def test_a_malformed_content_length_is_a_json_400(serve: Any, length: str) -> No
     assert json.loads(body)["code"] == "VALIDATION_ERROR"
 
 
+@pytest.mark.parametrize("head", [
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+], ids=["no-host", "two-hosts", "gzip-chunked", "two-transfer-encodings", "two-hosts-in-1.0"])
+def test_a_request_h11_refused_is_still_a_json_400(serve: Any, head: bytes) -> None:
+    """What the pure-Python h11 refused, llhttp accepts, and each is refused
+    here as before: an HTTP/1.1 request without exactly one ``Host`` (RFC 9112
+    section 3.2: a front proxy and this server could read different hosts), a
+    transfer coding other than chunked (the app would store still-encoded bytes)."""
+    registry = serve()
+    with connect(registry) as sock:
+        sock.sendall(head)
+        status, headers, body = read_response(sock)
+        assert closed_by_peer(sock)
+    assert status == 400 and headers["bkapi-error-code"] == "VALIDATION_ERROR"
+    assert json.loads(body)["code"] == "VALIDATION_ERROR"
+    with connect(registry) as sock:  # HTTP/1.0 needs no Host
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert read_response(sock)[0] == 200
+
+
 def send_head_in_pieces(sock: socket.socket, head: bytes, piece: int) -> int:
     """Send ``head`` ``piece`` bytes at a time, stopping as soon as the server
     answers (so that nothing it did not read makes it reset the connection);
@@ -168,24 +194,6 @@ def test_a_request_head_over_the_limit_is_a_json_400(serve: Any, piece: int) -> 
     assert json.loads(body)["code"] == "VALIDATION_ERROR"
     if piece < MAX_HEAD_SIZE:
         assert sent < 2 * MAX_HEAD_SIZE, "the server read on past the limit"
-
-
-@pytest.mark.parametrize("head", [b"GET /healthz HTTP/1.1\r\n\r\n",
-                                  b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                                  b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"],
-                         ids=["none", "two", "two-in-1.0"])
-def test_a_request_must_name_one_host(serve: Any, head: bytes) -> None:
-    """RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any with two, is a 400."""
-    registry = serve()
-    with connect(registry) as sock:
-        sock.sendall(head)
-        status, headers, body = read_response(sock)
-        assert closed_by_peer(sock)
-    assert status == 400 and json.loads(body)["code"] == "VALIDATION_ERROR"
-    assert headers["connection"] == "close"
-    with connect(registry) as sock:  # HTTP/1.0 may leave it out
-        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-        assert read_response(sock)[0] == 200
 
 
 @pytest.mark.parametrize("piece", [1 << 20, 4096], ids=["whole", "in-pieces"])
@@ -253,6 +261,122 @@ def test_a_refused_request_sent_ahead_leaves_the_earlier_answer_whole(serve: Any
         assert status == 200 and json.loads(body) == {"status": "ok"}
         assert headers["connection"] == "close"
         assert closed_by_peer(sock)
+
+
+def chunked_upload_head(registry: RegistryProcess, token: str, code: str, data: bytes) -> tuple[bytes, bytes]:
+    """``upload_request``'s head, saying ``Transfer-Encoding: chunked``, and its body."""
+    head, body = upload_request(registry, token, code, data)
+    return head.replace(f"Content-Length: {len(body)}\r\n".encode(), b"Transfer-Encoding: chunked\r\n"), body
+
+
+ENDLESS_TRAILERS = [b"X-Filler: " + b"a" * (4 * MAX_HEAD_SIZE), b"X: y\r\n" * MAX_HEAD_SIZE]
+
+
+@pytest.mark.parametrize("trailers", ENDLESS_TRAILERS, ids=["one-endless-field", "many-fields"])
+def test_endless_trailer_fields_are_a_json_400(serve: Any, code: str, trailers: bytes) -> None:
+    """Trailer fields after a chunked body are held by the parser until they
+    end, like a head: past MAX_HEAD_SIZE they are refused and the upload
+    dropped, so a client cannot make a connection hold endless memory."""
+    registry = serve(server={"body_idle_timeout": 2})
+    head, body = chunked_upload_head(registry, registry.token(), code, package("1.0.0", salt="t"))
+    unfinished = body[:-20]  # the form's end is missing: the app reads on until the body's end
+    with connect(registry) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(unfinished), unfinished))
+        sent = send_head_in_pieces(sock, trailers + b"\r\n\r\n", 4096)
+        status, headers, payload = read_response(sock)
+        assert closed_by_peer(sock)
+    assert status == 400 and headers["bkapi-error-code"] == "VALIDATION_ERROR"
+    assert json.loads(payload)["code"] == "VALIDATION_ERROR"
+    assert sent < 2 * MAX_HEAD_SIZE, "the server read on past the limit"
+    wait_for(lambda: staged_files(registry.config.parent.parent / "packages" / ".staging") == [], "the staging file to go")
+
+
+@pytest.mark.parametrize("trailers", ENDLESS_TRAILERS, ids=["one-endless-field", "many-fields"])
+def test_endless_trailer_fields_after_the_answer_end_the_connection(serve: Any, trailers: bytes) -> None:
+    """A request answered before its body ended (405 here) still has its
+    trailers bounded, and the connection just ends: no 400 follows the answer."""
+    registry = serve(server={"header_timeout": 3})
+    with connect(registry) as sock:
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n")
+        sent = 0
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for start in range(0, len(trailers), 4096):  # on past the answer, until the server ends it
+                sock.sendall(trailers[start:start + 4096])
+                sent += 4096
+                time.sleep(0.002)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 405 ")
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    # (sent on without waiting: what the sockets held when the server ended it counts too)
+    assert sent < 3 * MAX_HEAD_SIZE, "the server read on past the limit"
+
+
+def test_trailer_fields_are_dropped_and_the_upload_stored(serve: Any, code: str) -> None:
+    """Trailer fields within the limit are read and dropped (RFC 9110 section
+    6.5.1): never added to the request's headers, where a field the client
+    sent after the body (``Authorization``, say) would read as sent before it."""
+    registry = serve()
+    head, body = chunked_upload_head(registry, registry.token(), code, package("1.0.0", salt="t"))
+    head = re.sub(rb"(?i)\r\nauthorization: ", b"\r\nX-Not-Authorization: ", head)
+    with connect(registry) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+                     + f"Authorization: Bearer {registry.token()}\r\n\r\n".encode())
+        status, _, payload = read_response(sock)
+    assert status == 401, payload
+    head, body = chunked_upload_head(registry, registry.token(), code, package("1.0.0", salt="t"))
+    with connect(registry) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\nX-Checksum: abc\r\n\r\n" % (len(body), body))
+        status, _, payload = read_response(sock)
+        assert status == 201, payload
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection goes on
+        assert read_response(sock)[0] == 200
+
+
+def test_a_stalled_body_sent_ahead_never_cuts_into_the_answer_before_it(serve: Any, code: str) -> None:
+    """An upload sent ahead (pipelined) behind a download is read while the
+    download is answered; its body stalling then must not write a 408 into
+    the download's bytes: its answer comes after the download's, whole."""
+    registry = serve(server={"body_idle_timeout": 1})
+    token = registry.token()
+    data = package("1.0.0", salt=os.urandom(4_000_000).hex(), fmt="tar")  # more than the sockets hold
+    with httpx.Client(base_url=registry.url, timeout=30) as http:
+        stored = http.post(f"{PACKAGES.format(code=code, module='default')}/", files={"package": ("demo.tar", data)},
+                           headers={"Authorization": f"Bearer {token}"})
+        assert stored.status_code == 201, stored.text
+    download = (f"GET {PACKAGES.format(code=code, module='default')}/{stored.json()['id']}/download/ HTTP/1.1\r\n"
+                f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+    head, body = upload_request(registry, token, code, package("2.0.0"))
+    with connect(registry) as sock:
+        sock.sendall(download + head + body[:10])
+        time.sleep(3)  # the upload's body stalls while the download waits for this client to read
+        status, headers, payload = read_response(sock)
+        assert status == 200 and payload == data
+        status, headers, payload = read_response(sock)
+        assert status == 408 and headers["bkapi-error-code"] == "REQUEST_TIMEOUT"
+
+
+def test_requests_sent_ahead_are_answered_up_to_a_bound_then_the_connection_ends(serve: Any) -> None:
+    """llhttp parses every request in what arrives at once, and each waits as
+    a request object of a few KiB: thousands of tiny requests sent ahead in
+    one go made one connection hold megabytes. The first MAX_PIPELINED wait
+    and are answered in order, the last with ``Connection: close``; the
+    connection ends there (RFC 9112 section 9.3.2: the client sends the rest again)."""
+    registry = serve()
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(registry) as sock:
+        sock.sendall(request * 1000)  # 35 KB: read by the server at once
+        received = b""
+        sock.settimeout(3)
+        with contextlib.suppress(OSError):  # the end, a reset, or (before the bound) a timeout
+            while chunk := sock.recv(65536):
+                received += chunk
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert 0 < len(answers) <= MAX_PIPELINED + 1, len(answers)
+    assert all(answer.startswith(b"200 ") for answer in answers)
+    assert b"\r\nconnection: close\r\n" in answers[-1]
 
 
 def test_a_500_keeps_the_connection_usable(serve: Any, code: str) -> None:

@@ -342,6 +342,38 @@ async def test_a_cancelled_caller_of_run_to_end_waits_for_the_call_to_end() -> N
         await pool.run_to_end(lambda: 1 / 0)
 
 
+@pytest.mark.anyio
+async def test_a_call_cancelled_before_it_starts_never_runs() -> None:
+    """As with anyio's hand-off cancelled while it waits for a thread: a call
+    still queued when its caller is cancelled is dropped, and the caller moves
+    on at once (a shutdown never waits for writes nobody waits for any more)."""
+    pool = transfers.Pool("test-run-to-end-queued", 1)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    async def caller() -> None:
+        await pool.run_to_end(ran.append, "queued")
+
+    holding = pool.submit(hold)
+    try:
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(caller)
+                await anyio.sleep(0.05)
+                group.cancel_scope.cancel()
+        assert not release.is_set(), "the caller waited for the call ahead of its own"
+    finally:
+        release.set()
+    holding.result(10)
+    assert await pool.run_to_end(lambda: 6 * 7) == 42
+    assert ran == [] and pool.queued == 0
+
+
 def test_a_cached_read_returns_the_bytes_or_defers_to_the_pool(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     blob = tmp_path / "blob"
