@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,21 @@ LIMITS = ArchiveLimits(max_members=1000, max_unpacked_size=512 * MiB, max_compre
 
 
 # -- building archives -------------------------------------------------------------
+
+def assert_refused(response: httpx.Response, reason: str) -> None:
+    """``response`` is the contract's INVALID_PACKAGE, its detail naming ``reason``."""
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_PACKAGE"
+    assert reason in response.json()["detail"]
+
+
+def assert_nothing_kept(api: Api, code: str, registry: RegistryProcess) -> None:
+    """No record in ``code``'s module, no blob under it, no staging file left."""
+    assert api.list(code, include_deleted="true").json()["count"] == 0
+    root = registry.config.parent / "packages"
+    assert list(blob_files(root / code)) == []
+    assert staged_files(root / ".staging") == []
+
 
 def tar_bytes(add: Callable[[tarfile.TarFile], None], compression: str = "gz",
               fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -991,14 +1007,8 @@ def test_negative_sizes_over_http(api: Api, code: str, registry: RegistryProcess
     filler.size = 512 * 1024  # past the small-upload size: streamed
     streamed = filler.tobuf(tarfile.USTAR_FORMAT) + os.urandom(filler.size) + NEGATIVE_SIZES[case]
     for data, filename in ((gzip.compress(NEGATIVE_SIZES[case]), "pkg.tar.gz"), (streamed, "pkg.tar")):
-        response = api.upload(code, data, version="1.0.0", filename=filename)
-        assert response.status_code == 400, response.text
-        assert response.json()["code"] == "INVALID_PACKAGE"
-        assert "negative" in response.json()["detail"]
-    assert api.list(code, include_deleted="true").json()["count"] == 0
-    root = registry.config.parent / "packages"
-    assert list(blob_files(root / code)) == []
-    assert staged_files(root / ".staging") == []
+        assert_refused(api.upload(code, data, version="1.0.0", filename=filename), "negative")
+    assert_nothing_kept(api, code, registry)
 
 
 @pytest.mark.parametrize("first", [
@@ -1175,13 +1185,8 @@ def test_a_zip_hiding_a_tar_over_http(api: Api, code: str, registry: RegistryPro
     for place in ("stored-entry", "past-the-first-mib"):
         response = api.upload(code, at_a_block_boundary(HIDING_PLACES[place], hidden_tar()),
                               version="1.0.0", filename="pkg.zip")
-        assert response.status_code == 400, response.text
-        assert response.json()["code"] == "INVALID_PACKAGE"
-        assert "also a readable tar" in response.json()["detail"]
-    assert api.list(code, include_deleted="true").json()["count"] == 0
-    root = registry.config.parent / "packages"
-    assert list(blob_files(root / code)) == []
-    assert staged_files(root / ".staging") == []
+        assert_refused(response, "also a readable tar")
+    assert_nothing_kept(api, code, registry)
 
 
 def _mangling_seeds() -> list[bytes]:
