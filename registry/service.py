@@ -176,8 +176,8 @@ class Registry:
 
     async def shutdown(self) -> None:
         """Run the plugins' ``registry_shutdown`` hooks, then stop the storage,
-        close the record store and release this process's staging folder, also
-        when a hook fails (each failure is logged)."""
+        close the record store, let its threads end and release this process's
+        staging folder, also when a hook fails (each failure is logged)."""
         try:
             await call_hook(self.pm.hook.registry_shutdown, {"registry": self}, on_error="log")
         finally:
@@ -185,6 +185,8 @@ class Registry:
                 await self.storage.shutdown()
             finally:
                 await anyio.to_thread.run_sync(self.records.close)
+                for pool in (self.read_threads, self.write_threads, self.slow_read_threads):
+                    pool.close()
                 if self._staging is not None:
                     await anyio.to_thread.run_sync(self._staging.release)
                     self._staging = None

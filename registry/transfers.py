@@ -103,6 +103,14 @@ class Pool:
             with self._lock:
                 self._queued -= 1
 
+    def close(self) -> None:
+        """Let the pool's threads end once the work given to them is done
+        (without waiting for it); a later :meth:`submit` starts new ones."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
     @property
     def queued(self) -> int:
         """Tasks submitted that no thread has started yet."""
@@ -126,7 +134,7 @@ class Pool:
         except BaseException:
             # A call no thread has started yet is dropped (anyio's hand-off,
             # cancelled while it waits for a thread, never runs the call either).
-            if not future.cancel():
+            if not future.done() and not future.cancel():
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(Exception):  # the caller sees its cancellation
                         await wait(future)

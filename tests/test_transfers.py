@@ -24,7 +24,9 @@ from tests.helpers import (
     Api,
     RegistryProcess,
     base_config,
+    inprocess_registry,
     make_tar,
+    package,
     staged_files,
     start_registry,
 )
@@ -372,6 +374,21 @@ async def test_a_call_cancelled_before_it_starts_never_runs() -> None:
     holding.result(10)
     assert await pool.run_to_end(lambda: 6 * 7) == 42
     assert ran == [] and pool.queued == 0
+
+
+@pytest.mark.anyio
+async def test_a_registry_shut_down_leaves_no_store_thread(tmp_path: Path) -> None:
+    """The record store's read and write threads belong to their registry:
+    once it is shut down they end, so a process that starts and stops
+    registries (a test run, an embedding application) does not collect them."""
+    before = set(threading.enumerate())
+    async with inprocess_registry(tmp_path, base_config(tmp_path), "threads") as client:
+        stored = await client.post(Api.path("threads"), files={"package": ("p.tar.gz", package("1.0.0"))})
+        assert stored.status_code == 201, stored.text
+        assert (await client.get(Api.path("threads", suffix=f"{stored.json()['id']}/"))).status_code == 200
+        started = [t for t in set(threading.enumerate()) - before if t.name.startswith("store-")]
+        assert started, "the store calls ran in no store thread"
+    _until(lambda: not any(t.is_alive() for t in started), "the store threads to end")
 
 
 def test_a_cached_read_returns_the_bytes_or_defers_to_the_pool(tmp_path: Path) -> None:
