@@ -390,12 +390,14 @@ class LocalFiles(ResumableStore):
             for entry in folders:
                 try:  # the upload's file, else (made and not yet filled, or emptied) its folder
                     info = (Path(entry.path) / self.FILE_NAME).stat()
+                    size = info.st_size
                 except FileNotFoundError:
                     try:
                         info = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # discarded meanwhile
-                found.append(KeptUpload(entry.name, datetime.fromtimestamp(info.st_mtime, UTC), info.st_size))
+                    size = 0  # a folder's own size is no upload's bytes
+                found.append(KeptUpload(entry.name, datetime.fromtimestamp(info.st_mtime, UTC), size))
             return found
 
         return await anyio.to_thread.run_sync(scan)
